@@ -1,0 +1,1 @@
+//! opus kernels (pure Rust; bindings in py/opus.rs).

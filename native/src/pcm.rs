@@ -1,0 +1,1 @@
+//! pcm kernels (pure Rust; bindings in py/pcm.rs).

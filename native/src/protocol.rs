@@ -1,0 +1,1 @@
+//! protocol kernels (pure Rust; bindings in py/protocol.rs).

@@ -1,0 +1,1 @@
+//! resample kernels (pure Rust; bindings in py/resample.rs).

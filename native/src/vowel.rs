@@ -1,0 +1,1 @@
+//! vowel kernels (pure Rust; bindings in py/vowel.rs).

@@ -1,0 +1,1 @@
+//! wav kernels (pure Rust; bindings in py/wav.rs).

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up echokit-fast from a fresh checkout: Debian packages, a virtualenv in
+# ./.venv, the native module (maturin develop --release) and Python extras.
+# Idempotent and cache-friendly: a second run only rebuilds what changed.
+#
+#   bash scripts/setup.sh            # runtime
+#   bash scripts/setup.sh --test     # runtime + test/bench dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EXTRAS=""
+for arg in "$@"; do
+    case "$arg" in
+        --test) EXTRAS="test" ;;
+        *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+# Debian packages: libopus for the Opus codec, pkg-config to find it, a C
+# toolchain for -sys crates, sox (test fixtures written by another tool).
+DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all)
+missing=()
+for p in "${DEBS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: no Rust toolchain found; install one (https://rustup.rs) or 'apt-get install cargo'" >&2
+    exit 1
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip "maturin>=1.8,<2"
+
+# Builds the Rust core in release mode and installs the package (editable)
+# with its dependencies and the requested extras.
+args=(develop --release --uv)
+.venv/bin/python -m pip install -q uv
+[ -n "$EXTRAS" ] && args+=(--extras "$EXTRAS")
+log=$(mktemp)
+if ! .venv/bin/maturin "${args[@]}" >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    echo "setup: building the native module failed (log above)" >&2
+    exit 1
+fi
+rm -f "$log"
+.venv/bin/python -c "import echokit_fast; print('setup: echokit-fast', echokit_fast.__version__, 'ready')"
