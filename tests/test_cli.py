@@ -64,3 +64,12 @@ def test_serve_answers_version() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_app_in_process_version(serve) -> None:
+    from echokit_fast.app import create_app
+
+    addr = serve(create_app())
+    r = httpx.get(f"http://{addr}/version", timeout=10)
+    assert r.json() == {"version": echokit_fast.__version__}
+    assert httpx.get(f"http://{addr}/nope", timeout=10).status_code == 404
