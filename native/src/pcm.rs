@@ -20,10 +20,12 @@ use crate::invalid;
 /// Scale from 16-bit PCM to float: exactly 2^-15.
 pub const PCM16_SCALE: f32 = 1.0 / 32768.0;
 
-/// `1.5 * 2^23`: adding and subtracting it rounds any `|v| < 2^22` to the
-/// nearest integer, ties to even, in the default FP rounding mode. Unlike
-/// `f32::round_ties_even` this compiles to two plain adds on every x86-64
-/// (no SSE4.1 needed), so the loop vectorises everywhere.
+/// `1.5 * 2^23`. For `|v| <= 2^22`, `v + ROUND_MAGIC` lies in `[2^23, 2^24)`
+/// where the float spacing is exactly 1, so the addition rounds `v` to an
+/// integer (ties to even, the default FP rounding mode) and that integer is
+/// the difference of the bit patterns. Unlike `f32::round_ties_even` + `as`
+/// (a libm call or SSE4.1, then a saturating conversion) this is an add and an
+/// integer subtract on every x86-64, so the loop vectorises everywhere.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// One float sample to 16-bit PCM: `x * 32768` rounded half to even,
@@ -34,9 +36,8 @@ pub fn f32_to_i16(x: f32) -> i16 {
     // NaN fails every comparison: `v == v` is false only for NaN.
     #[allow(clippy::eq_op)]
     let v = if v == v { v } else { 0.0 };
-    let v = v.clamp(-32768.0, 32767.0);
-    let r = (v + ROUND_MAGIC) - ROUND_MAGIC;
-    r as i32 as i16
+    let v = v.max(-32768.0).min(32767.0);
+    ((v + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC.to_bits() as i32) as i16
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
