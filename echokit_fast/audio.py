@@ -25,14 +25,18 @@ def _as_u8(data: bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv, np.uint8)
 
 
+def _is_float(x: np.ndarray) -> bool:
+    """float32 or float64, either byte order (converted to native float32 by the callers)."""
+    return x.dtype.kind == "f" and x.dtype.itemsize in (4, 8)
+
+
 def _f32_1d(x: np.ndarray, name: str) -> np.ndarray:
     """`x` as a C-contiguous 1-D float32 array (float64 converted), else ValueError."""
     if not isinstance(x, np.ndarray):
         raise ValueError(f"{name} expects a 1-D float32 array, got {type(x).__name__}")
-    if x.dtype == np.float64:
-        x = x.astype(np.float32)
-    elif x.dtype != np.float32:
+    if not _is_float(x):
         raise ValueError(f"{name} expects a 1-D float32 array, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
     if x.ndim != 1:
         raise ValueError(f"{name} expects a 1-D float32 array, got shape {x.shape}")
     return np.ascontiguousarray(x, dtype=np.float32)
@@ -81,11 +85,11 @@ def to_mono(x: np.ndarray, channels: int) -> np.ndarray:
     """
     if not isinstance(x, np.ndarray):
         raise ValueError(f"to_mono expects a float32 or int16 array, got {type(x).__name__}")
-    if x.dtype == np.float64:
-        x = x.astype(np.float32)
+    if _is_float(x):
+        x = x.astype(np.float32, copy=False)
     elif x.dtype.kind == "i" and x.dtype.itemsize == 2:
-        x = np.ascontiguousarray(x, dtype=np.int16)
-    elif x.dtype != np.float32:
+        x = x.astype(np.int16, copy=False)
+    else:
         raise ValueError(f"to_mono expects a float32 or int16 array, got dtype {x.dtype}")
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
@@ -129,10 +133,9 @@ def write_wav(x: np.ndarray, sample_rate: int, *, bits: int = 16) -> bytes:
     """
     if not isinstance(x, np.ndarray):
         raise ValueError(f"write_wav expects a float32 array, got {type(x).__name__}")
-    if x.dtype == np.float64:
-        x = x.astype(np.float32)
-    elif x.dtype != np.float32:
+    if not _is_float(x):
         raise ValueError(f"write_wav expects a float32 array, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
     return _native.write_wav(np.ascontiguousarray(x), sample_rate, bits)
 
 

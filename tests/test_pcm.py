@@ -121,6 +121,7 @@ def test_float_to_pcm16_accepts_float64_and_strided():
     x = np.linspace(-1, 1, 101)
     assert float_to_pcm16(x) == np_float_to_pcm16(x.astype(np.float32))
     assert float_to_pcm16(x.astype(np.float32)[::2]) == np_float_to_pcm16(x[::2])
+    assert float_to_pcm16(x.astype(">f4")) == np_float_to_pcm16(x)  # big-endian dtype
 
 
 def test_float_to_pcm16_rejects_other_inputs():

@@ -252,6 +252,7 @@ def test_write_wav_accepts_float64_and_1d_is_mono():
     y, _ = read_wav(b)
     assert y.shape == (2, 1)
     np.testing.assert_array_equal(y[:, 0], [0.5, -0.5])
+    assert write_wav(np.array([0.5, -0.5], ">f4"), 8000) == b  # big-endian float32 too
 
 
 def test_write_wav_errors():

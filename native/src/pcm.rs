@@ -36,7 +36,7 @@ pub fn f32_to_i16(x: f32) -> i16 {
     // NaN fails every comparison: `v == v` is false only for NaN.
     #[allow(clippy::eq_op)]
     let v = if v == v { v } else { 0.0 };
-    let v = v.max(-32768.0).min(32767.0);
+    let v = v.clamp(-32768.0, 32767.0);
     ((v + ROUND_MAGIC).to_bits() as i32 - ROUND_MAGIC.to_bits() as i32) as i16
 }
 
