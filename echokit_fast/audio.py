@@ -6,13 +6,138 @@ public API, callers never import `_native` directly.
 
 from __future__ import annotations
 
-from echokit_fast import _native  # noqa: F401
+from echokit_fast import _native
 
 __all__: list[str] = []
 
 # --- PCM conversion and channel mixing (pcm) ---
 
+import numpy as np  # kept inside this section so sections merge cleanly
+
+__all__ += ["float_to_pcm16", "pcm16_to_float", "to_mono"]
+
+
+def _as_u8(data: bytearray | memoryview) -> np.ndarray:
+    """A zero-copy uint8 view of a bytes-like object (for the native byte readers)."""
+    mv = memoryview(data)
+    if not mv.c_contiguous:
+        raise ValueError("bytes-like input must be contiguous")
+    return np.frombuffer(mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv, np.uint8)
+
+
+def _is_float(x: np.ndarray) -> bool:
+    """float32 or float64, either byte order (converted to native float32 by the callers)."""
+    return x.dtype.kind == "f" and x.dtype.itemsize in (4, 8)
+
+
+def _f32_1d(x: np.ndarray, name: str) -> np.ndarray:
+    """`x` as a C-contiguous 1-D float32 array (float64 converted), else ValueError."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} expects a 1-D float32 array, got {type(x).__name__}")
+    if not _is_float(x):
+        raise ValueError(f"{name} expects a 1-D float32 array, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if x.ndim != 1:
+        raise ValueError(f"{name} expects a 1-D float32 array, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def pcm16_to_float(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Signed 16-bit PCM to float32, ``value / 32768`` (so -32768 -> -1.0).
+
+    ``data`` is either little-endian s16 bytes (``bytes``, ``bytearray`` or a
+    ``memoryview``; read in place, an odd byte count is a ValueError) or a 1-D
+    int16 array (any byte order, any stride). Returns a new float32 array.
+    """
+    if isinstance(data, bytes):
+        return _native.pcm16_to_float(data)
+    if isinstance(data, (bytearray, memoryview)):
+        return _native.pcm16_to_float(_as_u8(data))
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind != "i" or data.dtype.itemsize != 2:
+            raise ValueError(f"pcm16_to_float expects an int16 array, got dtype {data.dtype}")
+        if data.ndim != 1:
+            raise ValueError(f"pcm16_to_float expects a 1-D int16 array, got shape {data.shape}")
+        return _native.pcm16_to_float(np.ascontiguousarray(data, dtype=np.int16))
+    raise ValueError(
+        f"pcm16_to_float expects bytes (s16le) or an int16 array, got {type(data).__name__}"
+    )
+
+
+def float_to_pcm16(x: np.ndarray) -> bytes:
+    """Float samples to little-endian signed 16-bit PCM bytes.
+
+    Each sample becomes ``x * 32768`` rounded half to even (the rule of
+    ``numpy.round``: 0.5 LSB -> 0, 1.5 LSB -> 2), saturated to [-32768, 32767]
+    (so 1.0 -> 32767, -1.0 -> -32768, ±inf saturate); NaN becomes 0. ``x`` is a
+    1-D float32 array (float64 is converted to float32 first).
+    """
+    return _native.float_to_pcm16(_f32_1d(x, "float_to_pcm16"))
+
+
+def to_mono(x: np.ndarray, channels: int) -> np.ndarray:
+    """Average the channels of interleaved audio: one float32 sample per frame.
+
+    ``x`` is float32 or int16 (int16 is scaled by 1/32768; float64 is converted
+    to float32), either 1-D interleaved (``len(x)`` must be a multiple of
+    ``channels``) or 2-D ``(frames, channels)`` (then ``channels`` must equal
+    ``x.shape[1]``). ``channels == 1`` returns a float32 copy.
+    """
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"to_mono expects a float32 or int16 array, got {type(x).__name__}")
+    if _is_float(x):
+        x = x.astype(np.float32, copy=False)
+    elif x.dtype.kind == "i" and x.dtype.itemsize == 2:
+        x = x.astype(np.int16, copy=False)
+    else:
+        raise ValueError(f"to_mono expects a float32 or int16 array, got dtype {x.dtype}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return _native.to_mono(x, channels)
+
+
 # --- WAV (wav) ---
+
+__all__ += ["read_wav", "write_wav"]
+
+
+def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
+    """Decode an in-memory WAV file to ``(samples, sample_rate)``.
+
+    ``samples`` is float32 shaped ``(frames, channels)``. Reads PCM 8-bit
+    (unsigned, ``(b - 128) / 128``), 16/24/32-bit (``value / 2**(bits-1)``), IEEE
+    float 32/64-bit and WAVE_FORMAT_EXTENSIBLE with a PCM or float sub-format.
+    Unknown chunks (LIST, fact, ...) are skipped, odd-sized chunks are padded, and
+    ``data`` may precede ``fmt ``. A data size of 0xFFFFFFFF or 0x7FFFFFFF (the
+    never-patched header of streaming writers such as EchoKit record mode) means
+    "read to the end", and a truncated trailing partial frame is then dropped; any
+    other data size that overruns the file, or that is not a whole number of
+    frames, is a ValueError, as is every malformed or unsupported header (the
+    message names what is wrong).
+    """
+    if isinstance(data, bytes):
+        return _native.read_wav(data)
+    if isinstance(data, (bytearray, memoryview)):
+        return _native.read_wav(_as_u8(data))
+    raise ValueError(f"read_wav expects the WAV file as bytes, got {type(data).__name__}")
+
+
+def write_wav(x: np.ndarray, sample_rate: int, *, bits: int = 16) -> bytes:
+    """Encode float samples as a WAV file.
+
+    ``x`` is float32 (float64 is converted), 1-D mono or ``(frames, channels)``.
+    ``bits=16`` (default) writes 16-bit PCM with the canonical 44-byte header
+    (samples converted as in :func:`float_to_pcm16`: rounded half to even,
+    saturated, NaN -> 0). ``bits=32`` writes 32-bit IEEE float samples unchanged
+    (format 3, 18-byte ``fmt `` plus a ``fact`` chunk: a 58-byte header).
+    """
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"write_wav expects a float32 array, got {type(x).__name__}")
+    if not _is_float(x):
+        raise ValueError(f"write_wav expects a float32 array, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    return _native.write_wav(np.ascontiguousarray(x), sample_rate, bits)
+
 
 # --- Resampling (resample) ---
 
