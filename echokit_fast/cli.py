@@ -103,6 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"echokit-fast serve: {path}: invalid configuration", file=sys.stderr)
             print(str(exc), file=sys.stderr)
             return 2
+        if args.llm_url:
+            logging.getLogger(__name__).warning("--llm-url is ignored: %s sets the LLM", path)
         source = path
     else:
         config = default_config(llm_url=args.llm_url)

@@ -549,7 +549,8 @@ class _Locator:
     """Maps dotted key paths of a TOML document to the line where each key is written.
 
     Hand-written because nothing maintained exposes key positions: ``tomllib``/``tomli`` return
-    plain dicts, and ``tomlkit`` keeps formatting but no line numbers. The document has already
+    plain dicts, and ``tomlkit`` keeps formatting but no positions (its issue #55, "Get the line
+    and column numbers of parsed elements", is still open). The document has already
     been parsed by tomllib, so this scanner only needs to follow valid TOML: table headers,
     ``[[arrays of tables]]`` (with their index), dotted keys, strings of the four kinds, arrays
     (element index) and inline tables. Anything it does not follow only costs precision: the
