@@ -442,7 +442,7 @@ Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
 class Config(BaseModel):
     """A validated configuration. ``layout`` says which AI sections are in use."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     addr: str
     hello_wav: str | None = None
