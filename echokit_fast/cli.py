@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from echokit_fast import __version__
@@ -25,22 +27,95 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument(
+        "config_pos",
+        nargs="?",
+        metavar="CONFIG",
+        help="config.toml to use (same as --config; the reference server's positional form)",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config.toml to use (default: $CONFIG_PATH; without either, the embedded default: "
+        "local ASR and TTS, the LLM at --llm-url)",
+    )
+    serve.add_argument(
         "--listen",
         type=_host_port,
-        default=("0.0.0.0", 8080),
+        default=None,
         metavar="HOST:PORT",
-        help="address to listen on (default 0.0.0.0:8080)",
+        help="address to listen on (default: the config's addr, else 0.0.0.0:8080)",
+    )
+    serve.add_argument(
+        "--llm-url",
+        metavar="URL",
+        help="OpenAI-compatible base URL for the embedded default (default: $OPENAI_BASE_URL, "
+        "else http://localhost:9091/v1); ignored with a config file",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config.toml and print a summary",
+        description="Validate a config.toml: print its layout, platforms and address, and any "
+        "warnings (unknown keys ...). Exit status 0 if it can be used, 1 if not.",
+    )
+    check.add_argument("path", metavar="PATH", help="the config.toml to check")
     return parser
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from echokit_fast.config import ConfigError, load_config, summary
+
+    try:
+        loaded = load_config(args.path, log_issues=False)
+    except ConfigError as exc:
+        print(f"{args.path}: invalid configuration", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return 1
+    for issue in loaded.warnings:
+        print(f"warning: {issue}", file=sys.stderr)
+    for issue in loaded.notes:
+        print(f"note: {issue}", file=sys.stderr)
+    print(f"{args.path}: OK")
+    print(summary(loaded))
+    if loaded.warnings:
+        print(f"{len(loaded.warnings)} warning(s)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from echokit_fast.config import ConfigError, default_config, load_config, summary
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
+
+    if args.config_pos and args.config and args.config_pos != args.config:
+        print(
+            f"echokit-fast serve: two config files given ({args.config_pos}, {args.config})",
+            file=sys.stderr,
+        )
+        return 2
+    path = args.config or args.config_pos or os.environ.get("CONFIG_PATH") or None
+    if path:
+        try:
+            config = load_config(path).config  # warnings and notes are logged
+        except ConfigError as exc:
+            print(f"echokit-fast serve: {path}: invalid configuration", file=sys.stderr)
+            print(str(exc), file=sys.stderr)
+            return 2
+        if args.llm_url:
+            logging.getLogger(__name__).warning("--llm-url is ignored: %s sets the LLM", path)
+        source = path
+    else:
+        config = default_config(llm_url=args.llm_url)
+        source = "embedded default"
+    logging.getLogger(__name__).info("config: %s\n%s", source, summary(config))
+
     import uvicorn
 
     from echokit_fast.app import create_app
 
-    host, port = args.listen
+    host, port = args.listen or config.listen
     # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
     uvicorn.run(
         create_app(),
@@ -58,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "check-config":
+        return cmd_check_config(args)
     parser.print_help()
     return 0
 

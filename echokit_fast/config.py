@@ -1,0 +1,1197 @@
+"""``config.toml``: echokit_server 0.3.2's schema, our embedded engines, precise errors.
+
+Load with :func:`load_config` (a file) or :func:`parse_config` (text); with no file at all,
+:func:`default_config` gives the *embedded default*. The result is a :class:`LoadedConfig`: the
+validated :class:`Config` plus the warnings and notes collected on the way. A bad file raises
+:class:`ConfigError`, whose message names the file, the line and the dotted key of every
+problem, e.g.::
+
+    config.toml:12: tts.platform: unknown platform 'elevenlabs2' (did you mean 'elevenlabs'?
+    expected one of openai (Openai, OpenAI), groq (Groq), ...)
+
+Schema (as echokit_server 0.3.2, spec §7)
+-----------------------------------------
+Top level: ``addr`` (``HOST:PORT``, required in a file; ``serve --listen`` overrides it),
+``hello_wav`` (optional), ``[record] callback_url`` (optional). The AI *layout* is chosen by the
+sections present, in the reference's order: ``pipeline`` (``[llm]`` + ``[tts]`` + ``[asr]``),
+``claude`` (``[claude]`` + ``[asr]`` + ``[tts]``), ``gemini_tts`` (``[gemini]`` + ``[tts]``),
+``gemini`` (``[gemini]``). ``[llm]``, ``[tts]`` and ``[asr]`` are tagged by ``platform``; every
+platform name and alias of the reference is accepted (``openai_chat``/``OpenAIChat``,
+``stream_gsv``/``StreamGSV``, ``whisper``/``openai``, ...; see ``LLM_PLATFORMS``,
+``TTS_PLATFORMS``, ``ASR_PLATFORMS``).
+
+Our own platforms (the embedded engines)
+----------------------------------------
+``[asr] platform = "local"`` — in-process Whisper (faster-whisper / CTranslate2):
+
+* ``model`` (``"base"``): a model name, a local model directory, or the installed model package;
+* ``language`` (alias ``lang``): pin one language (``"en"``); ``""``/``"auto"`` = detect;
+  or ``languages = ["en", "zh"]``: detect, but only among these (short clips are often
+  misdetected otherwise). Not both;
+* ``device``: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``;
+* ``compute_type`` (``"int8"``), ``cpu_threads`` (``0`` = the library's default),
+  ``beam_size`` (``1``, greedy: lowest latency), ``prompt`` (``""``, initial prompt);
+* ``[asr.vad]`` as for the ``openai`` platform.
+
+``[tts] platform = "local"`` — in-process TTS: ``engine`` = ``"hibari"`` (default, English,
+24 kHz) or ``"piper"`` (optional extra); ``voice`` (alias ``speaker``; engine default when
+omitted); ``speed`` (``1.0``, 0.25–4).
+
+``[llm]`` stays OpenAI-compatible (``openai_chat`` pointing at any local server).
+
+Embedded default (no config file): local ASR + local TTS + ``openai_chat`` at ``--llm-url`` /
+``OPENAI_BASE_URL`` (default ``http://localhost:9091/v1``; ``/chat/completions`` is appended),
+key from ``OPENAI_API_KEY``, model from ``OPENAI_MODEL`` (empty = omitted), history 5, a short
+system prompt for spoken answers, listening on ``0.0.0.0:8080``.
+
+Where we differ from the reference (on purpose)
+-----------------------------------------------
+* Errors name file, line and key instead of "data did not match any variant of untagged enum
+  AIConfig", and all problems are reported at once. Values are type-checked strictly, like the
+  reference's serde (``history = "5"`` is an error, not 5).
+* Unknown keys are ignored as in the reference, but each one is reported as a warning with its
+  line (logged and collected in :attr:`LoadedConfig.warnings`); so are sections the chosen
+  layout does not use.
+* ``${VAR}`` and ``${VAR:-default}`` are expanded in every string value (the reference's
+  examples assume it, e.g. ``api_key = "${TELNYX_API_KEY}"``). ``:-`` uses the default when the
+  variable is unset *or empty*. An unset variable without a default is an error naming the
+  variable, the key and the line. ``$${`` is a literal ``${``; any other ``$`` is left alone
+  (``$HOME`` is *not* expanded: only the braced form is).
+* ``api_key = "Bearer xyz"`` (the gaia example, spec §10.14) is stored as ``xyz`` with a note,
+  so requests carry exactly one ``Bearer`` (the reference sends ``Bearer Bearer xyz``). The same
+  for ``token`` and ``paraformer_token``.
+* A relative ``hello_wav`` is looked up in the current directory (like the reference), then in
+  the config file's directory; if it is missing or unreadable there is a warning and no hello
+  (the reference silently sends none). The resolved file is :attr:`Config.hello_path`.
+* ``[tts.text_optimization] url`` pointing at an audio endpoint (``.../audio/transcriptions``,
+  as the reference's ``config_llm_opt.toml`` does, §10.13) is an error: it must be a
+  chat-completions endpoint. ``prompts`` written as one table instead of an array of tables is
+  an error that says so.
+* The OpenAI TTS default model is ``gpt-4o-mini-tts`` (the reference's ``gpt-4o-tts`` is not an
+  OpenAI model, §10.15); ``[gsv] timeout_sec`` must be > 0; ``[asr.vad] threshold`` and
+  ``neg_threshold`` must lie in [0, 1] (then capped/floored as in the reference).
+* When ``[llm]``, ``[tts]`` and ``[asr]`` are all present the pipeline layout is used and its
+  errors reported, even if a ``[gemini]`` section would also have matched (the reference would
+  silently fall back to it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ASR_PLATFORMS",
+    "GSVTTS",
+    "LLM_PLATFORMS",
+    "TTS_PLATFORMS",
+    "ClaudeConfig",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "CosyVoiceTTS",
+    "ElevenLabsTTS",
+    "FishTTS",
+    "GeminiConfig",
+    "GroqTTS",
+    "LoadedConfig",
+    "LocalASR",
+    "LocalTTS",
+    "MCPServer",
+    "Message",
+    "OpenAIASR",
+    "OpenAIChatLLM",
+    "OpenAIResponsesLLM",
+    "OpenAITTS",
+    "ParaformerV2ASR",
+    "RecordConfig",
+    "StreamGSVTTS",
+    "TextOptimization",
+    "VadConfig",
+    "default_config",
+    "expand_env",
+    "load_config",
+    "parse_config",
+    "split_host_port",
+    "summary",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LLM_BASE_URL = "http://localhost:9091/v1"
+DEFAULT_ADDR = "0.0.0.0:8080"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Your replies are spoken aloud, so answer in short, "
+    "plain sentences: no lists, tables, markdown or emoji. Reply in the language the user "
+    "speaks."
+)
+
+Path_ = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    """Base of every table: strict types like serde, unknown keys kept (reported as warnings)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, data: Any) -> Any:
+        # `url` and `llm_chat_url` (say) are one key: giving both is ambiguous (serde: duplicate
+        # field). Checked generically for every field that accepts several spellings.
+        if isinstance(data, Mapping):
+            for name, info in cls.model_fields.items():
+                alias = info.validation_alias
+                if isinstance(alias, AliasChoices):
+                    given = [c for c in alias.choices if isinstance(c, str) and c in data]
+                    if len(given) > 1:
+                        raise ValueError(
+                            f"{' and '.join(given)} are the same setting ({name}); give only one"
+                        )
+        return data
+
+
+def _choices(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Message(_Section):
+    """A chat message (``sys_prompts``, ``dynamic_prompts``, ``prompts``)."""
+
+    role: Literal["system", "user", "assistant", "tool"] = "assistant"
+    content: str = ""
+
+
+class MCPServer(_Section):
+    """One ``[[llm.mcp_server]]``. ``api_key`` is accepted but, as in the reference, unused."""
+
+    server: str
+    type: Literal["http_streamable", "sse"] = "http_streamable"
+    call_mcp_message: str = ""
+    api_key: str = ""
+
+
+class OpenAIChatLLM(_Section):
+    """``[llm] platform = "openai_chat"``: an OpenAI Chat Completions compatible endpoint."""
+
+    platform: Literal["openai_chat"] = "openai_chat"
+    url: str = Field(validation_alias=_choices("url", "llm_chat_url"))
+    api_key: str | None = None
+    model: str = ""
+    history: int = Field(ge=0)
+    sys_prompts: list[Message] = Field(default_factory=list)
+    dynamic_prompts: list[Message] = Field(default_factory=list)
+    prompts_url: str = ""
+    mcp_server: list[MCPServer] = Field(default_factory=list)
+    extra: dict[str, Any] | None = None
+
+
+class OpenAIResponsesLLM(_Section):
+    """``[llm] platform = "openai_responses"``: the OpenAI Responses API."""
+
+    platform: Literal["openai_responses"] = "openai_responses"
+    url: str = Field(
+        default="https://api.openai.com/v1/responses",
+        validation_alias=_choices("url", "llm_responses_url"),
+    )
+    model: str = "gpt-4.1"
+    instructions: str = "You are a helpful assistant."
+    api_key: str = ""
+    sys_prompts: list[Message] = Field(default_factory=list)
+    mcp_server: list[MCPServer] = Field(default_factory=list)
+    extra: dict[str, Any] | None = None
+
+
+class TextOptimization(_Section):
+    """``[tts.text_optimization]``: rewrite each segment through a chat-completions endpoint."""
+
+    url: str
+    api_key: str = ""
+    model: str = ""
+    prompts: list[Message] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _chat_endpoint(cls, url: str) -> str:
+        path = url.split("?", 1)[0].rstrip("/")
+        if re.search(r"/audio/(transcriptions|translations|speech)$", path):
+            raise ValueError(
+                f"{url!r} is an audio endpoint; text optimisation needs a chat-completions "
+                "endpoint (e.g. https://api.openai.com/v1/chat/completions)"
+            )
+        return url
+
+
+class OpenAITTS(_Section):
+    """``[tts] platform = "openai"`` (aliases ``Openai``, ``OpenAI``)."""
+
+    platform: Literal["openai"] = "openai"
+    api_key: str
+    model: str = "gpt-4o-mini-tts"
+    voice: str = "alloy"
+    url: str = "https://api.openai.com/v1/audio/speech"
+
+
+class GroqTTS(_Section):
+    """``[tts] platform = "groq"`` (alias ``Groq``)."""
+
+    platform: Literal["groq"] = "groq"
+    api_key: str
+    voice: str
+    model: str = "playai-tts"
+    url: str = "https://api.groq.com/openai/v1/audio/speech"
+
+
+class GSVTTS(_Section):
+    """``[tts] platform = "gsv"`` (aliases ``GSV``, ``Stable``): GPT-SoVITS, whole WAV."""
+
+    platform: Literal["gsv"] = "gsv"
+    url: str
+    speaker: str
+    api_key: str = ""
+    timeout_sec: int = Field(default=15, gt=0)
+    text_optimization: TextOptimization | None = None
+
+
+class StreamGSVTTS(_Section):
+    """``[tts] platform = "stream_gsv"`` (alias ``StreamGSV``): GPT-SoVITS, streamed PCM."""
+
+    platform: Literal["stream_gsv"] = "stream_gsv"
+    url: str
+    speaker: str
+    api_key: str = ""
+    text_optimization: TextOptimization | None = None
+
+
+class FishTTS(_Section):
+    """``[tts] platform = "fish"`` (alias ``Fish``): fish.audio."""
+
+    platform: Literal["fish"] = "fish"
+    api_key: str
+    speaker: str
+    url: str = "https://api.fish.audio/v1/tts"
+
+
+class CosyVoiceTTS(_Section):
+    """``[tts] platform = "cosyvoice"`` (alias ``CosyVoice``): Alibaba DashScope."""
+
+    platform: Literal["cosyvoice"] = "cosyvoice"
+    token: str
+    speaker: str | None = None
+    version: Literal["V1", "V2"] = "V2"
+    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+
+    @property
+    def voice(self) -> str:
+        """The speaker, or the reference's default for the version."""
+        return self.speaker or ("longwan_v2" if self.version == "V2" else "longwan")
+
+
+class ElevenLabsTTS(_Section):
+    """``[tts] platform = "elevenlabs"`` (alias ``Elevenlabs``)."""
+
+    platform: Literal["elevenlabs"] = "elevenlabs"
+    token: str
+    voice: str
+    model_id: str = ""
+    language_code: str = ""
+    url: str = "wss://api.elevenlabs.io/v1/text-to-speech"
+
+    @property
+    def effective_model_id(self) -> str:
+        return self.model_id or "eleven_flash_v2_5"
+
+
+class LocalTTS(_Section):
+    """``[tts] platform = "local"``: the embedded TTS engine (ours)."""
+
+    platform: Literal["local"] = "local"
+    engine: Literal["hibari", "piper"] = "hibari"
+    voice: str | None = Field(default=None, validation_alias=_choices("voice", "speaker"))
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+
+
+class VadConfig(_Section):
+    """``[asr.vad]``. After validation ``threshold`` is capped at 0.95 and ``neg_threshold`` is
+    set (default ``threshold - 0.15``) and floored at 0.05, as in the reference."""
+
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    neg_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_speech_duration_ms: int = Field(default=400, ge=0)
+    max_silence_duration_ms: int = Field(default=200, ge=0)
+    hangover_ms: int = Field(default=500, ge=0)
+
+    @model_validator(mode="after")
+    def _effective(self) -> VadConfig:
+        self.threshold = min(self.threshold, 0.95)
+        neg = self.threshold - 0.15 if self.neg_threshold is None else self.neg_threshold
+        self.neg_threshold = max(neg, 0.05)
+        return self
+
+
+class OpenAIASR(_Section):
+    """``[asr] platform = "openai"`` (aliases ``whisper``, ``Whisper``, ``OpenAI``)."""
+
+    platform: Literal["openai"] = "openai"
+    url: str
+    api_key: str = ""
+    lang: str = ""
+    model: str = ""
+    prompt: str = ""
+    vad: VadConfig = Field(default_factory=VadConfig)
+    vad_url: str | None = None
+    vad_realtime_url: str | None = None
+
+
+class ParaformerV2ASR(_Section):
+    """``[asr] platform = "paraformer_v2"`` (alias ``ParaformerV2``): DashScope realtime ASR."""
+
+    platform: Literal["paraformer_v2"] = "paraformer_v2"
+    paraformer_token: str
+    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+
+
+class LocalASR(_Section):
+    """``[asr] platform = "local"``: the embedded Whisper engine (ours)."""
+
+    platform: Literal["local"] = "local"
+    model: str = "base"
+    language: str | None = Field(default=None, validation_alias=_choices("language", "lang"))
+    languages: list[str] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "int8"
+    cpu_threads: int = Field(default=0, ge=0)
+    beam_size: int = Field(default=1, ge=1)
+    prompt: str = ""
+    vad: VadConfig = Field(default_factory=VadConfig)
+
+    @model_validator(mode="after")
+    def _language(self) -> LocalASR:
+        if self.language is not None and self.language.strip().lower() in ("", "auto"):
+            self.language = None
+        if self.languages is not None and not self.languages:
+            self.languages = None
+        if self.language is not None and self.languages is not None:
+            raise ValueError("give either language (pin one) or languages (allowed set), not both")
+        return self
+
+
+class GeminiConfig(_Section):
+    """``[gemini]``: Gemini Live."""
+
+    api_key: str
+    model: str = "models/gemini-2.0-flash-exp"
+    sys_prompts: list[Message] = Field(default_factory=list)
+
+
+class ClaudeConfig(_Section):
+    """``[claude]``: the EchoKit-CC bridge."""
+
+    url: str
+
+
+class RecordConfig(_Section):
+    """``[record]``."""
+
+    callback_url: str | None = None
+
+
+LLMConfig = Annotated[Union[OpenAIChatLLM, OpenAIResponsesLLM], Field(discriminator="platform")]  # noqa: UP007
+TTSConfig = Annotated[
+    Union[  # noqa: UP007
+        OpenAITTS, GroqTTS, GSVTTS, StreamGSVTTS, FishTTS, CosyVoiceTTS, ElevenLabsTTS, LocalTTS
+    ],
+    Field(discriminator="platform"),
+]
+ASRConfig = Annotated[
+    Union[OpenAIASR, ParaformerV2ASR, LocalASR],  # noqa: UP007
+    Field(discriminator="platform"),
+]
+
+Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
+
+
+class Config(BaseModel):
+    """A validated configuration. ``layout`` says which AI sections are in use."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    addr: str
+    hello_wav: str | None = None
+    record: RecordConfig = Field(default_factory=RecordConfig)
+    layout: Layout
+    llm: LLMConfig | None = None
+    tts: TTSConfig | None = None
+    asr: ASRConfig | None = None
+    gemini: GeminiConfig | None = None
+    claude: ClaudeConfig | None = None
+    #: ``hello_wav`` resolved to a readable file, or None (no hello).
+    hello_path: Path | None = None
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        """``addr`` as ``(host, port)``."""
+        return split_host_port(self.addr)
+
+
+# Platform names: canonical -> (model, accepted spellings). Spellings are exactly the
+# reference's serde variant names and aliases, plus our "local".
+LLM_PLATFORMS: dict[str, tuple[type[_Section], tuple[str, ...]]] = {
+    "openai_chat": (OpenAIChatLLM, ("openai_chat", "OpenAIChat")),
+    "openai_responses": (OpenAIResponsesLLM, ("openai_responses", "OpenAIResponses")),
+}
+TTS_PLATFORMS: dict[str, tuple[type[_Section], tuple[str, ...]]] = {
+    "openai": (OpenAITTS, ("openai", "Openai", "OpenAI")),
+    "groq": (GroqTTS, ("groq", "Groq")),
+    "gsv": (GSVTTS, ("gsv", "GSV", "Stable")),
+    "stream_gsv": (StreamGSVTTS, ("stream_gsv", "StreamGSV")),
+    "fish": (FishTTS, ("fish", "Fish")),
+    "cosyvoice": (CosyVoiceTTS, ("cosyvoice", "CosyVoice")),
+    "elevenlabs": (ElevenLabsTTS, ("elevenlabs", "Elevenlabs")),
+    "local": (LocalTTS, ("local",)),
+}
+ASR_PLATFORMS: dict[str, tuple[type[_Section], tuple[str, ...]]] = {
+    "openai": (OpenAIASR, ("openai", "whisper", "Whisper", "OpenAI")),
+    "paraformer_v2": (ParaformerV2ASR, ("paraformer_v2", "ParaformerV2")),
+    "local": (LocalASR, ("local",)),
+}
+_TAGGED = {"llm": LLM_PLATFORMS, "tts": TTS_PLATFORMS, "asr": ASR_PLATFORMS}
+_PLAIN: dict[str, type[_Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
+_TOP_KEYS = {"addr", "hello_wav", "record", "llm", "tts", "asr", "gemini", "claude"}
+_SECRET_KEYS = ("api_key", "token", "paraformer_token")
+
+
+# --------------------------------------------------------------------------------------------
+# Issues, errors, result
+# --------------------------------------------------------------------------------------------
+
+
+def format_path(path: Path_) -> str:
+    """``("llm", "sys_prompts", 1, "role")`` -> ``llm.sys_prompts[1].role``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else f'"{part}"'
+            out += f".{name}" if out else name
+    return out
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem (or warning, or note) at a key of a config file."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+@dataclass
+class LoadedConfig:
+    """What :func:`load_config` returns."""
+
+    config: Config
+    source: Path | None = None
+    #: unknown keys, unused sections, missing hello file ... (also logged at WARNING)
+    warnings: list[ConfigIssue] = field(default_factory=list)
+    #: normalisations applied (Bearer prefix removed, VAD threshold capped ...; logged at INFO)
+    notes: list[ConfigIssue] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Key -> line locator
+# --------------------------------------------------------------------------------------------
+
+
+class _Locator:
+    """Maps dotted key paths of a TOML document to the line where each key is written.
+
+    Hand-written because nothing maintained exposes key positions: ``tomllib``/``tomli`` return
+    plain dicts, and ``tomlkit`` keeps formatting but no positions (its issue #55, "Get the line
+    and column numbers of parsed elements", is still open). The document has already
+    been parsed by tomllib, so this scanner only needs to follow valid TOML: table headers,
+    ``[[arrays of tables]]`` (with their index), dotted keys, strings of the four kinds, arrays
+    (element index) and inline tables. Anything it does not follow only costs precision: the
+    lookup falls back to the nearest enclosing key that was found.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.i = 0
+        self.lines: dict[Path_, int] = {}
+        self._aot: dict[Path_, int] = {}
+        self._starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
+        try:
+            self._document()
+        except Exception:  # best effort: keep what was found so far
+            log.debug("config locator stopped early at offset %d", self.i, exc_info=True)
+
+    def line_of(self, path: Path_) -> int | None:
+        path = tuple(path)
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    # -- scanning ---------------------------------------------------------------------------
+
+    def _line(self, pos: int) -> int:
+        return bisect.bisect_right(self._starts, pos)
+
+    def _record(self, path: Path_, pos: int) -> None:
+        self.lines.setdefault(path, self._line(pos))
+
+    def _skip(self, newlines: bool = True) -> None:
+        s = self.s
+        while self.i < len(s):
+            c = s[self.i]
+            if c in " \t\r" or (newlines and c == "\n"):
+                self.i += 1
+            elif c == "#":
+                while self.i < len(s) and s[self.i] != "\n":
+                    self.i += 1
+            else:
+                break
+
+    def _document(self) -> None:
+        s = self.s
+        current: Path_ = ()
+        while True:
+            self._skip()
+            if self.i >= len(s):
+                return
+            start = self.i
+            if s.startswith("[[", self.i):
+                self.i += 2
+                keys = self._key()
+                self._skip(False)
+                self.i += 2  # ]]
+                base = (*self._resolve(keys[:-1]), keys[-1])
+                index = self._aot.get(base, -1) + 1
+                self._aot[base] = index
+                self._record(base, start)
+                current = (*base, index)
+                self._record(current, start)
+            elif s[self.i] == "[":
+                self.i += 1
+                keys = self._key()
+                self._skip(False)
+                self.i += 1  # ]
+                current = self._resolve(keys)
+                self._record(current, start)
+            else:
+                self._keyval(current)
+
+    def _resolve(self, keys: list[str]) -> Path_:
+        out: list[str | int] = []
+        for k in keys:
+            out.append(k)
+            index = self._aot.get(tuple(out))
+            if index is not None:
+                out.append(index)
+        return tuple(out)
+
+    def _keyval(self, table: Path_) -> None:
+        start = self.i
+        keys = self._key()
+        for n in range(1, len(keys) + 1):
+            self._record((*table, *keys[:n]), start)
+        self._skip(False)
+        self.i += 1  # =
+        self._skip(False)
+        self._value((*table, *keys))
+
+    def _key(self) -> list[str]:
+        s = self.s
+        parts: list[str] = []
+        while True:
+            self._skip(False)
+            c = s[self.i]
+            if c in "\"'":
+                begin = self.i
+                self._string()
+                parts.append(tomllib.loads("k = " + s[begin : self.i])["k"])
+            else:
+                m = re.compile(r"[A-Za-z0-9_-]+").match(s, self.i)
+                if not m:
+                    raise ValueError(f"unexpected {c!r} in a key")
+                parts.append(m.group())
+                self.i = m.end()
+            self._skip(False)
+            if self.i < len(s) and s[self.i] == ".":
+                self.i += 1
+                continue
+            return parts
+
+    def _string(self) -> None:
+        s = self.s
+        delim = next(d for d in ('"""', "'''", '"', "'") if s.startswith(d, self.i))
+        escapes = delim[0] == '"'  # basic strings have backslash escapes, literal ones do not
+        self.i += len(delim)
+        while not s.startswith(delim, self.i):
+            if escapes and s[self.i] == "\\":
+                self.i += 1
+            self.i += 1
+        self.i += len(delim)
+        if len(delim) == 3:  # up to two quotes may end the content: """a"""" is 'a"'
+            extra = 0
+            while extra < 2 and self.i < len(s) and s[self.i] == delim[0]:
+                self.i += 1
+                extra += 1
+
+    def _value(self, path: Path_) -> None:
+        s = self.s
+        c = s[self.i]
+        if c in "\"'":
+            self._string()
+        elif c == "[":
+            self.i += 1
+            index = 0
+            while True:
+                self._skip()
+                if s[self.i] == "]":
+                    self.i += 1
+                    return
+                self._record((*path, index), self.i)
+                self._value((*path, index))
+                self._skip()
+                if s[self.i] == ",":
+                    self.i += 1
+                index += 1
+        elif c == "{":
+            self.i += 1
+            while True:
+                self._skip()
+                if s[self.i] == "}":
+                    self.i += 1
+                    return
+                start = self.i
+                keys = self._key()
+                for n in range(1, len(keys) + 1):
+                    self._record((*path, *keys[:n]), start)
+                self._skip()
+                self.i += 1  # =
+                self._skip()
+                self._value((*path, *keys))
+                self._skip()
+                if s[self.i] == ",":
+                    self.i += 1
+        else:  # number, bool, date-time: up to the next delimiter
+            m = re.compile(r"[^,\]}\n#]*").match(s, self.i)
+            assert m is not None
+            self.i = m.end()
+
+
+# --------------------------------------------------------------------------------------------
+# Environment expansion
+# --------------------------------------------------------------------------------------------
+
+_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` (``$${`` = literal ``${``) in one string.
+
+    Returns the expanded string and the names of unset variables that had no default.
+    """
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        name, default = m.group(1), m.group(2)
+        got = env.get(name)
+        if default is not None:
+            return got if got else default
+        if got is None:
+            missing.append(name)
+            return ""
+        return got
+
+    return _ENV_RE.sub(sub, value), missing
+
+
+def _expand_tree(data: Any, path: Path_, env: Mapping[str, str], out: list[tuple]) -> Any:
+    if isinstance(data, str):
+        if "$" not in data:
+            return data
+        value, missing = expand_env(data, env)
+        for name in missing:
+            out.append((path, name))
+        return value
+    if isinstance(data, dict):
+        return {k: _expand_tree(v, (*path, k), env, out) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_tree(v, (*path, i), env, out) for i, v in enumerate(data)]
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"0.0.0.0:8080"`` -> ``("0.0.0.0", 8080)``; ``[::1]:80`` -> ``("::1", 80)``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT (e.g. 0.0.0.0:8080), got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _got(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return _toml_type(value)
+    return f"{_toml_type(value)} {_short(value)}"
+
+
+def _describe(err: Mapping[str, Any], path: Path_) -> str:
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "missing":
+        return "missing required key"
+    if kind == "string_type":
+        return f"expected a string, got {_got(value)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected an integer, got {_got(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {_got(value)}"
+    if kind == "bool_type":
+        return f"expected true or false, got {_got(value)}"
+    if kind == "list_type":
+        if isinstance(value, dict):
+            return (
+                f"expected an array of tables ([[{format_path(path)}]]), "
+                f"got a single table ([{format_path(path)}])"
+            )
+        return f"expected an array, got {_got(value)}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a table, got {_got(value)}"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {_got(value)}"
+    bounds = {
+        "greater_than": ">",
+        "greater_than_equal": ">=",
+        "less_than": "<",
+        "less_than_equal": "<=",
+    }
+    if kind in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[kind]} {limit}, got {_short(value)}"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"{err['msg']}, got {_got(value)}"
+
+
+class _Loader:
+    def __init__(self, filename: str, text: str, env: Mapping[str, str]) -> None:
+        self.filename = filename
+        self.env = env
+        self.locator = _Locator(text)
+        self.errors: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []
+        self.notes: list[ConfigIssue] = []
+
+    def issue(self, path: Path_, message: str) -> ConfigIssue:
+        return ConfigIssue(self.filename, self.locator.line_of(path), format_path(path), message)
+
+    def error(self, path: Path_, message: str) -> None:
+        self.errors.append(self.issue(path, message))
+
+    def warn(self, path: Path_, message: str) -> None:
+        self.warnings.append(self.issue(path, message))
+
+    def note(self, path: Path_, message: str) -> None:
+        self.notes.append(self.issue(path, message))
+
+    def validate(self, model: type[_Section], data: Any, path: Path_) -> Any:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = (*path, *err["loc"])
+                self.error(where, _describe(err, where))
+            return None
+
+    def section(self, data: dict, name: str) -> Any:
+        raw = data[name]
+        if not isinstance(raw, dict):
+            self.error((name,), f"expected a table ([{name}]), got {_got(raw)}")
+            return None
+        if name in _PLAIN:
+            return self.validate(_PLAIN[name], raw, (name,))
+        platforms = _TAGGED[name]
+        expected = ", ".join(
+            canon + (f" ({', '.join(a for a in names if a != canon)})" if len(names) > 1 else "")
+            for canon, (_, names) in platforms.items()
+        )
+        tag = raw.get("platform")
+        if tag is None:
+            self.error((name, "platform"), f"missing required key (expected one of {expected})")
+            return None
+        if not isinstance(tag, str):
+            self.error((name, "platform"), f"expected a string, got {_got(tag)}")
+            return None
+        for canon, (model, names) in platforms.items():
+            if tag in names:
+                body = {k: v for k, v in raw.items() if k != "platform"}
+                return self.validate(model, {**body, "platform": canon}, (name,))
+        spellings = [n for _, names in platforms.values() for n in names]
+        close = [n for n in spellings if n.lower() == tag.lower()] or difflib.get_close_matches(
+            tag, spellings, n=1, cutoff=0.75
+        )
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        self.error(
+            (name, "platform"), f"unknown platform {tag!r} ({hint}expected one of {expected})"
+        )
+        return None
+
+    def layout(self, data: dict) -> Layout | None:
+        has = {k for k in ("llm", "tts", "asr", "gemini", "claude") if k in data}
+        if {"llm", "tts", "asr"} <= has:
+            return "pipeline"
+        if {"claude", "asr", "tts"} <= has:
+            return "claude"
+        if "gemini" in has:
+            return "gemini_tts" if "tts" in has else "gemini"
+        for head, needs, label in (
+            ("llm", ("llm", "tts", "asr"), "the pipeline layout needs [llm], [tts] and [asr]"),
+            ("claude", ("claude", "asr", "tts"), "the claude layout needs [claude], [asr], [tts]"),
+        ):
+            if head in has:
+                for missing in (n for n in needs if n not in has):
+                    self.error((missing,), f"missing section [{missing}] ({label})")
+                return None
+        self.error(
+            (),
+            "no AI section: expected [llm] + [tts] + [asr] (pipeline), [claude] + [asr] + [tts], "
+            "or [gemini] (optionally with [tts])",
+        )
+        return None
+
+    def walk(self, obj: Any, path: Path_) -> Iterator[tuple[BaseModel, Path_]]:
+        if isinstance(obj, BaseModel):
+            yield obj, path
+            for name, info in type(obj).model_fields.items():
+                key = info.alias or name
+                yield from self.walk(getattr(obj, name), (*path, key))
+        elif isinstance(obj, list):
+            for i, item in enumerate(obj):
+                yield from self.walk(item, (*path, i))
+
+    def finish_section(self, obj: BaseModel, name: str, raw: dict) -> None:
+        for model, path in self.walk(obj, (name,)):
+            for key in model.model_extra or {}:
+                platform = getattr(model, "platform", None) if model is obj else None
+                where = f" for platform {platform}" if platform else ""
+                self.warn((*path, key), f"unknown key{where} (ignored)")
+            for key in _SECRET_KEYS:
+                value = getattr(model, key, None) if key in type(model).model_fields else None
+                if isinstance(value, str):
+                    bare = re.sub(r"^\s*[Bb][Ee][Aa][Rr][Ee][Rr]\s+", "", value)
+                    if bare != value:
+                        setattr(model, key, bare.strip())
+                        self.note(
+                            (*path, key),
+                            "'Bearer ' prefix removed; the key is sent as "
+                            "'Authorization: Bearer <key>' exactly once",
+                        )
+            if isinstance(model, VadConfig):
+                given = _dig(raw, path) or {}
+                threshold = given.get("threshold")
+                if isinstance(threshold, (int, float)) and threshold > 0.95:
+                    self.note((*path, "threshold"), f"{threshold} capped at 0.95")
+                neg = given.get("neg_threshold")
+                if isinstance(neg, (int, float)) and neg < 0.05:
+                    self.note((*path, "neg_threshold"), f"{neg} raised to the floor 0.05")
+                if model.neg_threshold is not None and model.neg_threshold > model.threshold:
+                    self.warn(
+                        (*path, "neg_threshold"),
+                        f"{model.neg_threshold} is above threshold {model.threshold}: "
+                        "speech ends as soon as the probability drops below threshold",
+                    )
+        if isinstance(obj, OpenAIResponsesLLM) and obj.mcp_server:
+            self.warn(
+                (name, "mcp_server"),
+                "MCP tools are only used with platform openai_chat (ignored, as in the reference)",
+            )
+        if isinstance(obj, OpenAIASR):
+            for key in ("vad_url", "vad_realtime_url"):
+                if getattr(obj, key):
+                    self.note((name, key), "only used by the deprecated /v1/realtime endpoint")
+
+
+def _dig(data: Any, path: Path_) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _resolve_hello(value: str, base_dir: Path | None) -> tuple[Path | None, str | None]:
+    candidate = Path(value).expanduser()
+    places = [candidate] if candidate.is_absolute() else [Path.cwd() / candidate]
+    if not candidate.is_absolute() and base_dir is not None:
+        places.append(base_dir / candidate)
+    for place in places:
+        if place.is_file():
+            if os.access(place, os.R_OK):
+                return place, None
+            return None, f"{place} is not readable; no hello will be sent"
+    looked = " or ".join(str(p) for p in places)
+    return None, f"{value!r} not found (looked for {looked}); no hello will be sent"
+
+
+def parse_config(
+    text: str,
+    *,
+    filename: str = "config.toml",
+    env: Mapping[str, str] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    log_issues: bool = True,
+) -> LoadedConfig:
+    """Validate the TOML ``text`` of a config file (named ``filename`` in messages).
+
+    ``env`` (default ``os.environ``) supplies ``${VAR}`` values; ``base_dir`` is the fallback
+    directory for a relative ``hello_wav`` (after the current directory). Warnings are logged
+    at WARNING and notes at INFO unless ``log_issues`` is false (they are always returned).
+    """
+    env = os.environ if env is None else env
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"at line (\d+)", str(exc))
+        where = f"{filename}:{m.group(1)}" if m else filename
+        raise ConfigError([ConfigIssue(where, None, "", f"invalid TOML: {exc}")]) from None
+
+    ld = _Loader(filename, text, env)
+    unset: list[tuple[Path_, str]] = []
+    data = _expand_tree(raw, (), env, unset)
+    for path, name in unset:
+        ld.error(
+            path,
+            f"environment variable {name} is not set (write ${{{name}:-default}} for a fallback)",
+        )
+
+    for key in data:
+        if key not in _TOP_KEYS:
+            ld.warn((key,), "unknown key (ignored)")
+
+    top: dict[str, Any] = {}
+    addr = data.get("addr")
+    if addr is None:
+        ld.error(("addr",), "missing required key (listen address HOST:PORT, e.g. 0.0.0.0:8080)")
+    elif not isinstance(addr, str):
+        ld.error(("addr",), f"expected a string HOST:PORT, got {_got(addr)}")
+    else:
+        try:
+            split_host_port(addr)
+            top["addr"] = addr
+        except ValueError as exc:
+            ld.error(("addr",), str(exc))
+    hello = data.get("hello_wav")
+    if hello is not None and not isinstance(hello, str):
+        ld.error(("hello_wav",), f"expected a string (a WAV file path), got {_got(hello)}")
+    elif hello is not None:
+        top["hello_wav"] = hello
+    if "record" in data:
+        record = ld.validate(RecordConfig, data["record"], ("record",))
+        if record is not None:
+            ld.finish_section(record, "record", data)
+            top["record"] = record
+
+    layout = ld.layout(data)
+    if layout is not None:
+        used = {
+            "pipeline": ("llm", "tts", "asr"),
+            "claude": ("claude", "asr", "tts"),
+            "gemini_tts": ("gemini", "tts"),
+            "gemini": ("gemini",),
+        }[layout]
+        for name in ("llm", "tts", "asr", "gemini", "claude"):
+            if name in data and name not in used:
+                ld.warn((name,), f"section not used by the {layout} layout (ignored)")
+        for name in used:
+            obj = ld.section(data, name)
+            if obj is not None:
+                ld.finish_section(obj, name, data)
+                top[name] = obj
+
+    if ld.errors:
+        raise ConfigError(sorted(ld.errors, key=lambda i: i.line or 0))
+
+    if "hello_wav" in top:
+        path, problem = _resolve_hello(top["hello_wav"], Path(base_dir) if base_dir else None)
+        top["hello_path"] = path
+        if problem:
+            ld.warn(("hello_wav",), problem)
+
+    config = Config(layout=layout, **top)
+    if log_issues:
+        for w in ld.warnings:
+            log.warning("%s", w)
+        for n in ld.notes:
+            log.info("%s", n)
+    return LoadedConfig(config=config, warnings=ld.warnings, notes=ld.notes)
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log_issues: bool = True,
+) -> LoadedConfig:
+    """Read and validate the config file at ``path`` (see :func:`parse_config`)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(str(p), None, "", f"cannot read the config file: {exc.strerror}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [ConfigIssue(str(p), None, "", f"not UTF-8 text (byte {exc.start}): {exc.reason}")]
+        ) from None
+    loaded = parse_config(
+        text, filename=str(path), env=env, base_dir=p.resolve().parent, log_issues=log_issues
+    )
+    loaded.source = p
+    return loaded
+
+
+def default_config(
+    *,
+    llm_url: str | None = None,
+    api_key: str | None = None,
+    model: str | None = None,
+    addr: str = DEFAULT_ADDR,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """The embedded default used when no config file is given.
+
+    Local ASR + local TTS + ``openai_chat`` at ``llm_url`` / ``OPENAI_BASE_URL`` (default
+    ``http://localhost:9091/v1``) with ``/chat/completions`` appended (unless already there),
+    key ``api_key`` / ``OPENAI_API_KEY`` (a ``Bearer `` prefix is dropped), model ``model`` /
+    ``OPENAI_MODEL`` (empty = omitted), history 5 and a short system prompt for spoken replies.
+    """
+    env = os.environ if env is None else env
+    base = (llm_url or env.get("OPENAI_BASE_URL") or DEFAULT_LLM_BASE_URL).rstrip("/")
+    url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+    key = api_key if api_key is not None else env.get("OPENAI_API_KEY")
+    if key:
+        key = re.sub(r"^\s*[Bb][Ee][Aa][Rr][Ee][Rr]\s+", "", key).strip()
+    llm = OpenAIChatLLM.model_validate(
+        {
+            "url": url,
+            "api_key": key or None,
+            "model": model if model is not None else env.get("OPENAI_MODEL", ""),
+            "history": 5,
+            "sys_prompts": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}],
+        }
+    )
+    split_host_port(addr)
+    return Config(addr=addr, layout="pipeline", llm=llm, tts=LocalTTS(), asr=LocalASR())
+
+
+def _endpoint(obj: Any) -> str:
+    parts = [obj.platform]
+    for key in ("url", "engine", "model", "speaker", "voice"):
+        value = getattr(obj, key, None)
+        if value:
+            parts.append(value if key == "url" else f"{key}={value}")
+    if isinstance(obj, OpenAIChatLLM):
+        parts.append(f"history={obj.history}")
+    return "  ".join(parts)
+
+
+def summary(loaded: LoadedConfig | Config) -> str:
+    """A short human-readable description (no secrets): layout, addr, one line per section."""
+    cfg = loaded.config if isinstance(loaded, LoadedConfig) else loaded
+    layouts = {
+        "pipeline": "pipeline (asr -> llm -> tts)",
+        "claude": "claude (asr -> EchoKit-CC -> tts)",
+        "gemini_tts": "gemini + tts (Gemini Live text, our TTS)",
+        "gemini": "gemini (Gemini Live audio)",
+    }
+    lines = [f"layout: {layouts[cfg.layout]}", f"addr:   {cfg.addr}"]
+    for name in ("asr", "llm", "tts"):
+        obj = getattr(cfg, name)
+        if obj is not None:
+            lines.append(f"{name + ':':<7} {_endpoint(obj)}")
+    if cfg.gemini is not None:
+        lines.append(f"gemini: model={cfg.gemini.model}")
+    if cfg.claude is not None:
+        lines.append(f"claude: {cfg.claude.url}")
+    if cfg.hello_wav is not None:
+        lines.append(f"hello:  {cfg.hello_path or '(none: ' + cfg.hello_wav + ' not found)'}")
+    if cfg.record.callback_url:
+        lines.append(f"record: callback {cfg.record.callback_url}")
+    return "\n".join(lines)
