@@ -1,6 +1,407 @@
 //! Python bindings for [`crate::protocol`].
-use pyo3::prelude::*;
+//!
+//! Python form of a `ServerEvent` (externally tagged): a bare `str` for a unit
+//! variant (`"EndAudio"`), otherwise a one-key dict whose value is a dict of
+//! the named fields (`{"ASR": {"text": "hi"}}`). Byte fields accept any
+//! buffer of bytes and decode to `bytes`.
+//!
+//! The GIL is released around the kernels once the payload is large enough
+//! for that to pay off (`DETACH_MIN` bytes): for a short ASR text or a
+//! 100-byte Opus packet the whole call takes well under a microsecond, about
+//! what releasing and re-taking the GIL costs, so those run attached.
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+
+use crate::protocol::{self as kernel, ClientCommand, ServerEvent};
+
+/// Payload size (bytes) from which a kernel runs with the GIL released.
+const DETACH_MIN: usize = 4096;
+
+fn value_error(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+fn repr(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| format!("<{}>", type_name(obj)))
+}
+
+/// Bytes of a buffer-protocol object: borrowed from an (immutable) `bytes`,
+/// copied from anything else (bytearray, memoryview, ...), because a mutable
+/// buffer could change under us while the GIL is released.
+enum Data<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Data<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Borrowed(b) => b,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+fn extract_data<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Data<'a>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Data::Borrowed(b.as_bytes()));
+    }
+    let wrong = || {
+        value_error(format!(
+            "{what} must be bytes-like (bytes, bytearray, memoryview of bytes), got {}",
+            type_name(obj)
+        ))
+    };
+    if obj.is_instance_of::<PyString>() {
+        return Err(wrong());
+    }
+    match pyo3::buffer::PyBuffer::<u8>::get(obj) {
+        Ok(buf) => Ok(Data::Owned(buf.to_vec(obj.py())?)),
+        Err(e) => {
+            let msg = e.value(obj.py()).to_string();
+            Err(value_error(format!("{}: {msg}", wrong().value(obj.py()))))
+        }
+    }
+}
+
+fn extract_str(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    let s = obj
+        .cast::<PyString>()
+        .map_err(|_| value_error(format!("{what} must be str, got {}", type_name(obj))))?;
+    s.to_str().map(str::to_owned).map_err(|e| {
+        value_error(format!(
+            "{what} is not encodable as UTF-8: {}",
+            e.value(obj.py())
+        ))
+    })
+}
+
+fn extract_vowel(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u8> {
+    if obj.is_instance_of::<PyBool>() || !obj.is_instance_of::<PyInt>() {
+        return Err(value_error(format!(
+            "{what} must be an int in 0..=255, got {}",
+            type_name(obj)
+        )));
+    }
+    obj.extract::<u8>()
+        .map_err(|_| value_error(format!("{what} must be in 0..=255 (u8), got {}", repr(obj))))
+}
+
+fn extract_items(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    let seq: Vec<Bound<'_, PyAny>> = if let Ok(l) = obj.cast::<PyList>() {
+        l.iter().collect()
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter().collect()
+    } else {
+        return Err(value_error(format!(
+            "Choices.items must be a list of str, got {}",
+            type_name(obj)
+        )));
+    };
+    seq.iter()
+        .enumerate()
+        .map(|(i, item)| extract_str(item, &format!("Choices.items[{i}]")))
+        .collect()
+}
+
+fn unknown_variant(name: &str) -> PyErr {
+    value_error(format!(
+        "unknown ServerEvent variant {name:?} (expected one of {})",
+        kernel::VARIANTS.join(", ")
+    ))
+}
+
+/// The externally tagged Python form -> `ServerEvent`, with precise errors.
+fn extract_event(obj: &Bound<'_, PyAny>) -> PyResult<ServerEvent> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        let name = s.to_cow()?;
+        if let Some(event) = ServerEvent::unit(&name) {
+            return Ok(event);
+        }
+        return Err(match kernel::variant_fields(&name) {
+            Some(fields) => value_error(format!(
+                "ServerEvent {name:?} has fields ({}); pass it as {{{name:?}: {{...}}}}",
+                fields.join(", ")
+            )),
+            None => unknown_variant(&name),
+        });
+    }
+    let dict = obj.cast::<PyDict>().map_err(|_| {
+        value_error(format!(
+            "a ServerEvent must be a str (unit variant) or a one-key dict {{variant: {{fields}}}}, got {}",
+            type_name(obj)
+        ))
+    })?;
+    if dict.len() != 1 {
+        return Err(value_error(format!(
+            "a ServerEvent dict must have exactly one key (the variant name), got {} keys",
+            dict.len()
+        )));
+    }
+    let (key, value) = dict.iter().next().expect("len checked");
+    let name = key
+        .cast::<PyString>()
+        .map_err(|_| {
+            value_error(format!(
+                "the ServerEvent variant name must be a str, got {}",
+                type_name(&key)
+            ))
+        })?
+        .to_cow()?
+        .into_owned();
+    let fields = kernel::variant_fields(&name).ok_or_else(|| unknown_variant(&name))?;
+    if fields.is_empty() {
+        return Err(value_error(format!(
+            "{name:?} is a unit variant without fields: pass the bare string {name:?}"
+        )));
+    }
+    let values = value.cast::<PyDict>().map_err(|_| {
+        value_error(format!(
+            "the fields of {name} must be a dict {{{}}}, got {}",
+            fields
+                .iter()
+                .map(|f| format!("{f:?}: ..."))
+                .collect::<Vec<_>>()
+                .join(", "),
+            type_name(&value)
+        ))
+    })?;
+    for (k, _) in values.iter() {
+        let known = k
+            .cast::<PyString>()
+            .ok()
+            .and_then(|s| s.to_str().ok().map(|s| fields.contains(&s)))
+            .unwrap_or(false);
+        if !known {
+            return Err(value_error(format!(
+                "unexpected field {} for {name} (its fields: {})",
+                repr(&k),
+                fields.join(", ")
+            )));
+        }
+    }
+    let get = |field: &str| -> PyResult<Bound<'_, PyAny>> {
+        values
+            .get_item(field)?
+            .ok_or_else(|| value_error(format!("{name} is missing field {field:?}")))
+    };
+    let text =
+        |field: &str| -> PyResult<String> { extract_str(&get(field)?, &format!("{name}.{field}")) };
+    let data = |field: &str| -> PyResult<Vec<u8>> {
+        Ok(extract_data(&get(field)?, &format!("{name}.{field}"))?.to_vec())
+    };
+    Ok(match name.as_str() {
+        "HelloChunk" => ServerEvent::HelloChunk {
+            data: data("data")?,
+        },
+        "AudioChunk" => ServerEvent::AudioChunk {
+            data: data("data")?,
+        },
+        "AudioChunkWithVowel" => ServerEvent::AudioChunkWithVowel {
+            data: data("data")?,
+            vowel: extract_vowel(&get("vowel")?, "AudioChunkWithVowel.vowel")?,
+        },
+        "ASR" => ServerEvent::ASR {
+            text: text("text")?,
+        },
+        "StartAudio" => ServerEvent::StartAudio {
+            text: text("text")?,
+        },
+        "DisplayText" => ServerEvent::DisplayText {
+            text: text("text")?,
+        },
+        "Action" => ServerEvent::Action {
+            action: text("action")?,
+        },
+        "Choices" => ServerEvent::Choices {
+            message: text("message")?,
+            items: extract_items(&get("items")?)?,
+        },
+        _ => unreachable!("variant_fields knows exactly the struct variants"),
+    })
+}
+
+/// Rough payload size, to decide whether releasing the GIL pays off.
+fn payload_len(event: &ServerEvent) -> usize {
+    match event {
+        ServerEvent::HelloChunk { data }
+        | ServerEvent::AudioChunk { data }
+        | ServerEvent::AudioChunkWithVowel { data, .. } => data.len(),
+        ServerEvent::ASR { text }
+        | ServerEvent::StartAudio { text }
+        | ServerEvent::DisplayText { text }
+        | ServerEvent::Action { action: text } => text.len(),
+        ServerEvent::Choices { message, items } => {
+            message.len() + items.iter().map(|i| i.len() + 8).sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// `encode_event(event) -> bytes`: rmp-serde compact encoding, as echokit_server.
+#[pyfunction]
+fn encode_event<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let event = extract_event(event)?;
+    let bytes = if payload_len(&event) >= DETACH_MIN {
+        py.detach(|| kernel::encode_event(&event))?
+    } else {
+        kernel::encode_event(&event)?
+    };
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// `encode_audio_chunk(data, vowel=None) -> bytes`: the hot-loop fast path,
+/// byte-identical to `encode_event({"AudioChunk": {"data": data}})` (or
+/// `AudioChunkWithVowel` when a vowel is given), written straight into the
+/// result `bytes`.
+#[pyfunction]
+#[pyo3(signature = (data, vowel = None))]
+fn encode_audio_chunk<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    vowel: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let vowel = match vowel {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(extract_vowel(v, "vowel")?),
+    };
+    let data = extract_data(data, "data")?;
+    let data: &[u8] = &data;
+    let len = kernel::audio_chunk_len(data, vowel)?;
+    PyBytes::new_with(py, len, |out| {
+        if data.len() >= DETACH_MIN {
+            py.detach(|| kernel::encode_audio_chunk_into(data, vowel, out))?;
+        } else {
+            kernel::encode_audio_chunk_into(data, vowel, out)?;
+        }
+        Ok(())
+    })
+}
+
+fn event_to_py<'py>(py: Python<'py>, event: ServerEvent) -> PyResult<Bound<'py, PyAny>> {
+    let fields = PyDict::new(py);
+    let name = match event {
+        ServerEvent::HelloStart => return Ok(intern!(py, "HelloStart").clone().into_any()),
+        ServerEvent::HelloEnd => return Ok(intern!(py, "HelloEnd").clone().into_any()),
+        ServerEvent::EndAudio => return Ok(intern!(py, "EndAudio").clone().into_any()),
+        ServerEvent::StartVideo => return Ok(intern!(py, "StartVideo").clone().into_any()),
+        ServerEvent::EndVideo => return Ok(intern!(py, "EndVideo").clone().into_any()),
+        ServerEvent::EndResponse => return Ok(intern!(py, "EndResponse").clone().into_any()),
+        ServerEvent::EndVad => return Ok(intern!(py, "EndVad").clone().into_any()),
+        ServerEvent::HelloChunk { data } => {
+            fields.set_item(intern!(py, "data"), PyBytes::new(py, &data))?;
+            intern!(py, "HelloChunk")
+        }
+        ServerEvent::AudioChunk { data } => {
+            fields.set_item(intern!(py, "data"), PyBytes::new(py, &data))?;
+            intern!(py, "AudioChunk")
+        }
+        ServerEvent::AudioChunkWithVowel { data, vowel } => {
+            fields.set_item(intern!(py, "data"), PyBytes::new(py, &data))?;
+            fields.set_item(intern!(py, "vowel"), vowel)?;
+            intern!(py, "AudioChunkWithVowel")
+        }
+        ServerEvent::ASR { text } => {
+            fields.set_item(intern!(py, "text"), text)?;
+            intern!(py, "ASR")
+        }
+        ServerEvent::StartAudio { text } => {
+            fields.set_item(intern!(py, "text"), text)?;
+            intern!(py, "StartAudio")
+        }
+        ServerEvent::DisplayText { text } => {
+            fields.set_item(intern!(py, "text"), text)?;
+            intern!(py, "DisplayText")
+        }
+        ServerEvent::Action { action } => {
+            fields.set_item(intern!(py, "action"), action)?;
+            intern!(py, "Action")
+        }
+        ServerEvent::Choices { message, items } => {
+            fields.set_item(intern!(py, "message"), message)?;
+            fields.set_item(intern!(py, "items"), PyList::new(py, items)?)?;
+            intern!(py, "Choices")
+        }
+    };
+    let event = PyDict::new(py);
+    event.set_item(name, fields)?;
+    Ok(event.into_any())
+}
+
+/// `decode_event(data) -> event`: accepts what the firmware's
+/// `rmp_serde::from_slice` accepts; trailing bytes are an error.
+#[pyfunction]
+fn decode_event<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let data = extract_data(data, "data")?;
+    let data: &[u8] = &data;
+    let event = if data.len() >= DETACH_MIN {
+        py.detach(|| kernel::decode_event(data))?
+    } else {
+        kernel::decode_event(data)?
+    };
+    event_to_py(py, event)
+}
+
+/// `parse_client_command(text) -> dict`, e.g. `{"event": "Text", "input": "hi"}`.
+#[pyfunction]
+fn parse_client_command<'py>(
+    py: Python<'py>,
+    text: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let text = text.cast::<PyString>().map_err(|_| {
+        value_error(format!(
+            "a client command must be a str (a WebSocket text frame), got {}",
+            type_name(text)
+        ))
+    })?;
+    let text = text
+        .to_str()
+        .map_err(|e| value_error(format!("invalid client command: {}", e.value(py))))?;
+    let command = if text.len() >= DETACH_MIN {
+        py.detach(|| kernel::parse_client_command(text))?
+    } else {
+        kernel::parse_client_command(text)?
+    };
+    let out = PyDict::new(py);
+    let event = intern!(py, "event");
+    match command {
+        ClientCommand::StartChat => out.set_item(event, intern!(py, "StartChat"))?,
+        ClientCommand::StartRecord => out.set_item(event, intern!(py, "StartRecord"))?,
+        ClientCommand::Submit => out.set_item(event, intern!(py, "Submit"))?,
+        ClientCommand::Text { input } => {
+            out.set_item(event, intern!(py, "Text"))?;
+            out.set_item(intern!(py, "input"), input)?;
+        }
+        ClientCommand::Select { index } => {
+            out.set_item(event, intern!(py, "Select"))?;
+            out.set_item(intern!(py, "index"), index)?;
+        }
+    }
+    Ok(out)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(encode_event, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_audio_chunk, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_event, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_client_command, m)?)?;
+    m.add(
+        "SERVER_EVENT_VARIANTS",
+        PyTuple::new(m.py(), kernel::VARIANTS)?,
+    )?;
     Ok(())
 }
