@@ -246,9 +246,12 @@ pub fn audio_chunk_len(data: &[u8], vowel: Option<u8>) -> Result<usize> {
         16..=0xffff => 3,
         _ => 5,
     };
-    // Bytes >= 0x80 take two bytes (`cc XX`). Summing the top bits
-    // vectorises well.
-    let high: usize = data.iter().map(|&b| usize::from(b >> 7)).sum();
+    // Bytes >= 0x80 take two bytes (`cc XX`). Top bits summed in u8 lanes
+    // over runs of 255 bytes (cannot overflow) vectorise 16-32 bytes a step.
+    let high: usize = data
+        .chunks(255)
+        .map(|c| usize::from(c.iter().fold(0u8, |acc, &b| acc + (b >> 7))))
+        .sum();
     let vowel_len = match vowel {
         None => 0,
         Some(v) if v < 0x80 => 1,
@@ -320,25 +323,115 @@ pub fn encode_audio_chunk_into(data: &[u8], vowel: Option<u8>, out: &mut [u8]) -
 /// The array elements: each byte as the smallest MessagePack uint (positive
 /// fixint below 0x80, `cc XX` otherwise). `out` is exactly the encoded size.
 fn write_u8_array_body(data: &[u8], out: &mut [u8]) {
-    // Branch-free: always write two bytes (marker-or-value, value) and
-    // advance by one or two, so random audio bytes cause no mispredictions.
-    // All but the last input byte can write two bytes without overrunning
-    // (the output is at least one byte longer than the remaining input).
-    let Some((&last, head)) = data.split_last() else {
-        return;
-    };
-    let mut i = 0;
-    for &b in head {
-        let wide = usize::from(b >> 7);
-        out[i] = if wide == 1 { 0xcc } else { b };
-        out[i + 1] = b;
-        i += 1 + wide;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("ssse3") {
+        // SAFETY: the CPU supports SSSE3 (checked just above).
+        let (k, i) = unsafe { simd::write_blocks_ssse3(data, out) };
+        return write_u8_array_scalar(&data[k..], &mut out[i..]);
     }
-    if last < 0x80 {
-        out[i] = last;
-    } else {
-        out[i] = 0xcc;
-        out[i + 1] = last;
+    write_u8_array_scalar(data, out)
+}
+
+fn write_u8_array_scalar(data: &[u8], out: &mut [u8]) {
+    // Blocks of 8 input bytes while at least 16 output bytes remain (a block
+    // writes at most 16). An all-ASCII block (silence, quiet PCM high bytes)
+    // is copied as is; otherwise each byte is written branch-free as two
+    // bytes (marker-or-value, value) and the cursor advances by one or two,
+    // so random audio bytes cause no mispredictions.
+    let mut i = 0;
+    let mut k = 0;
+    while k + 8 <= data.len() && out.len() - i >= 16 {
+        let block: &[u8; 8] = data[k..k + 8].try_into().expect("8 bytes");
+        let dst: &mut [u8; 16] = (&mut out[i..i + 16]).try_into().expect("16 bytes");
+        if u64::from_ne_bytes(*block) & 0x8080_8080_8080_8080 == 0 {
+            dst[..8].copy_from_slice(block);
+            i += 8;
+        } else {
+            let mut j = 0;
+            for &b in block {
+                let wide = usize::from(b >> 7);
+                let pair = if wide == 1 { [0xcc, b] } else { [b, b] };
+                // j <= 14 here: at most 7 earlier bytes, 2 output bytes each.
+                dst[j..j + 2].copy_from_slice(&pair);
+                j += 1 + wide;
+            }
+            i += j;
+        }
+        k += 8;
+    }
+    for &b in &data[k..] {
+        if b < 0x80 {
+            out[i] = b;
+            i += 1;
+        } else {
+            out[i] = 0xcc;
+            out[i + 1] = b;
+            i += 2;
+        }
+    }
+    debug_assert_eq!(i, out.len());
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    //! SSSE3 expansion of 8 bytes per step: the block goes in the low half of
+    //! a register whose high half is all 0xcc; the block's top-bit mask picks
+    //! a shuffle that lays out `b` or `cc b` per byte; one 16-byte store, and
+    //! the cursor advances by 8 + (number of bytes >= 0x80). About 10
+    //! instructions per 8 bytes instead of ~8 per byte.
+    use std::arch::x86_64::*;
+
+    /// SHUFFLE[mask]: source lane per output byte (lane 8 holds 0xcc; 0x80
+    /// writes zero, past the encoded bytes, overwritten by the next step).
+    static SHUFFLE: [[u8; 16]; 256] = build_table();
+
+    const fn build_table() -> [[u8; 16]; 256] {
+        let mut table = [[0x80u8; 16]; 256];
+        let mut mask = 0;
+        while mask < 256 {
+            let mut j = 0;
+            let mut k = 0;
+            while k < 8 {
+                if mask & (1 << k) != 0 {
+                    table[mask][j] = 8;
+                    j += 1;
+                }
+                table[mask][j] = k as u8;
+                j += 1;
+                k += 1;
+            }
+            mask += 1;
+        }
+        table
+    }
+
+    /// Encodes whole 8-byte blocks while 16 output bytes remain; returns how
+    /// many input bytes were consumed and output bytes written.
+    ///
+    /// # Safety
+    /// The CPU must support SSSE3. `out` must be at least the encoded size of
+    /// `data` (then every store below stays inside `out`).
+    #[target_feature(enable = "ssse3")]
+    pub(super) unsafe fn write_blocks_ssse3(data: &[u8], out: &mut [u8]) -> (usize, usize) {
+        let markers = _mm_set_epi64x(0xcccc_cccc_cccc_cccc_u64 as i64, 0);
+        let (mut k, mut i) = (0usize, 0usize);
+        while k + 8 <= data.len() && out.len() - i >= 16 {
+            // SAFETY: k + 8 <= data.len() and i + 16 <= out.len() (loop
+            // condition); unaligned loads/stores are used.
+            unsafe {
+                let block = _mm_loadl_epi64(data.as_ptr().add(k) as *const __m128i);
+                let mask = (_mm_movemask_epi8(block) & 0xff) as usize;
+                let src = _mm_or_si128(block, markers);
+                let shuffle = _mm_loadu_si128(SHUFFLE[mask].as_ptr() as *const __m128i);
+                _mm_storeu_si128(
+                    out.as_mut_ptr().add(i) as *mut __m128i,
+                    _mm_shuffle_epi8(src, shuffle),
+                );
+                i += 8 + mask.count_ones() as usize;
+            }
+            k += 8;
+        }
+        (k, i)
     }
 }
 
@@ -586,6 +679,29 @@ mod tests {
     }
 
     #[test]
+    fn audio_fast_path_on_all_top_bit_patterns() {
+        // Every 8-byte top-bit mask (one SIMD shuffle each), at every offset.
+        for mask in 0u32..256 {
+            let data: Vec<u8> = (0..24)
+                .map(|k| {
+                    if mask & (1 << (k % 8)) != 0 {
+                        0x80 | k as u8
+                    } else {
+                        k as u8
+                    }
+                })
+                .collect();
+            for start in 0..8 {
+                let d = &data[start..];
+                assert_eq!(
+                    encode_audio_chunk(d, Some(3)).unwrap(),
+                    reference_audio(d, Some(3))
+                );
+            }
+        }
+    }
+
+    #[test]
     fn audio_fast_path_rejects_wrong_buffer() {
         let mut out = vec![0u8; 3];
         assert!(encode_audio_chunk_into(&[1], None, &mut out).is_err());
@@ -598,6 +714,17 @@ mod tests {
             vowel in proptest::option::of(any::<u8>()),
         ) {
             prop_assert_eq!(encode_audio_chunk(&data, vowel).unwrap(), reference_audio(&data, vowel));
+        }
+
+        #[test]
+        fn scalar_body_matches_rmp_serde(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            // The portable loop (the SIMD path leaves it only the tails on x86).
+            let reference = reference_audio(&data, None);
+            let body_len = data.len() + data.iter().filter(|&&b| b >= 0x80).count();
+            let header = reference.len() - body_len;
+            let mut body = vec![0u8; body_len];
+            write_u8_array_scalar(&data, &mut body);
+            prop_assert_eq!(&body[..], &reference[header..]);
         }
 
         #[test]
