@@ -1,14 +1,34 @@
 """The EchoKit device protocol: `ServerEvent` MessagePack codec and client commands.
 
-Thin wrappers over `echokit_fast._native`; byte-identical to rmp-serde's compact
-encoding used by echokit_server (spec §3.2-3.3).
+Byte-identical to rmp-serde's compact encoding used by echokit_server (spec §3.2-3.3).
+
+The functions are `echokit_fast._native`'s own, re-exported without a Python wrapper
+(they sit in the per-frame audio loop, where a wrapper call would add ~25% to an Opus
+packet's encoding); their docstrings are the native ones and their signatures are typed
+in `_native.pyi`:
+
+- ``encode_event(event) -> bytes``: any `ServerEvent`, through rmp-serde itself.
+- ``encode_audio_chunk(data, vowel=None) -> bytes``: the same bytes as
+  ``encode_event({"AudioChunk": {"data": data}})`` (``AudioChunkWithVowel`` with a vowel),
+  several times faster.
+- ``decode_event(data) -> event``: tolerant like the firmware's decoder, strict about
+  trailing bytes.
+- ``parse_client_command(text) -> dict``: the device's JSON text commands (spec §2.2).
+
+Every error is a ValueError saying what is wrong.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from echokit_fast import _native
+from echokit_fast._native import (
+    SERVER_EVENT_VARIANTS,
+    decode_event,
+    encode_audio_chunk,
+    encode_event,
+    parse_client_command,
+)
 
 __all__ = [
     "SERVER_EVENT_VARIANTS",
@@ -21,66 +41,12 @@ __all__ = [
     "parse_client_command",
 ]
 
-#: Anything exposing a buffer of bytes.
+#: Anything exposing a buffer of bytes (byte fields accept all of these).
 Buffer = bytes | bytearray | memoryview
 
-#: A `ServerEvent` in externally tagged form: the variant name for a unit variant,
-#: else ``{variant: {field: value}}``.
+#: A `ServerEvent` in externally tagged form: the variant name (``"EndAudio"``) for a unit
+#: variant, else ``{variant: {field: value}}``, e.g. ``{"ASR": {"text": "hi"}}``.
 ServerEvent = str | dict[str, dict[str, Any]]
 
 #: A parsed client command: ``{"event": name, **fields}``.
 ClientCommand = dict[str, Any]
-
-#: Every `ServerEvent` variant name, in the reference server's declaration order.
-SERVER_EVENT_VARIANTS: tuple[str, ...] = _native.SERVER_EVENT_VARIANTS
-
-
-def encode_event(event: ServerEvent) -> bytes:
-    """Encode a server→device event exactly as echokit_server does (`rmp_serde::to_vec`).
-
-    `event` is the externally tagged form: a bare ``str`` for a unit variant
-    (``"EndAudio"``), otherwise a one-key dict of the named fields, e.g.
-    ``{"ASR": {"text": "hi"}}``, ``{"AudioChunk": {"data": b"..."}}``,
-    ``{"AudioChunkWithVowel": {"data": b"...", "vowel": 2}}``,
-    ``{"Choices": {"message": "...", "items": ["a", "b"]}}``.
-    Byte fields take bytes, bytearray or memoryview and are written as MessagePack
-    int arrays (not ``bin``), fields positionally, as the reference does.
-
-    Raises ValueError for an unknown variant, a missing, extra or wrongly typed
-    field, or a vowel outside 0..=255.
-    """
-    return _native.encode_event(event)
-
-
-def encode_audio_chunk(data: Buffer, vowel: int | None = None) -> bytes:
-    """Fast path for the audio hot loop.
-
-    Same bytes as ``encode_event({"AudioChunk": {"data": data}})``, or, with a
-    vowel, ``encode_event({"AudioChunkWithVowel": {"data": data, "vowel": vowel}})``,
-    without building the dict; the GIL is released for large payloads.
-    """
-    return _native.encode_audio_chunk(data, vowel)
-
-
-def decode_event(data: Buffer) -> ServerEvent:
-    """Decode one MessagePack `ServerEvent` into the form `encode_event` takes.
-
-    Accepts what the firmware's ``rmp_serde::from_slice`` accepts: the variant as
-    a string or a one-entry map, fields as a positional array or a map of names,
-    byte fields as an int array or ``bin``. Byte fields come back as ``bytes``.
-    Raises ValueError for malformed, truncated or unknown input and for bytes
-    trailing after the event.
-    """
-    return _native.decode_event(data)
-
-
-def parse_client_command(text: str) -> ClientCommand:
-    """Parse one JSON text frame sent by a device (spec §2.2).
-
-    Returns e.g. ``{"event": "StartChat"}``, ``{"event": "Text", "input": "hi"}``
-    or ``{"event": "Select", "index": 0}``. Keys other than the command's own are
-    ignored, as the reference's serde parser does. Raises ValueError (with
-    serde_json's description of the problem) for anything else: bad JSON, an
-    unknown ``event``, a missing or wrongly typed field, a negative index.
-    """
-    return _native.parse_client_command(text)

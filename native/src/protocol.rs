@@ -148,7 +148,26 @@ pub fn encode_event(event: &ServerEvent) -> Result<Vec<u8>> {
         }
         _ => {}
     }
-    rmp_serde::to_vec(event).map_err(|e| invalid!("cannot encode {}: {e}", event.name()))
+    // Sized up front (names and headers < 32 bytes, a data byte <= 2 bytes)
+    // so the buffer never grows while rmp-serde writes.
+    let capacity = 32
+        + match event {
+            ServerEvent::HelloChunk { data }
+            | ServerEvent::AudioChunk { data }
+            | ServerEvent::AudioChunkWithVowel { data, .. } => 2 * data.len(),
+            ServerEvent::ASR { text }
+            | ServerEvent::StartAudio { text }
+            | ServerEvent::DisplayText { text }
+            | ServerEvent::Action { action: text } => 5 + text.len(),
+            ServerEvent::Choices { message, items } => {
+                10 + message.len() + items.iter().map(|i| 5 + i.len()).sum::<usize>()
+            }
+            _ => 0,
+        };
+    let mut out = Vec::with_capacity(capacity);
+    rmp_serde::encode::write(&mut out, event)
+        .map_err(|e| invalid!("cannot encode {}: {e}", event.name()))?;
+    Ok(out)
 }
 
 /// Decodes one event the way the firmware's `rmp_serde::from_slice` does,

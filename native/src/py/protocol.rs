@@ -45,6 +45,15 @@ enum Data<'a> {
     Owned(Vec<u8>),
 }
 
+impl Data<'_> {
+    fn into_vec(self) -> Vec<u8> {
+        match self {
+            Data::Borrowed(b) => b.to_vec(),
+            Data::Owned(v) => v,
+        }
+    }
+}
+
 impl std::ops::Deref for Data<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -55,33 +64,51 @@ impl std::ops::Deref for Data<'_> {
     }
 }
 
-fn extract_data<'a>(obj: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Data<'a>> {
-    if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(Data::Borrowed(b.as_bytes()));
-    }
-    let wrong = || {
-        value_error(format!(
-            "{what} must be bytes-like (bytes, bytearray, memoryview of bytes), got {}",
-            type_name(obj)
-        ))
-    };
-    if obj.is_instance_of::<PyString>() {
-        return Err(wrong());
-    }
-    match pyo3::buffer::PyBuffer::<u8>::get(obj) {
-        Ok(buf) => Ok(Data::Owned(buf.to_vec(obj.py())?)),
-        Err(e) => {
-            let msg = e.value(obj.py()).to_string();
-            Err(value_error(format!("{}: {msg}", wrong().value(obj.py()))))
+/// Names an argument in error messages; formatted only when there is one.
+#[derive(Clone, Copy)]
+struct What<'a> {
+    variant: &'a str,
+    field: &'a str,
+}
+
+impl std::fmt::Display for What<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.variant.is_empty() {
+            f.write_str(self.field)
+        } else {
+            write!(f, "{}.{}", self.variant, self.field)
         }
     }
 }
 
-fn extract_str(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+fn arg(field: &str) -> What<'_> {
+    What { variant: "", field }
+}
+
+fn extract_data<'a>(obj: &'a Bound<'_, PyAny>, what: What<'_>) -> PyResult<Data<'a>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Data::Borrowed(b.as_bytes()));
+    }
+    let wrong = || {
+        format!(
+            "{what} must be bytes-like (bytes, bytearray, memoryview of bytes), got {}",
+            type_name(obj)
+        )
+    };
+    if obj.is_instance_of::<PyString>() {
+        return Err(value_error(wrong()));
+    }
+    match pyo3::buffer::PyBuffer::<u8>::get(obj) {
+        Ok(buf) => Ok(Data::Owned(buf.to_vec(obj.py())?)),
+        Err(e) => Err(value_error(format!("{}: {}", wrong(), e.value(obj.py())))),
+    }
+}
+
+fn extract_str<'a>(obj: &'a Bound<'_, PyAny>, what: What<'_>) -> PyResult<&'a str> {
     let s = obj
         .cast::<PyString>()
         .map_err(|_| value_error(format!("{what} must be str, got {}", type_name(obj))))?;
-    s.to_str().map(str::to_owned).map_err(|e| {
+    s.to_str().map_err(|e| {
         value_error(format!(
             "{what} is not encodable as UTF-8: {}",
             e.value(obj.py())
@@ -89,7 +116,7 @@ fn extract_str(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
     })
 }
 
-fn extract_vowel(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u8> {
+fn extract_vowel(obj: &Bound<'_, PyAny>, what: What<'_>) -> PyResult<u8> {
     if obj.is_instance_of::<PyBool>() || !obj.is_instance_of::<PyInt>() {
         return Err(value_error(format!(
             "{what} must be an int in 0..=255, got {}",
@@ -101,20 +128,20 @@ fn extract_vowel(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u8> {
 }
 
 fn extract_items(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-    let seq: Vec<Bound<'_, PyAny>> = if let Ok(l) = obj.cast::<PyList>() {
-        l.iter().collect()
+    let item = |(i, item): (usize, Bound<'_, PyAny>)| -> PyResult<String> {
+        let what = format!("Choices.items[{i}]");
+        extract_str(&item, arg(&what)).map(str::to_owned)
+    };
+    if let Ok(l) = obj.cast::<PyList>() {
+        l.iter().enumerate().map(item).collect()
     } else if let Ok(t) = obj.cast::<PyTuple>() {
-        t.iter().collect()
+        t.iter().enumerate().map(item).collect()
     } else {
-        return Err(value_error(format!(
+        Err(value_error(format!(
             "Choices.items must be a list of str, got {}",
             type_name(obj)
-        )));
-    };
-    seq.iter()
-        .enumerate()
-        .map(|(i, item)| extract_str(item, &format!("Choices.items[{i}]")))
-        .collect()
+        )))
+    }
 }
 
 fn unknown_variant(name: &str) -> PyErr {
@@ -152,17 +179,14 @@ fn extract_event(obj: &Bound<'_, PyAny>) -> PyResult<ServerEvent> {
         )));
     }
     let (key, value) = dict.iter().next().expect("len checked");
-    let name = key
-        .cast::<PyString>()
-        .map_err(|_| {
-            value_error(format!(
-                "the ServerEvent variant name must be a str, got {}",
-                type_name(&key)
-            ))
-        })?
-        .to_cow()?
-        .into_owned();
-    let fields = kernel::variant_fields(&name).ok_or_else(|| unknown_variant(&name))?;
+    let key = key.cast_into::<PyString>().map_err(|e| {
+        value_error(format!(
+            "the ServerEvent variant name must be a str, got {}",
+            type_name(e.into_inner().as_any())
+        ))
+    })?;
+    let name = key.to_str()?;
+    let fields = kernel::variant_fields(name).ok_or_else(|| unknown_variant(name))?;
     if fields.is_empty() {
         return Err(value_error(format!(
             "{name:?} is a unit variant without fields: pass the bare string {name:?}"
@@ -179,56 +203,69 @@ fn extract_event(obj: &Bound<'_, PyAny>) -> PyResult<ServerEvent> {
             type_name(&value)
         ))
     })?;
-    for (k, _) in values.iter() {
-        let known = k
+    // One pass over the given fields: each must be one of the variant's.
+    let mut slots: [Option<Bound<'_, PyAny>>; 2] = [None, None];
+    for (k, v) in values.iter() {
+        let index = k
             .cast::<PyString>()
             .ok()
-            .and_then(|s| s.to_str().ok().map(|s| fields.contains(&s)))
-            .unwrap_or(false);
-        if !known {
-            return Err(value_error(format!(
-                "unexpected field {} for {name} (its fields: {})",
-                repr(&k),
-                fields.join(", ")
-            )));
+            .and_then(|s| s.to_str().ok())
+            .and_then(|s| fields.iter().position(|f| *f == s));
+        match index {
+            Some(i) => slots[i] = Some(v),
+            None => {
+                return Err(value_error(format!(
+                    "unexpected field {} for {name} (its fields: {})",
+                    repr(&k),
+                    fields.join(", ")
+                )))
+            }
         }
     }
-    let get = |field: &str| -> PyResult<Bound<'_, PyAny>> {
-        values
-            .get_item(field)?
-            .ok_or_else(|| value_error(format!("{name} is missing field {field:?}")))
+    if let Some(i) = slots[..fields.len()].iter().position(Option::is_none) {
+        return Err(value_error(format!(
+            "{name} is missing field {:?}",
+            fields[i]
+        )));
+    }
+    let [first, second] = slots;
+    let first = first.expect("checked above");
+    let what = |field| What {
+        variant: name,
+        field,
     };
-    let text =
-        |field: &str| -> PyResult<String> { extract_str(&get(field)?, &format!("{name}.{field}")) };
-    let data = |field: &str| -> PyResult<Vec<u8>> {
-        Ok(extract_data(&get(field)?, &format!("{name}.{field}"))?.to_vec())
+    let text = |obj: &Bound<'_, PyAny>, field| -> PyResult<String> {
+        extract_str(obj, what(field)).map(str::to_owned)
     };
-    Ok(match name.as_str() {
+    let data = |obj: &Bound<'_, PyAny>| -> PyResult<Vec<u8>> {
+        Ok(extract_data(obj, what("data"))?.into_vec())
+    };
+    Ok(match name {
         "HelloChunk" => ServerEvent::HelloChunk {
-            data: data("data")?,
+            data: data(&first)?,
         },
         "AudioChunk" => ServerEvent::AudioChunk {
-            data: data("data")?,
+            data: data(&first)?,
         },
         "AudioChunkWithVowel" => ServerEvent::AudioChunkWithVowel {
-            data: data("data")?,
-            vowel: extract_vowel(&get("vowel")?, "AudioChunkWithVowel.vowel")?,
+            data: data(&first)?,
+            vowel: extract_vowel(&second.expect("checked above"), what("vowel"))?,
         },
         "ASR" => ServerEvent::ASR {
-            text: text("text")?,
+            text: text(&first, "text")?,
         },
         "StartAudio" => ServerEvent::StartAudio {
-            text: text("text")?,
+            text: text(&first, "text")?,
         },
         "DisplayText" => ServerEvent::DisplayText {
-            text: text("text")?,
+            text: text(&first, "text")?,
         },
         "Action" => ServerEvent::Action {
-            action: text("action")?,
+            action: text(&first, "action")?,
         },
         "Choices" => ServerEvent::Choices {
-            message: text("message")?,
-            items: extract_items(&get("items")?)?,
+            message: text(&first, "message")?,
+            items: extract_items(&second.expect("checked above"))?,
         },
         _ => unreachable!("variant_fields knows exactly the struct variants"),
     })
@@ -251,7 +288,18 @@ fn payload_len(event: &ServerEvent) -> usize {
     }
 }
 
-/// `encode_event(event) -> bytes`: rmp-serde compact encoding, as echokit_server.
+/// Encode a server->device event exactly as echokit_server does (`rmp_serde::to_vec`).
+///
+/// `event` is the externally tagged form: a bare str for a unit variant
+/// ("EndAudio"), otherwise a one-key dict of the named fields, e.g.
+/// {"ASR": {"text": "hi"}}, {"AudioChunk": {"data": b"..."}},
+/// {"AudioChunkWithVowel": {"data": b"...", "vowel": 2}},
+/// {"Choices": {"message": "...", "items": ["a", "b"]}}.
+/// Byte fields take bytes, bytearray or memoryview and are written as MessagePack
+/// int arrays (not bin), fields positionally, as the reference does.
+///
+/// Raises ValueError for an unknown variant, a missing, extra or wrongly typed
+/// field, or a vowel outside 0..=255.
 #[pyfunction]
 fn encode_event<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
     let event = extract_event(event)?;
@@ -263,10 +311,13 @@ fn encode_event<'py>(py: Python<'py>, event: &Bound<'py, PyAny>) -> PyResult<Bou
     Ok(PyBytes::new(py, &bytes))
 }
 
-/// `encode_audio_chunk(data, vowel=None) -> bytes`: the hot-loop fast path,
-/// byte-identical to `encode_event({"AudioChunk": {"data": data}})` (or
-/// `AudioChunkWithVowel` when a vowel is given), written straight into the
-/// result `bytes`.
+/// Fast path for the audio hot loop: the same bytes as
+/// encode_event({"AudioChunk": {"data": data}}), or with a vowel
+/// encode_event({"AudioChunkWithVowel": {"data": data, "vowel": vowel}}),
+/// without building the dict (several times faster; SIMD byte expansion, written
+/// straight into the result, GIL released for large payloads).
+///
+/// Raises ValueError if data is not bytes-like or vowel is not an int in 0..=255.
 #[pyfunction]
 #[pyo3(signature = (data, vowel = None))]
 fn encode_audio_chunk<'py>(
@@ -277,9 +328,9 @@ fn encode_audio_chunk<'py>(
     let vowel = match vowel {
         None => None,
         Some(v) if v.is_none() => None,
-        Some(v) => Some(extract_vowel(v, "vowel")?),
+        Some(v) => Some(extract_vowel(v, arg("vowel"))?),
     };
-    let data = extract_data(data, "data")?;
+    let data = extract_data(data, arg("data"))?;
     let data: &[u8] = &data;
     let len = kernel::audio_chunk_len(data, vowel)?;
     PyBytes::new_with(py, len, |out| {
@@ -342,11 +393,16 @@ fn event_to_py<'py>(py: Python<'py>, event: ServerEvent) -> PyResult<Bound<'py, 
     Ok(event.into_any())
 }
 
-/// `decode_event(data) -> event`: accepts what the firmware's
-/// `rmp_serde::from_slice` accepts; trailing bytes are an error.
+/// Decode one MessagePack ServerEvent into the form encode_event takes.
+///
+/// Accepts what the firmware's rmp_serde::from_slice accepts: the variant as a
+/// string or a one-entry map, fields as a positional array or a map of names
+/// (unknown names skipped), byte fields as an int array or bin. Byte fields come
+/// back as bytes. Raises ValueError for malformed, truncated or unknown input
+/// and for bytes trailing after the event.
 #[pyfunction]
 fn decode_event<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let data = extract_data(data, "data")?;
+    let data = extract_data(data, arg("data"))?;
     let data: &[u8] = &data;
     let event = if data.len() >= DETACH_MIN {
         py.detach(|| kernel::decode_event(data))?
@@ -356,7 +412,13 @@ fn decode_event<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Boun
     event_to_py(py, event)
 }
 
-/// `parse_client_command(text) -> dict`, e.g. `{"event": "Text", "input": "hi"}`.
+/// Parse one JSON text frame sent by a device (spec 2.2).
+///
+/// Returns e.g. {"event": "StartChat"}, {"event": "Text", "input": "hi"} or
+/// {"event": "Select", "index": 0}. Keys other than the command's own are
+/// ignored, as the reference's serde parser does. Raises ValueError (with
+/// serde_json's description of the problem) for anything else: bad JSON, an
+/// unknown "event", a missing or wrongly typed field, a negative index.
 #[pyfunction]
 fn parse_client_command<'py>(
     py: Python<'py>,
