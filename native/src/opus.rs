@@ -23,7 +23,8 @@ pub const FRAME_MS: [f64; 9] = [2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 1
 /// Largest packet the encoder may produce (the reference asks for
 /// `2 * 1920 / 3` bytes).
 pub const MAX_PACKET: usize = 1280;
-/// Longest packet the decoder accepts (the device decodes at most 120 ms).
+/// Decoder output buffer, in ms: 120 ms is the longest an Opus packet can be
+/// (and the most the device decodes per packet).
 pub const MAX_DECODE_MS: usize = 120;
 
 fn opus_err(what: &str, e: opus::Error) -> crate::error::Error {
@@ -193,7 +194,7 @@ impl Encoder {
     }
 }
 
-/// Mono Opus decoder; packets longer than 120 ms are rejected.
+/// Mono Opus decoder (output buffer sized for the 120 ms packet maximum).
 pub struct Decoder {
     dec: opus::Decoder,
     sample_rate: u32,
@@ -221,16 +222,6 @@ impl Decoder {
     pub fn decode_i16(&mut self, packet: &[u8]) -> Result<&[i16]> {
         if packet.is_empty() {
             return Err(invalid!("empty Opus packet"));
-        }
-        // A packet whose header claims more than 120 ms is refused up front
-        // (libopus would report only "buffer too small").
-        if let Ok(n) = opus::packet::get_nb_samples(packet, self.sample_rate) {
-            if n > self.buf.len() {
-                return Err(invalid!(
-                    "Opus packet holds {} ms of audio, more than the {MAX_DECODE_MS} ms maximum",
-                    n * 1000 / self.sample_rate as usize
-                ));
-            }
         }
         let n = self.dec.decode(packet, &mut self.buf, false).map_err(|e| {
             invalid!(
