@@ -39,10 +39,10 @@ class OpusEncoder:
     reference server drops that tail; we do not).
 
     Input is a 1-D numpy array of float32 or int16. Floats are converted to
-    int16 as the inverse of :func:`pcm16_to_float` (``x * 32768`` rounded,
-    saturated, NaN -> 0), so PCM16 that went through ``pcm16_to_float``
-    reaches libopus bit-exact, as in the reference. Encoding runs without
-    the GIL.
+    int16 as the inverse of :func:`pcm16_to_float`: ``x * 32768`` rounded
+    half to even (like ``np.round``), saturated, NaN -> 0. So PCM16 that went
+    through ``pcm16_to_float`` reaches libopus bit-exact, as in the
+    reference. Encoding runs without the GIL.
     """
 
     __slots__ = ("_enc",)

@@ -9,6 +9,7 @@ import opuslib
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opuslib.api import encoder as opuslib_encoder
 
 from echokit_fast.audio import (
     OPUS_FRAME_MS,
@@ -137,7 +138,11 @@ def test_packets_identical_to_libopus_via_opuslib():
     x = np.concatenate([sine(9600), rng.normal(0, 0.2, 9600).astype(np.float32)])
     pcm = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
     ref = opuslib.Encoder(SR, 1, opuslib.APPLICATION_VOIP)
-    expected = [ref.encode(pcm[i : i + FRAME].tobytes(), FRAME) for i in range(0, len(pcm), FRAME)]
+    # opuslib's low-level call, to pass the reference's 1280-byte packet cap.
+    expected = [
+        opuslib_encoder.encode(ref.encoder_state, pcm[i : i + FRAME].tobytes(), FRAME, 1280)
+        for i in range(0, len(pcm), FRAME)
+    ]
     assert OpusEncoder().push(x) == expected
     assert OpusEncoder().push(pcm) == expected  # int16 input: the same packets
     # And our decoder matches libopus' decoder sample for sample.
@@ -171,6 +176,12 @@ def test_float_conversion_saturates_and_maps_nan_to_zero():
     assert OpusEncoder().push(np.full(FRAME, np.nan, np.float32)) == OpusEncoder().push(
         np.zeros(FRAME, np.int16)
     )
+
+
+def test_float_rounding_is_half_to_even_like_numpy():
+    x = (np.arange(-10, 10, dtype=np.float32) + np.float32(0.5)) / np.float32(32768)
+    x = np.resize(x, FRAME).astype(np.float32)
+    assert OpusEncoder().push(x) == OpusEncoder().push(np.round(x * 32768).astype(np.int16))
 
 
 def test_encoder_reset():

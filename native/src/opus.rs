@@ -9,7 +9,8 @@
 //! server drops that tail: spec §10.1).
 //!
 //! Float input is converted to i16 as the inverse of `pcm16_to_float`
-//! (x * 32768, rounded to nearest, saturated to [-32768, 32767], NaN -> 0),
+//! (x * 32768, rounded half to even like numpy, saturated to [-32768, 32767],
+//! NaN -> 0),
 //! so i16 PCM that went through `pcm16_to_float` reaches libopus unchanged,
 //! exactly the i16 samples the reference encodes.
 use crate::error::Result;
@@ -41,11 +42,12 @@ fn check_rate(sample_rate: u32) -> Result<()> {
     }
 }
 
-/// Float sample -> i16, the inverse of i16 / 32768 (rounded, saturating, NaN -> 0).
+/// Float sample -> i16, the inverse of i16 / 32768 (rounded half to even, as
+/// `np.round`, saturating, NaN -> 0).
 #[inline]
 pub fn f32_to_i16(x: f32) -> i16 {
     // `as` saturates out-of-range values and maps NaN to 0.
-    (x * 32768.0).round() as i16
+    (x * 32768.0).round_ties_even() as i16
 }
 
 /// Streaming Opus encoder producing one packet per whole frame.
@@ -311,6 +313,8 @@ mod tests {
         assert_eq!(f32_to_i16(2.0), 32767);
         assert_eq!(f32_to_i16(-2.0), -32768);
         assert_eq!(f32_to_i16(f32::NAN), 0);
+        assert_eq!(f32_to_i16(2.5 / 32768.0), 2);
+        assert_eq!(f32_to_i16(-3.5 / 32768.0), -4);
     }
 
     #[test]
