@@ -6,13 +6,14 @@ public API, callers never import `_native` directly.
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
+
 from echokit_fast import _native
 
 __all__: list[str] = []
 
 # --- PCM conversion and channel mixing (pcm) ---
-
-import numpy as np  # kept inside this section so sections merge cleanly
 
 __all__ += ["float_to_pcm16", "pcm16_to_float", "to_mono"]
 
@@ -142,9 +143,6 @@ def write_wav(x: np.ndarray, sample_rate: int, *, bits: int = 16) -> bytes:
 # --- Resampling (resample) ---
 
 # --- Opus (opus) ---
-
-import numpy as np
-import numpy.typing as npt
 
 OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
 OPUS_FRAME_MS = (2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0)
