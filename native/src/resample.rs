@@ -39,6 +39,8 @@
 //! 44101 Hz) use a 512-phase table with linear interpolation between adjacent
 //! phases instead of one exact phase per output position.
 
+use std::sync::{Arc, Mutex, OnceLock};
+
 use crate::error::Result;
 use crate::invalid;
 
@@ -57,6 +59,10 @@ const MAX_EXACT_PHASES: u64 = 1024;
 const TABLE_PHASES: u64 = 512;
 /// Tap counts are padded (with leading zero taps) to a multiple of this.
 const LANES: usize = 8;
+/// Rate pairs whose filters are kept (oldest dropped first).
+const FILTER_CACHE_SIZE: usize = 32;
+/// Input samples one block of same-phase outputs may span (see `run`).
+const GROUP_INPUT_BUDGET: usize = 16384;
 
 /// Measured on this crate's dev machine (2-core AVX2 VM), 10 s of noise,
 /// 24 kHz -> 16 kHz in 480-sample chunks, release build:
@@ -95,6 +101,8 @@ fn bessel_i0(x: f64) -> f64 {
     }
     sum
 }
+
+type CacheEntry = ((u32, u32), Arc<Filter>);
 
 /// The polyphase coefficient table of one rate pair.
 #[derive(Debug)]
@@ -168,6 +176,31 @@ impl Filter {
             table,
             coefs,
         }
+    }
+
+    /// The filter of a rate pair, designed once per process and shared (a
+    /// design costs about as much as resampling a few seconds of audio).
+    fn shared(from: u32, to: u32) -> Arc<Filter> {
+        static CACHE: OnceLock<Mutex<Vec<CacheEntry>>> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        let lookup = |c: &Vec<CacheEntry>| {
+            c.iter()
+                .find(|(k, _)| *k == (from, to))
+                .map(|(_, f)| f.clone())
+        };
+        if let Some(f) = lookup(&cache.lock().unwrap_or_else(|e| e.into_inner())) {
+            return f;
+        }
+        let f = Arc::new(Filter::new(from, to));
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = lookup(&c) {
+            return existing;
+        }
+        if c.len() >= FILTER_CACHE_SIZE {
+            c.remove(0);
+        }
+        c.push(((from, to), f.clone()));
+        f
     }
 
     fn row(&self, k: usize) -> &[f32] {
@@ -360,7 +393,7 @@ pub struct Resampler {
     from_rate: u32,
     to_rate: u32,
     /// `None` when the rates are equal (pass-through).
-    filter: Option<Filter>,
+    filter: Option<Arc<Filter>>,
     kernels: Kernels,
     /// Input samples; `buf[0]` is absolute input index `buf_start` (negative
     /// indices are the silence before the stream).
@@ -379,7 +412,7 @@ impl Resampler {
     pub fn new(from_rate: i64, to_rate: i64) -> Result<Resampler> {
         let from = check_rate("from_rate", from_rate)?;
         let to = check_rate("to_rate", to_rate)?;
-        let filter = (from != to).then(|| Filter::new(from, to));
+        let filter = (from != to).then(|| Filter::shared(from, to));
         let mut r = Resampler {
             from_rate: from,
             to_rate: to,
@@ -524,25 +557,35 @@ impl Resampler {
             }
             done = count;
         }
-        // Blocks of 4 l outputs: outputs r, r + l, r + 2l, r + 3l share a phase.
-        while count - done >= 4 * ul {
-            let (mut ir, mut pr) = (i, p);
-            let mm = m as i64;
-            for r in 0..ul {
-                let x = [
-                    window(ir),
-                    window(ir + mm),
-                    window(ir + 2 * mm),
-                    window(ir + 3 * mm),
-                ];
-                let v = (k.dot4_same)(f.row(pr as usize), x);
-                for (u, v) in v.into_iter().enumerate() {
-                    y[done + r + u * ul] = v;
+        // Blocks of 4 g l outputs: outputs r + j l (j < 4 g) share a phase, so
+        // each coefficient row is used for 4 g outputs while it is in L1.
+        // g is as large as keeps the block's input (4 g m samples) in L2-sized
+        // reach, then 1 for what is left.
+        let mm = m as i64;
+        let g_max = (GROUP_INPUT_BUDGET / (4 * m as usize)).clamp(1, 16);
+        for g in [g_max, 1] {
+            while count - done >= 4 * g * ul {
+                let (mut ir, mut pr) = (i, p);
+                for r in 0..ul {
+                    let row = f.row(pr as usize);
+                    for q in 0..g {
+                        let i0 = ir + 4 * q as i64 * mm;
+                        let x = [
+                            window(i0),
+                            window(i0 + mm),
+                            window(i0 + 2 * mm),
+                            window(i0 + 3 * mm),
+                        ];
+                        let v = (k.dot4_same)(row, x);
+                        for (u, v) in v.into_iter().enumerate() {
+                            y[done + r + (4 * q + u) * ul] = v;
+                        }
+                    }
+                    step(&mut ir, &mut pr);
                 }
-                step(&mut ir, &mut pr);
+                i += 4 * g as i64 * mm;
+                done += 4 * g * ul;
             }
-            i += 4 * mm;
-            done += 4 * ul;
         }
         // Then four consecutive outputs at a time, then one at a time.
         while count - done >= 4 {
@@ -864,6 +907,22 @@ mod tests {
                 "{name}: {:.2} ms, 8.1 kHz alias at {:.1} dB",
                 t * 1e3,
                 alias_db(&y)
+            );
+        }
+    }
+
+    /// `cargo test --release -- --ignored time_one_shot --nocapture`
+    #[test]
+    #[ignore]
+    fn time_one_shot() {
+        let x = sine(1000.0, 44100.0, 441_000);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let y = resample(&x, 44100, 16000).unwrap();
+            eprintln!(
+                "44.1k->16k one-shot 10 s: {:.2} ms ({})",
+                t.elapsed().as_secs_f64() * 1e3,
+                y.len()
             );
         }
     }

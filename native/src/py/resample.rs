@@ -64,10 +64,14 @@ fn samples<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Samples<'py>> {
         )));
     };
     if arr.ndim() != 1 {
+        let dims: Vec<String> = arr.shape().iter().map(|d| d.to_string()).collect();
+        let shape = match dims.len() {
+            1 => format!("({},)", dims[0]),
+            _ => format!("({})", dims.join(", ")),
+        };
         return Err(PyValueError::new_err(format!(
-            "{what} must be 1-D (mono audio only), got an array of shape {:?}; \
-             mix channels down first (e.g. with to_mono)",
-            arr.shape()
+            "{what} must be 1-D (mono audio only), got an array of shape {shape}; \
+             mix channels down first (e.g. with to_mono)"
         )));
     }
     if let Ok(a) = obj.cast::<PyArray1<f32>>() {
