@@ -36,7 +36,7 @@ import hashlib
 import math
 import threading
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -134,8 +134,8 @@ class SileroVad:
     Thread-safe: share one instance between all streams (:meth:`shared` does that).
     """
 
-    _shared: dict[tuple[str, int], SileroVad] = {}
-    _shared_lock = threading.Lock()
+    _shared: ClassVar[dict[tuple[str, int], SileroVad]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, version: str = "v6", *, intra_op_threads: int = 1) -> None:
         if version not in VERSIONS:

@@ -4,20 +4,24 @@ The upstream ``silero_vad.onnx`` (v5 from the silero-vad 5.1.2 wheel, v6 from 6.
 TorchScript export: a top-level ``If`` on ``sr`` picks the 16 kHz or the 8 kHz branch, and the
 decoder is wrapped in nested ``If`` nodes (squeeze-if-size-1, LSTM state plumbing). onnxruntime
 runs every subgraph through its own executor, which costs more than the convolutions themselves
-at batch 1. This script rebuilds each branch as one straight graph with the *same weights*:
+at batch 1, and runs each convolution image by image in a batch. This script rebuilds each
+branch as one straight graph with the *same weights* (no ``If``; every convolution a Gemm over
+all rows of the batch; the LSTM steps T windows in one node):
 
-    input [N, ctx+win] -> reflect pad (right, ctx) -> Conv (STFT basis) -> |re, im|
-      -> 4 x (Conv k3 + ReLU) -> LSTM (one step, h/c from state) -> ReLU -> MatMul + bias -> Sigmoid
-    outputs: output [N, 1], stateN [2, N, 128]
+    frames [T, N, 4, k] -> MatMul (STFT basis) -> |re, im| -> 4 x (conv k3 as Gemm + ReLU)
+      -> LSTM (T steps, batch N, h/c from state) -> ReLU -> Gemm -> Sigmoid
+    outputs: output [T, N], stateN [2, N, 128]
 
-Inputs are ``input`` float32 [N, ctx+win] and ``state`` float32 [2, N, 128]; there is no ``sr``
+``frames`` are the 4 STFT frames (k = 256 at 16 kHz, 128 at 8 kHz, hop k/2) of each window's
+``context + window`` samples right-padded by reflection, which the native core
+(``native/src/vad/core.rs``) lays out; ``state`` is float32 [2, N, 128]; there is no ``sr``
 (one file per rate). Needs the ``onnx`` package (a build-time tool only, not a runtime
 dependency). Usage:
 
     python scripts/derive_silero_vad.py UPSTREAM.onnx OUT_PREFIX
 
-writes OUT_PREFIX_16k.onnx and OUT_PREFIX_8k.onnx. tests/test_vad.py checks that the derived
-graphs agree with the upstream file to float tolerance.
+writes OUT_PREFIX_16k.onnx and OUT_PREFIX_8k.onnx (deterministic: same bytes every run).
+tests/test_vad.py checks the derived graphs against the upstream file.
 """
 
 from __future__ import annotations
@@ -39,8 +43,6 @@ def _branch_weights(graph: onnx.GraphProto, branch: str) -> dict[str, np.ndarray
         ):
             key = n.output[0].split("__Inline_0__")[-1]
             out[key] = numpy_helper.to_array(n.attribute[0].t)
-        if n.op_type == "Conv" and n.input[0].endswith("Sqrt_output_0"):
-            pass
     # the decoder conv bias is an anonymous Constant feeding the last Conv
     consts = {
         n.output[0]: numpy_helper.to_array(n.attribute[0].t)
