@@ -188,12 +188,23 @@ class SileroVad:
 
         ``frames`` is the ``[T, N, 4, k]`` layout of ``_native.VadCore.prepare``.
         """
-        run = self._session(_check_rate(sampling_rate)).run
+        session = self._session(_check_rate(sampling_rate))
         names = ["output", "stateN"]
+        # The binding's run() without the Python wrapper's per-call input validation (our
+        # inputs are built by the native core); the public run() where that is not there.
+        raw = getattr(getattr(session, "_sess", None), "run", None)
 
-        def run_batch(frames: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            probs, new_state = run(names, {"frames": frames, "state": state})
-            return probs, new_state
+        if raw is not None:
+
+            def run_batch(frames: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                probs, new_state = raw(names, {"frames": frames, "state": state}, None)
+                return probs, new_state
+
+        else:  # pragma: no cover - other onnxruntime builds
+
+            def run_batch(frames: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                probs, new_state = session.run(names, {"frames": frames, "state": state})
+                return probs, new_state
 
         return run_batch
 
@@ -203,8 +214,11 @@ class SileroVad:
 
 def _push(core: Any, sid: int, pcm: Any) -> None:
     """Append ``pcm`` (float32 1-D array, or PCM16 little-endian bytes) to a core stream."""
+    if type(pcm) is np.ndarray and pcm.dtype == np.float32 and pcm.ndim == 1:
+        core.push(sid, pcm if pcm.flags.c_contiguous else np.ascontiguousarray(pcm))
+        return
     if isinstance(pcm, bytes | bytearray | memoryview):
-        core.push_pcm16(sid, bytes(pcm) if not isinstance(pcm, bytes) else pcm)
+        core.push_pcm16(sid, pcm if isinstance(pcm, bytes) else bytes(pcm))
         return
     if not isinstance(pcm, np.ndarray):
         raise ValueError(
@@ -214,7 +228,7 @@ def _push(core: Any, sid: int, pcm: Any) -> None:
         raise ValueError(f"pcm must be float32 samples in [-1, 1], got dtype {pcm.dtype}")
     if pcm.ndim != 1:
         raise ValueError(f"pcm must be 1-D (mono), got shape {pcm.shape}")
-    core.push(sid, np.ascontiguousarray(pcm))
+    core.push(sid, np.ascontiguousarray(pcm))  # a float32 1-D subclass of ndarray
 
 
 def _event(is_start: bool, sample: int) -> dict[str, int]:
@@ -401,8 +415,7 @@ class VadBatcher:
         return BatchedStream(self, sid)
 
     def step(self) -> dict[int, StepResult]:
-        results: dict[int, StepResult] = {}
-        probs_acc: dict[int, list[np.ndarray]] = {}
+        batches = []
         with self._step_lock:
             while True:
                 with self._core_lock:
@@ -410,20 +423,29 @@ class VadBatcher:
                 if batch is None:
                     break
                 ids, frames, state = batch
-                p, new_state = self._run(frames, state)  # the lock is not held here
+                p, new_state = self._run(frames, state)  # the core lock is not held here
                 with self._core_lock:
                     committed = self._core.commit(p, new_state)
+                batches.append((ids, p, committed))
+        if not batches:
+            return {}
+        if len(batches) == 1:
+            ids, p, _ = batches[0]
+            cols = p.T  # [N, T] view: each stream's probabilities
+            results = {sid: StepResult([], cols[j]) for j, sid in enumerate(ids)}
+        else:
+            per: dict[int, list[np.ndarray]] = {}
+            for ids, p, _ in batches:
+                cols = p.T
                 for j, sid in enumerate(ids):
-                    probs_acc.setdefault(sid, []).append(p[:, j])
-                for sid, _w, is_start, sample in committed:
-                    r = results.get(sid)
-                    if r is None:
-                        r = results[sid] = StepResult([], np.empty(0, np.float32))
-                    r.events.append(_event(is_start, sample))
-        for sid, chunks in probs_acc.items():
-            probs = chunks[0].copy() if len(chunks) == 1 else np.concatenate(chunks)
-            events = results[sid].events if sid in results else []
-            results[sid] = StepResult(events, probs)
+                    per.setdefault(sid, []).append(cols[j])
+            results = {
+                sid: StepResult([], c[0] if len(c) == 1 else np.concatenate(c))
+                for sid, c in per.items()
+            }
+        for _ids, _p, committed in batches:
+            for sid, _w, is_start, sample in committed:
+                results[sid].events.append(_event(is_start, sample))
         return results
 
     async def astep(self) -> dict[int, StepResult]:
