@@ -192,7 +192,7 @@ impl VadCore {
     /// Appends signed 16-bit little-endian PCM, scaled by 1/32768 (as the official Python
     /// tools read WAV files).
     pub fn push_pcm16(&mut self, id: usize, bytes: &[u8]) -> Result<()> {
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return Err(invalid!(
                 "PCM16 input must have an even number of bytes, got {}",
                 bytes.len()

@@ -1,9 +1,9 @@
 //! The streaming state machine of the official silero-vad `VADIterator`.
 //!
 //! Per window: `start` fires on the first window with `p >= threshold` while idle, at the
-//! window start minus the pad (clamped at 0); `end` fires once the silence (`p < threshold
-//! - 0.15`, or the explicit `neg_threshold`) has lasted `min_silence` samples, at the start of
-//! the first silent window plus the pad. No min-speech filter, no max-speech split (as
+//! window start minus the pad (clamped at 0); `end` fires once the silence
+//! (`p < threshold - 0.15`, or the explicit `neg_threshold`) has lasted `min_silence`
+//! samples, at the start of the first silent window plus the pad. No min-speech filter, no max-speech split (as
 //! upstream). Positions count samples since the last reset.
 
 use super::Rate;
