@@ -9,6 +9,7 @@ pub mod opus;
 pub mod pcm;
 pub mod protocol;
 pub mod resample;
+pub mod vad;
 pub mod vowel;
 pub mod wav;
 

@@ -9,6 +9,7 @@ mod opus;
 mod pcm;
 mod protocol;
 mod resample;
+mod vad;
 mod vowel;
 mod wav;
 
@@ -28,5 +29,6 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     opus::register(m)?;
     vowel::register(m)?;
     protocol::register(m)?;
+    vad::register(m)?;
     Ok(())
 }
