@@ -1,18 +1,69 @@
-"""The HTTP/WebSocket application served by `echokit-fast serve`."""
+"""The HTTP/WebSocket application served by `echokit-fast serve`.
+
+`create_app` assembles the routes of every service module in `echokit_fast.api`
+(each exposes `routes(ctx) -> list[BaseRoute]`) around one `AppContext`, which
+holds the configuration and the engines shared by all requests and sessions.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from echokit_fast import __version__
+from echokit_fast.config import Config, default_config
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # 10 MiB, as silero_vad_server
+
+
+class AppContext:
+    """Configuration plus lazily created, process-wide engines (VAD, ASR, TTS ...).
+
+    Engines are expensive to load and safe to share, so each is built once, on
+    first use, by `get(key, factory)`; concurrent first uses build it once.
+    """
+
+    def __init__(self, config: Config | None = None, *, max_body_bytes: int | None = None):
+        self.config = config if config is not None else default_config()
+        self.max_body_bytes = max_body_bytes or DEFAULT_MAX_BODY_BYTES
+        self._engines: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, factory: Callable[[], T]) -> T:
+        engine = self._engines.get(key)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is None:
+                    engine = factory()
+                    self._engines[key] = engine
+        return engine
+
+    def put(self, key: str, engine: Any) -> None:
+        """Install an engine (tests, preloading)."""
+        with self._lock:
+            self._engines[key] = engine
 
 
 async def version(_request: Request) -> JSONResponse:
     return JSONResponse({"version": __version__})
 
 
-def create_app() -> Starlette:
-    return Starlette(routes=[Route("/version", version, methods=["GET"])])
+def create_app(config: Config | None = None, *, context: AppContext | None = None) -> Starlette:
+    from echokit_fast import api
+
+    ctx = context if context is not None else AppContext(config)
+    routes: list[BaseRoute] = [Route("/version", version, methods=["GET"])]
+    for module in api.service_modules():
+        routes.extend(module.routes(ctx))
+    app = Starlette(routes=routes)
+    app.state.ctx = ctx
+    return app

@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = args.listen or config.listen
     # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
     uvicorn.run(
-        create_app(),
+        create_app(config),
         host=host,
         port=port,
         log_level=args.log_level,

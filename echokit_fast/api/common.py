@@ -1,0 +1,53 @@
+"""Request helpers shared by the services: bounded bodies and multipart forms."""
+
+from __future__ import annotations
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (BodyTooLarge) as soon as it passes `limit` bytes.
+
+    A declared Content-Length over the limit is refused before reading; a chunked
+    body is counted while it streams, so an oversized upload never sits in memory.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette's cache: request.form() now parses these bytes
+    return body
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """A multipart (or urlencoded) form from a body of at most `limit` bytes.
+
+    Raises BodyTooLarge, or ValueError with a clear message when the body is not
+    a form (wrong Content-Type, missing boundary, broken multipart).
+    """
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        raise ValueError(
+            f"expected a multipart/form-data body, got Content-Type {ctype or '(none)'!r}"
+        )
+    if ctype.startswith("multipart/form-data") and "boundary=" not in ctype:
+        raise ValueError("multipart/form-data Content-Type has no boundary")
+    await read_body(request, limit)
+    try:
+        return await request.form(max_files=16, max_fields=64, max_part_size=limit)
+    except Exception as exc:  # python-multipart / Starlette parse errors
+        raise ValueError(f"malformed multipart body: {exc}") from exc
