@@ -1,0 +1,108 @@
+"""The interfaces between the device server and its backends.
+
+The device server (one session per EchoKit device) only talks to these three
+protocols; each has local implementations (embedded engines) and remote ones
+(OpenAI-compatible and EchoKit-ecosystem HTTP/WebSocket services):
+
+* `Transcriber` — speech to text (faster-whisper in-process, or a remote
+  `/v1/audio/transcriptions`), with an optional speculative start;
+* `Speaker` — text to speech, streamed as float32 PCM chunks;
+* `ChatModel` / `Conversation` — the LLM with history, prompts and tools.
+
+Every backend failure is raised as `BackendError`, whose `notice` is a short
+sentence fit to show or speak to the user ("The speech recognizer is not
+reachable."); the detail goes to the log. Cancellation (`asyncio.CancelledError`)
+must propagate promptly and leave nothing running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Pcm = npt.NDArray[np.float32]  # mono float32 samples in [-1, 1]
+
+
+class BackendError(Exception):
+    """A backend failed. `notice` is for the user, `str(self)` for the log."""
+
+    def __init__(self, detail: str, *, notice: str, backend: str = "") -> None:
+        super().__init__(detail)
+        self.notice = notice
+        self.backend = backend
+
+
+class BackendBusy(BackendError):
+    """A local engine's queue is full; try again shortly."""
+
+
+# --- ASR ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class Transcription(Protocol):
+    """A transcription started in the background (speculative ASR)."""
+
+    def cancel(self) -> None: ...
+
+    async def result(self) -> str: ...
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    async def transcribe(self, audio: Pcm, *, sample_rate: int = 16000) -> str:
+        """The text of `audio` ("" for no speech). Raises BackendError."""
+        ...
+
+    def start(self, audio: Pcm, *, sample_rate: int = 16000) -> Transcription:
+        """Begin transcribing `audio` now; `result()` later, or `cancel()`.
+
+        The device server calls this when the VAD first hears silence and reuses
+        the result if no more speech arrives before the end-of-turn silence ends.
+        """
+        ...
+
+
+# --- TTS ---------------------------------------------------------------------
+
+
+@runtime_checkable
+class Speaker(Protocol):
+    def speak(self, text: str, *, sample_rate: int = 16000) -> AsyncIterator[Pcm]:
+        """Synthesize `text`; yield mono float32 chunks at `sample_rate` as soon as
+        each exists (the first chunk must not wait for the whole text).
+        Raises BackendError."""
+        ...
+
+
+# --- LLM ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeakNow:
+    """A segment the conversation wants spoken on its own, in order with the reply
+    text (e.g. an MCP server's `call_mcp_message` while its tool runs)."""
+
+    text: str
+
+
+@runtime_checkable
+class Conversation(Protocol):
+    """One device's LLM conversation: prompts, history, tools."""
+
+    def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
+        """Stream the answer to `user_text` as text deltas (and SpeakNow items).
+
+        History is updated as echokit_server does (spec §5.6): the user message is
+        added first; the assistant message only when the stream completes.
+        Raises BackendError.
+        """
+        ...
+
+    def reset(self) -> None:
+        """Back to the configured prompts (a non-reconnect connection)."""
+        ...
