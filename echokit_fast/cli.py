@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
         "warnings (unknown keys ...). Exit status 0 if it can be used, 1 if not.",
     )
     check.add_argument("path", metavar="PATH", help="the config.toml to check")
+
+    say = sub.add_parser(
+        "say",
+        help="speak a text into a WAV file with the embedded TTS",
+        description="Synthesize TEXT (or stdin with '-') with the embedded TTS engine and write "
+        "a 16-bit mono WAV.",
+    )
+    say.add_argument("text", nargs="?", default="-", help="the text ('-' or omitted: stdin)")
+    say.add_argument("-o", "--output", default="say.wav", help="WAV file to write (say.wav)")
+    say.add_argument("--engine", default="hibari", help="hibari (default) or piper")
+    say.add_argument("--voice", help="voice name (default: the engine's); see --list-voices")
+    say.add_argument("--rate", type=int, help="sample rate in Hz (default: the engine's own)")
+    say.add_argument("--speed", type=float, default=1.0, help="1.0 normal, 0.25..4")
+    say.add_argument("--list-voices", action="store_true", help="print the voices and exit")
     return parser
 
 
@@ -81,6 +95,43 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(summary(loaded))
     if loaded.warnings:
         print(f"{len(loaded.warnings)} warning(s)")
+    return 0
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    import time
+
+    from echokit_fast import tts
+    from echokit_fast.audio import write_wav
+    from echokit_fast.engines import BackendError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
+    try:
+        engine = tts.create(args.engine, voice=args.voice, speed=args.speed)
+    except (ValueError, BackendError) as exc:
+        print(f"echokit-fast say: {exc}", file=sys.stderr)
+        return 2
+    if args.list_voices:
+        print("\n".join(engine.voices()))
+        return 0
+    text = sys.stdin.read() if args.text == "-" else args.text
+    rate = args.rate or engine.native_rate
+    t0 = time.perf_counter()
+    try:
+        audio = engine.synthesize(text, sample_rate=rate)
+    except (ValueError, BackendError) as exc:
+        print(f"echokit-fast say: {exc}", file=sys.stderr)
+        return 2
+    took = time.perf_counter() - t0
+    if not len(audio):
+        print("echokit-fast say: nothing to say", file=sys.stderr)
+        return 1
+    with open(args.output, "wb") as f:
+        f.write(write_wav(audio, rate))
+    print(
+        f"{args.output}: {len(audio) / rate:.2f} s at {rate} Hz, synthesized in {took:.2f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -135,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command == "check-config":
         return cmd_check_config(args)
+    if args.command == "say":
+        return cmd_say(args)
     parser.print_help()
     return 0
 

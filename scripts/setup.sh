@@ -3,15 +3,15 @@
 # ./.venv, the native module (maturin develop --release) and Python extras.
 # Idempotent and cache-friendly: a second run only rebuilds what changed.
 #
-#   bash scripts/setup.sh            # runtime
+#   bash scripts/setup.sh            # runtime (with the embedded engines: extras asr,tts)
 #   bash scripts/setup.sh --test     # runtime + test/bench dependencies
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS=""
+EXTRAS="asr,tts"
 for arg in "$@"; do
     case "$arg" in
-        --test) EXTRAS="test" ;;
+        --test) EXTRAS="asr,tts,test" ;;
         *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done

@@ -1,0 +1,343 @@
+"""Text-to-speech over HTTP with the embedded engine (`echokit_fast.tts`).
+
+Routes:
+
+* ``POST /v1/audio/speech`` — OpenAI-compatible (``model``, ``input``, ``voice``,
+  ``response_format`` ``wav`` or ``pcm``, ``speed``; ``instructions`` ignored).
+  ``wav`` (the default here; OpenAI's own default ``mp3`` is not offered) is
+  streamed as OpenAI streams it: 16-bit mono 24 kHz with a header whose RIFF and
+  data sizes are 0xFFFFFFFF ("to the end of the stream"), then PCM as each piece
+  is synthesised. ``pcm`` is raw s16le mono at 24 kHz. Any ``model`` is accepted.
+  ``voice`` is one of the engine's voices; OpenAI's built-in names (``alloy`` ...)
+  that are not ours mean the configured voice, so clients set up for OpenAI work
+  unchanged. Errors are OpenAI-style JSON ``{"error": {"message", "type",
+  "param", "code"}}``.
+
+  The same path is also gsv_tts's whole-utterance route. A body that has
+  ``speaker`` or ``sample_rate`` and no ``model`` (what EchoKit's ``gsv`` platform
+  sends) is answered as gsv_tts does: one complete WAV at ``sample_rate`` (default
+  32000) with exact sizes, and plain-text errors.
+* ``POST /v1/audio/stream_speech`` — gsv_tts-compatible: JSON ``input``,
+  ``speaker`` (alias ``voice``), ``sample_rate`` (48000, 44000, 32000, 24000,
+  16000 or 8000; default 32000) -> chunked raw s16le mono PCM at that rate, one
+  body chunk per synthesised piece, with ``Content-Type: audio/pcm;rate=<rate>``
+  (the reference always says 32000).
+* ``POST /v1/audio/batch_speech`` — the same (the reference's "one chunk per
+  segment" is what stream_speech does here already).
+* ``GET /v1/audio/speakers`` — JSON array of voice names.
+
+gsv routes differ from the reference on purpose where it fails silently: an
+unknown speaker or an empty ``input`` is a 400 (the reference answers 200 with an
+empty body), ``speaker`` may be omitted (the configured voice), a text over
+`MAX_INPUT_CHARS` is a 400, and a full engine is a 503 instead of waiting.
+Headers leave once the first audio exists (so failures before it still get an
+error status); the first audio leaves as soon as the first piece is synthesised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from echokit_fast import tts
+from echokit_fast.api.common import BodyTooLarge, read_body
+from echokit_fast.app import AppContext
+from echokit_fast.audio import float_to_pcm16, write_wav
+from echokit_fast.engines import BackendBusy, BackendError
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
+MAX_BODY_BYTES = 256 * 1024  # 4096 characters as \uXXXX escapes fit easily
+OPENAI_RATE = 24000
+OPENAI_FORMATS = ("wav", "pcm")
+OPENAI_VOICES = frozenset(
+    [
+        "alloy",
+        "ash",
+        "ballad",
+        "coral",
+        "echo",
+        "fable",
+        "nova",
+        "onyx",
+        "sage",
+        "shimmer",
+        "verse",
+        "marin",
+        "cedar",
+    ]
+)
+GSV_RATES = (48000, 44000, 32000, 24000, 16000, 8000)
+GSV_DEFAULT_RATE = 32000
+
+
+class _Invalid(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code or None
+
+
+def _openai_error(exc: _Invalid) -> JSONResponse:
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    body = {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def _text_error(exc: _Invalid) -> PlainTextResponse:
+    return PlainTextResponse(exc.message, status_code=exc.status)
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The JSON object of the body. A missing or odd Content-Type is tolerated (curl
+    users forget it); a form is refused with 415."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith(("multipart/", "application/x-www-form-urlencoded")):
+        raise _Invalid(415, f"expected Content-Type: application/json, got {ctype!r}")
+    try:
+        raw = await read_body(request, limit)
+    except BodyTooLarge as exc:
+        raise _Invalid(413, str(exc)) from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Invalid(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _Invalid(400, f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _input(body: dict[str, Any], missing_status: int) -> str:
+    if "input" not in body:
+        raise _Invalid(missing_status, "missing field `input`", param="input")
+    text = body["input"]
+    if not isinstance(text, str):
+        raise _Invalid(
+            missing_status,
+            f"`input` must be a string, got {type(text).__name__}",
+            param="input",
+        )
+    if not text.strip():
+        raise _Invalid(400, "`input` is empty: nothing to say", param="input")
+    if len(text) > MAX_INPUT_CHARS:
+        raise _Invalid(
+            400,
+            f"`input` is {len(text)} characters long; the limit is {MAX_INPUT_CHARS}",
+            param="input",
+            code="string_above_max_length",
+        )
+    return text
+
+
+async def _engine(ctx: AppContext) -> tts.LocalSpeaker:
+    try:
+        return await asyncio.to_thread(tts.shared, ctx)
+    except BackendError as exc:
+        log.error("tts: %s", exc)
+        raise _Invalid(503, f"TTS service is not available: {exc.notice}") from None
+
+
+def _voice(engine: tts.LocalSpeaker, voice: Any, param: str, *, openai: bool) -> str | None:
+    if voice is None:
+        return None
+    if not isinstance(voice, str):
+        raise _Invalid(400, f"`{param}` must be a string, got {type(voice).__name__}", param=param)
+    if openai and voice not in engine.voices() and voice.lower() in OPENAI_VOICES:
+        return None  # an OpenAI voice name: the configured voice
+    try:
+        return engine.resolve_voice(voice)
+    except tts.UnknownVoice as exc:
+        raise _Invalid(400, str(exc), param=param, code="unknown_voice") from None
+
+
+async def _start(
+    engine: tts.LocalSpeaker, text: str, rate: int, voice: str | None, speed: float | None
+) -> AsyncIterator[np.ndarray]:
+    """The engine's stream, with its first chunk already produced (or an empty
+    iterator), so that errors before any audio become an HTTP status."""
+    stream = engine.speak(text, sample_rate=rate, voice=voice, speed=speed)
+    try:  # an exception out of the generator has already closed it
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+    except BackendBusy as exc:
+        raise _Invalid(503, f"TTS service is busy: {exc}", code="server_busy") from None
+    except BackendError as exc:
+        log.error("tts: %s", exc)
+        raise _Invalid(500, "TTS service is not available") from None
+
+    async def chunks() -> AsyncIterator[np.ndarray]:
+        try:
+            if first is None:
+                return
+            yield first
+            async for chunk in stream:
+                yield chunk
+        except BackendError as exc:  # mid-stream: the status is sent, end the body early
+            log.error("tts: %s", exc)
+        finally:
+            await stream.aclose()  # also on client disconnect: stops the synthesis
+
+    return chunks()
+
+
+async def _pcm_bytes(
+    chunks: AsyncIterator[np.ndarray], header: bytes = b""
+) -> AsyncIterator[bytes]:
+    if header:
+        yield header
+    try:
+        async for chunk in chunks:
+            yield float_to_pcm16(chunk)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _streaming_wav_header(rate: int) -> bytes:
+    """A 16-bit mono WAV header with unknown sizes (0xFFFFFFFF: read to the end)."""
+    header = bytearray(write_wav(np.zeros(0, np.float32), rate))
+    header[4:8] = b"\xff\xff\xff\xff"
+    header[40:44] = b"\xff\xff\xff\xff"
+    return bytes(header)
+
+
+# --- OpenAI -------------------------------------------------------------------------
+
+
+async def _openai_speech(ctx: AppContext, body: dict[str, Any]) -> Response:
+    text = _input(body, 400)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _Invalid(400, f"`model` must be a string, got {type(model).__name__}", param="model")
+    fmt = body.get("response_format", "wav")
+    if fmt is None:
+        fmt = "wav"
+    if fmt not in OPENAI_FORMATS:
+        raise _Invalid(
+            400,
+            f"response_format {fmt!r} is not supported; use one of {', '.join(OPENAI_FORMATS)}",
+            param="response_format",
+        )
+    stream_format = body.get("stream_format")
+    if stream_format not in (None, "audio"):
+        raise _Invalid(
+            400,
+            f"stream_format {stream_format!r} is not supported; use 'audio'",
+            param="stream_format",
+        )
+    speed = body.get("speed")
+    if speed is not None:
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)):
+            raise _Invalid(400, f"`speed` must be a number, got {speed!r}", param="speed")
+        if not tts.MIN_SPEED <= speed <= tts.MAX_SPEED:
+            raise _Invalid(
+                400,
+                f"`speed` must be between {tts.MIN_SPEED} and {tts.MAX_SPEED}, got {speed}",
+                param="speed",
+            )
+    engine = await _engine(ctx)
+    voice = _voice(engine, body.get("voice"), "voice", openai=True)
+    chunks = await _start(engine, text, OPENAI_RATE, voice, speed)
+    if fmt == "pcm":
+        return StreamingResponse(_pcm_bytes(chunks), media_type=f"audio/pcm;rate={OPENAI_RATE}")
+    return StreamingResponse(
+        _pcm_bytes(chunks, _streaming_wav_header(OPENAI_RATE)), media_type="audio/wav"
+    )
+
+
+# --- gsv_tts ------------------------------------------------------------------------
+
+
+def _is_gsv(body: dict[str, Any]) -> bool:
+    return "model" not in body and ("speaker" in body or "sample_rate" in body)
+
+
+async def _gsv_request(
+    ctx: AppContext, body: dict[str, Any]
+) -> tuple[tts.LocalSpeaker, str, int, str | None]:
+    if "speaker" in body and "voice" in body:
+        raise _Invalid(422, "duplicate field `speaker` (`voice` is its alias)")
+    text = _input(body, 422)
+    rate = body.get("sample_rate")
+    if rate is None:
+        rate = GSV_DEFAULT_RATE
+    elif isinstance(rate, bool) or not isinstance(rate, int):
+        raise _Invalid(422, f"`sample_rate` must be an integer, got {rate!r}")
+    elif rate not in GSV_RATES:
+        raise _Invalid(
+            400,
+            f"Unsupported sample rate: {rate}, only {', '.join(map(str, GSV_RATES))} are supported",
+        )
+    key = "speaker" if "speaker" in body else "voice"
+    engine = await _engine(ctx)
+    voice = _voice(engine, body.get(key), key, openai=False)
+    return engine, text, rate, voice
+
+
+async def _gsv_stream(ctx: AppContext, body: dict[str, Any]) -> Response:
+    engine, text, rate, voice = await _gsv_request(ctx, body)
+    chunks = await _start(engine, text, rate, voice, None)
+    return StreamingResponse(_pcm_bytes(chunks), media_type=f"audio/pcm;rate={rate}")
+
+
+async def _gsv_whole(ctx: AppContext, body: dict[str, Any]) -> Response:
+    engine, text, rate, voice = await _gsv_request(ctx, body)
+    chunks = await _start(engine, text, rate, voice, None)
+    parts = [chunk async for chunk in chunks]
+    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return Response(write_wav(audio, rate), media_type="audio/wav")
+
+
+# --- routes -------------------------------------------------------------------------
+
+
+def routes(ctx: AppContext) -> list[BaseRoute]:
+    limit = min(ctx.max_body_bytes, MAX_BODY_BYTES)
+
+    async def speech(request: Request) -> Response:
+        try:
+            body = await _json_body(request, limit)
+        except _Invalid as exc:
+            return _openai_error(exc)
+        if _is_gsv(body):
+            try:
+                return await _gsv_whole(ctx, body)
+            except _Invalid as exc:
+                return _text_error(exc)
+        try:
+            return await _openai_speech(ctx, body)
+        except _Invalid as exc:
+            return _openai_error(exc)
+
+    async def stream_speech(request: Request) -> Response:
+        try:
+            body = await _json_body(request, limit)
+            return await _gsv_stream(ctx, body)
+        except _Invalid as exc:
+            return _text_error(exc)
+
+    async def speakers(_request: Request) -> Response:
+        try:
+            engine = await _engine(ctx)
+        except _Invalid as exc:
+            return _text_error(exc)
+        return JSONResponse(engine.voices())
+
+    return [
+        Route("/v1/audio/speech", speech, methods=["POST"]),
+        Route("/v1/audio/stream_speech", stream_speech, methods=["POST"]),
+        Route("/v1/audio/batch_speech", stream_speech, methods=["POST"]),
+        Route("/v1/audio/speakers", speakers, methods=["GET"]),
+    ]
