@@ -890,6 +890,20 @@ def test_record_idle_timeout_ends_with_callback(serve, tmp_path, callback):
     assert data[44:] == b"\x00\x01" * 100
 
 
+def test_record_folder_unusable_is_http_500(serve, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    app, _ = build(tmp_path, record_dir=blocker)
+    addr = serve(app)
+
+    async def main():
+        with pytest.raises(websockets.InvalidStatus) as err:
+            await websockets.connect(f"ws://{addr}/v1/record/dev")
+        return err.value.response.status_code
+
+    assert run(main()) == 500
+
+
 def test_download_paths_refuse_traversal(serve, tmp_path):
     app, _ = build(tmp_path)
     addr = serve(app)

@@ -769,6 +769,8 @@ class SessionManager:
                 await conn.done.wait()
         except ConnectionGone:
             pass
+        except Exception:  # e.g. the conversation factory failed: this connection only
+            log.exception("device %s: connection failed", device_id)
         finally:
             if reader is not None:
                 reader.cancel()
