@@ -419,9 +419,11 @@ class ClaudeConfig(_Section):
 
 
 class RecordConfig(_Section):
-    """``[record]``."""
+    """``[record]``. ``dir`` (ours): the folder recordings go to (``record``, relative to the
+    current directory like the reference's ``./record``)."""
 
     callback_url: str | None = None
+    dir: str = "record"
 
 
 LLMConfig = Annotated[Union[OpenAIChatLLM, OpenAIResponsesLLM], Field(discriminator="platform")]  # noqa: UP007

@@ -1,0 +1,139 @@
+"""Turn detection on the device's microphone stream (spec §5.2(a), §5.3).
+
+Pure logic, no I/O: the session feeds the per-window speech probabilities of the embedded
+Silero VAD (512-sample windows, 32 ms at 16 kHz) and acts on what :class:`RoundTracker`
+returns.
+
+* :class:`Hysteresis` -- the device server's own detector (§5.3): ``p > threshold`` starts
+  speech and clears the silent-window count; ``p < neg_threshold`` counts a silent window and
+  ``max_silence_duration_ms * 16 // 512`` of them end speech; anything in between changes
+  nothing.
+* :class:`RoundTracker` -- the rounds of §5.2(a): per window ``speech_ms``/``silence_ms``;
+  a non-speech window after at least ``min_speech_duration_ms`` of speech ends the round
+  ("speech ended": a pause, the speculative ASR restarts on the grown buffer), more than
+  ``hangover_ms`` of silence ends the turn.
+
+Difference from the reference: after a round ends inside a frame, the rest of that frame is
+still run through the VAD and counted in the next round (the reference skips it), so the end
+of the turn is found up to one frame (512 ms) sooner and the model state sees every sample.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Hysteresis", "RoundEnd", "RoundTracker", "VadParams"]
+
+WINDOW = 512  # samples per VAD window at 16 kHz
+WINDOW_MS = 32
+
+
+@dataclass(frozen=True)
+class VadParams:
+    """``[asr.vad]`` as the device server uses it (defaults as the reference)."""
+
+    threshold: float = 0.5
+    neg_threshold: float = 0.35
+    max_silence_duration_ms: int = 200
+    min_speech_duration_ms: int = 400
+    hangover_ms: int = 500
+
+    @property
+    def release_windows(self) -> int:
+        """Silent windows that end speech: ``max_silence_duration_ms * 16 // 512``."""
+        return self.max_silence_duration_ms * 16 // WINDOW
+
+    @classmethod
+    def from_config(cls, vad: Any | None) -> VadParams:
+        """From a validated ``VadConfig`` (threshold capped, neg_threshold set), or defaults."""
+        if vad is None:
+            return cls()
+        threshold = min(float(vad.threshold), 0.95)
+        neg = vad.neg_threshold if vad.neg_threshold is not None else threshold - 0.15
+        return cls(
+            threshold=threshold,
+            neg_threshold=max(float(neg), 0.05),
+            max_silence_duration_ms=int(vad.max_silence_duration_ms),
+            min_speech_duration_ms=int(vad.min_speech_duration_ms),
+            hangover_ms=int(vad.hangover_ms),
+        )
+
+
+class Hysteresis:
+    """Per-window ``in_speech`` from speech probabilities (§5.3)."""
+
+    __slots__ = ("_neg", "_release", "_silent", "_thr", "in_speech")
+
+    def __init__(self, params: VadParams) -> None:
+        self._thr = params.threshold
+        self._neg = params.neg_threshold
+        self._release = params.release_windows
+        self.in_speech = False
+        self._silent = 0
+
+    def reset(self) -> None:
+        self.in_speech = False
+        self._silent = 0
+
+    def step(self, p: float) -> bool:
+        if p > self._thr:
+            self.in_speech = True
+            self._silent = 0
+        elif p < self._neg:
+            self._silent += 1
+            if self._silent >= self._release:
+                self.in_speech = False
+        return self.in_speech
+
+
+class RoundEnd(enum.Enum):
+    NONE = 0
+    #: the user paused after enough speech: a new round starts (interim ASR, restart ASR)
+    PAUSE = 1
+    #: end of the turn: the current round's transcript is final
+    END = 2
+
+
+class RoundTracker:
+    """The round logic of §5.2(a) over VAD windows.
+
+    ``window(p)`` returns what the window did; ``speech_seen`` says whether any window of
+    this utterance was speech; ``released`` is True exactly on the window where speech ended
+    (hysteresis release), for the trace.
+    """
+
+    __slots__ = ("_hang", "_min", "hyst", "released", "silence_ms", "speech_ms", "speech_seen")
+
+    def __init__(self, params: VadParams) -> None:
+        self.hyst = Hysteresis(params)
+        self._min = params.min_speech_duration_ms
+        self._hang = params.hangover_ms
+        self.speech_ms = 0
+        self.silence_ms = 0
+        self.speech_seen = False
+        self.released = False
+
+    def reset(self) -> None:
+        self.hyst.reset()
+        self.speech_ms = self.silence_ms = 0
+        self.speech_seen = self.released = False
+
+    def window(self, p: float, ms: int = WINDOW_MS) -> RoundEnd:
+        was = self.hyst.in_speech
+        in_speech = self.hyst.step(p)
+        self.released = was and not in_speech
+        if in_speech:
+            self.speech_seen = True
+            self.speech_ms += ms
+            self.silence_ms = 0
+            return RoundEnd.NONE
+        self.silence_ms += ms
+        if self.speech_ms >= self._min:
+            pause = self.speech_ms > self._min
+            self.speech_ms = self.silence_ms = 0
+            return RoundEnd.PAUSE if pause else RoundEnd.END
+        if self.silence_ms > self._hang:
+            return RoundEnd.END
+        return RoundEnd.NONE

@@ -1,0 +1,163 @@
+"""Server -> device audio: the frames of one spoken segment (spec §4) and the hello (§4.5).
+
+Every binary frame is built by :mod:`echokit_fast.protocol` (``encode_event`` /
+``encode_audio_chunk``), byte-identical to the reference server's.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from echokit_fast.audio import OpusEncoder, float_to_pcm16, read_wav
+from echokit_fast.protocol import encode_audio_chunk, encode_event
+
+__all__ = [
+    "HELLO_CHUNK",
+    "RAW_CHUNK_MAX",
+    "AudioOut",
+    "hello_frames",
+    "load_hello",
+]
+
+log = logging.getLogger("echokit_fast.device")
+
+RAW_CHUNK_MAX = 32000  # bytes of PCM16 per raw AudioChunk (1 s)
+HELLO_CHUNK = 2048  # bytes of the hello file per HelloChunk
+SAMPLE_RATE = 16000
+
+EV_START_AUDIO = "StartAudio"
+END_AUDIO = encode_event("EndAudio")
+END_RESPONSE = encode_event("EndResponse")
+END_VAD = encode_event("EndVad")
+
+
+def start_audio(text: str) -> bytes:
+    return encode_event({"StartAudio": {"text": text}})
+
+
+def asr(text: str) -> bytes:
+    return encode_event({"ASR": {"text": text}})
+
+
+def display_text(text: str) -> bytes:
+    return encode_event({"DisplayText": {"text": text}})
+
+
+class AudioOut:
+    """Encodes one connection's TTS audio: raw PCM16 (``opus=False``; ``AudioChunk`` of at most
+    32 000 bytes per piece of each TTS chunk), or Opus (16 kHz, 120 ms packets, one per
+    ``AudioChunk``, or ``AudioChunkWithVowel`` with ``vowel=True``). The Opus remainder of
+    each TTS chunk is carried to the next and zero-padded to a whole frame at the segment end
+    (:meth:`end_segment`), so no audio is lost (the reference drops it, §10.1); the encoder
+    is reset at every segment start, as the device resets its decoder on ``StartAudio``.
+    """
+
+    __slots__ = ("_enc", "opus", "vowel")
+
+    def __init__(self, *, opus: bool, vowel: bool) -> None:
+        self.opus = opus
+        self.vowel = opus and vowel  # vowel only means something with opus (§1.3)
+        self._enc = OpusEncoder(SAMPLE_RATE, 120) if opus else None
+
+    def start_segment(self) -> None:
+        if self._enc is not None:
+            self._enc.reset()
+
+    def push(self, pcm: npt.NDArray[np.float32]) -> list[bytes]:
+        """Frames for one chunk of float32 16 kHz mono samples."""
+        if self._enc is None:
+            raw = float_to_pcm16(pcm)
+            return [
+                encode_audio_chunk(raw[i : i + RAW_CHUNK_MAX])
+                for i in range(0, len(raw), RAW_CHUNK_MAX)
+            ]
+        if self.vowel:
+            return [encode_audio_chunk(p, v) for p, v in self._enc.push_with_vowels(pcm)]
+        return [encode_audio_chunk(p) for p in self._enc.push(pcm)]
+
+    def end_segment(self) -> list[bytes]:
+        """Frames for the zero-padded remainder (Opus), or none."""
+        if self._enc is None:
+            return []
+        if self.vowel:
+            return [encode_audio_chunk(p, v) for p, v in self._enc.flush_with_vowels()]
+        return [encode_audio_chunk(p) for p in self._enc.flush()]
+
+
+def load_hello(path: str | Path | None) -> bytes | None:
+    """The hello file's bytes, sent verbatim like the reference (the firmware stores them and
+    plays them as raw PCM16 16 kHz mono, the 44-byte header included, §4.5/§10.19).
+
+    The file is checked once here: when it is not a 16 kHz mono 16-bit PCM WAV, a warning
+    says what the device will play instead (it is still sent unchanged). Unreadable or empty
+    -> None (no hello), with a warning.
+    """
+    if path is None:
+        return None
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        log.warning("hello_wav %s cannot be read (%s); no hello will be sent", path, exc)
+        return None
+    if not data:
+        log.warning("hello_wav %s is empty; no hello will be sent", path)
+        return None
+    problem = _hello_problem(data)
+    if problem:
+        log.warning(
+            "hello_wav %s: %s; the device plays the file's bytes as 16 kHz mono PCM16, so it "
+            "will sound wrong (sent unchanged, as echokit_server does)",
+            path,
+            problem,
+        )
+    return data
+
+
+def _hello_problem(data: bytes) -> str | None:
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return "not a WAV file"
+    try:
+        samples, rate = read_wav(data)
+    except ValueError as exc:
+        return f"not a readable WAV file ({exc})"
+    channels = samples.shape[1] if samples.ndim == 2 else 1
+    bits = _wav_bits(data)
+    issues = []
+    if rate != SAMPLE_RATE:
+        issues.append(f"{rate} Hz (needs 16000)")
+    if channels != 1:
+        issues.append(f"{channels} channels (needs mono)")
+    if bits is not None and bits != (1, 16):
+        fmt, width = bits
+        issues.append(f"format {fmt}/{width}-bit (needs 16-bit PCM)")
+    return ", ".join(issues) or None
+
+
+def _wav_bits(data: bytes) -> tuple[int, int] | None:
+    """(format tag, bits per sample) of the ``fmt `` chunk, or None if not found."""
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if cid == b"fmt " and size >= 16 and pos + 24 <= len(data):
+            tag = int.from_bytes(data[pos + 8 : pos + 10], "little")
+            bits = int.from_bytes(data[pos + 22 : pos + 24], "little")
+            if tag == 0xFFFE and size >= 40 and pos + 34 <= len(data):
+                tag = int.from_bytes(data[pos + 32 : pos + 34], "little")  # sub-format GUID
+            return tag, bits
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def hello_frames(data: bytes) -> list[bytes]:
+    """HelloStart, the file in 2048-byte HelloChunks (the last one shorter), HelloEnd."""
+    frames = [encode_event("HelloStart")]
+    frames += [
+        encode_event({"HelloChunk": {"data": data[i : i + HELLO_CHUNK]}})
+        for i in range(0, len(data), HELLO_CHUNK)
+    ]
+    frames.append(encode_event("HelloEnd"))
+    return frames

@@ -1,0 +1,239 @@
+"""One answer: LLM text -> segments -> TTS (several at once) -> frames in order (spec §5.9.1).
+
+The conversation's streamed text goes through a segmenter; each completed segment is
+synthesised as soon as it exists, up to ``max_parallel`` segments at a time *per session*
+(not a global FIFO shared by all devices, §10.25): a segment holds its slot from the start of
+its synthesis until it has been delivered, so at most ``max_parallel`` segments of audio wait
+in memory. Delivery is strictly in order: ``StartAudio{text}``, the segment's audio frames as
+its TTS yields them, ``EndAudio``; the next segment's audio (often already synthesised) follows
+at once. A ``SpeakNow`` item ends the text before it (the segmenter is finished and a fresh one
+started) and is spoken as its own segment.
+
+Failures: a :class:`~echokit_fast.engines.BackendError` of the conversation stops reading
+the answer; the segments already made are still spoken, then :class:`TurnFailed` is raised.
+A TTS failure ends the segment (its audio so far, ``EndAudio``) and raises :class:`TurnFailed`
+at once; the rest of the answer is dropped. Cancellation stops everything; nothing started
+here outlives :meth:`ReplyPipeline.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+
+from echokit_fast.device.output import END_AUDIO, AudioOut, start_audio
+from echokit_fast.device.segmenter import SegmenterFactory
+from echokit_fast.device.trace import TurnTrace
+from echokit_fast.engines import BackendError, Conversation, Speaker, SpeakNow
+
+__all__ = ["GENERIC_NOTICE", "ReplyPipeline", "TurnFailed", "aclosing_iter"]
+
+log = logging.getLogger("echokit_fast.device")
+
+GENERIC_NOTICE = "Sorry, something went wrong. Please try again."
+SAMPLE_RATE = 16000
+#: encode Opus in a worker thread for chunks of at least this many samples (2 frames)
+THREAD_ENCODE_MIN = 3840
+
+
+class TurnFailed(Exception):
+    """A backend failed during a turn; ``notice`` is for the user, ``stage`` is asr/llm/tts."""
+
+    def __init__(self, notice: str, stage: str, detail: str = "") -> None:
+        super().__init__(detail or notice)
+        self.notice = notice
+        self.stage = stage
+
+    @classmethod
+    def of(cls, exc: BaseException, stage: str) -> TurnFailed:
+        if isinstance(exc, TurnFailed):
+            return exc
+        if isinstance(exc, BackendError):
+            log.warning("%s backend failed: %s", stage, exc)
+            return cls(exc.notice or GENERIC_NOTICE, stage, str(exc))
+        log.error("%s backend raised %r", stage, exc, exc_info=exc)
+        return cls(GENERIC_NOTICE, stage, repr(exc))
+
+
+@asynccontextmanager
+async def aclosing_iter(it: AsyncIterator[Any]):
+    """Like ``contextlib.aclosing`` but for any async iterator (``aclose`` if it has one), so
+    a cancelled stream's generator is closed at once, not at garbage collection."""
+    try:
+        yield it
+    finally:
+        close = getattr(it, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def as_pcm(chunk: Any) -> np.ndarray:
+    """A TTS chunk as 1-D float32 (the Speaker contract; other float/int16 arrays converted)."""
+    a = np.asarray(chunk)
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / np.float32(32768.0)
+    elif a.dtype != np.float32:
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a.reshape(-1))
+
+
+_END = object()
+
+
+class _Job:
+    __slots__ = ("queue", "task", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+
+class ReplyPipeline:
+    def __init__(
+        self,
+        *,
+        conversation: Conversation,
+        speaker: Speaker,
+        segmenter_factory: SegmenterFactory,
+        send: Callable[[bytes], Awaitable[None]],
+        out: AudioOut,
+        trace: TurnTrace,
+        max_parallel: int = 3,
+    ) -> None:
+        self.conversation = conversation
+        self.speaker = speaker
+        self.segmenter_factory = segmenter_factory
+        self.send = send
+        self.out = out
+        self.trace = trace
+        self.max_parallel = max(1, int(max_parallel))
+        self.segments = 0
+        self._pending: deque[str] = deque()
+        self._jobs: deque[_Job] = deque()
+        self._llm_done = False
+        self._error: TurnFailed | None = None
+        self._wake = asyncio.Event()
+
+    async def run(self, user_text: str) -> int:
+        """Speak the answer to ``user_text``; returns the number of segments spoken."""
+        producer = asyncio.create_task(self._produce(user_text), name="echokit-device-llm")
+        try:
+            await self._deliver()
+            await producer
+        finally:
+            tasks = [producer, *(j.task for j in self._jobs if j.task is not None)]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._error is not None:
+            raise self._error
+        return self.segments
+
+    # -- LLM -> segments ---------------------------------------------------------------
+
+    async def _produce(self, user_text: str) -> None:
+        seg = self.segmenter_factory()
+        try:
+            async with aclosing_iter(self.conversation.reply(user_text)) as stream:
+                async for item in stream:
+                    if isinstance(item, SpeakNow):
+                        self.trace.mark("llm_first")
+                        for s in seg.finish():
+                            self._schedule(s)
+                        seg = self.segmenter_factory()
+                        if item.text.strip():
+                            self._schedule(item.text.strip())
+                    elif item:
+                        self.trace.mark("llm_first")
+                        for s in seg.feed(item):
+                            self._schedule(s)
+            for s in seg.finish():
+                self._schedule(s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._error = TurnFailed.of(exc, "llm")
+        finally:
+            self._llm_done = True
+            self._wake.set()
+
+    def _schedule(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        self._pending.append(text)
+        self._fill()
+        self._wake.set()
+
+    def _fill(self) -> None:
+        while self._pending and len(self._jobs) < self.max_parallel:
+            job = _Job(self._pending.popleft())
+            job.task = asyncio.create_task(self._synth(job), name="echokit-device-tts")
+            self._jobs.append(job)
+
+    # -- TTS ---------------------------------------------------------------------------
+
+    async def _synth(self, job: _Job) -> None:
+        try:
+            async with aclosing_iter(self.speaker.speak(job.text, sample_rate=SAMPLE_RATE)) as it:
+                async for chunk in it:
+                    pcm = as_pcm(chunk)
+                    if len(pcm):
+                        self.trace.mark("tts_first")
+                        job.queue.put_nowait(pcm)
+            job.queue.put_nowait(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            job.queue.put_nowait(TurnFailed.of(exc, "tts"))
+
+    # -- delivery ----------------------------------------------------------------------
+
+    async def _deliver(self) -> None:
+        while True:
+            if not self._jobs:
+                if self._llm_done and not self._pending:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._play(self._jobs[0])
+            self._jobs.popleft()
+            self._fill()
+
+    async def _play(self, job: _Job) -> None:
+        send, out = self.send, self.out
+        await send(start_audio(job.text))
+        self.segments += 1
+        out.start_segment()
+        while True:
+            item = await job.queue.get()
+            if item is _END:
+                break
+            if isinstance(item, TurnFailed):
+                await self._send_frames(out.end_segment())
+                await send(END_AUDIO)
+                raise item
+            if out.opus and len(item) >= THREAD_ENCODE_MIN:
+                frames = await asyncio.to_thread(out.push, item)
+            else:
+                frames = out.push(item)
+            await self._send_frames(frames)
+        await self._send_frames(out.end_segment())
+        await send(END_AUDIO)
+
+    async def _send_frames(self, frames: list[bytes]) -> None:
+        if not frames:
+            return
+        send, trace = self.send, self.trace
+        for f in frames:
+            await send(f)
+            trace.mark("first_frame")
+        trace.set("last_frame")

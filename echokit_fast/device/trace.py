@@ -1,0 +1,114 @@
+"""Per-turn timing: one JSON log line per turn and Prometheus histograms.
+
+Stages (monotonic seconds, ``None`` when the turn did not reach them):
+
+* ``speech_end`` -- the VAD released (the user stopped talking; last release of the turn);
+* ``end_vad`` -- end of turn decided and ``EndVad`` written;
+* ``asr_done`` -- the final transcript is known;
+* ``llm_first`` -- the first text token of the answer;
+* ``tts_first`` -- the first synthesised audio of the answer;
+* ``first_frame`` / ``last_frame`` -- the first / last audio frame written to the socket.
+
+The JSON line (logger ``echokit_fast.trace``, level INFO) gives each stage in milliseconds
+after the turn's origin (``speech_end``, or the arrival of ``Text``/``Submit`` when there is
+no VAD end), plus the outcome. The histogram ``echokit_device_turn_stage_seconds{stage}``
+observes the same offsets; ``echokit_device_turns_total{outcome}`` counts turns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["STAGES", "TurnTrace"]
+
+trace_log = logging.getLogger("echokit_fast.trace")
+
+STAGES = (
+    "speech_end",
+    "end_vad",
+    "asr_done",
+    "llm_first",
+    "tts_first",
+    "first_frame",
+    "last_frame",
+)
+
+_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    30.0,
+)
+
+STAGE_SECONDS = Histogram(
+    "echokit_device_turn_stage_seconds",
+    "Time from the end of the user's speech (or typed input) to each stage of a turn",
+    ["stage"],
+    buckets=_BUCKETS,
+)
+TURNS = Counter(
+    "echokit_device_turns_total",
+    "Device turns by outcome (ok, empty, error, cancelled, disconnected)",
+    ["outcome"],
+)
+SESSIONS = Gauge("echokit_device_sessions", "Device sessions held (attached or keeping history)")
+CONNECTIONS = Gauge("echokit_device_connections", "Device WebSocket connections attached")
+
+
+@dataclass
+class TurnTrace:
+    device: str
+    turn: int
+    origin: float = field(default_factory=time.monotonic)
+    stamps: dict[str, float] = field(default_factory=dict)
+    outcome: str = "ok"
+    detail: dict[str, object] = field(default_factory=dict)
+
+    def mark(self, stage: str, t: float | None = None) -> None:
+        """Record ``stage`` now (or at ``t``), keeping the first time it happened."""
+        self.stamps.setdefault(stage, time.monotonic() if t is None else t)
+
+    def set(self, stage: str, t: float | None = None) -> None:
+        """Record ``stage`` now (or at ``t``), replacing an earlier time."""
+        self.stamps[stage] = time.monotonic() if t is None else t
+
+    def offsets_ms(self) -> dict[str, float]:
+        base = self.stamps.get("speech_end", self.origin)
+        return {s: round((self.stamps[s] - base) * 1000.0, 2) for s in STAGES if s in self.stamps}
+
+    def finish(self) -> dict[str, object]:
+        """Log the JSON line and observe the histograms; returns the logged record."""
+        base = self.stamps.get("speech_end", self.origin)
+        for stage in STAGES:
+            t = self.stamps.get(stage)
+            if t is not None and stage != "speech_end":
+                STAGE_SECONDS.labels(stage).observe(max(t - base, 0.0))
+        TURNS.labels(self.outcome).inc()
+        record: dict[str, object] = {
+            "device": self.device,
+            "turn": self.turn,
+            "outcome": self.outcome,
+            "ms": self.offsets_ms(),
+            **self.detail,
+        }
+        trace_log.info(json.dumps(record, ensure_ascii=False, sort_keys=True))
+        return record
