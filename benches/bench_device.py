@@ -91,7 +91,7 @@ def test_text_turn_to_first_audio_ours(benchmark, device):
 
     benchmark.pedantic(lambda: loop.run_until_complete(turn()), rounds=30, warmup_rounds=2)
     _percentiles(benchmark, times)
-    assert len(times) >= 30
+    assert times and max(times) < 5.0  # one round when the suite runs benches untimed
 
 
 def test_voice_turn_last_frame_to_first_audio_ours(benchmark, device):
@@ -122,4 +122,4 @@ def test_voice_turn_last_frame_to_first_audio_ours(benchmark, device):
         warmup_rounds=1,
     )
     _percentiles(benchmark, times)
-    assert len(times) >= 15
+    assert times and max(times) < 5.0
