@@ -519,8 +519,10 @@ def test_batcher_stream_lifecycle_and_async(v6):
 def test_bad_inputs_raise_value_error(v6):
     with pytest.raises(ValueError, match="16000 or 8000"):
         vad.VadStream(v6, sampling_rate=44100)
-    with pytest.raises(ValueError, match="16000 or 8000"):
-        vad.get_speech_timestamps(AUDIO, 22050, model=v6)
+    with pytest.raises(ValueError, match="8000..48000"):
+        vad.get_speech_timestamps(AUDIO, 7999, model=v6)
+    with pytest.raises(ValueError, match="8000..48000"):
+        vad.get_speech_timestamps(AUDIO, 96000, model=v6)
     with pytest.raises(ValueError, match="16000 or 8000"):
         vad.segments_from_probabilities([0.5], 512, sampling_rate=48000)
     with pytest.raises(ValueError, match="16000 or 8000"):
@@ -542,7 +544,7 @@ def test_bad_inputs_raise_value_error(v6):
     with pytest.raises(ValueError, match="even number of bytes"):
         vad.get_speech_timestamps(b"\x00" * 5, model=v6)
     with pytest.raises(ValueError, match="channels"):
-        vad.get_speech_timestamps(np.zeros((100, 3), np.float32), model=v6)
+        vad.get_speech_timestamps(np.zeros((100, 0), np.float32), model=v6)
     with pytest.raises(ValueError, match="shape"):
         vad.get_speech_timestamps(np.zeros((2, 2, 2), np.float32), model=v6)
     with pytest.raises(ValueError, match="speech_pad_ms"):
