@@ -73,9 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument("--min-speech-duration-ms", type=float, default=250, help="(250)")
     vad.add_argument("--min-silence-duration-ms", type=float, default=100, help="(100)")
     vad.add_argument("--speech-pad-ms", type=float, default=30, help="(30)")
-    vad.add_argument(
-        "--model", choices=("v5", "v6"), default="v6", help="Silero VAD weights (v6)"
-    )
+    vad.add_argument("--model", choices=("v5", "v6"), default="v6", help="Silero VAD weights (v6)")
     return parser
 
 

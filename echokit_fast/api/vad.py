@@ -65,6 +65,7 @@ Differences from silero_vad_server (``../shared/spec/vad-and-tts.md`` §1, §3.8
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -381,10 +382,8 @@ class _Conn:
         if self.closed:
             return
         self.closed = True
-        try:
+        with contextlib.suppress(Exception):  # already gone
             await self.websocket.close(code=code, reason=reason)
-        except Exception:  # pragma: no cover - already gone
-            pass
 
 
 class RealtimeVad:
@@ -406,9 +405,12 @@ class RealtimeVad:
         self._stepper: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
         self._changed = threading.Condition()
-        #: statistics: steps that served some stream, and the most streams one step served
+        #: statistics: steps that served some stream, the most streams one step served, and
+        #: windows received / answered over all connections so far
         self.steps = 0
         self.max_streams_per_step = 0
+        self.windows_pushed = 0
+        self.windows_done = 0
 
     # -- observation (tests, metrics) -----------------------------------------------------
 
@@ -502,6 +504,7 @@ class RealtimeVad:
                     for event in result.events:
                         await conn.send(START if "start" in event else END)
                 conn.done += len(result.probabilities)
+                self.windows_done += len(result.probabilities)
                 conn.progress.set()
             self._notify()
 
@@ -531,6 +534,7 @@ class RealtimeVad:
         del carry[:whole]
         conn.stream.push(chunk)
         conn.pushed += whole // WINDOW_BYTES
+        self.windows_pushed += whole // WINDOW_BYTES
         self._wake.set()
         self._notify()
         if conn.pushed - conn.done > MAX_BACKLOG_WINDOWS:
