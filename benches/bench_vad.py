@@ -21,6 +21,7 @@ mean times is the ratio of per-window (per-stream) costs. Timed run:
 from __future__ import annotations
 
 import wave
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,131 @@ def test_ours_offline(benchmark, reference_probs):
     np.testing.assert_allclose(
         vad.speech_probabilities(AUDIO, model=MODEL), reference_probs, atol=2e-5
     )
+
+
+# --- the service: POST /v1/audio/vad and WS /v1/audio/realtime_vad through a real server ----
+#
+# group ``vad-http-fixture``: one ``POST /v1/audio/vad`` of the whole fixture WAV (5.1 s) over
+# loopback (keep-alive client) vs ``speech_timestamps_from_wav`` called directly on the same
+# bytes: the ratio is the HTTP layer's overhead.
+# group ``vad-ws-8-clients``: 8 WebSocket clients each streaming the fixture (4096-byte
+# frames, as the reference's test page) through the batched realtime route, until every
+# window is answered, vs 8 in-process ``VadStream``s (one model call per stream, no network)
+# on the same audio.
+
+WS_CLIENTS = 8
+FIXTURE_WAV = (DATA / "vad_fixture_hello16k.wav").read_bytes()
+
+
+@contextmanager
+def _server(app):
+    import socket
+    import threading
+
+    import uvicorn
+
+    # IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when proto says TCP
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    config = uvicorn.Config(
+        app, log_level="warning", ws="websockets-sansio", ws_per_message_deflate=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def service():
+    from echokit_fast.app import AppContext, create_app
+
+    ctx = AppContext()
+    ctx.put("vad", MODEL)
+    with _server(create_app(context=ctx)) as addr:
+        yield ctx, addr
+
+
+def test_http_roundtrip_ours(benchmark, service):
+    import httpx
+
+    _ctx, addr = service
+    benchmark.group = "vad-http-fixture"
+    with httpx.Client(base_url=f"http://{addr}", timeout=60) as client:
+
+        def once():
+            r = client.post("/v1/audio/vad", files={"audio": ("a.wav", FIXTURE_WAV)})
+            r.raise_for_status()
+            return r.json()
+
+        body = benchmark.pedantic(once, rounds=20, iterations=1, warmup_rounds=2)
+    assert body == {"timestamps": [{"start": 8224, "end": 70624}]}
+
+
+def test_http_direct_call(benchmark):
+    benchmark.group = "vad-http-fixture"
+    segs = benchmark.pedantic(
+        lambda: vad.speech_timestamps_from_wav(FIXTURE_WAV, model=MODEL),
+        rounds=20,
+        iterations=1,
+        warmup_rounds=2,
+    )
+    assert segs == [{"start": 8224, "end": 70624}]
+
+
+def _pcm16() -> bytes:
+    with wave.open(str(DATA / "vad_fixture_hello16k.wav")) as w:
+        return w.readframes(w.getnframes()) + bytes(32000)  # + 1 s of silence
+
+
+PCM16_TAIL = _pcm16()
+
+
+def test_ws_clients_ours_batched(benchmark, service):
+    import asyncio
+    import json
+
+    import websockets
+
+    ctx, addr = service
+
+    async def client(url: str) -> list[str]:
+        async with websockets.connect(url) as ws:
+            for i in range(0, len(PCM16_TAIL), 4096):
+                await ws.send(PCM16_TAIL[i : i + 4096])
+            return [json.loads(await ws.recv())["event"] for _ in range(2)]
+
+    async def run():
+        url = f"ws://{addr}/v1/audio/realtime_vad"
+        return await asyncio.gather(*(client(url) for _ in range(WS_CLIENTS)))
+
+    benchmark.group = f"vad-ws-{WS_CLIENTS}-clients"
+    out = benchmark.pedantic(lambda: asyncio.run(run()), rounds=5, iterations=1, warmup_rounds=1)
+    assert out == [["speech_start", "speech_end"]] * WS_CLIENTS
+    realtime = ctx.get("vad.realtime", lambda: None)
+    assert realtime.max_streams_per_step >= 2  # the clients shared model calls
+
+
+def test_ws_clients_peer_inprocess_vadstream(benchmark):
+    usable = len(PCM16_TAIL) // 1024 * 1024
+
+    def run():
+        out = []
+        for _ in range(WS_CLIENTS):
+            s = vad.VadStream(MODEL)
+            events = []
+            for i in range(0, usable, 4096):
+                events += s.push(PCM16_TAIL[i : min(i + 4096, usable)])
+            out.append(events)
+        return out
+
+    benchmark.group = f"vad-ws-{WS_CLIENTS}-clients"
+    out = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    assert all(len(e) == 2 and "start" in e[0] and "end" in e[1] for e in out)

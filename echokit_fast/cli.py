@@ -1,4 +1,4 @@
-"""Command line: `echokit-fast serve`, ..."""
+"""Command line: `echokit-fast serve`, `echokit-fast vad FILE.wav`, ..."""
 
 from __future__ import annotations
 
@@ -74,7 +74,53 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--rate", type=int, help="sample rate in Hz (default: the engine's own)")
     say.add_argument("--speed", type=float, default=1.0, help="1.0 normal, 0.25..4")
     say.add_argument("--list-voices", action="store_true", help="print the voices and exit")
+
+    vad = sub.add_parser(
+        "vad",
+        help="print the speech segments of a WAV file as JSON",
+        description="Silero VAD over a WAV file (8..48 kHz, any channels/format read_wav reads); "
+        'prints {"timestamps": [{"start", "end"}]} in 16 kHz sample indices, as '
+        "POST /v1/audio/vad answers. Exit status 1 if the file cannot be used.",
+    )
+    vad.add_argument("path", metavar="FILE.wav", help="the WAV file")
+    vad.add_argument("--threshold", type=float, default=0.5, help="speech threshold (0.5)")
+    vad.add_argument("--min-speech-duration-ms", type=float, default=250, help="(250)")
+    vad.add_argument("--min-silence-duration-ms", type=float, default=100, help="(100)")
+    vad.add_argument("--speech-pad-ms", type=float, default=30, help="(30)")
+    vad.add_argument("--model", choices=("v5", "v6"), default="v6", help="Silero VAD weights (v6)")
     return parser
+
+
+def cmd_vad(args: argparse.Namespace) -> int:
+    import json
+
+    from echokit_fast.api.vad import HTTP_PARAMS, ParamError, parse_params
+    from echokit_fast.vad import SileroVad, speech_timestamps_from_wav
+
+    given = {
+        "threshold": args.threshold,
+        "min_speech_duration_ms": args.min_speech_duration_ms,
+        "min_silence_duration_ms": args.min_silence_duration_ms,
+        "speech_pad_ms": args.speech_pad_ms,
+    }
+    try:
+        params = parse_params([{k: repr(v) for k, v in given.items()}], HTTP_PARAMS)
+    except ParamError as exc:
+        print(f"echokit-fast vad: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with open(args.path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        print(f"echokit-fast vad: {args.path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        segments = speech_timestamps_from_wav(data, model=SileroVad.shared(args.model), **params)
+    except ValueError as exc:
+        print(f"echokit-fast vad: {args.path}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"timestamps": segments}, separators=(",", ":")))
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -188,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check_config(args)
     if args.command == "say":
         return cmd_say(args)
+    if args.command == "vad":
+        return cmd_vad(args)
     parser.print_help()
     return 0
 

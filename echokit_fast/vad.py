@@ -22,7 +22,10 @@ Pieces (all numbers are sample indices at the stream's rate):
   it completed; the remainder waits for the next push.
 * :class:`VadBatcher` -- many streams (devices), one model call per :meth:`VadBatcher.step`
   for every stream that has a full window buffered (the model's batch dimension).
-* :func:`get_speech_timestamps` -- whole clip to segments, as the official function.
+* :func:`get_speech_timestamps` -- whole clip to segments, as the official function (any
+  rate in 8000..48000: 8 and 16 kHz native, others resampled to 16 kHz; any channel count).
+* :func:`speech_timestamps_from_wav` -- a WAV file to 16 kHz segments, as silero_vad_server's
+  ``POST /v1/audio/vad`` (used by that route in :mod:`echokit_fast.api.vad` and the CLI).
 * :func:`segments_from_probabilities` -- the official segmenter on given probabilities.
 
 The per-stream state (LSTM state, 64/32-sample context, buffered samples, iterator) lives in
@@ -42,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from echokit_fast import _native
+from echokit_fast import audio as _audio
 
 __all__ = [
     "ASSETS",
@@ -52,9 +56,11 @@ __all__ = [
     "StepResult",
     "VadBatcher",
     "VadStream",
+    "WavInputError",
     "get_speech_timestamps",
     "segments_from_probabilities",
     "speech_probabilities",
+    "speech_timestamps_from_wav",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -78,7 +84,10 @@ MODEL_SHA256: dict[str, str] = {
     ),
 }
 VERSIONS = ("v5", "v6")
+#: The model's own rates (streams run at one of these).
 SAMPLING_RATES = (16000, 8000)
+#: Whole-clip functions accept any rate in this range (resampled to 16 kHz).
+INPUT_MIN_RATE, INPUT_MAX_RATE = 8000, 48000
 #: Windows per model call when a whole clip is known (offline): bounds memory, amortises calls.
 OFFLINE_WINDOWS_PER_CALL = 256
 
@@ -91,11 +100,31 @@ def _check_rate(sampling_rate: int) -> int:
     if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int | np.integer):
         raise ValueError(f"sampling_rate must be an int, got {sampling_rate!r}")
     if int(sampling_rate) not in SAMPLING_RATES:
-        # TODO(lead): resample via echokit_fast.audio.resample
         raise ValueError(
-            f"sampling_rate must be 16000 or 8000 (the Silero VAD rates), got {sampling_rate}"
+            f"sampling_rate must be 16000 or 8000 (the Silero VAD rates; resample other rates "
+            f"with echokit_fast.audio.Resampler first), got {sampling_rate}"
         )
     return int(sampling_rate)
+
+
+def _check_input_rate(sampling_rate: int) -> int:
+    """A whole-clip input rate: any int in 8000..48000 (others are resampled to 16 kHz)."""
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, int | np.integer):
+        raise ValueError(f"sampling_rate must be an int, got {sampling_rate!r}")
+    if not INPUT_MIN_RATE <= int(sampling_rate) <= INPUT_MAX_RATE:
+        raise ValueError(
+            f"sampling_rate must be in {INPUT_MIN_RATE}..{INPUT_MAX_RATE} Hz, got {sampling_rate}"
+        )
+    return int(sampling_rate)
+
+
+def _model_input(x: np.ndarray, sampling_rate: int) -> tuple[np.ndarray, int]:
+    """``(audio, rate)`` for the model: 8000 and 16000 as they are, other rates resampled to
+    16 kHz with :func:`echokit_fast.audio.resample`."""
+    sr = _check_input_rate(sampling_rate)
+    if sr in SAMPLING_RATES:
+        return x, sr
+    return _audio.resample(x, sr, 16000), 16000
 
 
 def window_size(sampling_rate: int) -> int:
@@ -453,28 +482,25 @@ class VadBatcher:
         return await asyncio.to_thread(self.step)
 
 
-def _mono_float32(audio: Any) -> np.ndarray:
-    if isinstance(audio, bytes | bytearray | memoryview):
-        raw = bytes(audio)
+def _mono_float32(x: Any) -> np.ndarray:
+    if isinstance(x, bytes | bytearray | memoryview):
+        raw = bytes(x)
         if len(raw) % 2:
             raise ValueError(f"PCM16 input must have an even number of bytes, got {len(raw)}")
         return np.frombuffer(raw, "<i2").astype(np.float32) / np.float32(32768.0)
-    if not isinstance(audio, np.ndarray):
+    if not isinstance(x, np.ndarray):
         raise ValueError(
-            f"audio must be a float32 numpy array or PCM16 bytes, got {type(audio).__name__}"
+            f"audio must be a float32 numpy array or PCM16 bytes, got {type(x).__name__}"
         )
-    if audio.dtype != np.float32:
-        raise ValueError(f"audio must be float32 samples in [-1, 1], got dtype {audio.dtype}")
-    if audio.ndim == 2:
-        if audio.shape[1] not in (1, 2):
-            raise ValueError(
-                f"2-D audio must be (frames, channels) with 1 or 2 channels, got {audio.shape}"
-            )
-        # TODO(lead): downmix via echokit_fast.audio (stereo average with numpy for now)
-        audio = audio.mean(axis=1, dtype=np.float32)
-    elif audio.ndim != 1:
-        raise ValueError(f"audio must be 1-D or (frames, channels), got shape {audio.shape}")
-    return np.ascontiguousarray(audio)
+    if x.dtype != np.float32:
+        raise ValueError(f"audio must be float32 samples in [-1, 1], got dtype {x.dtype}")
+    if x.ndim == 2:
+        if x.shape[1] < 1:
+            raise ValueError(f"2-D audio must be (frames, channels >= 1), got shape {x.shape}")
+        return _audio.to_mono(x, x.shape[1])  # the channels averaged
+    if x.ndim != 1:
+        raise ValueError(f"audio must be 1-D or (frames, channels), got shape {x.shape}")
+    return np.ascontiguousarray(x)
 
 
 def speech_probabilities(
@@ -484,10 +510,12 @@ def speech_probabilities(
     model: SileroVad | None = None,
 ) -> npt.NDArray[np.float32]:
     """Speech probability per window of a whole clip (the last window zero-padded), as the
-    probability pass of the official ``get_speech_timestamps``: ``ceil(n / window)`` values."""
-    sr = _check_rate(sampling_rate)
+    probability pass of the official ``get_speech_timestamps``: ``ceil(n / window)`` values.
+
+    Rates other than 16000 and 8000 (8000..48000) are first resampled to 16 kHz; ``n`` and
+    the windows are then those of the 16 kHz audio."""
+    x, sr = _model_input(_mono_float32(audio), sampling_rate)
     model = _check_stream_rate(model, sr)
-    x = _mono_float32(audio)
     win = window_size(sr)
     n_windows = -(-len(x) // win)
     if n_windows == 0:
@@ -566,17 +594,20 @@ def get_speech_timestamps(
 ) -> list[dict[str, int]]:
     """Speech segments of a whole clip, as the official ``get_speech_timestamps``.
 
-    ``audio``: float32 mono, or ``(frames, channels)`` (averaged to mono), or PCM16 LE bytes,
-    at ``sampling_rate`` 16000 or 8000. Returns ``[{"start", "end"}]`` in samples.
+    ``audio``: float32 mono, or ``(frames, channels)`` with any number of channels (averaged
+    to mono with :func:`echokit_fast.audio.to_mono`), or PCM16 LE mono bytes.
+    ``sampling_rate``: 16000 and 8000 run as they are; any other rate in 8000..48000 is
+    resampled to 16 kHz (:func:`echokit_fast.audio.resample`) and the segments are mapped
+    back to the input's sample indices (start rounded down, end rounded up and capped at the
+    input length), as the official function does for multiples of 16 kHz.
+    Returns ``[{"start", "end"}]`` in samples of ``audio``.
     """
-    # TODO(lead): resample via echokit_fast.audio.resample (other rates -> 16 kHz)
-    sr = _check_rate(sampling_rate)
-    x = _mono_float32(audio)
-    probs = speech_probabilities(x, sr, model=model)
-    return segments_from_probabilities(
-        probs,
-        len(x),
-        sampling_rate=sr,
+    x_in = _mono_float32(audio)
+    x, sr = _model_input(x_in, sampling_rate)
+    segments = _segments_16k_or_8k(
+        x,
+        sr,
+        model=model,
         threshold=threshold,
         neg_threshold=neg_threshold,
         min_speech_duration_ms=min_speech_duration_ms,
@@ -585,4 +616,69 @@ def get_speech_timestamps(
         speech_pad_ms=speech_pad_ms,
         min_silence_at_max_speech=min_silence_at_max_speech,
         use_max_poss_sil_at_max_speech=use_max_poss_sil_at_max_speech,
+    )
+    rate_in = int(sampling_rate)
+    if rate_in == sr:
+        return segments
+    n_in = len(x_in)
+    return [
+        {
+            "start": seg["start"] * rate_in // sr,
+            "end": min(n_in, -(-seg["end"] * rate_in // sr)),
+        }
+        for seg in segments
+    ]
+
+
+def _segments_16k_or_8k(x: np.ndarray, sr: int, *, model: SileroVad | None, **params: Any):
+    probs = speech_probabilities(x, sr, model=model)
+    return segments_from_probabilities(probs, len(x), sampling_rate=sr, **params)
+
+
+#: ``speech_timestamps_from_wav`` refuses files whose rate is outside this range.
+WAV_MIN_RATE, WAV_MAX_RATE = INPUT_MIN_RATE, INPUT_MAX_RATE
+
+
+class WavInputError(ValueError):
+    """The WAV file cannot be used (malformed, unsupported, or its rate is out of range)."""
+
+
+def speech_timestamps_from_wav(
+    data: bytes | bytearray | memoryview,
+    *,
+    model: SileroVad | None = None,
+    threshold: float = 0.5,
+    min_speech_duration_ms: float = 250,
+    min_silence_duration_ms: float = 100,
+    speech_pad_ms: float = 30,
+    max_speech_duration_s: float = math.inf,
+) -> list[dict[str, int]]:
+    """What ``POST /v1/audio/vad`` (silero_vad_server) answers for a WAV file: the segments in
+    **16 kHz** sample indices.
+
+    Any WAV :func:`echokit_fast.audio.read_wav` reads, at 8000..48000 Hz; the channels are
+    averaged, every rate other than 16000 (8000 included, as the reference does) is resampled
+    to 16 kHz, then :func:`get_speech_timestamps` runs with the given parameters (the defaults
+    are the reference's). Raises :class:`WavInputError` (a ``ValueError``) with a precise
+    message for a file it cannot use.
+    """
+    try:
+        samples, rate = _audio.read_wav(data)
+    except ValueError as exc:
+        raise WavInputError(f"not a usable WAV file: {exc}") from exc
+    if not WAV_MIN_RATE <= rate <= WAV_MAX_RATE:
+        raise WavInputError(
+            f"WAV sample rate {rate} Hz is not supported (expected {WAV_MIN_RATE}..{WAV_MAX_RATE})"
+        )
+    mono = _audio.to_mono(samples, samples.shape[1])
+    x16 = mono if rate == 16000 else _audio.resample(mono, rate, 16000)
+    return get_speech_timestamps(
+        x16,
+        16000,
+        model=model,
+        threshold=threshold,
+        min_speech_duration_ms=min_speech_duration_ms,
+        min_silence_duration_ms=min_silence_duration_ms,
+        speech_pad_ms=speech_pad_ms,
+        max_speech_duration_s=max_speech_duration_s,
     )

@@ -519,8 +519,10 @@ def test_batcher_stream_lifecycle_and_async(v6):
 def test_bad_inputs_raise_value_error(v6):
     with pytest.raises(ValueError, match="16000 or 8000"):
         vad.VadStream(v6, sampling_rate=44100)
-    with pytest.raises(ValueError, match="16000 or 8000"):
-        vad.get_speech_timestamps(AUDIO, 22050, model=v6)
+    with pytest.raises(ValueError, match=r"8000\.\.48000"):
+        vad.get_speech_timestamps(AUDIO, 7999, model=v6)
+    with pytest.raises(ValueError, match=r"8000\.\.48000"):
+        vad.get_speech_timestamps(AUDIO, 96000, model=v6)
     with pytest.raises(ValueError, match="16000 or 8000"):
         vad.segments_from_probabilities([0.5], 512, sampling_rate=48000)
     with pytest.raises(ValueError, match="16000 or 8000"):
@@ -542,7 +544,7 @@ def test_bad_inputs_raise_value_error(v6):
     with pytest.raises(ValueError, match="even number of bytes"):
         vad.get_speech_timestamps(b"\x00" * 5, model=v6)
     with pytest.raises(ValueError, match="channels"):
-        vad.get_speech_timestamps(np.zeros((100, 3), np.float32), model=v6)
+        vad.get_speech_timestamps(np.zeros((100, 0), np.float32), model=v6)
     with pytest.raises(ValueError, match="shape"):
         vad.get_speech_timestamps(np.zeros((2, 2, 2), np.float32), model=v6)
     with pytest.raises(ValueError, match="speech_pad_ms"):
@@ -559,3 +561,54 @@ def test_bad_inputs_raise_value_error(v6):
         vad.SileroVad("v7")
     with pytest.raises(ValueError, match="intra_op_threads"):
         vad.SileroVad("v6", intra_op_threads=0)
+
+
+# --- other rates and channel counts (resampled / mixed before the model) -------------------
+
+FIXTURE_V6 = FIXTURE["models"]["v6"]["timestamps"]  # official get_speech_timestamps, 16 kHz
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels"), [(44100, 2), (48000, 2), (24000, 2), (8000, 2), (22050, 3)]
+)
+def test_other_rates_and_channels_find_the_same_speech(v6, rate, channels):
+    import soxr  # an independent resampler makes the input
+
+    x = soxr.resample(AUDIO, 16000, rate).astype(np.float32)
+    gains = np.array([1.0, 0.5, 0.25][:channels], np.float32)
+    multi = np.ascontiguousarray(x[:, None] * gains[None, :])
+    got = vad.get_speech_timestamps(multi, rate, model=v6)
+    # sample indices of the input; the same places as at 16 kHz, within one window
+    tol = 512 * rate / 16000
+    assert len(got) == len(FIXTURE_V6)
+    for seg, (start, end) in zip(got, FIXTURE_V6, strict=True):
+        assert abs(seg["start"] - start * rate / 16000) <= tol
+        assert abs(seg["end"] - end * rate / 16000) <= tol
+        assert 0 <= seg["start"] < seg["end"] <= len(x)
+
+
+def test_8k_runs_natively_and_other_rates_map_back(v6):
+    import soxr
+
+    x8 = soxr.resample(AUDIO, 16000, 8000).astype(np.float32)
+    native = vad.get_speech_timestamps(x8, 8000, model=v6)
+    # the 8 kHz model on 8 kHz audio: its own probabilities, 256-sample windows
+    probs = vad.speech_probabilities(x8, 8000, model=v6)
+    assert len(probs) == -(-len(x8) // 256)
+    assert native == vad.segments_from_probabilities(probs, len(x8), sampling_rate=8000)
+    # 32 kHz: resampled to 16 kHz, segments scaled by 2 back to the input's indices
+    x32 = soxr.resample(AUDIO, 16000, 32000).astype(np.float32)
+    from echokit_fast.audio import resample
+
+    at16 = vad.get_speech_timestamps(resample(x32, 32000, 16000), 16000, model=v6)
+    got = vad.get_speech_timestamps(x32, 32000, model=v6)
+    assert got == [{"start": s["start"] * 2, "end": s["end"] * 2} for s in at16]
+    assert len(vad.speech_probabilities(x32, 32000, model=v6)) == -(-len(x32) // 2 // 512)
+
+
+def test_multichannel_is_the_channel_average(v6):
+    stereo = np.ascontiguousarray(np.stack([AUDIO, np.zeros_like(AUDIO)], axis=1))
+    half = AUDIO * np.float32(0.5)
+    np.testing.assert_array_equal(
+        vad.speech_probabilities(stereo, model=v6), vad.speech_probabilities(half, model=v6)
+    )
