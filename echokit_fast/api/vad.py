@@ -467,12 +467,18 @@ class RealtimeVad:
         if task is None:
             return
         self._stopping = task
+        # Cleared by the task's own done callback, so that a handler cancelled while it
+        # waits here (a client resetting its TCP connection) cannot leave it set.
+        task.add_done_callback(self._stepper_done)
         self._wake.set()
         await asyncio.wait({task})
+
+    def _stepper_done(self, task: asyncio.Task) -> None:
         if self._stopping is task:
             self._stopping = None
         if not task.cancelled() and task.exception() is not None:  # pragma: no cover - a bug
             log.error("realtime VAD stepper failed", exc_info=task.exception())
+        self._notify()
 
     async def _step_loop(self, wake: asyncio.Event) -> None:
         me = asyncio.current_task()
@@ -581,9 +587,9 @@ class RealtimeVad:
             conn.closed = True
             del self._conns[stream.id]
             conn.close_stream()
+            self._notify()
             if not self._conns:
                 await self._stop_stepper()
-            self._notify()
 
     async def _receive_loop(self, conn: _Conn) -> None:
         websocket = conn.websocket
