@@ -50,6 +50,7 @@ reference stored ``""`` and lost it).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -381,6 +382,9 @@ class ChatBackend:
     ) -> None:
         self.cfg = cfg
         self.tools = tools if tools is not None else MCPTools()
+        # MCP tools are listed on first use (needs the event loop), once.
+        self._tools_pending = tools is None and bool(cfg.mcp_server)
+        self._tools_lock: asyncio.Lock | None = None
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
         self.include_cache = include_cache if include_cache is not None else IncludeCache()
@@ -405,10 +409,21 @@ class ChatBackend:
 
     @classmethod
     async def create(cls, cfg: OpenAIChatLLM, **kw: Any) -> ChatBackend:
-        """Like the constructor, loading the MCP tools of ``cfg.mcp_server`` first."""
-        if cfg.mcp_server and "tools" not in kw:
-            kw["tools"] = await MCPTools.load(cfg.mcp_server)
-        return cls(cfg, **kw)
+        """Like the constructor, listing the MCP tools of ``cfg.mcp_server`` now."""
+        backend = cls(cfg, **kw)
+        await backend.ensure_tools()
+        return backend
+
+    async def ensure_tools(self) -> None:
+        """List the MCP tools if that has not been done yet (servers that fail are skipped)."""
+        if not self._tools_pending:
+            return
+        if self._tools_lock is None:
+            self._tools_lock = asyncio.Lock()
+        async with self._tools_lock:
+            if self._tools_pending:
+                self.tools = await MCPTools.load(self.cfg.mcp_server)
+                self._tools_pending = False
 
     def conversation(self) -> OpenAIChat:
         return OpenAIChat(self)
@@ -531,6 +546,7 @@ class OpenAIChat:
     async def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
         """Stream the answer to ``user_text`` (text deltas, SpeakNow items). Raises
         BackendError; on error or cancellation only the user message stays in the history."""
+        await self.backend.ensure_tools()
         if not self._loaded:
             await self.load_prompts()
         self._add_user(user_text)
