@@ -25,6 +25,9 @@ Servers
   404 when missing) for ``prompts_url`` and ``{{url}}`` includes.
 * :class:`ASRServer` — ``POST /v1/audio/transcriptions``; records the multipart parts in order
   (name, filename, content) and answers ``{"text": ...}`` from its script.
+* :class:`MCPStandin` — an MCP server (the ``mcp`` package's own server) with the tools
+  ``weather(city)`` (answers ``{"city", "temp": 21}`` as JSON text) and ``boom()`` (fails);
+  ``.app`` serves streamable HTTP at ``/mcp`` (``transport="sse"``: SSE at ``/sse``).
 * :class:`TTSServer` — ``POST /v1/audio/speech`` (OpenAI/Groq: a WAV at :attr:`TTSServer.rate`),
   ``POST /gsv`` (GPT-SoVITS batch: a WAV at the requested ``sample_rate``),
   ``POST /v1/audio/stream_speech`` (GPT-SoVITS streaming: raw s16le PCM at the requested rate,
@@ -62,6 +65,7 @@ __all__ = [
     "ChatReply",
     "ChatServer",
     "Fail",
+    "MCPStandin",
     "Recorded",
     "TTSServer",
     "tone",
@@ -356,6 +360,35 @@ class _SSE(Response):
             self.owner.completed += 1
         finally:
             watch.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# MCP
+# --------------------------------------------------------------------------------------------
+
+
+class MCPStandin:
+    """A real MCP server with two tools (see the module docstring); ``calls`` records the
+    ``(tool, arguments)`` it ran."""
+
+    def __init__(self, transport: str = "http_streamable") -> None:
+        from mcp.server.mcpserver.server import MCPServer
+
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        srv = MCPServer("standin")
+
+        @srv.tool(description="The weather in a city")
+        def weather(city: str) -> dict[str, Any]:
+            self.calls.append(("weather", {"city": city}))
+            return {"city": city, "temp": 21}
+
+        @srv.tool()
+        def boom() -> str:
+            self.calls.append(("boom", {}))
+            raise ValueError("scripted tool failure")
+
+        self.path = "/sse" if transport == "sse" else "/mcp"
+        self.app = srv.sse_app() if transport == "sse" else srv.streamable_http_app()
 
 
 # --------------------------------------------------------------------------------------------

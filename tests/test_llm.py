@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 import pytest
-from standins import ChatServer, tool_call
+from standins import ChatServer, MCPStandin, tool_call
 
 from echokit_fast.config import MCPServer, OpenAIChatLLM
 from echokit_fast.engines import BackendError, Conversation, SpeakNow
@@ -595,3 +595,59 @@ def test_mcp_servers_that_fail_are_skipped():
         return await MCPTools.load([srv], timeout=5)
 
     assert run(go()).tools == {}
+
+
+@pytest.mark.parametrize("transport", ["http_streamable", "sse"])
+def test_real_mcp_server_tools_end_to_end(chat, serve, transport):
+    mcp = MCPStandin(transport)
+    url = f"http://{serve(mcp.app)}{mcp.path}"
+    cfg = llm_cfg(
+        chat.addr,
+        mcp_server=[{"server": url, "type": transport, "call_mcp_message": "One moment."}],
+    )
+    chat.reply(
+        [
+            *tool_call("c1", "weather", '{"city": "Oslo"}'),
+            *tool_call("c2", "boom", "", index=1),
+        ]
+    )
+    chat.reply(["Cold."])
+
+    async def go():
+        be = ChatBackend(cfg)
+        out = await collect(be.conversation(), "weather?")
+        await be.aclose()
+        return out
+
+    out = run(go())
+    assert out == [SpeakNow("One moment."), SpeakNow("One moment."), "Cold."]
+    assert mcp.calls == [("weather", {"city": "Oslo"}), ("boom", {})]
+    advertised = {t["function"]["name"]: t for t in chat.requests[0].json["tools"]}
+    assert advertised["weather"]["function"]["description"] == "The weather in a city"
+    assert advertised["weather"]["function"]["parameters"]["required"] == ["city"]
+    assert chat.requests[0].json["tool_choice"] == "auto"
+    tool_msgs = [m for m in chat.requests[1].json["messages"] if m["role"] == "tool"]
+    assert tool_msgs == [
+        {"role": "tool", "content": '{\n  "city": "Oslo",\n  "temp": 21\n}', "tool_call_id": "c1"},
+        {"role": "tool", "content": "Tool call boom failed, mcp call error", "tool_call_id": "c2"},
+    ]
+
+
+def test_mcp_server_gone_at_call_time_is_a_backend_error(chat):
+    tools = MCPTools()
+    tools.tools["weather"] = MCPTool(
+        "weather", "", {}, f"http://127.0.0.1:{free_port()}/mcp", "http_streamable"
+    )
+    chat.reply(tool_call("c1", "weather", "{}"))
+
+    async def go():
+        be = ChatBackend(llm_cfg(chat.addr), tools=tools)
+        conv = be.conversation()
+        with pytest.raises(BackendError) as ei:
+            await collect(conv, "x")
+        await be.aclose()
+        return ei.value, conv.history
+
+    err, hist = run(go())
+    assert err.notice == "A tool the assistant needed is not available."
+    assert hist == [{"role": "user", "content": "x"}]
