@@ -25,8 +25,18 @@ Every released segment is trimmed and never empty; one segment is one TTS reques
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TypeVar
 
-__all__ = ["GROUP_MIN_BYTES", "SegmentGrouper", "SentenceSplitter", "split_segments"]
+__all__ = [
+    "GROUP_MIN_BYTES",
+    "SegmentGrouper",
+    "SentenceSplitter",
+    "speakable",
+    "split_segments",
+]
+
+T = TypeVar("T")
 
 #: a grouped segment grows while it is shorter than this many UTF-8 bytes
 GROUP_MIN_BYTES = 50
@@ -176,3 +186,25 @@ def split_segments(deltas: list[str] | tuple[str, ...] | str) -> list[str]:
         out.extend(grouper.feed(delta))
     out.extend(grouper.finish())
     return out
+
+
+async def speakable(items: AsyncIterable[str | T]) -> AsyncIterator[str | T]:
+    """TTS segments of a conversation reply, in order.
+
+    ``items`` is what :meth:`~echokit_fast.engines.Conversation.reply` yields: text deltas
+    (grouped into segments here) and other items such as
+    :class:`~echokit_fast.engines.SpeakNow`, which are passed through in order: the text
+    before one is flushed first (so it is spoken before it), and the text after it starts a
+    new response (its first sentence again goes alone).
+    """
+    grouper = SegmentGrouper()
+    async for item in items:
+        if isinstance(item, str):
+            for segment in grouper.feed(item):
+                yield segment
+        else:
+            for segment in grouper.finish():
+                yield segment
+            yield item
+    for segment in grouper.finish():
+        yield segment

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echokit_fast.splitter import SegmentGrouper, SentenceSplitter, split_segments
+from echokit_fast.engines import SpeakNow
+from echokit_fast.splitter import SegmentGrouper, SentenceSplitter, speakable, split_segments
 
 
 def sentences(text: str) -> list[str]:
@@ -172,4 +174,20 @@ def test_split_segments_whole_response_in_deltas():
         "The answer is 3.14, as you know.",
         "It is pi.",
         "Bye",
+    ]
+
+
+def test_speakable_keeps_speak_now_items_in_order():
+    async def reply():
+        for item in ["Let me ", "check. Just a", " second", SpeakNow("Calling."), "It is ", "21."]:
+            yield item
+
+    async def go():
+        return [s async for s in speakable(reply())]
+
+    assert asyncio.run(go()) == [
+        "Let me check.",
+        "Just a second",
+        SpeakNow("Calling."),
+        "It is 21.",
     ]
