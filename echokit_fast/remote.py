@@ -464,15 +464,19 @@ def _local(module: str, name: str, cfg: Any, what: str) -> Any:
     return cls(cfg)
 
 
-def build_transcriber(cfg: Any) -> Transcriber:
+def build_transcriber(
+    cfg: Any, *, local: Callable[[Any], Transcriber] | None = None
+) -> Transcriber:
     if isinstance(cfg, OpenAIASR):
         return RemoteTranscriber(cfg)
     if cfg.platform == "local":
-        return _local("echokit_fast.asr", "LocalWhisper", cfg, "ASR")
+        if local is not None:
+            return local(cfg)
+        return _local("echokit_fast.asr", "from_config", cfg, "ASR")
     raise NotImplementedError(f"[asr] platform {cfg.platform!r} is not supported yet")
 
 
-def build_speaker(cfg: Any) -> Speaker:
+def build_speaker(cfg: Any, *, local: Callable[[Any], Speaker] | None = None) -> Speaker:
     if isinstance(cfg, StreamGSVTTS):
         return StreamGSVSpeaker(cfg)
     if isinstance(cfg, GSVTTS):
@@ -482,7 +486,9 @@ def build_speaker(cfg: Any) -> Speaker:
     if isinstance(cfg, FishTTS):
         return FishSpeaker(cfg)
     if cfg.platform == "local":
-        return _local("echokit_fast.tts", "LocalSpeaker", cfg, "TTS")
+        if local is not None:
+            return local(cfg)
+        return _local("echokit_fast.tts", "from_config", cfg, "TTS")
     raise NotImplementedError(f"[tts] platform {cfg.platform!r} is not supported yet")
 
 
@@ -495,16 +501,24 @@ def build_conversations(cfg: Any, **kw: Any) -> Callable[[], Conversation]:
     raise NotImplementedError(f"[llm] platform {cfg.platform!r} is not supported yet")
 
 
-def build_backends(config: Config) -> Backends:
+def build_backends(
+    config: Config,
+    *,
+    local_asr: Callable[[Any], Transcriber] | None = None,
+    local_tts: Callable[[Any], Speaker] | None = None,
+) -> Backends:
     """``(transcriber, speaker, conversation_factory)`` for a pipeline config.
 
     Call inside the server's event loop (the HTTP clients belong to it); ``aclose()`` the
     result at shutdown. MCP tools are listed on the first reply (``ChatBackend`` loads them
     lazily). Local platforms import their engines lazily; a missing engine is a RuntimeError
-    naming it. Platforms not implemented here raise NotImplementedError.
+    naming it (``local_asr``/``local_tts`` supply shared engines instead, e.g. the app's).
+    Platforms not implemented here raise NotImplementedError.
     """
     if config.asr is None or config.tts is None or config.llm is None:
         raise ValueError(f"build_backends needs [asr], [tts] and [llm] (layout {config.layout})")
     return Backends(
-        build_transcriber(config.asr), build_speaker(config.tts), build_conversations(config.llm)
+        build_transcriber(config.asr, local=local_asr),
+        build_speaker(config.tts, local=local_tts),
+        build_conversations(config.llm),
     )

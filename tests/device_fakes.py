@@ -281,3 +281,48 @@ class Device:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+# --- segmenter -------------------------------------------------------------------------------
+
+_WESTERN = ".!?;"
+_CJK = "。！？；"
+
+
+class SentenceSegmenter:
+    """Test segmenter: one segment per sentence (orchestration tests do not depend on the
+    §5.8 grouping, which tests/test_splitter.py covers)."""
+
+    """One segment per sentence: a CJK terminator or a newline ends one at once; ``. ! ? ;``
+    end one only when whitespace follows (so ``3.14`` and ``example.com`` stay whole)."""
+
+    def __init__(self) -> None:
+        self._buf: list[str] = []
+        self._pending_end = False  # the last char was a western terminator
+
+    def feed(self, delta: str) -> list[str]:
+        out: list[str] = []
+        for c in delta:
+            if self._pending_end and c.isspace():
+                self._emit(out)
+                self._pending_end = False
+                if c != "\n":
+                    continue
+            self._pending_end = c in _WESTERN
+            self._buf.append(c)
+            if c in _CJK or c == "\n":
+                self._emit(out)
+                self._pending_end = False
+        return out
+
+    def finish(self) -> list[str]:
+        out: list[str] = []
+        self._emit(out)
+        self._pending_end = False
+        return out
+
+    def _emit(self, out: list[str]) -> None:
+        text = "".join(self._buf).strip()
+        self._buf.clear()
+        if text:
+            out.append(text)

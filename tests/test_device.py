@@ -34,6 +34,7 @@ from device_fakes import (
     FakeSpeaker,
     FakeTranscriber,
     Gate,
+    SentenceSegmenter,
     default_script,
     llm_error,
     name,
@@ -85,8 +86,10 @@ def build(
     ctx.put("record_dir", tmp_path / "record")
     if settings is not None:
         ctx.put("device.settings", settings)
+    ctx_items.setdefault("segmenter", SentenceSegmenter)
     for key, value in ctx_items.items():
-        ctx.put(key.replace("__", "."), value)
+        if value is not None:  # segmenter=None: the server's default (the §5.8 grouper)
+            ctx.put(key.replace("__", "."), value)
     app = create_app(context=ctx)
     f.manager = ctx.get("device.sessions", lambda: None)
     return app, f
@@ -425,6 +428,32 @@ def test_start_chat_during_playback_cancels_the_reply(serve, tmp_path):
 # --------------------------------------------------------------------------------------------
 # Input modes
 # --------------------------------------------------------------------------------------------
+
+
+def test_default_segmenter_is_the_spec_grouping(serve, tmp_path):
+    """Without an installed segmenter the server groups the reply as §5.8 says (the
+    splitter's own rules are tested in tests/test_splitter.py)."""
+    from echokit_fast.splitter import split_segments
+
+    script = [
+        "Sure. ",
+        "Paris is the capital of France. It has about two million ",
+        "people. The Seine runs through it. Anything else?",
+    ]
+    app, _f = build(tmp_path, script=lambda t: script, segmenter=None)
+    addr = serve(app)
+
+    async def main():
+        d = await Device.open(addr, "grp", opus=True)
+        await d.command("Text", input="tell me about Paris")
+        events = await d.until()
+        await d.close()
+        return events
+
+    got = [t for t, _ in segments(run(main()))]
+    assert got == split_segments(script)
+    assert got[0] == "Sure."  # the first sentence leaves alone
+    assert len(got) < 5  # later sentences are grouped, not one segment each
 
 
 def test_text_input_and_ignored_commands(serve, tmp_path):

@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from device_fakes import tone
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from echokit_fast.audio import OpusDecoder, float_to_pcm16, write_wav
 from echokit_fast.config import VadConfig
-from echokit_fast.device import Flags, SentenceSegmenter, VadParams
+from echokit_fast.device import Flags, VadParams
 from echokit_fast.device.listen import Hysteresis, RoundEnd, RoundTracker
 from echokit_fast.device.output import AudioOut, hello_frames, load_hello
 from echokit_fast.device.record import Recorder, resolve_file, safe_name
@@ -116,36 +114,6 @@ def test_round_tracker_on_real_speech():
     pause, end = ends[0][0], ends[1][0]
     assert end - pause == 16
     assert (70624 - 4096) / 512 < pause < (70624 - 4096) / 512 + 10  # just after the speech
-
-
-# --- segmenter -------------------------------------------------------------------------------
-
-
-def test_sentence_segmenter():
-    s = SentenceSegmenter()
-    assert s.feed("Hello there. How") == ["Hello there."]
-    assert s.feed(" are you? Pi is 3.14 and") == ["How are you?"]
-    assert s.feed(" e.g. example.com!") == ["Pi is 3.14 and e.g."]
-    assert s.feed("\n你好。世界") == ["example.com!", "你好。"]
-    assert s.finish() == ["世界"]
-    assert s.finish() == []
-    assert SentenceSegmenter().feed("   ") == []
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.text(alphabet="ab .!?\n。", max_size=60), st.lists(st.integers(0, 60), max_size=8))
-def test_sentence_segmenter_chunking_independent(text, cuts):
-    one = SentenceSegmenter()
-    whole = one.feed(text) + one.finish()
-    pieces = SentenceSegmenter()
-    got: list[str] = []
-    prev = 0
-    for c in sorted(cuts):
-        got += pieces.feed(text[prev:c])
-        prev = max(prev, c)
-    got += pieces.feed(text[prev:]) + pieces.finish()
-    assert got == whole
-    assert "".join(whole).replace(" ", "") == "".join(text.split())  # nothing lost
 
 
 # --- audio out -------------------------------------------------------------------------------

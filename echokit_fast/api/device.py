@@ -19,10 +19,11 @@ compressed frames (§1.5).
 
 Context keys (``AppContext``): ``backends`` -- ``(transcriber, speaker,
 conversation_factory)``, built by ``echokit_fast.remote.build_backends(config)`` when not
-installed; ``segmenter`` -- a zero-argument factory of segmenters (default: one sentence per
-segment); ``device.sessions`` -- the :class:`SessionManager`; ``device.settings`` -- its
-:class:`Settings` (VAD from ``[asr.vad]``, hello from ``hello_wav``); ``record_dir`` -- the
-record folder (``[record] dir``, default ``./record``); ``device.record_idle_s`` (60).
+installed; ``segmenter`` -- a zero-argument factory of segmenters (default: the §5.8
+splitter and grouping, ``echokit_fast.splitter.SegmentGrouper``); ``device.sessions`` -- the
+:class:`SessionManager`; ``device.settings`` -- its :class:`Settings` (VAD from
+``[asr.vad]``, hello from ``hello_wav``); ``record_dir`` -- the record folder (``[record]
+dir``, default ``./record``); ``device.record_idle_s`` (60).
 """
 
 from __future__ import annotations
@@ -48,9 +49,19 @@ RECORD_IDLE_S = 60.0
 
 
 def _build_backends(ctx: AppContext) -> Any:
-    from echokit_fast.remote import build_backends  # another module's; imported when needed
+    from echokit_fast.remote import build_backends
 
-    return build_backends(ctx.config)
+    def local_tts(_cfg: Any) -> Any:
+        from echokit_fast import tts
+
+        return tts.shared(ctx)  # the engine the HTTP TTS API serves, loaded once
+
+    def local_asr(_cfg: Any) -> Any:
+        from echokit_fast import asr
+
+        return asr.shared(ctx)
+
+    return build_backends(ctx.config, local_asr=local_asr, local_tts=local_tts)
 
 
 def _settings(ctx: AppContext) -> Settings:
@@ -68,9 +79,9 @@ def _manager(ctx: AppContext) -> SessionManager:
 
 
 def _default_segmenter() -> Any:
-    from echokit_fast.device.segmenter import SentenceSegmenter
+    from echokit_fast.splitter import SegmentGrouper
 
-    return SentenceSegmenter
+    return SegmentGrouper
 
 
 def record_dir(ctx: AppContext) -> Path:

@@ -5,7 +5,7 @@
 * :mod:`.listen` -- VAD hysteresis and the stream-ASR round logic;
 * :mod:`.pipeline` -- one answer: LLM -> segments -> parallel TTS -> ordered frames;
 * :mod:`.output` -- audio frames to the device (raw / Opus / Opus + vowel) and the hello;
-* :mod:`.segmenter` -- the segmenter interface and a trivial sentence splitter;
+* :mod:`.segmenter` -- the segmenter interface (the §5.8 splitter is the default);
 * :mod:`.record` -- record mode and the download paths;
 * :mod:`.trace` -- the per-turn trace (JSON log line, Prometheus histograms).
 
@@ -13,7 +13,7 @@ The HTTP/WebSocket routes are in :mod:`echokit_fast.api.device`.
 """
 
 from echokit_fast.device.listen import VadParams
-from echokit_fast.device.segmenter import Segmenter, SentenceSegmenter
+from echokit_fast.device.segmenter import Segmenter
 from echokit_fast.device.session import (
     Backends,
     Connection,
@@ -30,7 +30,6 @@ __all__ = [
     "ConnectionGone",
     "Flags",
     "Segmenter",
-    "SentenceSegmenter",
     "Session",
     "SessionManager",
     "Settings",

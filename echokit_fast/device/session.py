@@ -653,9 +653,9 @@ class SessionManager:
 
     def segmenter_factory(self) -> SegmenterFactory:
         if self._segmenter is None:
-            from echokit_fast.device.segmenter import SentenceSegmenter
+            from echokit_fast.splitter import SegmentGrouper
 
-            return SentenceSegmenter
+            return SegmentGrouper
         return self._segmenter()
 
     def new_vad_stream(self) -> Any:
