@@ -75,7 +75,7 @@ const LANES: usize = 8;
 /// Rate pairs whose filters are kept (oldest dropped first).
 const FILTER_CACHE_SIZE: usize = 32;
 /// Input samples `resample` feeds its stream at a time.
-const ONE_SHOT_BLOCK: usize = 16384;
+const ONE_SHOT_BLOCK: usize = 32768;
 /// Input samples one block of same-phase outputs may span (see `run`).
 const GROUP_INPUT_BUDGET: usize = 16384;
 
@@ -297,7 +297,12 @@ struct Filter {
     /// `None`: one exact phase per `p` in `0..l`. `Some(P)`: `P + 1` phases
     /// at fractions `k / P`, linearly interpolated.
     table: Option<u64>,
+    /// Interpolated table only: its rows, `taps` each.
     coefs: Vec<f32>,
+    /// Exact phases only: per phase `p`, the pair rows `a` (`taps`) and `b`
+    /// (`taps + LANES`) of `Kernels`, and `d`.
+    pairs: Vec<f32>,
+    pair_d: Vec<u8>,
 }
 
 impl Filter {
@@ -334,7 +339,7 @@ impl Filter {
             let sum: f64 = row.iter().sum();
             coefs.extend(row.iter().map(|c| (c / sum) as f32));
         }
-        Filter {
+        let mut f = Filter {
             l,
             m,
             taps,
@@ -342,31 +347,75 @@ impl Filter {
             right,
             table,
             coefs,
+            pairs: Vec::new(),
+            pair_d: Vec::new(),
+        };
+        if table.is_none() {
+            // Output n at (i, p) is followed by n + 1 at (i + d, p2).
+            // d <= ceil(m / l) <= 6 for rates in 8..48 kHz.
+            let stride = 2 * taps + LANES;
+            let mut pairs = vec![0.0; l as usize * stride];
+            for p in 0..l {
+                let (d, p2) = ((m + p) / l, (m + p) % l);
+                assert!(d <= LANES as u64);
+                let at = p as usize * stride;
+                pairs[at..at + taps].copy_from_slice(f.row(p as usize));
+                let b = at + taps + d as usize;
+                pairs[b..b + taps].copy_from_slice(f.row(p2 as usize));
+                f.pair_d.push(d as u8);
+            }
+            f.pairs = pairs;
+            f.coefs = Vec::new();
         }
+        f
     }
 
     fn row(&self, k: usize) -> &[f32] {
         &self.coefs[k * self.taps..(k + 1) * self.taps]
     }
+
+    /// Rows `a`, `b` and the window offset `d` of the pair whose first
+    /// output has phase `p` (exact phases only; see `Kernels`).
+    fn pair(&self, p: u64) -> (&[f32], &[f32], usize) {
+        let stride = 2 * self.taps + LANES;
+        let at = p as usize * stride;
+        let (a, b) = self.pairs[at..at + stride].split_at(self.taps);
+        (a, b, self.pair_d[p as usize] as usize)
+    }
 }
 
-/// The dot-product kernels of one CPU flavour. Every length is a multiple of
-/// `LANES`; each output is accumulated in the same order by all three, so the
-/// result of an output does not depend on which kernel computed it (this is
-/// what makes any chunking bit-identical to one big chunk).
-type Dot4 = fn([&[f32]; 4], [&[f32]; 4]) -> [f32; 4];
-
+/// The kernels of one CPU flavour.
+///
+/// Canonical order: every output is one 8-lane accumulator run over its
+/// row's 8-tap blocks in order (fused multiply-adds where the CPU has them),
+/// then reduced as `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`. All
+/// kernels of a flavour compute each output exactly that way, so an output
+/// does not depend on which kernel computed it or next to which others:
+/// this is what makes any chunking bit-identical to one big chunk.
+///
+/// Pairs: outputs `n` (even) and `n + 1` read one window starting at output
+/// `n`'s (see `Filter::pair`): row `a` (`taps` long) for `n` over the first
+/// `taps` inputs, row `b` (`taps + LANES` long, `n + 1`'s row shifted by the
+/// `d` samples between the two windows) for `n + 1` over all `taps + d`.
+/// Inputs past the end of the window (the last block's lanes `d..`) count as
+/// zero and are never read.
 #[derive(Clone, Copy)]
 struct Kernels {
-    /// `c . x`
+    /// One output: row `c`, window `x` (as long as `c` or up to `LANES - 1`
+    /// shorter).
     dot1: fn(&[f32], &[f32]) -> f32,
-    /// `c . x[k]` for four windows sharing one coefficient row.
-    dot4_same: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
-    /// `c[k] . x[k]` for four rows and windows.
-    dot4: Dot4,
+    /// Four pairs with the same rows `a`, `b` over windows `x[u]`:
+    /// `[a.x0, b.x0, a.x1, b.x1, ..]`.
+    pairs4_same: Pairs4Same,
+    /// Four pairs, each with its own rows.
+    pairs4: Pairs4,
     /// Half-band outputs from de-interleaved input (see `half_generic`).
-    half: fn(&[f32], &[f32], &[f32], &mut [f32]),
+    half: HalfKernel,
 }
+
+type Pairs4 = fn([&[f32]; 4], [&[f32]; 4], [&[f32]; 4]) -> [f32; 8];
+type Pairs4Same = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 8];
+type HalfKernel = fn(&[f32], &[f32], &[f32], &mut [f32]);
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -374,23 +423,39 @@ impl std::fmt::Debug for Kernels {
     }
 }
 
+fn reduce_generic(a: [f32; LANES]) -> f32 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
 fn dot1_generic(c: &[f32], x: &[f32]) -> f32 {
-    // Eight independent partial sums: LLVM turns this into SIMD (SSE2/NEON).
+    // Eight lanes: LLVM turns the full blocks into SIMD (SSE2/NEON).
     let mut acc = [0f32; LANES];
+    let full = x.len() / LANES;
     for (cc, xc) in c.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
         for j in 0..LANES {
             acc[j] += cc[j] * xc[j];
         }
     }
-    acc.iter().sum()
+    if full * LANES < c.len() {
+        let (cc, xc) = (&c[full * LANES..], &x[full * LANES..]);
+        for j in 0..LANES {
+            acc[j] += cc[j] * xc.get(j).copied().unwrap_or(0.0);
+        }
+    }
+    reduce_generic(acc)
 }
 
-fn dot4_same_generic(c: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    x.map(|x| dot1_generic(c, x))
+fn pairs4_generic(a: [&[f32]; 4], b: [&[f32]; 4], x: [&[f32]; 4]) -> [f32; 8] {
+    let mut y = [0f32; 8];
+    for u in 0..4 {
+        y[2 * u] = dot1_generic(a[u], &x[u][..a[u].len()]);
+        y[2 * u + 1] = dot1_generic(b[u], x[u]);
+    }
+    y
 }
 
-fn dot4_generic(c: [&[f32]; 4], x: [&[f32]; 4]) -> [f32; 4] {
-    [0, 1, 2, 3].map(|k| dot1_generic(c[k], x[k]))
+fn pairs4_same_generic(a: &[f32], b: &[f32], x: [&[f32]; 4]) -> [f32; 8] {
+    pairs4_generic([a; 4], [b; 4], x)
 }
 
 /// Half-band outputs `y[t] = e[t] / 2 + sum_k h[k] (o[t + K - 1 - k] + o[t + K + k])`
@@ -410,111 +475,128 @@ fn half_generic(h: &[f32], e: &[f32], o: &[f32], y: &mut [f32]) {
 
 const GENERIC: Kernels = Kernels {
     dot1: dot1_generic,
-    dot4_same: dot4_same_generic,
-    dot4: dot4_generic,
+    pairs4_same: pairs4_same_generic,
+    pairs4: pairs4_generic,
     half: half_generic,
 };
 
-/// AVX2 + FMA kernels. Per output: two 8-lane accumulators (even and odd
-/// 8-tap blocks), fused multiply-adds in tap order, then one fixed horizontal
-/// sum. The four-output kernels run eight independent accumulator chains (the
-/// single-output one is latency-bound, so it is only used for leftovers), and
-/// `dot4_same` loads each coefficient block once for four windows.
+/// AVX2 + FMA kernels. The pair kernels run eight independent accumulator
+/// chains (two outputs per window, four windows) and load each input block
+/// once for both outputs of its window; `pairs4_same` also loads each
+/// coefficient block once for all four windows: 6 loads per 8 FMAs, where
+/// one row per output needed 10 (the loads, half of them split across cache
+/// lines, were the bottleneck). The eight sums are reduced together.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// `MASKS[8 - d..]` as a mask selects lanes `0..d`.
+    static MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// Up to 8 floats from `p`, lanes `d..` zero and not read.
     #[inline(always)]
-    fn hsum(a: __m256, b: __m256) -> f32 {
+    unsafe fn load_first(p: *const f32, d: usize) -> __m256 {
+        // SAFETY (for the callers): only reached from `avx2,fma` functions,
+        // with `d <= 8` and `p .. p + d` readable.
+        unsafe {
+            let m = _mm256_loadu_si256(MASKS.as_ptr().add(8 - d) as *const __m256i);
+            _mm256_maskload_ps(p, m)
+        }
+    }
+
+    /// The canonical reduction of one accumulator (see `Kernels`).
+    #[inline(always)]
+    fn reduce1(a: __m256) -> f32 {
         // SAFETY (for the callers): only reached from `avx2,fma` functions.
         unsafe {
-            let s = _mm256_add_ps(a, b);
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
-            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+            let h = _mm256_hadd_ps(a, a);
+            let q = _mm256_hadd_ps(h, h);
+            _mm_cvtss_f32(_mm_add_ss(
+                _mm256_castps256_ps128(q),
+                _mm256_extractf128_ps::<1>(q),
+            ))
+        }
+    }
+
+    /// Eight accumulators reduced at once, lane by lane as `reduce1` does.
+    #[inline(always)]
+    fn reduce8(a: [__m256; 8]) -> [f32; 8] {
+        // SAFETY (for the callers): only reached from `avx2,fma` functions.
+        unsafe {
+            let q0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            let q1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+            let lo = _mm256_permute2f128_ps::<0x20>(q0, q1);
+            let hi = _mm256_permute2f128_ps::<0x31>(q0, q1);
+            let mut out = [0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(lo, hi));
+            out
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     fn dot1_impl(c: &[f32], x: &[f32]) -> f32 {
         let n = c.len();
-        assert!(x.len() >= n && n.is_multiple_of(8));
+        assert!(n >= 8 && n.is_multiple_of(8) && x.len() <= n && x.len() + 8 >= n);
         let (pc, px) = (c.as_ptr(), x.as_ptr());
-        let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut k = 0;
-        // SAFETY: every load reads 8 floats at k with k + 8 <= n <= both lengths.
+        let mut acc = _mm256_setzero_ps();
+        // SAFETY: full blocks end at n - 8 <= x.len(); the last block reads
+        // x[n - 8 .. x.len()] only.
         unsafe {
-            while k + 16 <= n {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(pc.add(k)), _mm256_loadu_ps(px.add(k)), a);
-                let (c1, x1) = (pc.add(k + 8), px.add(k + 8));
-                b = _mm256_fmadd_ps(_mm256_loadu_ps(c1), _mm256_loadu_ps(x1), b);
-                k += 16;
+            let mut k = 0;
+            while k + 8 < n {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(pc.add(k)), _mm256_loadu_ps(px.add(k)), acc);
+                k += 8;
             }
-            if k < n {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(pc.add(k)), _mm256_loadu_ps(px.add(k)), a);
-            }
+            let xv = load_first(px.add(k), x.len() - k);
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(pc.add(k)), xv, acc);
         }
-        hsum(a, b)
+        reduce1(acc)
     }
 
+    /// `SAME`: all four `a` (and `b`) are the same row, loaded once.
     #[target_feature(enable = "avx2,fma")]
-    fn dot4_same_impl(c: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-        let n = c.len();
-        assert!(n.is_multiple_of(8) && x.iter().all(|x| x.len() >= n));
-        let pc = c.as_ptr();
+    fn pairs4_impl<const SAME: bool>(a: [&[f32]; 4], b: [&[f32]; 4], x: [&[f32]; 4]) -> [f32; 8] {
+        let taps = a[0].len();
+        assert!(taps.is_multiple_of(8));
+        for u in 0..4 {
+            assert!(a[u].len() == taps && b[u].len() == taps + 8);
+            assert!(x[u].len() >= taps && x[u].len() <= taps + 8);
+        }
+        let pa = a.map(|c| c.as_ptr());
+        let pb = b.map(|c| c.as_ptr());
         let px = x.map(|x| x.as_ptr());
-        let mut a = [_mm256_setzero_ps(); 4];
-        let mut b = [_mm256_setzero_ps(); 4];
-        let mut k = 0;
-        // SAFETY: as in `dot1_impl`, for the row and each window.
+        let mut acc = [_mm256_setzero_ps(); 8];
+        // SAFETY: blocks k < taps are inside every row and window (asserted
+        // lengths); the last block reads b[u][taps..taps + 8] and
+        // x[u][taps..x[u].len()] only.
         unsafe {
-            while k + 16 <= n {
-                let c0 = _mm256_loadu_ps(pc.add(k));
-                let c1 = _mm256_loadu_ps(pc.add(k + 8));
-                for u in 0..4 {
-                    a[u] = _mm256_fmadd_ps(c0, _mm256_loadu_ps(px[u].add(k)), a[u]);
-                    b[u] = _mm256_fmadd_ps(c1, _mm256_loadu_ps(px[u].add(k + 8)), b[u]);
+            let mut k = 0;
+            while k < taps {
+                if SAME {
+                    let (ca, cb) = (_mm256_loadu_ps(pa[0].add(k)), _mm256_loadu_ps(pb[0].add(k)));
+                    for u in 0..4 {
+                        let xv = _mm256_loadu_ps(px[u].add(k));
+                        acc[2 * u] = _mm256_fmadd_ps(ca, xv, acc[2 * u]);
+                        acc[2 * u + 1] = _mm256_fmadd_ps(cb, xv, acc[2 * u + 1]);
+                    }
+                } else {
+                    for u in 0..4 {
+                        let xv = _mm256_loadu_ps(px[u].add(k));
+                        let (ca, cb) =
+                            (_mm256_loadu_ps(pa[u].add(k)), _mm256_loadu_ps(pb[u].add(k)));
+                        acc[2 * u] = _mm256_fmadd_ps(ca, xv, acc[2 * u]);
+                        acc[2 * u + 1] = _mm256_fmadd_ps(cb, xv, acc[2 * u + 1]);
+                    }
                 }
-                k += 16;
+                k += 8;
             }
-            if k < n {
-                let c0 = _mm256_loadu_ps(pc.add(k));
-                for u in 0..4 {
-                    a[u] = _mm256_fmadd_ps(c0, _mm256_loadu_ps(px[u].add(k)), a[u]);
-                }
+            for u in 0..4 {
+                let xv = load_first(px[u].add(taps), x[u].len() - taps);
+                let cb = _mm256_loadu_ps(pb[u].add(taps));
+                acc[2 * u + 1] = _mm256_fmadd_ps(cb, xv, acc[2 * u + 1]);
             }
         }
-        [0, 1, 2, 3].map(|u| hsum(a[u], b[u]))
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn dot4_impl(c: [&[f32]; 4], x: [&[f32]; 4]) -> [f32; 4] {
-        let n = c[0].len();
-        assert!(n.is_multiple_of(8) && (0..4).all(|u| c[u].len() == n && x[u].len() >= n));
-        let pc = c.map(|c| c.as_ptr());
-        let px = x.map(|x| x.as_ptr());
-        let mut a = [_mm256_setzero_ps(); 4];
-        let mut b = [_mm256_setzero_ps(); 4];
-        let mut k = 0;
-        // SAFETY: as in `dot1_impl`, for each row and window.
-        unsafe {
-            while k + 16 <= n {
-                for u in 0..4 {
-                    let (c0, x0) = (_mm256_loadu_ps(pc[u].add(k)), _mm256_loadu_ps(px[u].add(k)));
-                    a[u] = _mm256_fmadd_ps(c0, x0, a[u]);
-                    let c1 = _mm256_loadu_ps(pc[u].add(k + 8));
-                    b[u] = _mm256_fmadd_ps(c1, _mm256_loadu_ps(px[u].add(k + 8)), b[u]);
-                }
-                k += 16;
-            }
-            if k < n {
-                for u in 0..4 {
-                    let (c0, x0) = (_mm256_loadu_ps(pc[u].add(k)), _mm256_loadu_ps(px[u].add(k)));
-                    a[u] = _mm256_fmadd_ps(c0, x0, a[u]);
-                }
-            }
-        }
-        [0, 1, 2, 3].map(|u| hsum(a[u], b[u]))
+        reduce8(acc)
     }
 
     /// Eight outputs per vector (one lane each, taps in the same order as
@@ -565,11 +647,11 @@ mod avx2 {
     fn dot1(c: &[f32], x: &[f32]) -> f32 {
         unsafe { dot1_impl(c, x) }
     }
-    fn dot4_same(c: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-        unsafe { dot4_same_impl(c, x) }
+    fn pairs4_same(a: &[f32], b: &[f32], x: [&[f32]; 4]) -> [f32; 8] {
+        unsafe { pairs4_impl::<true>([a; 4], [b; 4], x) }
     }
-    fn dot4(c: [&[f32]; 4], x: [&[f32]; 4]) -> [f32; 4] {
-        unsafe { dot4_impl(c, x) }
+    fn pairs4(a: [&[f32]; 4], b: [&[f32]; 4], x: [&[f32]; 4]) -> [f32; 8] {
+        unsafe { pairs4_impl::<false>(a, b, x) }
     }
     fn half(h: &[f32], e: &[f32], o: &[f32], y: &mut [f32]) {
         unsafe { half_impl(h, e, o, y) }
@@ -577,8 +659,8 @@ mod avx2 {
 
     pub(super) const KERNELS: super::Kernels = super::Kernels {
         dot1,
-        dot4_same,
-        dot4,
+        pairs4_same,
+        pairs4,
         half,
     };
 }
@@ -784,13 +866,17 @@ impl Resampler {
             let count = (end - st.next_j) as usize;
             // De-interleave: e[t] = x[2 (j + t)], o[u] = x[2 (j + u - K) + 1].
             let c0 = (2 * st.next_j - st.buf_start) as usize;
-            self.scratch.clear();
-            self.scratch
-                .extend(st.buf[c0..].iter().step_by(2).take(count));
             let o0 = c0 + 1 - 2 * kk;
-            let odd = st.buf[o0..].iter().step_by(2).take(count + 2 * kk - 1);
-            self.scratch.extend(odd);
-            let (e, o) = self.scratch.split_at(count);
+            let n_odd = count + 2 * kk - 1;
+            self.scratch.resize(count + n_odd, 0.0);
+            let (e, o) = self.scratch.split_at_mut(count);
+            for (v, x) in e.iter_mut().zip(st.buf[c0..c0 + 2 * count - 1].chunks(2)) {
+                *v = x[0];
+            }
+            for (v, x) in o.iter_mut().zip(st.buf[o0..o0 + 2 * n_odd - 1].chunks(2)) {
+                *v = x[0];
+            }
+            let (e, o) = (&*e, &*o);
             let dest = match rest.first_mut() {
                 Some(next) => &mut next.buf,
                 None => &mut self.buf,
@@ -817,9 +903,9 @@ impl Resampler {
         let y = &mut out[base..];
         let k = self.kernels;
         let buf = &self.buf;
-        let window = |i: i64| {
+        let window = |i: i64, len: usize| {
             let start = (i - left - self.buf_start) as usize;
-            &buf[start..start + taps]
+            &buf[start..start + len]
         };
         let (m_int, m_rem) = ((m / l) as i64, m % l);
         let step = |i: &mut i64, p: &mut u64| {
@@ -832,14 +918,13 @@ impl Resampler {
         };
         let (mut i, mut p) = (self.next_i, self.next_p);
         let mut done = 0usize;
-        let ul = l as usize;
         if let Some(phases) = f.table {
             // Interpolated table (unusual rate pairs): two rows per output.
             for slot in y.iter_mut() {
                 let pos = p * phases;
                 let row = (pos / l) as usize;
                 let frac = (pos % l) as f32 / l as f32;
-                let x = window(i);
+                let x = window(i, taps);
                 let y0 = (k.dot1)(f.row(row), x);
                 let y1 = (k.dot1)(f.row(row + 1), x);
                 *slot = y0 + frac * (y1 - y0);
@@ -847,52 +932,79 @@ impl Resampler {
             }
             done = count;
         }
-        // Blocks of 4 g l outputs: outputs r + j l (j < 4 g) share a phase, so
-        // each coefficient row is used for 4 g outputs while it is in L1.
-        // g is as large as keeps the block's input (4 g m samples) in L2-sized
-        // reach, then 1 for what is left.
-        let mm = m as i64;
-        let g_max = (GROUP_INPUT_BUDGET / (4 * m as usize)).clamp(1, 16);
-        for g in [g_max, 1] {
-            while count - done >= 4 * g * ul {
-                let (mut ir, mut pr) = (i, p);
-                for r in 0..ul {
-                    let row = f.row(pr as usize);
-                    for q in 0..g {
-                        let i0 = ir + 4 * q as i64 * mm;
-                        let x = [
-                            window(i0),
-                            window(i0 + mm),
-                            window(i0 + 2 * mm),
-                            window(i0 + 3 * mm),
-                        ];
-                        let v = (k.dot4_same)(row, x);
-                        for (u, v) in v.into_iter().enumerate() {
-                            y[done + r + (4 * q + u) * ul] = v;
-                        }
-                    }
-                    step(&mut ir, &mut pr);
-                }
-                i += 4 * g as i64 * mm;
-                done += 4 * g * ul;
+        // Outputs go in pairs (even n, n + 1), each pair from one window (see
+        // `Kernels`). An odd first output is the second of the pair that
+        // started one output earlier: step back to that pair's start.
+        if done < count && self.next_out % 2 == 1 {
+            let (mut pi, mut pp) = (i - m_int, p);
+            if pp >= m_rem {
+                pp -= m_rem;
+            } else {
+                pp += l - m_rem;
+                pi -= 1;
             }
+            let (_, b, d) = f.pair(pp);
+            y[0] = (k.dot1)(b, window(pi, taps + d));
+            step(&mut i, &mut p);
+            done = 1;
         }
-        // Then four consecutive outputs at a time, then one at a time.
-        while count - done >= 4 {
+        // Blocks of 4 g l2 outputs: pairs s + j l2 (j < 4 g) share their
+        // rows (l2 = l, or 2 l when l is odd so that pairs line up), so each
+        // pair of rows is used for 4 g windows while it is in L1. g is as
+        // large as keeps the block's input (4 g `stride` samples) in L2-sized
+        // reach (or fits what is left).
+        let ul = l as usize;
+        let l2 = if ul.is_multiple_of(2) { ul } else { 2 * ul };
+        let stride = (l2 as u64 * m / l) as i64;
+        let g_max = (GROUP_INPUT_BUDGET / (4 * stride as usize)).clamp(1, 16);
+        while count - done >= 4 * l2 {
+            let g = ((count - done) / (4 * l2)).min(g_max);
+            let (mut ir, mut pr) = (i, p);
+            for s in (0..l2).step_by(2) {
+                let (a, b, d) = f.pair(pr);
+                for q in 0..g {
+                    let i0 = ir + 4 * q as i64 * stride;
+                    let x = [0, 1, 2, 3].map(|u| window(i0 + u * stride, taps + d));
+                    let v = (k.pairs4_same)(a, b, x);
+                    for u in 0..4 {
+                        let o = done + s + (4 * q + u) * l2;
+                        y[o] = v[2 * u];
+                        y[o + 1] = v[2 * u + 1];
+                    }
+                }
+                step(&mut ir, &mut pr);
+                step(&mut ir, &mut pr);
+            }
+            i += 4 * g as i64 * stride;
+            done += 4 * g * l2;
+        }
+        // Then four consecutive pairs at a time, then one pair, then a last
+        // lone first-of-pair output (its partner is not ready yet).
+        while count - done >= 8 {
             let mut pos = [(0i64, 0u64); 4];
             for slot in pos.iter_mut() {
                 *slot = (i, p);
                 step(&mut i, &mut p);
+                step(&mut i, &mut p);
             }
-            let c = pos.map(|(_, p)| f.row(p as usize));
-            let x = pos.map(|(i, _)| window(i));
-            y[done..done + 4].copy_from_slice(&(k.dot4)(c, x));
-            done += 4;
+            let rows = pos.map(|(_, p)| f.pair(p));
+            let x = [0, 1, 2, 3].map(|u| window(pos[u].0, taps + rows[u].2));
+            let v = (k.pairs4)(rows.map(|r| r.0), rows.map(|r| r.1), x);
+            y[done..done + 8].copy_from_slice(&v);
+            done += 8;
         }
-        while done < count {
-            y[done] = (k.dot1)(f.row(p as usize), window(i));
+        while count - done >= 2 {
+            let (a, b, d) = f.pair(p);
+            let x = window(i, taps + d);
+            y[done] = (k.dot1)(a, &x[..taps]);
+            y[done + 1] = (k.dot1)(b, x);
             step(&mut i, &mut p);
-            done += 1;
+            step(&mut i, &mut p);
+            done += 2;
+        }
+        if done < count {
+            y[done] = (k.dot1)(f.pair(p).0, window(i, taps));
+            step(&mut i, &mut p);
         }
         (self.next_i, self.next_p, self.next_out) = (i, p, end);
     }
@@ -907,7 +1019,9 @@ impl Resampler {
                 *start += dead as i64;
             }
         };
-        let keep = self.next_i - d.main.left as i64;
+        // From the window of the output before the next (an odd next output
+        // is computed from its pair's window, see `run`).
+        let keep = self.next_i - d.main.left as i64 - d.main.m.div_ceil(d.main.l) as i64;
         drop_before(&mut self.buf, &mut self.buf_start, keep);
         for (st, h) in self.halves.iter_mut().zip(&d.halves) {
             let keep = 2 * st.next_j - h.reach() as i64;
