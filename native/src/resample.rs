@@ -24,7 +24,7 @@
 //! independently of chunking. rubato's asynchronous sinc resampler is ~20x
 //! slower. Against soxr HQ (the bench peer; see benches/bench_resample.py)
 //! both the streaming path and one-shot 24 / 44.1 / 48 kHz -> 16 kHz are
-//! faster (~0.45x, ~0.7x, ~0.85x, ~0.92x of soxr's time).
+//! faster (~0.45x, ~0.7x, ~0.85x, ~0.9x of soxr's time).
 //!
 //! # Filter
 //! Cut-off halfway between the passband edge (0.9 x the lower Nyquist
