@@ -3,8 +3,8 @@
 - ``resample-stream-24k-16k``: 10 s of audio, 24 kHz -> 16 kHz in 20 ms chunks
   (480 samples): ``Resampler.process`` per chunk + ``flush`` vs
   ``soxr.ResampleStream.resample_chunk`` per chunk + the final ``last=True``.
-- ``resample-oneshot-44k1-16k``: 10 s, 44.1 kHz -> 16 kHz, ``resample`` vs
-  ``soxr.resample``.
+- ``resample-oneshot-{24k,44k1,48k}-16k``: 10 s, 24 / 44.1 / 48 kHz -> 16 kHz,
+  ``resample`` vs ``soxr.resample``.
 
 soxr runs at quality ``"HQ"``: the lowest soxr setting that meets our spec
 (``"MQ"`` misses the 0.1 dB passband at 0.9 x Nyquist for 44.1 kHz -> 16 kHz;
@@ -52,14 +52,6 @@ def _stream_soxr(x: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _oneshot_ours(x: np.ndarray) -> np.ndarray:
-    return resample(x, 44100, 16000)
-
-
-def _oneshot_soxr(x: np.ndarray) -> np.ndarray:
-    return soxr.resample(x, 44100, 16000, quality=SOXR_QUALITY)
-
-
 def _quality(benchmark, fn, from_rate: int, to_rate: int) -> None:
     sb = q.stopband_attenuation_db(fn, from_rate, to_rate)
     sweep_sb = q.sweep_stopband_attenuation_db(fn, from_rate, to_rate)
@@ -82,9 +74,16 @@ def _soxr(rate: int):
 CASES = {
     "stream-ours": (_stream_ours, 24000, "resample-stream-24k-16k", _ours(24000), _soxr(24000)),
     "stream-soxr": (_stream_soxr, 24000, "resample-stream-24k-16k", _soxr(24000), _ours(24000)),
-    "oneshot-ours": (_oneshot_ours, 44100, "resample-oneshot-44k1-16k", _ours(44100), _soxr(44100)),
-    "oneshot-soxr": (_oneshot_soxr, 44100, "resample-oneshot-44k1-16k", _soxr(44100), _ours(44100)),
 }
+for _rate, _tag in ((24000, "24k"), (44100, "44k1"), (48000, "48k")):
+    for _lib, _same, _other in (("ours", _ours, _soxr), ("soxr", _soxr, _ours)):
+        CASES[f"oneshot-{_tag}-{_lib}"] = (
+            _same(_rate),
+            _rate,
+            f"resample-oneshot-{_tag}-16k",
+            _same(_rate),
+            _other(_rate),
+        )
 
 
 @pytest.mark.parametrize("name", list(CASES))

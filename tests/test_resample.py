@@ -32,6 +32,9 @@ PAIRS = [
     (8000, 44100),
     (22050, 32000),
     (11025, 48000),
+    # Half-band 2:1 stages ahead of the polyphase one: one, and a cascade of two.
+    (48000, 16000),
+    (44100, 8000),
 ]
 # Reduced numerator above 1024: the interpolated-table path.
 ODD_PAIRS = [(44101, 16000), (16000, 44101)]
