@@ -3,22 +3,23 @@
 # ./.venv, the native module (maturin develop --release) and Python extras.
 # Idempotent and cache-friendly: a second run only rebuilds what changed.
 #
-#   bash scripts/setup.sh            # runtime
-#   bash scripts/setup.sh --test     # runtime + test/bench dependencies
+#   bash scripts/setup.sh            # runtime + embedded engines (asr, tts extras)
+#   bash scripts/setup.sh --test     # + test/bench dependencies
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS=""
+EXTRAS="asr,tts"
 for arg in "$@"; do
     case "$arg" in
-        --test) EXTRAS="test" ;;
+        --test) EXTRAS="asr,tts,test" ;;
         *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done
 
 # Debian packages: libopus for the Opus codec, pkg-config to find it, a C
-# toolchain for -sys crates, sox (test fixtures written by another tool).
-DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all)
+# toolchain for -sys crates, sox (test fixtures written by another tool),
+# espeak-ng (speech for the ASR tests, independent of our TTS).
+DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all espeak-ng)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
