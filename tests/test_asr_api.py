@@ -285,3 +285,18 @@ def test_verbose_json_fields_with_a_fake_model(serve, clip) -> None:
     assert json.loads(
         httpx.post(f"{base}/v1/audio/transcriptions", files={"file": ("a.wav", clip)}).text
     ) == {"text": "hello0 hello1"}
+
+
+def test_rates_the_native_resampler_does_not_take_and_empty_wavs(serve) -> None:
+    fake = FakeModel()
+    _, base = start(serve, LocalWhisper(fake, model_id="fake"))
+    url = f"{base}/v1/audio/transcriptions"
+    tone = (0.3 * np.sin(np.arange(96000) * 0.02)).astype(np.float32)
+    hi = httpx.post(url, files={"file": ("hi.wav", audio.write_wav(tone, 96000))})
+    assert hi.status_code == 200 and hi.json() == {"text": "hello"}
+    assert fake.calls[0]["samples"] == 16000  # 1 s at 96 kHz, decoded and resampled by PyAV
+    empty = httpx.post(
+        url, files={"file": ("e.wav", audio.write_wav(np.zeros(0, np.float32), 16000))}
+    )
+    assert empty.status_code == 200 and empty.json() == {"text": ""}
+    assert len(fake.calls) == 1  # no audio, no model call
