@@ -73,7 +73,8 @@ def _peer(model, pcm: np.ndarray) -> str:
 
 def test_ours(benchmark, engine, clip, loop) -> None:
     benchmark.group = "asr-3s-clip"
-    _sane(loop.run_until_complete(engine.transcribe(clip)))  # warm-up
+    if not benchmark.disabled:  # warm-up (the untimed CI run skips it)
+        _sane(loop.run_until_complete(engine.transcribe(clip)))
 
     def run() -> str:
         return loop.run_until_complete(engine.transcribe(clip))
@@ -83,10 +84,10 @@ def test_ours(benchmark, engine, clip, loop) -> None:
 
 def test_peer_faster_whisper(benchmark, engine, clip) -> None:
     benchmark.group = "asr-3s-clip"
-    _sane(_peer(engine.model, clip))  # warm-up
+    if not benchmark.disabled:  # warm-up (the untimed CI run skips it)
+        _sane(_peer(engine.model, clip))
     text = benchmark.pedantic(_peer, args=(engine.model, clip), rounds=ROUNDS, iterations=1)
     _sane(text)
-    assert text == _peer(engine.model, clip)
 
 
 def test_without_speculation(benchmark, engine, clip, loop) -> None:
