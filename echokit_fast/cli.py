@@ -1,4 +1,4 @@
-"""Command line: `echokit-fast serve`, `echokit-fast vad FILE.wav`, ..."""
+"""Command line: `echokit-fast serve`, `check-config`, `vad`, `transcribe`, `say`."""
 
 from __future__ import annotations
 
@@ -88,7 +88,54 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument("--min-silence-duration-ms", type=float, default=100, help="(100)")
     vad.add_argument("--speech-pad-ms", type=float, default=30, help="(30)")
     vad.add_argument("--model", choices=("v5", "v6"), default="v6", help="Silero VAD weights (v6)")
+
+    tr = sub.add_parser(
+        "transcribe",
+        help="transcribe an audio file with the embedded Whisper engine",
+        description="Print the text of an audio file (WAV of any rate and channel count, or "
+        "any format FFmpeg reads) transcribed by the embedded Whisper engine.",
+    )
+    tr.add_argument("file", metavar="FILE", help="the audio file (e.g. speech.wav)")
+    tr.add_argument("--language", help="pin the language (e.g. en); default: detect")
+    tr.add_argument(
+        "--model",
+        default="base",
+        help="a model name (base, small ...), a CTranslate2 model directory (default: base, "
+        "from the installed model package when present)",
+    )
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tr.add_argument("--beam-size", type=int, default=1, metavar="N")
     return parser
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from echokit_fast.api.asr import decode_upload
+    from echokit_fast.asr import LocalWhisper, ModelNotFound
+    from echokit_fast.config import LocalASR
+    from echokit_fast.engines import BackendError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+        pcm, rate = decode_upload(data)
+    except (OSError, ValueError) as exc:
+        print(f"echokit-fast transcribe: {args.file}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        cfg = LocalASR(
+            model=args.model, language=args.language, device=args.device, beam_size=args.beam_size
+        )
+        engine = LocalWhisper.from_config(cfg)
+        text = asyncio.run(engine.transcribe(pcm, sample_rate=rate))
+    except (ModelNotFound, BackendError, ValueError) as exc:
+        print(f"echokit-fast transcribe: {exc}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
 
 
 def cmd_vad(args: argparse.Namespace) -> int:
@@ -236,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_say(args)
     if args.command == "vad":
         return cmd_vad(args)
+    if args.command == "transcribe":
+        return cmd_transcribe(args)
     parser.print_help()
     return 0
 

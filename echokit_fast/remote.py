@@ -472,7 +472,7 @@ def build_transcriber(
     if cfg.platform == "local":
         if local is not None:
             return local(cfg)
-        return _local("echokit_fast.asr", "from_config", cfg, "ASR")
+        return _local("echokit_fast.asr", "shared_engine", cfg, "ASR")
     raise NotImplementedError(f"[asr] platform {cfg.platform!r} is not supported yet")
 
 

@@ -9,5 +9,5 @@ def service_modules() -> list[ModuleType]:
     """The service modules whose routes `create_app` mounts (imported lazily)."""
     import importlib
 
-    names: list[str] = ["device", "tts", "vad"]
+    names: list[str] = ["asr", "device", "tts", "vad"]
     return [importlib.import_module(f"echokit_fast.api.{name}") for name in names]

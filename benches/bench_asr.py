@@ -1,0 +1,158 @@
+"""Embedded Whisper ASR latency: our engine vs faster-whisper called directly; speculative start.
+
+Same run, same model object (Whisper base from the installed model package, CPU int8 or
+CUDA as ``device = "auto"`` picks), same ~3 s clip (espeak-ng speech, 16 kHz), same decoding
+options (greedy, language detected, no timestamps, no VAD filter):
+
+* group ``asr-3s-clip``: ``ours`` awaits ``LocalWhisper.transcribe`` (queue, worker thread,
+  asyncio hand-off) vs ``peer_faster_whisper``: ``WhisperModel.transcribe`` + joining the
+  segments, in the calling thread. The ratio ours/peer is the engine's overhead (target <= 1.05).
+* group ``asr-3s-clip-interleaved``: the same two calls alternated within each round (robust
+  to load from other processes on a shared machine); prints the ratio of medians (``-s``).
+* group ``asr-end-of-turn``: what the device server sees from the end of speech to the final
+  transcript when the turn ends after the end-of-turn silence (``hangover_ms``, 500 ms by
+  default). ``without_speculation``: wait out the silence, then transcribe. ``with_speculation``:
+  ``start()`` the job when the VAD first hears silence, wait out the silence, then await the
+  result. Latency saved = the difference of the two means (at most the silence wait).
+
+Timed run:
+
+    .venv/bin/python -m pytest benches/bench_asr.py --benchmark-enable --benchmark-only
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # the model comes from the installed package
+
+import asyncio
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from echokit_fast import asr, audio
+from echokit_fast.config import LocalASR, VadConfig
+
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+HANGOVER_S = VadConfig().hangover_ms / 1000
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
+    return asr.shared_engine(LocalASR(), cache_dir=tmp_path_factory.getbasetemp() / "asr-models")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    path = tmp_path_factory.mktemp("bench-asr") / "fox.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), SENTENCE], check=True, timeout=30)
+    samples, rate = audio.read_wav(path.read_bytes())
+    pcm = audio.resample(
+        audio.to_mono(np.ascontiguousarray(samples), samples.shape[1]), rate, 16000
+    )
+    assert 2.5 <= len(pcm) / 16000 <= 3.5
+    return pcm
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _sane(text: str) -> None:
+    assert "fox" in text.lower() and "lazy dog" in text.lower(), text
+
+
+def _peer(model, pcm: np.ndarray) -> str:
+    segments, _ = model.transcribe(pcm, beam_size=1, without_timestamps=True, vad_filter=False)
+    return "".join(s.text for s in segments).strip()
+
+
+def test_ours(benchmark, engine, clip, loop) -> None:
+    benchmark.group = "asr-3s-clip"
+    if not benchmark.disabled:  # warm-up (the untimed CI run skips it)
+        _sane(loop.run_until_complete(engine.transcribe(clip)))
+
+    def run() -> str:
+        return loop.run_until_complete(engine.transcribe(clip))
+
+    _sane(benchmark.pedantic(run, rounds=ROUNDS, iterations=1))
+
+
+def test_peer_faster_whisper(benchmark, engine, clip) -> None:
+    benchmark.group = "asr-3s-clip"
+    if not benchmark.disabled:  # warm-up (the untimed CI run skips it)
+        _sane(_peer(engine.model, clip))
+    text = benchmark.pedantic(_peer, args=(engine.model, clip), rounds=ROUNDS, iterations=1)
+    _sane(text)
+
+
+def test_interleaved_overhead(benchmark, engine, clip, loop) -> None:
+    """Ours and the peer alternately, so load from other processes hits both alike; the
+    ratio of medians lands in ``extra_info`` (``--benchmark-columns`` does not show it: see
+    ``--benchmark-json``) and is printed with ``-s``."""
+    benchmark.group = "asr-3s-clip-interleaved"
+    ours: list[float] = []
+    peer: list[float] = []
+
+    def pair() -> str:
+        t0 = time.perf_counter()
+        a = loop.run_until_complete(engine.transcribe(clip))
+        t1 = time.perf_counter()
+        b = _peer(engine.model, clip)
+        t2 = time.perf_counter()
+        ours.append(t1 - t0)
+        peer.append(t2 - t1)
+        assert a == b  # same model, same options: the same words
+        return a
+
+    _sane(benchmark.pedantic(pair, rounds=1 if benchmark.disabled else 5, iterations=1))
+    ratio = statistics.median(ours) / statistics.median(peer)
+    benchmark.extra_info.update(ours_median_s=statistics.median(ours), ratio_ours_peer=ratio)
+    print(f"\nASR overhead, interleaved: ours/peer = {ratio:.3f} ({len(ours)} pairs)")
+    assert ratio > 0
+
+
+def test_without_speculation(benchmark, engine, clip, loop) -> None:
+    benchmark.group = "asr-end-of-turn"
+
+    async def turn() -> str:
+        await asyncio.sleep(HANGOVER_S)  # the end-of-turn silence runs out
+        return await engine.transcribe(clip)
+
+    _sane(benchmark.pedantic(lambda: loop.run_until_complete(turn()), rounds=ROUNDS, iterations=1))
+
+
+def test_with_speculation(benchmark, engine, clip, loop) -> None:
+    benchmark.group = "asr-end-of-turn"
+
+    async def turn() -> str:
+        job = engine.start(clip)  # the VAD hears the first silence
+        await asyncio.sleep(HANGOVER_S)  # no more speech before the silence runs out
+        return await job.result()
+
+    _sane(benchmark.pedantic(lambda: loop.run_until_complete(turn()), rounds=ROUNDS, iterations=1))
+
+
+def test_speculation_cancelled_when_speech_resumes(benchmark, engine, clip, loop) -> None:
+    """The other branch: speech resumes, the speculative job is cancelled and the longer
+    audio transcribed; the engine is free again afterwards."""
+    benchmark.group = "asr-speech-resumes"
+    longer = np.concatenate([clip, clip])
+
+    async def turn() -> str:
+        job = engine.start(clip)
+        await asyncio.sleep(0.1)  # more speech arrives
+        job.cancel()
+        return await engine.transcribe(longer)
+
+    text = benchmark.pedantic(lambda: loop.run_until_complete(turn()), rounds=1, iterations=1)
+    assert text.lower().count("lazy dog") == 2, text
+    assert engine.pending == 0
