@@ -100,11 +100,12 @@ def test_language_restricted_to_the_allowed_set(whisper: LocalWhisper, tmp_path:
     german = "Guten Morgen, wie geht es dir heute?"
     pcm, rate = wav_mono(espeak_wav(german, tmp_path / "de.wav", voice="de"))
     pcm16 = asr_resample(pcm, rate)
-    # What Whisper itself thinks, straight from faster-whisper:
+    # What Whisper itself thinks, straight from faster-whisper (for espeak's German it is
+    # usually "de", but short synthetic speech can be misdetected: the test does not rely on it):
     detected, _, probs = whisper.model.detect_language(pcm16)
-    assert detected == "de"
-    allowed = ["en", "fr"]
-    expected = max((p for p in probs if p[0] in allowed), key=lambda p: p[1])[0]
+    ranked = [code for code, _p in sorted(probs, key=lambda p: -p[1]) if code != detected]
+    allowed = [ranked[2], ranked[1]]  # neither is the detected language
+    expected = ranked[1]  # the most probable allowed one
 
     restricted = LocalWhisper(whisper.model, model_id="r", languages=allowed)
     result = run(restricted.transcribe_full(pcm, sample_rate=rate, temperature=0.0))
