@@ -425,7 +425,9 @@ class ChatBackend:
                 self.tools = await MCPTools.load(self.cfg.mcp_server)
                 self._tools_pending = False
 
-    def conversation(self) -> OpenAIChat:
+    def conversation(self, device_id: str | None = None) -> OpenAIChat:
+        """A new conversation; the device server passes the device id (the conversation
+        itself does not depend on it: prompts and history are per conversation)."""
         return OpenAIChat(self)
 
     async def aclose(self) -> None:

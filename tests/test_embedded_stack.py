@@ -1,0 +1,127 @@
+"""The embedded engines together, for real: our TTS speaks, our ASR listens.
+
+* TTS -> ASR round trip through the OpenAI-compatible HTTP APIs and the `openai` client.
+* One whole device turn on the embedded default configuration (local VAD + Whisper + TTS,
+  the LLM a stand-in OpenAI-compatible server): the device speaks a synthesised question,
+  the LLM receives its transcript, and the spoken answer the device gets back transcribes to
+  the LLM's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the Hugging Face hub in tests
+
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+from asr_helpers import wer
+from device_fakes import Device, name
+from standins import ChatServer
+
+from echokit_fast import asr, audio, tts
+from echokit_fast.app import AppContext, create_app
+from echokit_fast.config import LocalASR, default_config
+
+SR = 16000
+FRAME = 16384  # the firmware's upload frame (8192 samples)
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
+    cache = tmp_path_factory.getbasetemp() / "asr-models"
+    return asr.shared_engine(LocalASR(language="en"), cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def speaker() -> tts.LocalSpeaker:
+    return tts.from_config(None)
+
+
+def test_tts_to_asr_round_trip_through_the_openai_client(serve, whisper, speaker) -> None:
+    ctx = AppContext()
+    ctx.put("asr", whisper)
+    ctx.put("tts", speaker)
+    addr = serve(create_app(context=ctx))
+    client = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="unused", max_retries=0)
+    sentences = [
+        "The weather is lovely today, so we are going for a walk in the park.",
+        "Please remind me to call my sister at six o'clock this evening.",
+        "Turn on the kitchen lights and play some quiet music.",
+    ]
+    errors = total = 0.0
+    for text in sentences:
+        wav = client.audio.speech.create(
+            model="tts-1", voice="alloy", input=text, response_format="wav"
+        ).read()
+        pcm, rate = audio.read_wav(wav)
+        assert rate == 24000 and len(pcm) > rate  # a real utterance, over a second long
+        heard = client.audio.transcriptions.create(
+            model="whisper-1", file=("speech.wav", io.BytesIO(wav)), language="en"
+        ).text
+        n = len(text.split())
+        errors += wer(text, heard) * n
+        total += n
+    assert errors / total <= 0.10, f"word error rate {errors / total:.2%}"
+
+
+def test_embedded_default_device_turn(serve, whisper, speaker) -> None:
+    chat = ChatServer()
+    answer = "The capital of France is Paris. It is famous for the Eiffel Tower."
+    chat.reply(["The capital of France is Paris. ", "It is famous for the Eiffel Tower."])
+    chat_addr = serve(chat.app)
+
+    config = default_config(llm_url=f"http://{chat_addr}/v1")
+    assert config.asr.platform == "local" and config.tts.platform == "local"
+    ctx = AppContext(config)
+    ctx.put("asr", whisper)  # the engines the config asks for, already loaded
+    ctx.put("tts", speaker)
+    ctx.put("record_dir", Path("/nonexistent"))
+    addr = serve(create_app(context=ctx))
+
+    question = "What is the capital of France?"
+    spoken = speaker.synthesize(question, sample_rate=SR)
+    # The firmware sends StartChat once its own VAD fires, with at most ~256 ms of pre-roll
+    # (spec §9.3); the synthesised clip starts with ~0.3 s of silence, so start 200 ms before
+    # the voice like a device would.
+    onset = int(np.argmax(np.abs(spoken) > 0.02))
+    silence = np.zeros(2 * SR, np.float32)
+    pcm = audio.float_to_pcm16(np.concatenate([spoken[max(0, onset - SR // 5) :], silence]))
+
+    async def turn() -> list:
+        dev = await Device.open(addr, "e2e0001", opus=True, vowel=True, stream_asr=True)
+        await dev.command("StartChat")
+        await dev.audio(pcm, FRAME)
+        events = await dev.until("EndResponse", timeout=120)
+        await dev.close()
+        return events
+
+    events = asyncio.run(asyncio.wait_for(turn(), 180))
+    names = [name(e) for e in events]
+    assert "EndVad" in names and names[-1] == "EndResponse", names
+    final_asr = [e["ASR"]["text"] for e in events[names.index("EndVad") :] if name(e) == "ASR"]
+    assert final_asr and wer(question, final_asr[0]) <= 0.25, final_asr
+
+    # the LLM got the transcript as the user's message, after the system prompt
+    messages = chat.requests[-1].json["messages"]
+    assert messages[0]["role"] == "system" and messages[-1]["role"] == "user"
+    assert messages[-1]["content"] == final_asr[0]
+
+    # what the device hears, decoded as the firmware does (a fresh decoder per segment)
+    assert "AudioChunkWithVowel" in names
+    heard_parts = []
+    decoder = audio.OpusDecoder(SR)
+    for ev in events:
+        if name(ev) == "StartAudio":
+            decoder.reset()
+        elif name(ev) == "AudioChunkWithVowel":
+            heard_parts.append(decoder.decode(ev["AudioChunkWithVowel"]["data"]))
+    reply_audio = np.concatenate(heard_parts)
+    assert len(reply_audio) > 2 * SR
+    heard = asyncio.run(whisper.transcribe(reply_audio, sample_rate=SR))
+    assert wer(answer, heard) <= 0.15, heard
