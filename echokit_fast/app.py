@@ -53,6 +53,31 @@ class AppContext:
             self._engines[key] = engine
 
 
+def preload(ctx: AppContext) -> None:
+    """Load the engines the configuration uses (VAD always; Whisper and the TTS engine when
+    their platform is "local"), so that the first device does not wait for them and a
+    missing model is reported at start-up. Each engine logs how long it took."""
+    import logging
+    import time
+
+    from echokit_fast import vad
+
+    log = logging.getLogger("echokit_fast")
+    steps: list[tuple[str, Callable[[], Any]]] = [("Silero VAD", vad.SileroVad.shared)]
+    if getattr(ctx.config.asr, "platform", None) == "local":
+        from echokit_fast import asr
+
+        steps.append(("Whisper ASR", lambda: asr.shared(ctx)))
+    if getattr(ctx.config.tts, "platform", None) == "local":
+        from echokit_fast import tts
+
+        steps.append(("TTS", lambda: tts.shared(ctx)))
+    for what, load in steps:
+        t0 = time.perf_counter()
+        load()
+        log.info("%s ready in %.2f s", what, time.perf_counter() - t0)
+
+
 async def version(_request: Request) -> JSONResponse:
     return JSONResponse({"version": __version__})
 

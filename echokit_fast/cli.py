@@ -257,12 +257,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from echokit_fast.app import create_app
+    from echokit_fast.app import AppContext, create_app, preload
+
+    ctx = AppContext(config)
+    try:
+        preload(ctx)
+    except Exception as exc:  # a missing model, a broken install: say what and stop
+        logging.getLogger(__name__).debug("preload failed", exc_info=True)
+        print(f"echokit-fast serve: cannot load the embedded engines: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(context=ctx)
 
     host, port = args.listen or config.listen
     # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
     uvicorn.run(
-        create_app(config),
+        app,
         host=host,
         port=port,
         log_level=args.log_level,

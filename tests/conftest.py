@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +14,24 @@ from harness import running_server
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SPEC = ROOT.parent / "shared" / "spec"
+
+
+_CACHE: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test may reach a model hub, and the model cache (the assembled Whisper model)
+    lives in a temporary folder, for this process and the servers it spawns."""
+    global _CACHE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "ECHOKIT_FAST_CACHE" not in os.environ:
+        _CACHE = tempfile.mkdtemp(prefix="echokit-fast-test-cache-")
+        os.environ["ECHOKIT_FAST_CACHE"] = _CACHE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _CACHE is not None:
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
