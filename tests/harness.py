@@ -43,3 +43,46 @@ def running_server(app) -> Iterator[str]:
         sock.close()
         if thread.is_alive():
             raise RuntimeError("the test server did not stop within 30 s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def spawned_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[bytes]:
+    """Run `python -m echokit_fast serve *args` in a child process until the server prints
+    its own readiness line; yield everything it printed so far; stop it afterwards.
+
+    Waiting on the readiness line (not a sleep) is the synchronisation; a server that exits
+    or never gets ready fails with its output.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "echokit_fast", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        seen = b""
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen += line
+            if b"Uvicorn running" in line:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"serve not ready in 120 s:\n{seen.decode(errors='replace')}")
+        else:
+            raise AssertionError(f"serve exited:\n{seen.decode(errors='replace')}")
+        yield seen
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
+from harness import free_port, spawned_serve
 
 import echokit_fast
 
@@ -37,33 +35,12 @@ def test_bad_listen_address_is_rejected() -> None:
     assert "expected HOST:PORT" in out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_answers_version() -> None:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "echokit_fast", "serve", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        # Wait for the server's own readiness line rather than sleeping.
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if b"Uvicorn running" in line or time.monotonic() > deadline:
-                break
+    port = free_port()
+    with spawned_serve("--listen", f"127.0.0.1:{port}"):
         r = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10)
         assert r.status_code == 200
         assert r.json() == {"version": echokit_fast.__version__}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_app_in_process_version(serve) -> None:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from harness import free_port, spawned_serve
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -1141,35 +1140,13 @@ def test_serve_rejects_a_bad_config_with_status_2(tmp_path: Path) -> None:
     assert out.returncode == 2 and "two config files" in out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_listens_on_the_config_addr(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "config.toml"
     cfg.write_text(PIPELINE.replace("0.0.0.0:8080", f"127.0.0.1:{port}"))
     env = {k: v for k, v in os.environ.items() if k != "CONFIG_PATH"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "echokit_fast", "serve", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        seen = b""
-        assert proc.stdout is not None
-        for line in proc.stdout:  # wait for the server's own readiness line
-            seen += line
-            if b"Uvicorn running" in line or time.monotonic() > deadline:
-                break
+    with spawned_serve(str(cfg), env=env) as seen:
         assert f"127.0.0.1:{port}".encode() in seen
         assert b"layout: pipeline" in seen
         r = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10)
         assert r.status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

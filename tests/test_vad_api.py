@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import struct
 import subprocess
 import sys
 import threading
-import time
 import wave
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+from harness import free_port, spawned_serve
 from websockets.exceptions import InvalidStatus
 
 from echokit_fast import vad
@@ -706,26 +704,9 @@ def test_cli_vad_bad_file_exits_1(tmp_path):
     assert out.returncode == 2 and "threshold must be in 0..1" in out.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_command_exposes_the_routes_without_deflate():
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "echokit_fast", "serve", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        assert proc.stdout is not None
-        for line in proc.stdout:  # the server's own readiness line, no sleeping
-            if b"Uvicorn running" in line or time.monotonic() > deadline:
-                break
+    port = free_port()
+    with spawned_serve("--listen", f"127.0.0.1:{port}"):
         addr = f"127.0.0.1:{port}"
         assert post(addr, {"audio": ("a.wav", FIXTURE_WAV)}).json() == {"timestamps": V6_SEGMENTS}
 
@@ -736,6 +717,3 @@ def test_serve_command_exposes_the_routes_without_deflate():
                 return [json.loads(await ws.recv())["event"] for _ in range(2)]
 
         assert asyncio.run(main()) == ["speech_start", "speech_end"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

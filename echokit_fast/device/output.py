@@ -161,3 +161,22 @@ def hello_frames(data: bytes) -> list[bytes]:
     ]
     frames.append(encode_event("HelloEnd"))
     return frames
+
+
+class EvenBytes:
+    """Keeps a byte stream of PCM16 whole: an odd trailing byte of one frame is carried into
+    the next, so later samples stay aligned (spec §2.1)."""
+
+    __slots__ = ("_carry",)
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def align(self, data: bytes) -> bytes:
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        if len(data) & 1:
+            self._carry = data[-1:]
+            data = data[:-1]
+        return data

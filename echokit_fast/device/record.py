@@ -32,6 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from echokit_fast.device.output import EvenBytes
+
 __all__ = ["SAFE_NAME", "Recorder", "post_callback", "resolve_file", "safe_name"]
 
 log = logging.getLogger("echokit_fast.device")
@@ -99,17 +101,12 @@ class Recorder:
         self.name = name
         self.path = folder / name
         self.size = 0
-        self._carry = b""
+        self._pcm = EvenBytes()
         self._file.write(_header(None))
         self._file.flush()
 
     def write(self, data: bytes) -> None:
-        if self._carry:
-            data = self._carry + data
-            self._carry = b""
-        if len(data) & 1:
-            self._carry = data[-1:]
-            data = data[:-1]
+        data = self._pcm.align(data)
         if data:
             self._file.write(data)
             self.size += len(data)

@@ -171,7 +171,7 @@ class Connection:
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
         self.alive = True
         self.preempted = False
-        self._carry = b""
+        self._pcm = output.EvenBytes()
 
     async def send(self, frame: bytes) -> None:
         if not self.alive:
@@ -189,13 +189,7 @@ class Connection:
 
     def align(self, data: bytes) -> bytes:
         """PCM16 bytes with an odd trailing byte carried into the next frame (§2.1)."""
-        if self._carry:
-            data = self._carry + data
-            self._carry = b""
-        if len(data) & 1:
-            self._carry = data[-1:]
-            data = data[:-1]
-        return data
+        return self._pcm.align(data)
 
 
 # --------------------------------------------------------------------------------------------
