@@ -125,3 +125,34 @@ def test_embedded_default_device_turn(serve, whisper, speaker) -> None:
     assert len(reply_audio) > 2 * SR
     heard = asyncio.run(whisper.transcribe(reply_audio, sample_rate=SR))
     assert wer(answer, heard) <= 0.15, heard
+
+
+def test_vad_finds_synthesised_speech_where_it_was_placed(speaker) -> None:
+    from echokit_fast.vad import get_speech_timestamps
+
+    utterances = [
+        speaker.synthesize("Good morning, how are you?", sample_rate=SR),
+        speaker.synthesize("Please turn off the lights.", sample_rate=SR),
+    ]
+    gap = np.zeros(int(1.5 * SR), np.float32)
+    parts, spans, at = [gap], [], len(gap)
+    for u in utterances:
+        voiced = np.flatnonzero(np.abs(u) > 0.02)
+        spans.append((at + voiced[0], at + voiced[-1]))
+        parts += [u, gap]
+        at += len(u) + len(gap)
+    clip = np.concatenate(parts)
+    # 44.1 kHz stereo, as a user might upload it: resampled and mixed by get_speech_timestamps
+    stereo = np.stack([clip, clip], axis=1)
+    segs = get_speech_timestamps(audio.resample(clip, SR, 44100), 44100)
+    segs16 = get_speech_timestamps(stereo, SR)
+    for found, rate in ((segs, 44100), (segs16, SR)):
+        scale = SR / rate
+        found = [(s["start"] * scale, s["end"] * scale) for s in found]
+        assert found, "no speech found"
+        margin = 0.25 * SR  # padding, window granularity, the voice decaying under 0.02
+        for s, e in found:  # every segment is inside one utterance (never in the 1.5 s gaps)
+            assert any(a - margin <= s and e <= b + margin for a, b in spans), (s, e, spans)
+        for a, b in spans:  # and every utterance is mostly covered
+            covered = sum(max(0.0, min(e, b) - max(s, a)) for s, e in found)
+            assert covered >= 0.8 * (b - a), (a, b, found)
