@@ -258,7 +258,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from echokit_fast.app import AppContext, create_app, preload
+    from echokit_fast.remote import unsupported
 
+    problems = unsupported(config)
+    if problems:
+        for problem in problems:
+            print(f"echokit-fast serve: {source}: {problem}", file=sys.stderr)
+        return 2
     ctx = AppContext(config)
     try:
         preload(ctx)

@@ -501,6 +501,32 @@ def build_conversations(cfg: Any, **kw: Any) -> Callable[[], Conversation]:
     raise NotImplementedError(f"[llm] platform {cfg.platform!r} is not supported yet")
 
 
+SUPPORTED = {
+    "asr": ("openai", "local"),
+    "tts": ("stream_gsv", "gsv", "openai", "groq", "fish", "local"),
+    "llm": ("openai_chat",),
+}
+
+
+def unsupported(config: Config) -> list[str]:
+    """What in ``config`` this server cannot run yet (empty when everything is supported):
+    one sentence per problem, naming the section and the platform."""
+    if config.layout != "pipeline":
+        return [
+            f"the {config.layout} layout is not supported yet (only [asr] + [llm] + [tts] "
+            "pipelines are)"
+        ]
+    problems = []
+    for section, names in SUPPORTED.items():
+        platform = getattr(getattr(config, section), "platform", None)
+        if platform not in names:
+            problems.append(
+                f"[{section}] platform {platform!r} is not supported yet "
+                f"(supported: {', '.join(names)})"
+            )
+    return problems
+
+
 def build_backends(
     config: Config,
     *,

@@ -50,3 +50,16 @@ def test_app_in_process_version(serve) -> None:
     r = httpx.get(f"http://{addr}/version", timeout=10)
     assert r.json() == {"version": echokit_fast.__version__}
     assert httpx.get(f"http://{addr}/nope", timeout=10).status_code == 404
+
+
+def test_serve_refuses_a_config_it_cannot_run_yet(data_dir) -> None:
+    """A valid echokit_server config whose platform we do not implement yet stops at start-up
+    with a message naming it (instead of failing every device connection later)."""
+    cosy = data_dir / "configs" / "examples" / "tts" / "cosyvoice" / "config.toml"
+    out = run_cli("serve", str(cosy), "--listen", "127.0.0.1:1")
+    assert out.returncode == 2
+    assert "[tts] platform 'cosyvoice' is not supported yet" in out.stderr
+    gemini = data_dir / "configs" / "examples" / "gemini" / "chat" / "config.toml"
+    out = run_cli("serve", str(gemini), "--listen", "127.0.0.1:1")
+    assert out.returncode == 2
+    assert "the gemini layout is not supported yet" in out.stderr
