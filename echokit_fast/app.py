@@ -47,6 +47,11 @@ class AppContext:
                     self._engines[key] = engine
         return engine
 
+    def loaded(self) -> list[Any]:
+        """The engines built or installed so far (a snapshot)."""
+        with self._lock:
+            return list(self._engines.values())
+
     def put(self, key: str, engine: Any) -> None:
         """Install an engine (tests, preloading)."""
         with self._lock:

@@ -264,10 +264,9 @@ async def transcriptions(request: Request) -> Response:
 async def models(request: Request) -> JSONResponse:
     """The engines loaded in this process that have a model id, in OpenAI's list format."""
     ctx: AppContext = request.app.state.ctx
-    engines = list(getattr(ctx, "_engines", {}).values())
     data = [
         {"id": e.model_id, "object": "model", "created": CREATED, "owned_by": "echokit-fast"}
-        for e in engines
+        for e in ctx.loaded()
         if isinstance(getattr(e, "model_id", None), str)
     ]
     return JSONResponse({"object": "list", "data": data})
