@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from typing import Any
 
 import pytest
+from harness import free_port
 from standins import ChatServer, MCPStandin, tool_call
 
 from echokit_fast.config import MCPServer, OpenAIChatLLM
@@ -33,14 +33,6 @@ async def collect(conv, text: str) -> list[Any]:
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture

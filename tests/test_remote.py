@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
+from harness import free_port
 from standins import ASRServer, TTSServer, tone
 
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, write_wav
@@ -37,14 +37,6 @@ from echokit_fast.remote import (
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture
