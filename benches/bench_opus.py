@@ -15,10 +15,15 @@ Peers:
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
 import numpy as np
 import opuslib
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from vowel_synth import A_, E_, I_, O_, U_, synth_vowel, to_i16
 
 from echokit_fast.audio import OpusDecoder, OpusEncoder, vowel_of
 
@@ -26,37 +31,11 @@ SR = 16000
 FRAME = 1920
 
 
-def _resonate(x: np.ndarray, freq: float, bw: float) -> np.ndarray:
-    r = np.exp(-np.pi * bw / SR)
-    a1, a2 = 2 * r * np.cos(2 * np.pi * freq / SR), -r * r
-    y = np.zeros_like(x)
-    y1 = y2 = 0.0
-    for i, v in enumerate(x):
-        y0 = v + a1 * y1 + a2 * y2
-        y[i] = y0
-        y2, y1 = y1, y0
-    return y
-
-
-def _vowel_frame(formants, f0: float) -> np.ndarray:
-    x = np.zeros(FRAME)
-    x[:: round(SR / f0)] = 1.0
-    for f, bw in formants:
-        x = _resonate(x, f, bw)
-    return (0.5 * x / np.max(np.abs(x))).astype(np.float32)
-
-
 # A, I, U, E, O (codes 1, 3, 5, 2, 4 from the original lip_sync crate), f0 = 120 Hz.
-VOWEL_FORMANTS = [
-    [(800, 80), (1200, 90), (2500, 120)],
-    [(200, 60), (3000, 150)],
-    [(280, 60), (1500, 90), (2500, 120)],
-    [(450, 70), (2200, 100), (2800, 120)],
-    [(450, 70), (800, 80), (2600, 120)],
-]
+VOWEL_FORMANTS = [A_, I_, U_, E_, O_]
 VOWEL_CODES = [1, 3, 5, 2, 4]
-FRAMES = [_vowel_frame(f, 120.0) for f in VOWEL_FORMANTS]
-FRAMES_I16 = [np.clip(np.round(f * 32768), -32768, 32767).astype(np.int16) for f in FRAMES]
+FRAMES = [synth_vowel(f, 120.0, FRAME) for f in VOWEL_FORMANTS]
+FRAMES_I16 = [to_i16(f) for f in FRAMES]
 
 
 # ---------------------------------------------------------------- Opus

@@ -20,13 +20,16 @@ mean times is the ratio of per-window (per-stream) costs. Timed run:
 
 from __future__ import annotations
 
+import sys
 import wave
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from harness import running_server
 
 from echokit_fast import vad
 
@@ -169,39 +172,13 @@ WS_CLIENTS = 8
 FIXTURE_WAV = (DATA / "vad_fixture_hello16k.wav").read_bytes()
 
 
-@contextmanager
-def _server(app):
-    import socket
-    import threading
-
-    import uvicorn
-
-    # IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted sockets only when proto says TCP
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    config = uvicorn.Config(
-        app, log_level="warning", ws="websockets-sansio", ws_per_message_deflate=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def service():
     from echokit_fast.app import AppContext, create_app
 
     ctx = AppContext()
     ctx.put("vad", MODEL)
-    with _server(create_app(context=ctx)) as addr:
+    with running_server(create_app(context=ctx)) as addr:
         yield ctx, addr
 
 
