@@ -63,3 +63,21 @@ def test_serve_refuses_a_config_it_cannot_run_yet(data_dir) -> None:
     out = run_cli("serve", str(gemini), "--listen", "127.0.0.1:1")
     assert out.returncode == 2
     assert "the gemini layout is not supported yet" in out.stderr
+
+
+def test_serve_stops_at_start_up_when_an_embedded_model_is_missing(tmp_path) -> None:
+    """The engines are loaded before listening: a missing model is reported, with what was
+    tried, and the server does not start (exit status 1)."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        'addr = "127.0.0.1:1"\n'
+        '[asr]\nplatform = "local"\nmodel = "/nonexistent/whisper-model"\n'
+        '[tts]\nplatform = "local"\n'
+        '[llm]\nplatform = "openai_chat"\nurl = "http://127.0.0.1:1/v1/chat/completions"\n'
+        "history = 1\n"
+    )
+    out = run_cli("serve", str(cfg))
+    assert out.returncode == 1
+    assert "cannot load the embedded engines" in out.stderr
+    assert "/nonexistent/whisper-model" in out.stderr
+    assert "Uvicorn running" not in out.stderr + out.stdout
