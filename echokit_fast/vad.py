@@ -423,7 +423,10 @@ class VadBatcher:
         self._max_t = max_windows_per_step
 
     def __len__(self) -> int:
-        return len(self._core)
+        # The native core is borrowed mutably (GIL released) while a push/prepare/commit runs;
+        # every access goes through the core lock, or pyo3 raises "Already mutably borrowed".
+        with self._core_lock:
+            return len(self._core)
 
     def open(
         self,
