@@ -60,8 +60,9 @@ class AppContext:
 
 def preload(ctx: AppContext) -> None:
     """Load the engines the configuration uses (VAD always; Whisper and the TTS engine when
-    their platform is "local"), so that the first device does not wait for them and a
-    missing model is reported at start-up. Each engine logs how long it took."""
+    their platform is "local") and build the device pipeline's clients, so that the first
+    device does not wait for them and a missing model is reported at start-up. Each step
+    logs how long it took."""
     import logging
     import time
 
@@ -77,6 +78,10 @@ def preload(ctx: AppContext) -> None:
         from echokit_fast import tts
 
         steps.append(("TTS", lambda: tts.shared(ctx)))
+    if getattr(ctx.config, "layout", None) == "pipeline":
+        from echokit_fast.api import device
+
+        steps.append(("device pipeline", lambda: device.prepare(ctx)))
     for what, load in steps:
         t0 = time.perf_counter()
         load()

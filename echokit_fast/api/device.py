@@ -43,7 +43,7 @@ from echokit_fast.device.output import load_hello
 from echokit_fast.device.record import record_session, resolve_file, safe_name
 from echokit_fast.device.session import Flags, SessionManager, Settings
 
-__all__ = ["routes"]
+__all__ = ["prepare", "routes"]
 
 RECORD_IDLE_S = 60.0
 
@@ -68,6 +68,14 @@ def _settings(ctx: AppContext) -> Settings:
     cfg = ctx.config
     hello = load_hello(cfg.hello_path) or b""
     return Settings(vad=VadParams.from_config(getattr(cfg.asr, "vad", None)), hello=hello)
+
+
+def prepare(ctx: AppContext) -> None:
+    """Build the device pipeline (backend clients, settings) now, not at the first connection:
+    importing and constructing the clients takes ~0.7 s, which would delay that device's hello
+    and first turn."""
+    ctx.get("backends", lambda: _build_backends(ctx))
+    ctx.get("device.settings", lambda: _settings(ctx))
 
 
 def _manager(ctx: AppContext) -> SessionManager:
