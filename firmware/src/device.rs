@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+use tokio_websockets::{ClientBuilder, CloseCode, MaybeTlsStream, Message, WebSocketStream};
 
 use crate::audio::{wav_bytes, OpusDecoder};
 use crate::events::{decode, DecodeError, ServerEvent, MAX_VOWEL};
@@ -146,6 +146,10 @@ fn event_fields(ev: &ServerEvent) -> Value {
     }
 }
 
+fn close_frame() -> Message {
+    Message::close(Some(CloseCode::NORMAL_CLOSURE), "")
+}
+
 /// Reads a socket the device has left until the server closes it, logging
 /// what arrives (a pre-empted socket gets `EndResponse`).
 async fn drain(mut ws: Ws, log: Arc<Logger>, id: String, conn: u32, turn: usize) {
@@ -256,8 +260,11 @@ impl Device {
                 json!({"kind": e.kind.name(), "message": e.message}),
             );
         }
-        if let Some(ws) = self.ws.take() {
-            self.leave(ws, true).await;
+        if let Some(mut ws) = self.ws.take() {
+            // The last socket: a Close frame, then it is dropped (nothing
+            // more is expected on it).
+            let _ = timeout(Duration::from_secs(1), ws.send(close_frame())).await;
+            self.log("close", json!({"reason": "closed by the device"}));
         }
         let grace = sleep(DRAIN_GRACE);
         tokio::pin!(grace);
@@ -305,8 +312,9 @@ impl Device {
         self.event_loop().await
     }
 
-    /// Connects (a new `conn`); on success the previous socket is drained.
-    async fn connect(&mut self, reconnect: bool) -> Result<(), DeviceError> {
+    /// Connects (a new `conn`); on success the previous socket is drained,
+    /// its events logged under `old_turn`.
+    async fn connect(&mut self, reconnect: bool, old_turn: usize) -> Result<(), DeviceError> {
         let url = format!(
             "{}{}?{}opus=true&vowel=true&stream_asr=true",
             self.cfg.server,
@@ -334,7 +342,8 @@ impl Device {
                 Ok(Ok((ws, resp))) => {
                     if let Some(old) = self.ws.replace(ws) {
                         // Not closed by us: the server pre-empts it (§5.11).
-                        self.leave_conn(old, self.conn_no - 1, false).await;
+                        self.leave_conn(old, self.conn_no - 1, old_turn, false)
+                            .await;
                     }
                     self.log("connected", json!({}));
                     if let Some(ext) = resp.headers().get(SEC_WEBSOCKET_EXTENSIONS) {
@@ -360,26 +369,21 @@ impl Device {
 
     /// Hands a socket over to a drain task (sending a Close first if `close`).
     async fn leave(&mut self, ws: Ws, close: bool) {
-        self.leave_conn(ws, self.conn_no, close).await;
+        self.leave_conn(ws, self.conn_no, self.turn, close).await;
     }
 
-    async fn leave_conn(&mut self, mut ws: Ws, conn: u32, close: bool) {
+    async fn leave_conn(&mut self, mut ws: Ws, conn: u32, turn: usize, close: bool) {
         if close {
-            let _ = timeout(Duration::from_secs(1), ws.close()).await;
+            // Not `ws.close()`: that would swallow what is still incoming.
+            let _ = timeout(Duration::from_secs(1), ws.send(close_frame())).await;
         }
-        let h = tokio::spawn(drain(
-            ws,
-            self.log.clone(),
-            self.id.clone(),
-            conn,
-            self.turn,
-        ));
+        let h = tokio::spawn(drain(ws, self.log.clone(), self.id.clone(), conn, turn));
         self.drains.push(h);
     }
 
     /// Boot connection: store the hello; K0 at `HelloEnd` or `--k0-after`.
     async fn boot(&mut self) -> Result<(), DeviceError> {
-        self.connect(false).await?;
+        self.connect(false, 0).await?;
         let k0_at = Instant::now() + Duration::from_secs_f64(self.cfg.k0_after);
         let limit = Instant::now() + Duration::from_secs_f64(self.cfg.timeout);
         loop {
@@ -414,7 +418,7 @@ impl Device {
     /// K0 from `Idle`: reconnect with `reconnect=true`, play the hello, `Listening`.
     async fn k0_connect(&mut self) -> Result<(), DeviceError> {
         self.log("k0", json!({}));
-        self.connect(true).await?;
+        self.connect(true, self.turn).await?;
         // The firmware plays the stored bytes as PCM16 (header included).
         let until = self.player.play(Instant::now(), self.hello.len() / 2);
         sleep_until(until).await;
@@ -684,7 +688,7 @@ impl Device {
         self.deadline = None;
         self.records[turn - 1].barged_in = true;
         self.log("barge_in", json!({}));
-        self.connect(true).await?;
+        self.connect(true, turn - 1).await?;
         self.start_chat(turn).await?;
         if let Some(m) = self.mic.as_mut() {
             m.mic.barged_in();

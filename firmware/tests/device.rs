@@ -715,3 +715,45 @@ fn binary_exit_codes_and_stdout() {
     assert_eq!(doc["ok"], false);
     assert_eq!(doc["devices"][0]["error"]["kind"], "connect");
 }
+
+#[tokio::test]
+async fn reconnect_between_turns_closes_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let wav = write_wav(dir.path(), "q.wav", &speech(3000), 16_000, 1);
+    let mut srv = server().await;
+    let dev = spawn_device(&[
+        "--server",
+        &srv.url,
+        "--no-hello",
+        "--gap",
+        "0",
+        "--speed",
+        "10",
+        "--reconnect-between-turns",
+        "--quiet",
+        "--out",
+        &s(&out),
+        "--turns",
+        &s(&wav),
+        &s(&wav),
+    ]);
+    let mut c1 = srv.accept().await;
+    serve_turn(&mut c1, 3000, "one", 1).await;
+    // K0 → Idle: the device closes its socket (a Close frame, nothing more).
+    assert!(c1.recv().await.is_none());
+    let mut c2 = srv.accept().await;
+    assert!(c2.uri.contains("?reconnect=true&"));
+    serve_turn(&mut c2, 3000, "two", 1).await;
+    let sum = dev.await.unwrap();
+    assert!(sum.ok, "{sum:?}");
+    let ev = events(&out);
+    let n = names(&ev);
+    assert_eq!(n.iter().filter(|x| *x == "k0").count(), 3, "{n:?}");
+    let e1 = n.iter().position(|x| x == "end_response").unwrap();
+    assert_eq!(&n[e1 + 1..e1 + 5], ["k0", "k0", "connect", "connected"]);
+    assert_eq!(first(&ev, "asr")["conn"], 1);
+    assert!(ev
+        .iter()
+        .any(|e| e["event"] == "asr" && e["conn"] == 2 && e["turn"] == 2));
+}
