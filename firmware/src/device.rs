@@ -805,8 +805,10 @@ impl Device {
                 }
                 if matches!(self.state, FwState::Listening | FwState::Speaking) {
                     self.state = FwState::Waiting;
-                    // Stop streaming; a partly filled buffer is discarded.
-                    if self.mic.as_ref().is_some_and(|m| !m.mic.accumulating()) {
+                    // Stop streaming; a partly filled buffer is discarded. (Not
+                    // a next turn's speech that has not reached StartChat yet:
+                    // a stray event must not swallow a turn.)
+                    if self.active && self.mic.as_ref().is_some_and(|m| !m.mic.accumulating()) {
                         self.mic = None;
                     }
                 }
@@ -817,7 +819,8 @@ impl Device {
                 self.in_segment = false;
                 match self.mic.as_mut() {
                     Some(m) if m.mic.accumulating() => m.mic.listen(),
-                    _ => self.mic = None,
+                    Some(_) if self.active => self.mic = None,
+                    _ => {}
                 }
                 if self.active {
                     self.active = false;

@@ -757,3 +757,35 @@ async fn reconnect_between_turns_closes_and_reconnects() {
         .iter()
         .any(|e| e["event"] == "asr" && e["conn"] == 2 && e["turn"] == 2));
 }
+
+#[tokio::test]
+async fn stray_end_vad_and_end_response_before_start_chat_do_not_swallow_the_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = write_wav(dir.path(), "q.wav", &speech(3000), 16_000, 1);
+    let mut srv = server().await;
+    let dev = spawn_device(&[
+        "--server",
+        &srv.url,
+        "--no-hello",
+        "--gap",
+        "0",
+        "--speed",
+        "1",
+        "--quiet",
+        &s(&wav),
+    ]);
+    let mut c = srv.accept().await;
+    // During the 256 ms pre-roll (no StartChat yet).
+    c.send(&Ev::EndVad).await;
+    c.send(&Ev::EndResponse).await;
+    // (Were the turn swallowed, the device would wait forever: bound it.)
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        serve_turn(&mut c, 3000, "hi", 1),
+    )
+    .await
+    .expect("the turn starts despite the stray events");
+    let sum = dev.await.unwrap();
+    assert!(sum.ok, "{sum:?}");
+    assert_eq!(sum.devices[0].turns[0].asr, ["hi"]);
+}
