@@ -54,4 +54,14 @@ if ! .venv/bin/maturin "${args[@]}" >"$log" 2>&1; then
     exit 1
 fi
 rm -f "$log"
+
+# The virtual device (firmware/, binary firmware/target/release/echokit-vdev),
+# used by the end-to-end tests and the load bench.
+log=$(mktemp)
+if ! cargo build --release --quiet --manifest-path firmware/Cargo.toml >"$log" 2>&1; then
+    cat "$log" >&2; rm -f "$log"
+    echo "setup: building the virtual device (firmware/) failed (log above)" >&2
+    exit 1
+fi
+rm -f "$log"
 .venv/bin/python -c "import echokit_fast; print('setup: echokit-fast', echokit_fast.__version__, 'ready')"

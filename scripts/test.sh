@@ -10,12 +10,12 @@ bash scripts/setup.sh --test
 echo "== lint"
 .venv/bin/ruff check echokit_fast tests benches
 .venv/bin/ruff format --check echokit_fast tests benches
-for crate in native; do
+for crate in native firmware; do
     (cd "$crate" && cargo fmt --check && cargo clippy --quiet --all-targets -- -D warnings)
 done
 
 echo "== cargo test"
-for crate in native; do
+for crate in native firmware; do
     (cd "$crate" && cargo test --quiet)
 done
 
