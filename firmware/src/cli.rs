@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::audio::load_wav;
 use crate::device::{Config, Device, TurnInput};
 use crate::log::Logger;
+use crate::mic::voice_onset_start;
 use crate::summary::{DeviceError, ErrorKind, Summary};
 
 #[derive(Parser, Debug)]
@@ -187,9 +188,10 @@ fn load_inputs(cli: &Cli) -> Result<Vec<TurnInput>, DeviceError> {
         .chain(&cli.wavs)
         .map(|p| {
             let speech = load_wav(p).map_err(|e| DeviceError::new(ErrorKind::Local, e))?;
+            let start = voice_onset_start(&speech, cli.block);
             Ok(TurnInput {
                 wav: p.display().to_string(),
-                speech: speech.into(),
+                speech: speech[start..].into(),
             })
         })
         .collect()

@@ -475,6 +475,10 @@ impl Device {
         }
         match decode(msg.as_payload()) {
             Ok(ev) => Ok(Some(ev)),
+            Err(e @ DecodeError::NotInFirmware { .. }) => {
+                self.log("dropped", json!({"reason": e.to_string()}));
+                Ok(None)
+            }
             Err(e @ DecodeError::Invalid { .. }) => {
                 self.violation(e.to_string())?;
                 Ok(None)

@@ -27,9 +27,33 @@ pub enum ServerEvent {
     EndVad,
 }
 
+/// The server-protocol events the firmware's enum lacks (spec §3.1). A real
+/// device fails to decode them and drops them with a warning; that is the
+/// firmware's designed behaviour, not a server fault, so they are told apart
+/// from garbage and dropped even in strict mode.
+#[derive(Debug, Deserialize)]
+enum NotInFirmware {
+    Choices {
+        #[allow(dead_code)]
+        message: String,
+        #[allow(dead_code)]
+        items: Vec<String>,
+    },
+    DisplayText {
+        #[allow(dead_code)]
+        text: String,
+    },
+}
+
 /// Why a binary frame is not a valid event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// A valid server event that this firmware version does not know
+    /// (`Choices`, `DisplayText`): dropped, as the firmware does.
+    #[error(
+        "{variant} ({len} bytes) is not in the firmware's event enum; dropped as echokit_box does"
+    )]
+    NotInFirmware { len: usize, variant: &'static str },
     /// rmp-serde rejected it: the firmware logs and drops such a frame.
     #[error("frame of {len} bytes does not decode as a ServerEvent: {reason}")]
     Invalid { len: usize, reason: String },
@@ -46,11 +70,24 @@ pub enum DecodeError {
 /// Decodes one binary frame as the firmware would, refusing trailing bytes.
 pub fn decode(frame: &[u8]) -> Result<ServerEvent, DecodeError> {
     let mut cursor = std::io::Cursor::new(frame);
-    let event: ServerEvent =
-        rmp_serde::from_read(&mut cursor).map_err(|e| DecodeError::Invalid {
-            len: frame.len(),
-            reason: e.to_string(),
-        })?;
+    let event: ServerEvent = match rmp_serde::from_read(&mut cursor) {
+        Ok(event) => event,
+        Err(e) => {
+            return Err(match rmp_serde::from_slice::<NotInFirmware>(frame) {
+                Ok(other) => DecodeError::NotInFirmware {
+                    len: frame.len(),
+                    variant: match other {
+                        NotInFirmware::Choices { .. } => "Choices",
+                        NotInFirmware::DisplayText { .. } => "DisplayText",
+                    },
+                },
+                Err(_) => DecodeError::Invalid {
+                    len: frame.len(),
+                    reason: e.to_string(),
+                },
+            })
+        }
+    };
     let used = cursor.position() as usize;
     if used != frame.len() {
         return Err(DecodeError::Trailing {
@@ -152,16 +189,32 @@ mod tests {
         }
     }
 
-    /// Spec §3.1: Choices and DisplayText are unknown to the firmware.
+    /// Spec §3.1: Choices and DisplayText are unknown to the firmware, which
+    /// drops them; they are told apart from garbage.
     #[test]
-    fn rejects_variants_unknown_to_the_firmware() {
-        for bytes in [
-            "81 a7 43 68 6f 69 63 65 73 92 a1 6d 92 a1 61 a1 62",
-            "81 ab 44 69 73 70 6c 61 79 54 65 78 74 91 a2 6f 6b",
+    fn variants_unknown_to_the_firmware_are_recognised() {
+        for (bytes, name) in [
+            (
+                "81 a7 43 68 6f 69 63 65 73 92 a1 6d 92 a1 61 a1 62",
+                "Choices",
+            ),
+            (
+                "81 ab 44 69 73 70 6c 61 79 54 65 78 74 91 a2 6f 6b",
+                "DisplayText",
+            ),
         ] {
             let err = decode(&hex(bytes)).unwrap_err();
-            assert!(matches!(err, DecodeError::Invalid { len: 17, .. }), "{err}");
+            assert_eq!(
+                err,
+                DecodeError::NotInFirmware {
+                    len: 17,
+                    variant: name
+                }
+            );
         }
+        // The same names with the wrong shape are garbage.
+        let err = decode(&hex("81 ab 44 69 73 70 6c 61 79 54 65 78 74 91 05")).unwrap_err();
+        assert!(matches!(err, DecodeError::Invalid { .. }), "{err:?}");
     }
 
     /// Spec §3.2 tolerance: `bin` for bytes, fields as a map with names.

@@ -19,6 +19,27 @@ pub const BARGE_IN_SAMPLES: usize = RATE * 6 / 10;
 /// The firmware resets locally once more than 10 s is uploaded without `ASR`.
 pub const NO_ASR_SAMPLES: usize = RATE * 10;
 
+/// A block louder than this RMS (about -40 dBFS) counts as voice for the
+/// device's own VAD onset.
+pub const ONSET_RMS: f64 = 328.0;
+
+/// Where the device's own VAD would fire in a recording: the firmware only
+/// starts a turn (`StartChat`) when its AFE VAD fires, with up to
+/// `PRE_ROLL_BLOCKS` blocks captured before. A WAV with leading silence is
+/// therefore played from `PRE_ROLL_BLOCKS` blocks before its first voiced
+/// block (or from its start). Returns that start offset in samples; a WAV
+/// without any voiced block is played whole.
+pub fn voice_onset_start(speech: &[i16], block: usize) -> usize {
+    let voiced = speech.chunks(block).position(|b| {
+        let energy: f64 = b.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+        (energy / b.len() as f64).sqrt() > ONSET_RMS
+    });
+    match voiced {
+        Some(k) => k.saturating_sub(PRE_ROLL_BLOCKS) * block,
+        None => 0,
+    }
+}
+
 /// What one microphone block produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MicOut {
@@ -333,5 +354,22 @@ mod tests {
             panic!()
         };
         assert_eq!(f.samples.len(), 8192);
+    }
+
+    #[test]
+    fn leading_silence_is_skipped_up_to_the_pre_roll() {
+        let mut wav = vec![0i16; 40 * 256 + 100];
+        wav.extend(std::iter::repeat_n(3000i16, 2000));
+        // voice starts in block 40 → played from block 40 - 16 = 24
+        assert_eq!(voice_onset_start(&wav, 256), 24 * 256);
+        assert_eq!(voice_onset_start(&wav, 512), (20 - 16) * 512);
+        // voice within the pre-roll of the start, or none at all: played whole
+        assert_eq!(voice_onset_start(&wav[40 * 256 - 5 * 256..], 256), 0);
+        assert_eq!(voice_onset_start(&[0i16; 9000], 256), 0);
+        // quiet noise below the onset level is not voice
+        let noise: Vec<i16> = (0..9000)
+            .map(|i| if i % 2 == 0 { 200 } else { -200 })
+            .collect();
+        assert_eq!(voice_onset_start(&noise, 256), 0);
     }
 }
