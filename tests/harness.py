@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import uvicorn
 
@@ -51,18 +53,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+READY_LIMIT_S = 120
+
+
 @contextmanager
-def spawned_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[bytes]:
+def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
     """Run `python -m echokit_fast serve *args` in a child process until the server prints
-    its own readiness line; yield everything it printed so far; stop it afterwards.
+    its own readiness line; yield the process and everything it printed so far; stop it
+    afterwards.
 
     Waiting on the readiness line (not a sleep) is the synchronisation; a server that exits
     or never gets ready fails with its output.
     """
     import os
-    import subprocess
     import sys
-    import time
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "echokit_fast", "serve", *args],
@@ -70,19 +74,46 @@ def spawned_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[byt
         stderr=subprocess.STDOUT,
         env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
     )
+    # a server that never gets ready (or prints nothing) is killed: the read loop then ends
+    watchdog = threading.Timer(READY_LIMIT_S, proc.kill)
+    watchdog.start()
     try:
-        deadline = time.monotonic() + 120
         seen = b""
         assert proc.stdout is not None
         for line in proc.stdout:
             seen += line
             if b"Uvicorn running" in line:
                 break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"serve not ready in 120 s:\n{seen.decode(errors='replace')}")
         else:
-            raise AssertionError(f"serve exited:\n{seen.decode(errors='replace')}")
-        yield seen
+            what = "not ready in 120 s" if not watchdog.is_alive() else "exited"
+            raise AssertionError(f"serve {what}:\n{seen.decode(errors='replace')}")
+        watchdog.cancel()
+        # keep draining its output so a chatty server never blocks on a full pipe
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        yield ServeProcess(proc, seen)
     finally:
+        watchdog.cancel()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@dataclass
+class ServeProcess:
+    proc: subprocess.Popen
+    #: what the server printed up to its readiness line
+    output: bytes
+
+    def rss_bytes(self) -> int:
+        """The server's resident set size now (Linux /proc)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for pid {self.proc.pid}")
+
+
+@contextmanager
+def spawned_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[bytes]:
+    """:func:`serve_process`, yielding only what the server printed up to its readiness."""
+    with serve_process(*args, env=env) as sp:
+        yield sp.output
