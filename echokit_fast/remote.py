@@ -60,6 +60,12 @@ __all__ = [
     "clean_transcript",
 ]
 
+
+#: Connection pool of each backend client. httpx's default (100 connections, 20 kept alive) is
+#: a browser-like client's: with a few hundred devices a TTS stream is held open while its device
+#: plays the audio back, the pool runs dry, and every other device's ASR request queues for a
+#: slot (seen as seconds of latency in benches/bench_load.py). The openai SDK's own limits.
+BACKEND_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 log = logging.getLogger(__name__)
 
 USER_AGENT = "curl/7.81.0"
@@ -138,7 +144,7 @@ class RemoteTranscriber:
         self.headers: dict[str, str] = {}
         if cfg.api_key:
             self.headers = {"Authorization": f"Bearer {cfg.api_key}", "User-Agent": USER_AGENT}
-        self.http = httpx.AsyncClient(timeout=attempt_timeout)
+        self.http = httpx.AsyncClient(timeout=attempt_timeout, limits=BACKEND_LIMITS)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -267,7 +273,9 @@ class _HTTPSpeaker:
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0, read_timeout: float = 60.0):
         self.url = url
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout), limits=BACKEND_LIMITS
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
