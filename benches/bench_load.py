@@ -11,8 +11,7 @@ reply audio (this includes the server's end-of-turn hangover of ~0.5 s of silenc
 user waits for). Two rounds of conversations run; the server's RSS is read before the first,
 between and after them (growth per turn = after - between, divided by the second round's turns).
 
-    ECHOKIT_LOAD_DEVICES=40 .venv/bin/python -m pytest benches/bench_load.py -s \\
-        --benchmark-enable --benchmark-only
+    .venv/bin/python -m pytest benches/bench_load.py -s --benchmark-enable --load-devices 200
 
 The suite runs it once with N = 20 (errors must be 0; it asserts no sign of a leak).
 """
@@ -20,7 +19,6 @@ The suite runs it once with N = 20 (errors must be 0; it asserts no sign of a le
 from __future__ import annotations
 
 import json
-import os
 import sys
 import wave
 from pathlib import Path
@@ -35,7 +33,6 @@ from harness import free_port, running_server, serve_process  # noqa: E402
 from standins import ASRServer, ChatServer, TTSServer  # noqa: E402
 from vdev import vdev  # noqa: E402
 
-DEVICES = int(os.environ.get("ECHOKIT_LOAD_DEVICES", "20"))
 TURNS = 2  # per device and round
 ANSWER = "Sure. Here is a short answer for you, spoken in two parts."
 #: device boots are spread over this long (about one turn), as real users do not talk in
@@ -92,35 +89,36 @@ history = 5
             yield addr, proc
 
 
-def _round(addr: str, question: Path, out: Path, first: bool) -> list[dict]:
-    stagger = f"{SPREAD_S / DEVICES:.4f}"
-    args = ("--devices", str(DEVICES), "--stagger", stagger, "--timeout", "60")
+def _round(addr: str, question: Path, out: Path, first: bool, devices: int) -> list[dict]:
+    stagger = f"{SPREAD_S / devices:.4f}"
+    args = ("--devices", str(devices), "--stagger", stagger, "--timeout", "60")
     run = vdev(addr, *[question] * TURNS, out=out, args=args + (() if first else ("--no-hello",)))
     failed = [d for d in run.summary["devices"] if not d["ok"]]
     assert run.returncode == 0 and not failed, (
-        f"{len(failed)} of {DEVICES} devices failed: {json.dumps(failed[:3])[:3000]}"
+        f"{len(failed)} of {devices} devices failed: {json.dumps(failed[:3])[:3000]}"
     )
     return [t for d in run.summary["devices"] for t in d["turns"]]
 
 
-def test_devices_talking_at_once_ours(benchmark, server, question, tmp_path) -> None:
+def test_devices_talking_at_once_ours(benchmark, server, question, tmp_path, load_devices) -> None:
     addr, proc = server
-    benchmark.group = f"load: {DEVICES} virtual devices, last speech frame -> first audio"
+    n = load_devices
+    benchmark.group = f"load: {n} virtual devices, last speech frame -> first audio"
     rss = [proc.rss_bytes()]
     turns: list[dict] = []
 
     def load() -> None:
-        turns.extend(_round(addr, question, tmp_path / "a", True))
+        turns.extend(_round(addr, question, tmp_path / "a", True, n))
         rss.append(proc.rss_bytes())
-        turns.extend(_round(addr, question, tmp_path / "b", False))
+        turns.extend(_round(addr, question, tmp_path / "b", False, n))
         rss.append(proc.rss_bytes())
 
     benchmark.pedantic(load, rounds=1, iterations=1)
     latency = np.array([t["first_audio_latency"] for t in turns]) * 1e3
-    assert len(latency) == 2 * DEVICES * TURNS and np.all(latency > 0)
-    growth = (rss[2] - rss[1]) / (DEVICES * TURNS)
+    assert len(latency) == 2 * n * TURNS and np.all(latency > 0)
+    growth = (rss[2] - rss[1]) / (n * TURNS)
     info = {
-        "devices": DEVICES,
+        "devices": n,
         "turns": len(latency),
         "errors": 0,
         "p50_ms": round(float(np.percentile(latency, 50)), 1),
