@@ -64,4 +64,6 @@ if ! cargo build --release --quiet --manifest-path firmware/Cargo.toml >"$log" 2
     exit 1
 fi
 rm -f "$log"
+# On the virtualenv's PATH too, beside echokit-fast.
+ln -sf ../../firmware/target/release/echokit-vdev .venv/bin/echokit-vdev
 .venv/bin/python -c "import echokit_fast; print('setup: echokit-fast', echokit_fast.__version__, 'ready')"
