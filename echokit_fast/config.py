@@ -73,6 +73,8 @@ Where we differ from the reference (on purpose)
 * When ``[llm]``, ``[tts]`` and ``[asr]`` are all present the pipeline layout is used and its
   errors reported, even if a ``[gemini]`` section would also have matched (the reference would
   silently fall back to it).
+* ``[[llm.mcp_server]]`` is used with ``platform = "openai_responses"`` too (the reference never
+  loaded MCP tools for it, §10.8).
 """
 
 from __future__ import annotations
@@ -977,11 +979,6 @@ class _Loader:
                         f"{model.neg_threshold} is above threshold {model.threshold}: "
                         "speech ends as soon as the probability drops below threshold",
                     )
-        if isinstance(obj, OpenAIResponsesLLM) and obj.mcp_server:
-            self.warn(
-                (name, "mcp_server"),
-                "MCP tools are only used with platform openai_chat (ignored, as in the reference)",
-            )
         if isinstance(obj, OpenAIASR):
             for key in ("vad_url", "vad_realtime_url"):
                 if getattr(obj, key):

@@ -66,7 +66,7 @@ import anyio
 import httpx
 import openai
 
-from echokit_fast.config import Message, OpenAIChatLLM
+from echokit_fast.config import Message, OpenAIChatLLM, OpenAIResponsesLLM
 from echokit_fast.engines import BackendError, SpeakNow
 
 __all__ = [
@@ -75,6 +75,8 @@ __all__ = [
     "IncludeCache",
     "MCPTools",
     "OpenAIChat",
+    "OpenAIResponses",
+    "ResponsesBackend",
     "ToolCallAssembler",
     "expand_includes",
 ]
@@ -284,6 +286,18 @@ class MCPTools:
                 log.warning("MCP server %s: cannot list tools: %s", srv.server, exc)
         return out
 
+    def responses_tools(self) -> list[Msg]:
+        """The tools in the Responses API's function-tool shape (flat, no ``function`` key)."""
+        return [
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+            }
+            for t in self.tools.values()
+        ]
+
     def openai_tools(self) -> list[Msg]:
         return [
             {
@@ -369,9 +383,12 @@ class ChatBackend:
     """What all conversations of one ``[llm]`` share. Create inside the running event loop;
     :meth:`aclose` at shutdown."""
 
+    #: ``extra`` keys the server sets itself (ignored with a warning)
+    reserved_extra: tuple[str, ...] = _RESERVED_EXTRA
+
     def __init__(
         self,
-        cfg: OpenAIChatLLM,
+        cfg: Any,
         *,
         tools: MCPTools | None = None,
         connect_timeout: float | None = 10.0,
@@ -401,14 +418,14 @@ class ChatBackend:
             project=None,
         )
         extra = dict(cfg.extra or {})
-        for key in _RESERVED_EXTRA:
+        for key in self.reserved_extra:
             if key in extra:
                 log.warning("llm.extra.%s ignored: the server sets %s itself", key, key)
                 del extra[key]
         self.extra = extra
 
     @classmethod
-    async def create(cls, cfg: OpenAIChatLLM, **kw: Any) -> ChatBackend:
+    async def create(cls, cfg: Any, **kw: Any) -> Any:
         """Like the constructor, listing the MCP tools of ``cfg.mcp_server`` now."""
         backend = cls(cfg, **kw)
         await backend.ensure_tools()
@@ -600,63 +617,10 @@ class OpenAIChat:
     async def _complete(self, tools: ToolCallAssembler) -> AsyncIterator[str]:
         """One streamed completion over the current history: yields content deltas, collects
         tool-call fragments into ``tools``."""
-        be = self.backend
-        body = be.body(self._sys + self._history)
-        headers: dict[str, Any] = {} if be.key else {"Authorization": openai.omit}
-        # One deadline covers the response headers and the first delta.
-        t0 = anyio.current_time()
-        first_deadline = None if be.first_token_timeout is None else t0 + be.first_token_timeout
-        try:
-            with anyio.fail_after(be.first_token_timeout):
-                stream = await be.client.post(
-                    be.cfg.url,
-                    cast_to=object,
-                    body=body,
-                    options={"headers": headers},
-                    stream=True,
-                    stream_cls=openai.AsyncStream[object],
-                )
-        except TimeoutError as exc:
-            raise BackendError(
-                f"LLM {be.cfg.url}: no response within {be.first_token_timeout} s",
-                notice=_NOTICE_TIMEOUT,
-                backend="llm",
-            ) from exc
-        except openai.APIStatusError as exc:
-            raise _status_error(exc) from exc
-        except openai.APITimeoutError as exc:
-            raise BackendError(
-                f"LLM {be.cfg.url}: connect timeout", notice=_NOTICE_UNREACHABLE, backend="llm"
-            ) from exc
-        except openai.APIConnectionError as exc:
-            raise BackendError(
-                f"LLM {be.cfg.url}: {exc.__cause__ or exc}",
-                notice=_NOTICE_UNREACHABLE,
-                backend="llm",
-            ) from exc
-        try:
-            first = True
-            it = stream.__aiter__()
-            while True:
-                if first:
-                    limit = be.first_token_timeout
-                    left = None if first_deadline is None else first_deadline - anyio.current_time()
-                else:
-                    limit = left = be.idle_timeout
-                try:
-                    with anyio.fail_after(left):
-                        chunk = await it.__anext__()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError as exc:
-                    what = "first token" if first else "next token"
-                    raise BackendError(
-                        f"LLM {be.cfg.url}: no {what} within {limit} s",
-                        notice=_NOTICE_TIMEOUT,
-                        backend="llm",
-                    ) from exc
-                first = False
-                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        body = self.backend.body(self._sys + self._history)
+        async with aclosing(_stream(self.backend, body)) as chunks:
+            async for chunk in chunks:
+                choices = chunk.get("choices")
                 if not choices or not isinstance(choices[0], dict):
                     continue
                 delta = choices[0].get("delta") or {}
@@ -666,23 +630,271 @@ class OpenAIChat:
                 fragments = delta.get("tool_calls")
                 if isinstance(fragments, list) and fragments:
                     tools.add(fragments)
-        except openai.APITimeoutError as exc:
+
+
+async def _stream(be: ChatBackend, body: Msg) -> AsyncIterator[Msg]:
+    """POST ``body`` to ``be.cfg.url`` and yield the JSON objects of the SSE stream (parsed by
+    the openai SDK's SSE decoder; non-object data is skipped), with the backend's timeouts:
+    one deadline covers the response headers and the first event, ``idle_timeout`` each later
+    one. Every failure is a BackendError with a notice."""
+    headers: dict[str, Any] = {} if be.key else {"Authorization": openai.omit}
+    t0 = anyio.current_time()
+    first_deadline = None if be.first_token_timeout is None else t0 + be.first_token_timeout
+    try:
+        with anyio.fail_after(be.first_token_timeout):
+            stream = await be.client.post(
+                be.cfg.url,
+                cast_to=object,
+                body=body,
+                options={"headers": headers},
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
+    except TimeoutError as exc:
+        raise BackendError(
+            f"LLM {be.cfg.url}: no response within {be.first_token_timeout} s",
+            notice=_NOTICE_TIMEOUT,
+            backend="llm",
+        ) from exc
+    except openai.APIStatusError as exc:
+        raise _status_error(exc) from exc
+    except openai.APITimeoutError as exc:
+        raise BackendError(
+            f"LLM {be.cfg.url}: connect timeout", notice=_NOTICE_UNREACHABLE, backend="llm"
+        ) from exc
+    except openai.APIConnectionError as exc:
+        raise BackendError(
+            f"LLM {be.cfg.url}: {exc.__cause__ or exc}",
+            notice=_NOTICE_UNREACHABLE,
+            backend="llm",
+        ) from exc
+    try:
+        first = True
+        it = stream.__aiter__()
+        while True:
+            if first:
+                limit = be.first_token_timeout
+                left = None if first_deadline is None else first_deadline - anyio.current_time()
+            else:
+                limit = left = be.idle_timeout
+            try:
+                with anyio.fail_after(left):
+                    chunk = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                what = "first token" if first else "next token"
+                raise BackendError(
+                    f"LLM {be.cfg.url}: no {what} within {limit} s",
+                    notice=_NOTICE_TIMEOUT,
+                    backend="llm",
+                ) from exc
+            first = False
+            if isinstance(chunk, dict):
+                yield chunk
+    except openai.APITimeoutError as exc:
+        raise BackendError(
+            f"LLM {be.cfg.url}: read timeout", notice=_NOTICE_TIMEOUT, backend="llm"
+        ) from exc
+    except openai.APIConnectionError as exc:
+        raise BackendError(
+            f"LLM {be.cfg.url}: stream broken: {exc.__cause__ or exc}",
+            notice=_NOTICE_CUT,
+            backend="llm",
+        ) from exc
+    except openai.APIError as exc:  # an {"error": ...} event inside the stream
+        raise BackendError(
+            f"LLM {be.cfg.url}: error in stream: {exc}", notice=_NOTICE_CUT, backend="llm"
+        ) from exc
+    except ValueError as exc:  # unparsable JSON in a data line
+        raise BackendError(
+            f"LLM {be.cfg.url}: bad stream data: {exc}", notice=_NOTICE_CUT, backend="llm"
+        ) from exc
+    finally:
+        await stream.close()
+
+
+# --------------------------------------------------------------------------------------------
+# openai_responses (spec §5.7)
+# --------------------------------------------------------------------------------------------
+
+_RESPONSES_RESERVED = ("model", "previous_response_id", "instructions", "input", "stream")
+_NOTICE_FAILED = "The language model could not answer."
+
+
+class ResponsesBackend(ChatBackend):
+    """What all ``openai_responses`` conversations share (§5.7): the same clients, include
+    cache and MCP tools as :class:`ChatBackend` (the reference never loaded the tools for this
+    platform, §10.8). :meth:`conversation` gives an :class:`OpenAIResponses`."""
+
+    reserved_extra = _RESPONSES_RESERVED
+    cfg: OpenAIResponsesLLM
+
+    def conversation(self, device_id: str | None = None) -> OpenAIResponses:  # type: ignore[override]
+        return OpenAIResponses(self)
+
+    def responses_body(self, previous_id: str | None, instructions: str, input_: Any) -> Msg:
+        """``{model, previous_response_id?, instructions?, input, ...extra, stream}`` plus
+        ``tools`` (the ``extra`` tools, then the MCP tools) and ``tool_choice: "auto"`` when
+        there are tools (§5.6's merging, in the Responses function-tool shape)."""
+        body: Msg = {}
+        if self.cfg.model:
+            body["model"] = self.cfg.model
+        if previous_id:
+            body["previous_response_id"] = previous_id
+        if instructions:
+            body["instructions"] = instructions
+        body["input"] = input_
+        extra = dict(self.extra)
+        mcp = self.tools.responses_tools()
+        if mcp or isinstance(extra.get("tools"), list):
+            given = extra.get("tools")
+            extra["tools"] = (list(given) if isinstance(given, list) else []) + mcp
+            extra["tool_choice"] = "auto"
+        body.update(extra)
+        body["stream"] = True
+        return body
+
+    async def load_instructions(self) -> str:
+        """The content of the first ``sys_prompts`` entry if its role is ``system`` (includes
+        expanded), else ``llm.instructions``."""
+        prompts = self.cfg.sys_prompts
+        if prompts and prompts[0].role == "system":
+            return await expand_includes(prompts[0].content, self.http, self.include_cache)
+        return self.cfg.instructions
+
+
+@dataclass
+class _Turn:
+    """What one streamed response gave: its id (from ``response.completed``) and the
+    function calls of its ``response.output_item.done`` events."""
+
+    id: str | None = None
+    calls: list[Msg] = field(default_factory=list)
+
+
+class OpenAIResponses:
+    """One device's ``openai_responses`` conversation (a
+    :class:`~echokit_fast.engines.Conversation`). The provider keeps the history: each turn
+    chains to the previous one by ``previous_response_id``.
+
+    * The first turn (and the first after :meth:`reset`) sends ``instructions`` and no
+      ``previous_response_id``; later turns send the id of the last completed turn and no
+      ``instructions`` (as the reference does).
+    * Tool calls (fixed, §10.8): when a response ends with ``function_call`` items, each
+      call's ``call_mcp_message`` is yielded as :class:`~echokit_fast.engines.SpeakNow`, the
+      tool runs through MCP, and a new request chained to *that* response's id posts the
+      ``function_call_output`` items; its stream is read on (at most ``MAX_TOOL_ROUNDS``).
+    * A failed, cut or cancelled turn leaves :attr:`previous_id` at the last completed turn,
+      so the chain stays valid. A stream that ends without ``response.completed`` is an error
+      (the answer was cut, and there is no id to chain to).
+    """
+
+    def __init__(self, backend: ResponsesBackend) -> None:
+        self.backend = backend
+        #: the ``response.id`` of the last completed turn (None: the next turn is a first one)
+        self.previous_id: str | None = None
+        self.instructions = ""
+        self._loaded = False
+
+    def reset(self) -> None:
+        """Start a new chain: the next turn sends the instructions (reloaded) again."""
+        self.previous_id = None
+        self._loaded = False
+
+    async def load_prompts(self) -> None:
+        """(Re)load the instructions now (includes expanded) and start a new chain."""
+        self.instructions = await self.backend.load_instructions()
+        self.previous_id = None
+        self._loaded = True
+
+    async def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
+        """Stream the answer to ``user_text`` (text deltas, SpeakNow items). Raises
+        BackendError; :attr:`previous_id` changes only when the whole turn completed."""
+        be = self.backend
+        await be.ensure_tools()
+        if not self._loaded:
+            await self.load_prompts()
+        previous = self.previous_id
+        instructions = "" if previous else self.instructions
+        input_: Any = user_text
+        for _round in range(MAX_TOOL_ROUNDS + 1):
+            turn = _Turn()
+            body = be.responses_body(previous, instructions, input_)
+            async with aclosing(self._respond(body, turn)) as deltas:
+                async for delta in deltas:
+                    yield delta
+            if not turn.calls:
+                self.previous_id = turn.id
+                return
+            outputs = []
+            for call in turn.calls:
+                tool = be.tools.tools.get(call["name"])
+                if tool is not None and tool.call_message:
+                    yield SpeakNow(tool.call_message)
+                contents = await be.tools.call(call["name"], call["arguments"])
+                outputs.append(
+                    {
+                        "type": "function_call_output",
+                        "call_id": call["call_id"],
+                        "output": "\n".join(contents),
+                    }
+                )
+            # The outputs answer the calls of *this* response (the reference chained them to
+            # the previous turn's id and kept reading the old stream, §10.8).
+            previous, instructions, input_ = turn.id, "", outputs
+        raise BackendError(
+            f"more than {MAX_TOOL_ROUNDS} rounds of tool calls in one reply",
+            notice="The assistant got stuck calling tools.",
+            backend="llm",
+        )
+
+    async def _respond(self, body: Msg, turn: _Turn) -> AsyncIterator[str]:
+        """One streamed response: yields ``response.output_text.delta`` texts, records the
+        function calls and the completed response's id in ``turn``."""
+        url = self.backend.cfg.url
+        async with aclosing(_stream(self.backend, body)) as events:
+            async for ev in events:
+                kind = ev.get("type")
+                if kind == "response.output_text.delta":
+                    delta = ev.get("delta")
+                    if isinstance(delta, str) and delta:
+                        yield delta
+                elif kind == "response.output_item.done":
+                    item = ev.get("item")
+                    if isinstance(item, dict) and item.get("type") == "function_call":
+                        args = item.get("arguments")
+                        turn.calls.append(
+                            {
+                                "call_id": str(item.get("call_id") or item.get("id") or ""),
+                                "name": str(item.get("name") or ""),
+                                "arguments": args if isinstance(args, str) else json.dumps(args),
+                            }
+                        )
+                elif kind in ("response.completed", "response.incomplete"):
+                    response = ev.get("response")
+                    rid = response.get("id") if isinstance(response, dict) else None
+                    if not isinstance(rid, str) or not rid:
+                        raise BackendError(
+                            f"LLM {url}: {kind} without a response id",
+                            notice=_NOTICE_CUT,
+                            backend="llm",
+                        )
+                    if kind == "response.incomplete":
+                        log.warning("LLM %s: response %s incomplete: %s", url, rid, response)
+                    turn.id = rid
+                elif kind in ("response.failed", "error"):
+                    response = ev.get("response")
+                    err = response.get("error") if isinstance(response, dict) else None
+                    if not isinstance(err, dict):
+                        err = ev.get("error") if isinstance(ev.get("error"), dict) else ev
+                    what = err.get("message") or err.get("code") or "no details"
+                    raise BackendError(
+                        f"LLM {url}: {kind}: {what}", notice=_NOTICE_FAILED, backend="llm"
+                    )
+        if turn.id is None:
             raise BackendError(
-                f"LLM {be.cfg.url}: read timeout", notice=_NOTICE_TIMEOUT, backend="llm"
-            ) from exc
-        except openai.APIConnectionError as exc:
-            raise BackendError(
-                f"LLM {be.cfg.url}: stream broken: {exc.__cause__ or exc}",
+                f"LLM {url}: the stream ended without response.completed",
                 notice=_NOTICE_CUT,
                 backend="llm",
-            ) from exc
-        except openai.APIError as exc:  # an {"error": ...} event inside the stream
-            raise BackendError(
-                f"LLM {be.cfg.url}: error in stream: {exc}", notice=_NOTICE_CUT, backend="llm"
-            ) from exc
-        except ValueError as exc:  # unparsable JSON in a data line
-            raise BackendError(
-                f"LLM {be.cfg.url}: bad stream data: {exc}", notice=_NOTICE_CUT, backend="llm"
-            ) from exc
-        finally:
-            await stream.close()
+            )

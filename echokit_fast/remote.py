@@ -43,6 +43,7 @@ from echokit_fast.config import (
     GroqTTS,
     OpenAIASR,
     OpenAIChatLLM,
+    OpenAIResponsesLLM,
     OpenAITTS,
     StreamGSVTTS,
 )
@@ -501,18 +502,23 @@ def build_speaker(cfg: Any, *, local: Callable[[Any], Speaker] | None = None) ->
 
 
 def build_conversations(cfg: Any, **kw: Any) -> Callable[[], Conversation]:
-    """A factory of conversations (``ChatBackend.conversation``) for ``[llm]``."""
+    """A factory of conversations (``ChatBackend.conversation`` / ``ResponsesBackend.
+    conversation``) for ``[llm]``."""
     if isinstance(cfg, OpenAIChatLLM):
         from echokit_fast.llm import ChatBackend
 
         return ChatBackend(cfg, **kw).conversation
+    if isinstance(cfg, OpenAIResponsesLLM):
+        from echokit_fast.llm import ResponsesBackend
+
+        return ResponsesBackend(cfg, **kw).conversation
     raise NotImplementedError(f"[llm] platform {cfg.platform!r} is not supported yet")
 
 
 SUPPORTED = {
     "asr": ("openai", "local"),
     "tts": ("stream_gsv", "gsv", "openai", "groq", "fish", "local"),
-    "llm": ("openai_chat",),
+    "llm": ("openai_chat", "openai_responses"),
 }
 
 

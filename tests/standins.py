@@ -23,6 +23,12 @@ Servers
   body, the connection cut mid-stream, never answering. Also ``GET /prompts`` (JSON set with
   :attr:`ChatServer.prompts`) and ``GET /include/{name}`` (text from :attr:`ChatServer.includes`,
   404 when missing) for ``prompts_url`` and ``{{url}}`` includes.
+* :class:`ResponsesServer` — ``POST /v1/responses`` (OpenAI Responses API) streaming SSE events
+  (``event: TYPE`` + ``data: JSON``, the sequence a real server sends: ``response.created``,
+  item/part events, ``response.output_text.delta`` per scripted text, ``function_call`` items
+  from :func:`function_call`, ``response.completed`` with the response id); a reply can end
+  with ``response.failed`` or an ``error`` event, stop before ``response.completed``, or be
+  cut mid-stream. Response ids are ``resp_1``, ``resp_2``, ... in request order unless scripted.
 * :class:`ASRServer` — ``POST /v1/audio/transcriptions``; records the multipart parts in order
   (name, filename, content) and answers ``{"text": ...}`` from its script.
 * :class:`MCPStandin` — an MCP server (the ``mcp`` package's own server) with the tools
@@ -67,7 +73,10 @@ __all__ = [
     "Fail",
     "MCPStandin",
     "Recorded",
+    "ResponsesReply",
+    "ResponsesServer",
     "TTSServer",
+    "function_call",
     "tone",
     "tool_call",
 ]
@@ -356,6 +365,143 @@ class _SSE(Response):
                 return
             finish = r.finish_reason or ("tool_calls" if has_tools else "stop")
             tail = _chunk({}, finish) + (b"data: [DONE]\n\n" if r.done else b"")
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            self.owner.completed += 1
+        finally:
+            watch.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Responses API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResponsesReply:
+    """One scripted streamed response. ``items``: a str (one ``response.output_text.delta``)
+    or a dict from :func:`function_call`. ``id``: the response id (default ``resp_<request
+    number>``). ``end``: ``"completed"``, ``"failed"`` (``response.failed`` with
+    ``error_message``), ``"error"`` (an ``error`` event) or ``"none"`` (the body just ends).
+    ``cut_after``: drop the connection after that many items."""
+
+    items: list[str | dict[str, Any]]
+    id: str | None = None
+    end: str = "completed"
+    error_message: str = "scripted failure"
+    cut_after: int | None = None
+    delay: float = 0.0
+
+
+def function_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """A ``function_call`` output item (as in ``response.output_item.done``)."""
+    return {
+        "type": "function_call",
+        "id": f"fc_{call_id}",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": "completed",
+    }
+
+
+class ResponsesServer(_Base):
+    """OpenAI Responses API stand-in (streaming only). See the module docstring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.default = ResponsesReply(["OK."])
+        #: number of streams sent completely
+        self.completed = 0
+        self.app = Starlette(routes=[Route("/v1/responses", self._responses, methods=["POST"])])
+
+    def reply(self, items: list[str | dict[str, Any]] | str, **kw: Any) -> None:
+        """Queue a streamed response (see :class:`ResponsesReply`)."""
+        self.script.append(ResponsesReply([items] if isinstance(items, str) else items, **kw))
+
+    async def _responses(self, request: Request) -> Response:
+        await self._record(request)
+        number = len(self.requests)
+        item = self._next(self.default)
+        if isinstance(item, Fail):
+            failure = await self._failure(item, request)
+            if failure is not None:
+                return failure
+            item = self.default
+        return _ResponsesSSE(item, item.id or f"resp_{number}", self)
+
+
+def _event(seq: list[int], kind: str, **data: Any) -> bytes:
+    seq[0] += 1
+    obj = {"type": kind, "sequence_number": seq[0], **data}
+    return f"event: {kind}\ndata: {json.dumps(obj)}\n\n".encode()
+
+
+class _ResponsesSSE(Response):
+    def __init__(self, reply: ResponsesReply, rid: str, owner: ResponsesServer) -> None:
+        super().__init__(status_code=200)
+        self.reply = reply
+        self.rid = rid
+        self.owner = owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        r, rid, seq = self.reply, self.rid, [0]
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        watch = _Watch(receive, self.owner)
+        resp = {"id": rid, "object": "response", "status": "in_progress", "output": []}
+
+        async def put(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await put(_event(seq, "response.created", response=resp))
+            await put(_event(seq, "response.in_progress", response=resp))
+            output: list[dict[str, Any]] = []
+            text: list[str] = []
+            for i, it in enumerate(r.items):
+                if r.cut_after is not None and i >= r.cut_after:
+                    return  # incomplete chunked body: uvicorn drops the connection
+                if i and r.delay:
+                    await watch.sleep(r.delay)
+                if watch.gone:
+                    return
+                if isinstance(it, str):
+                    if not text:
+                        msg = {"type": "message", "id": "msg_1", "role": "assistant"}
+                        await put(_event(seq, "response.output_item.added", item=msg))
+                    text.append(it)
+                    await put(_event(seq, "response.output_text.delta", item_id="msg_1", delta=it))
+                else:
+                    await put(_event(seq, "response.output_item.added", item=it))
+                    await put(
+                        _event(
+                            seq,
+                            "response.function_call_arguments.done",
+                            item_id=it["id"],
+                            arguments=it["arguments"],
+                        )
+                    )
+                    await put(_event(seq, "response.output_item.done", item=it))
+                    output.append(it)
+            if r.cut_after is not None:
+                return
+            if text:
+                content = [{"type": "output_text", "text": "".join(text)}]
+                msg = {"type": "message", "id": "msg_1", "role": "assistant", "content": content}
+                await put(_event(seq, "response.output_text.done", text="".join(text)))
+                await put(_event(seq, "response.output_item.done", item=msg))
+                output.insert(0, msg)
+            error = {"code": "server_error", "message": r.error_message}
+            if r.end == "completed":
+                done = {**resp, "status": "completed", "output": output}
+                tail = _event(seq, "response.completed", response=done)
+            elif r.end == "failed":
+                failed = {**resp, "status": "failed", "error": error}
+                tail = _event(seq, "response.failed", response=failed)
+            elif r.end == "error":
+                tail = _event(seq, "error", **error)
+            else:
+                tail = b""
             await send({"type": "http.response.body", "body": tail, "more_body": False})
             self.owner.completed += 1
         finally:
