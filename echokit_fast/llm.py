@@ -1,4 +1,9 @@
-"""The LLM side of a turn: ``openai_chat`` (spec §5.6, §6.8) through the ``openai`` package.
+"""The LLM side of a turn: ``openai_chat`` (spec §5.6, §6.8) and ``openai_responses`` (§5.7)
+through the ``openai`` package.
+
+``openai_responses`` (:class:`ResponsesBackend`, :class:`OpenAIResponses`, at the end of this
+module) shares the clients, timeouts, error notices, includes and MCP tools described below; its
+request, chaining and tool rounds are described on those classes.
 
 :class:`ChatBackend` is created once per process from an :class:`~echokit_fast.config.OpenAIChatLLM`
 and holds what all devices share (the HTTP clients, the 60 s include cache, the MCP tools);
@@ -388,7 +393,7 @@ class ChatBackend:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: OpenAIChatLLM | OpenAIResponsesLLM,
         *,
         tools: MCPTools | None = None,
         connect_timeout: float | None = 10.0,
@@ -425,7 +430,7 @@ class ChatBackend:
         self.extra = extra
 
     @classmethod
-    async def create(cls, cfg: Any, **kw: Any) -> Any:
+    async def create(cls, cfg: OpenAIChatLLM | OpenAIResponsesLLM, **kw: Any) -> Any:
         """Like the constructor, listing the MCP tools of ``cfg.mcp_server`` now."""
         backend = cls(cfg, **kw)
         await backend.ensure_tools()

@@ -448,3 +448,68 @@ url = "http://{srv.addr}/v1/responses"
 
     kind, out = run(go())
     assert kind is ResponsesBackend and out == ["OK."]
+
+
+def test_device_text_turns_through_the_real_server(serve, srv, tmp_path):
+    from device_fakes import Device, name
+    from standins import ASRServer, TTSServer
+
+    from echokit_fast.app import AppContext, create_app
+
+    asr, tts = ASRServer(), TTSServer()
+    asr_addr, tts_addr = serve(asr.app), serve(tts.app)
+    text = f"""
+addr = "0.0.0.0:9090"
+[tts]
+platform = "stream_gsv"
+url = "http://{tts_addr}/v1/audio/stream_speech"
+speaker = "cooper"
+[asr]
+platform = "openai"
+url = "http://{asr_addr}/v1/audio/transcriptions"
+[llm]
+platform = "openai_responses"
+url = "http://{srv.addr}/v1/responses"
+model = "gpt-test"
+[[llm.sys_prompts]]
+role = "system"
+content = "You are a tour guide."
+"""
+    config = parse_config(text, log_issues=False, base_dir=tmp_path).config
+    srv.reply(["It is sunny in Paris. ", "Enjoy the walk!"], id="resp_a")
+    srv.reply(["Bring a hat."], id="resp_b")
+    srv.reply(["Hello again."], id="resp_c")
+    ctx = AppContext(config)
+    ctx.put("record_dir", tmp_path / "record")
+    addr = serve(create_app(context=ctx))
+
+    async def turns() -> list[list[Any]]:
+        out = []
+        dev = await Device.open(addr, "a0b1c2d3e4f5")
+        await dev.command("Text", input="Weather in Paris?")
+        out.append(await dev.until("EndResponse", timeout=60))
+        await dev.command("Text", input="And tomorrow?")
+        out.append(await dev.until("EndResponse", timeout=60))
+        await dev.close()
+        # a new (non-reconnect) connection starts a new chain
+        dev = await Device.open(addr, "a0b1c2d3e4f5")
+        await dev.command("Text", input="Hi")
+        out.append(await dev.until("EndResponse", timeout=60))
+        await dev.close()
+        return out
+
+    results = asyncio.run(asyncio.wait_for(turns(), 120))
+    spoken = [[e["StartAudio"]["text"] for e in evs if name(e) == "StartAudio"] for evs in results]
+    assert spoken == [
+        ["It is sunny in Paris.", "Enjoy the walk!"],
+        ["Bring a hat."],
+        ["Hello again."],
+    ]
+    assert all(name(evs[-1]) == "EndResponse" for evs in results)
+    bodies = [r.json for r in srv.requests]
+    assert bodies[0]["instructions"] == "You are a tour guide."
+    assert bodies[0]["input"] == "Weather in Paris?" and bodies[0]["model"] == "gpt-test"
+    assert "previous_response_id" not in bodies[0]
+    assert bodies[1]["previous_response_id"] == "resp_a" and "instructions" not in bodies[1]
+    assert bodies[2]["instructions"] == "You are a tour guide."
+    assert "previous_response_id" not in bodies[2]
