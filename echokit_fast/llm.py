@@ -783,9 +783,11 @@ class OpenAIResponses:
     :class:`~echokit_fast.engines.Conversation`). The provider keeps the history: each turn
     chains to the previous one by ``previous_response_id``.
 
-    * The first turn (and the first after :meth:`reset`) sends ``instructions`` and no
-      ``previous_response_id``; later turns send the id of the last completed turn and no
-      ``instructions`` (as the reference does).
+    * The first turn (and the first after :meth:`reset`) sends no ``previous_response_id``;
+      later turns send the id of the last completed turn. Every request carries the
+      ``instructions``: the Responses API does not carry them over a ``previous_response_id``,
+      so the reference (which sends them on the first turn only) loses its system prompt from
+      the second turn on.
     * Tool calls (fixed, §10.8): when a response ends with ``function_call`` items, each
       call's ``call_mcp_message`` is yielded as :class:`~echokit_fast.engines.SpeakNow`, the
       tool runs through MCP, and a new request chained to *that* response's id posts the
@@ -821,7 +823,7 @@ class OpenAIResponses:
         if not self._loaded:
             await self.load_prompts()
         previous = self.previous_id
-        instructions = "" if previous else self.instructions
+        instructions = self.instructions  # on every request: they are not carried over
         input_: Any = user_text
         for _round in range(MAX_TOOL_ROUNDS + 1):
             turn = _Turn()
@@ -847,7 +849,7 @@ class OpenAIResponses:
                 )
             # The outputs answer the calls of *this* response (the reference chained them to
             # the previous turn's id and kept reading the old stream, §10.8).
-            previous, instructions, input_ = turn.id, "", outputs
+            previous, input_ = turn.id, outputs
         raise BackendError(
             f"more than {MAX_TOOL_ROUNDS} rounds of tool calls in one reply",
             notice="The assistant got stuck calling tools.",

@@ -117,10 +117,11 @@ def test_later_turns_chain_by_previous_response_id_and_reset_starts_over(srv):
     assert ids == ["resp_a", "resp_b", "resp_c", "resp_d"]
     bodies = [r.json for r in srv.requests]
     assert bodies[0]["instructions"] == "Be kind." and "previous_response_id" not in bodies[0]
-    assert list(bodies[1]) == ["model", "previous_response_id", "input", "stream"]
+    assert list(bodies[1]) == ["model", "previous_response_id", "instructions", "input", "stream"]
     assert bodies[1]["previous_response_id"] == "resp_a" and bodies[1]["input"] == "2"
-    assert bodies[2]["previous_response_id"] == "resp_b" and "instructions" not in bodies[2]
-    # after reset(): a new chain, with the instructions again
+    # the instructions on every turn: the API does not carry them over previous_response_id
+    assert bodies[2]["previous_response_id"] == "resp_b" and bodies[2]["instructions"] == "Be kind."
+    # after reset(): a new chain
     assert bodies[3]["instructions"] == "Be kind." and "previous_response_id" not in bodies[3]
 
 
@@ -334,7 +335,7 @@ def test_tool_call_round_trip_chains_to_the_tool_call_response(srv):
     assert answer["input"] == [
         {"type": "function_call_output", "call_id": "call_9", "output": '{"temp": 21}'}
     ]
-    assert "instructions" not in answer
+    assert answer["instructions"] == ask["instructions"]
     assert answer["tools"] == ask["tools"]
 
 
@@ -510,6 +511,7 @@ content = "You are a tour guide."
     assert bodies[0]["instructions"] == "You are a tour guide."
     assert bodies[0]["input"] == "Weather in Paris?" and bodies[0]["model"] == "gpt-test"
     assert "previous_response_id" not in bodies[0]
-    assert bodies[1]["previous_response_id"] == "resp_a" and "instructions" not in bodies[1]
+    assert bodies[1]["previous_response_id"] == "resp_a"
+    assert bodies[1]["instructions"] == "You are a tour guide."
     assert bodies[2]["instructions"] == "You are a tour guide."
     assert "previous_response_id" not in bodies[2]
