@@ -456,14 +456,19 @@ class ChatBackend:
         await self.http.aclose()
         await self.client.close()
 
-    def body(self, messages: list[Msg]) -> Msg:
-        """The request body for ``messages``, keys in the reference's order."""
+    def extra_with_tools(self, mcp: list[Msg]) -> Msg:
+        """``llm.extra`` with the MCP tools ``mcp`` appended to its ``tools`` and
+        ``tool_choice: "auto"`` whenever there are tools (§5.6)."""
         extra = dict(self.extra)
-        mcp = self.tools.openai_tools()
         if mcp or isinstance(extra.get("tools"), list):
             given = extra.get("tools")
             extra["tools"] = (list(given) if isinstance(given, list) else []) + mcp
             extra["tool_choice"] = "auto"
+        return extra
+
+    def body(self, messages: list[Msg]) -> Msg:
+        """The request body for ``messages``, keys in the reference's order."""
+        extra = self.extra_with_tools(self.tools.openai_tools())
         body: Msg = {"stream": True, **extra, "messages": messages}
         if self.cfg.model:
             body["model"] = self.cfg.model
@@ -750,13 +755,7 @@ class ResponsesBackend(ChatBackend):
         if instructions:
             body["instructions"] = instructions
         body["input"] = input_
-        extra = dict(self.extra)
-        mcp = self.tools.responses_tools()
-        if mcp or isinstance(extra.get("tools"), list):
-            given = extra.get("tools")
-            extra["tools"] = (list(given) if isinstance(given, list) else []) + mcp
-            extra["tool_choice"] = "auto"
-        body.update(extra)
+        body.update(self.extra_with_tools(self.tools.responses_tools()))
         body["stream"] = True
         return body
 

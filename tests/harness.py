@@ -85,7 +85,7 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
             if b"Uvicorn running" in line:
                 break
         else:
-            what = "not ready in 120 s" if not watchdog.is_alive() else "exited"
+            what = "exited" if watchdog.is_alive() else f"not ready in {READY_LIMIT_S} s"
             raise AssertionError(f"serve {what}:\n{seen.decode(errors='replace')}")
         watchdog.cancel()
         # keep draining its output so a chatty server never blocks on a full pipe

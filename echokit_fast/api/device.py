@@ -74,14 +74,22 @@ def prepare(ctx: AppContext) -> None:
     """Build the device pipeline (backend clients, settings) now, not at the first connection:
     importing and constructing the clients takes ~0.7 s, which would delay that device's hello
     and first turn."""
-    ctx.get("backends", lambda: _build_backends(ctx))
-    ctx.get("device.settings", lambda: _settings(ctx))
+    _backends(ctx)
+    _device_settings(ctx)
+
+
+def _backends(ctx: AppContext) -> Any:
+    return ctx.get("backends", lambda: _build_backends(ctx))
+
+
+def _device_settings(ctx: AppContext) -> Settings:
+    return ctx.get("device.settings", lambda: _settings(ctx))
 
 
 def _manager(ctx: AppContext) -> SessionManager:
     return SessionManager(
-        backends=lambda: ctx.get("backends", lambda: _build_backends(ctx)),
-        settings=lambda: ctx.get("device.settings", lambda: _settings(ctx)),
+        backends=lambda: _backends(ctx),
+        settings=lambda: _device_settings(ctx),
         segmenter=lambda: ctx.get("segmenter", _default_segmenter),
     )
 
