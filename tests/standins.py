@@ -65,12 +65,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from echokit_fast.audio import float_to_pcm16, write_wav
+from echokit_fast.llm import MCPTool, MCPTools
 
 __all__ = [
     "ASRServer",
     "ChatReply",
     "ChatServer",
     "Fail",
+    "FakeTools",
     "MCPStandin",
     "Recorded",
     "ResponsesReply",
@@ -535,6 +537,25 @@ class MCPStandin:
 
         self.path = "/sse" if transport == "sse" else "/mcp"
         self.app = srv.sse_app() if transport == "sse" else srv.streamable_http_app()
+
+
+class FakeTools(MCPTools):
+    """MCP tools without a server: one ``weather`` tool (``call_mcp_message`` "Checking.")
+    whose calls are recorded in ``calls`` and answered locally with ``{"temp": 21}``; any
+    other name goes through the real lookup (the "tool not found" answer, no network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tools["weather"] = MCPTool(
+            "weather", "Weather", {"type": "object"}, "http://x", "http_streamable", "Checking."
+        )
+        self.calls: list[tuple[str, str]] = []
+
+    async def call(self, name: str, arguments: str, *, timeout: float | None = 60.0) -> list[str]:
+        if name not in self.tools:
+            return await super().call(name, arguments, timeout=timeout)
+        self.calls.append((name, arguments))
+        return [json.dumps({"temp": 21})]
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
 from harness import free_port
-from standins import ChatServer, MCPStandin, tool_call
+from standins import ChatServer, FakeTools, MCPStandin, tool_call
 
 from echokit_fast.config import MCPServer, OpenAIChatLLM
 from echokit_fast.engines import BackendError, Conversation, SpeakNow
@@ -487,23 +486,6 @@ def test_tool_call_assembler_incremental_and_whole():
         {"name": "f", "arguments": '{"a":1}'},
         {"name": "g", "arguments": "{}"},
     ]
-
-
-class FakeTools(MCPTools):
-    """MCP tools whose calls are recorded and answered locally."""
-
-    def __init__(self):
-        super().__init__()
-        self.tools["weather"] = MCPTool(
-            "weather", "Weather", {"type": "object"}, "http://x", "http_streamable", "Checking."
-        )
-        self.calls: list[tuple[str, str]] = []
-
-    async def call(self, name, arguments, *, timeout=60.0):
-        if name not in self.tools:  # the real lookup (no network for unknown tools)
-            return await super().call(name, arguments, timeout=timeout)
-        self.calls.append((name, arguments))
-        return [json.dumps({"temp": 21})]
 
 
 def test_tool_call_round_trip_with_speak_now(chat):

@@ -4,16 +4,15 @@ Responses server, with the reference's tool-call bugs fixed (§10.8)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
 from harness import free_port
-from standins import MCPStandin, ResponsesServer, function_call
+from standins import FakeTools, MCPStandin, ResponsesServer, function_call
 
 from echokit_fast.config import OpenAIResponsesLLM, parse_config
 from echokit_fast.engines import BackendError, Conversation, SpeakNow
-from echokit_fast.llm import MCPTool, MCPTools, ResponsesBackend
+from echokit_fast.llm import ResponsesBackend
 from echokit_fast.remote import SUPPORTED, build_conversations, unsupported
 
 
@@ -36,23 +35,6 @@ def srv(serve):
     server = ResponsesServer()
     server.addr = serve(server.app)
     return server
-
-
-class FakeTools(MCPTools):
-    """MCPTools with one ``weather`` tool answered in-process."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tools["weather"] = MCPTool(
-            "weather", "Weather", {"type": "object"}, "unused", "http_streamable", "Checking."
-        )
-        self.calls: list[tuple[str, str]] = []
-
-    async def call(self, name: str, arguments: str, *, timeout: float | None = 60.0) -> list[str]:
-        if name not in self.tools:
-            return [f"Tool call {name} failed, tool not found"]
-        self.calls.append((name, arguments))
-        return [json.dumps({"temp": 21})]
 
 
 def _turns(srv, cfg, texts: list[str], *, reset_before: int | None = None, **kw: Any):
