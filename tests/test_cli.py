@@ -81,3 +81,39 @@ def test_serve_stops_at_start_up_when_an_embedded_model_is_missing(tmp_path) -> 
     assert "cannot load the embedded engines" in out.stderr
     assert "/nonexistent/whisper-model" in out.stderr
     assert "Uvicorn running" not in out.stderr + out.stdout
+
+
+def test_preload_builds_the_device_pipeline_before_any_connection(tmp_path) -> None:
+    """`serve` preloads: the first device must not wait for the backend clients (~0.7 s)."""
+    from echokit_fast.app import AppContext, preload
+    from echokit_fast.config import parse_config
+    from echokit_fast.remote import Backends
+
+    hello = tmp_path / "hello.wav"
+    hello.write_bytes(b"RIFF-hello")
+    port = free_port()  # nothing listens there: building the clients must not connect
+    config = parse_config(
+        f"""
+addr = "127.0.0.1:{port}"
+hello_wav = "{hello}"
+[asr]
+platform = "openai"
+url = "http://127.0.0.1:{port}/v1/audio/transcriptions"
+[tts]
+platform = "stream_gsv"
+url = "http://127.0.0.1:{port}/v1/audio/stream_speech"
+speaker = "a"
+[llm]
+platform = "openai_chat"
+url = "http://127.0.0.1:{port}/v1/chat/completions"
+history = 5
+"""
+    ).config
+    ctx = AppContext(config)
+    preload(ctx)
+
+    def not_again():
+        raise AssertionError("built again at the first connection")
+
+    assert isinstance(ctx.get("backends", not_again), Backends)
+    assert ctx.get("device.settings", not_again).hello == b"RIFF-hello"

@@ -294,6 +294,60 @@ def test_stream_gsv_cancel_mid_stream_closes_the_connection(tts):
     assert tts.completed == 0
 
 
+CONCURRENT = 150  # more than httpx's default pool of 100 connections
+
+
+async def _all_in_flight(server, start_one) -> int:
+    """Start CONCURRENT requests that the stand-in never answers; how many it has received
+    once that stops growing (every one, unless a client pool holds some back)."""
+    for _ in range(CONCURRENT):
+        server.fail(hang=True)
+    tasks = [asyncio.create_task(start_one()) for _ in range(CONCURRENT)]
+    try:
+        while len(server.requests) < CONCURRENT:
+            server.received.clear()
+            if len(server.requests) >= CONCURRENT:
+                break
+            if not await asyncio.to_thread(server.received.wait, 5):
+                break  # no new request for 5 s: the rest are queued in the client
+        return len(server.requests)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_asr_requests_of_many_devices_are_not_held_back_by_the_pool(asr):
+    async def go():
+        tr = RemoteTranscriber(asr_cfg(asr.addr))
+        try:
+            return await _all_in_flight(asr, lambda: tr.transcribe(SPEECH))
+        finally:
+            await tr.aclose()
+
+    assert run(go()) == CONCURRENT
+
+
+def test_tts_streams_of_many_devices_are_not_held_back_by_the_pool(tts):
+    cfg = StreamGSVTTS.model_validate(
+        {"url": f"http://{tts.addr}/v1/audio/stream_speech", "speaker": "a"}
+    )
+
+    async def go():
+        sp = StreamGSVSpeaker(cfg)
+
+        async def one():
+            async for _ in sp.speak("hello"):
+                pass
+
+        try:
+            return await _all_in_flight(tts, one)
+        finally:
+            await sp.aclose()
+
+    assert run(go()) == CONCURRENT
+
+
 def test_tts_connection_refused():
     cfg = StreamGSVTTS.model_validate({"url": f"http://127.0.0.1:{free_port()}/s", "speaker": "a"})
     with pytest.raises(BackendError) as ei:
