@@ -37,6 +37,9 @@ import pytest
 from echokit_fast import asr, audio
 from echokit_fast.config import LocalASR, VadConfig
 
+# Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
+pytestmark = pytest.mark.asr_quality
+
 SENTENCE = "The quick brown fox jumps over the lazy dog."
 HANGOVER_S = VadConfig().hangover_ms / 1000
 ROUNDS = 3

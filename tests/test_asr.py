@@ -21,6 +21,9 @@ from echokit_fast.asr import LocalWhisper, ModelNotFound, resolve_model
 from echokit_fast.config import LocalASR
 from echokit_fast.engines import BackendBusy, BackendError, Transcriber, Transcription
 
+# Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
+pytestmark = pytest.mark.asr_quality
+
 # --- fixtures: the model is assembled and loaded once per session ------------------------
 
 

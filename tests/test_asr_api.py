@@ -23,6 +23,9 @@ from echokit_fast.app import AppContext, create_app
 from echokit_fast.asr import LocalWhisper
 from echokit_fast.config import LocalASR
 
+# Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
+pytestmark = pytest.mark.asr_quality
+
 TEXT = SENTENCES[3]  # "Hello, how are you doing this morning?" (about 2 s)
 
 

@@ -28,6 +28,9 @@ from echokit_fast import asr, audio, tts
 from echokit_fast.app import AppContext, create_app
 from echokit_fast.config import LocalASR, default_config
 
+# Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
+pytestmark = pytest.mark.asr_quality
+
 SR = 16000
 FRAME = 16384  # the firmware's upload frame (8192 samples)
 

@@ -23,6 +23,9 @@ from vdev import Run, vdev
 from echokit_fast import asr, audio, tts
 from echokit_fast.config import LocalASR
 
+# Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
+pytestmark = pytest.mark.asr_quality
+
 SR = 16000
 SYSTEM = "You are Echo, a concise voice assistant for the end-to-end tests."
 SPEED = ("--speed", "4", "--timeout", "120")  # 4x real time: microphone, playback, gaps
