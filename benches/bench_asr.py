@@ -34,7 +34,8 @@ import time
 import numpy as np
 import pytest
 
-from echokit_fast import asr, audio
+from echokit_fast import audio
+from echokit_fast.backends.asr import local as asr
 from echokit_fast.config import LocalASR, VadConfig
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.

@@ -38,8 +38,8 @@ from device_fakes import (  # noqa: E402
 )
 from harness import running_server  # noqa: E402
 
-from echokit_fast.app import AppContext, create_app  # noqa: E402
 from echokit_fast.config import default_config  # noqa: E402
+from echokit_fast.server.app import AppContext, create_app  # noqa: E402
 
 FRAME = 16384  # the firmware's 512 ms upload frame
 AUDIO = ("AudioChunk", "AudioChunkWithVowel")

@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from echokit_fast.protocol import decode_event, encode_audio_chunk, encode_event
+from echokit_fast.devices.echokit.protocol import decode_event, encode_audio_chunk, encode_event
 
 RNG = random.Random(2024)
 PCM = RNG.randbytes(16000)  # a 16 000-byte raw PCM chunk (0.5 s at 16 kHz)

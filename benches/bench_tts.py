@@ -33,8 +33,8 @@ import numpy as np
 import pytest
 from hibari import Hibari
 
-from echokit_fast import tts
 from echokit_fast.audio import pcm16_to_float
+from echokit_fast.backends.tts import local as tts
 
 TEXT = (
     "Sure, here is a quick answer to your question about the weather tomorrow. "
@@ -46,7 +46,7 @@ TOTAL_ROUNDS = 5
 
 SERVER = """
 import socket, sys, uvicorn
-from echokit_fast.app import create_app
+from echokit_fast.server.app import create_app
 sock = socket.socket(fileno=int(sys.argv[1]))
 uvicorn.Server(uvicorn.Config(create_app(), log_level="warning")).run(sockets=[sock])
 """

@@ -31,7 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from harness import running_server
 
-from echokit_fast import vad
+from echokit_fast.backends.vad import silero as vad
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 WINDOWS = 80
@@ -174,7 +174,7 @@ FIXTURE_WAV = (DATA / "vad_fixture_hello16k.wav").read_bytes()
 
 @pytest.fixture(scope="module")
 def service():
-    from echokit_fast.app import AppContext, create_app
+    from echokit_fast.server.app import AppContext, create_app
 
     ctx = AppContext()
     ctx.put("vad", MODEL)

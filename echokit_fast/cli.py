@@ -112,9 +112,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     import asyncio
 
     from echokit_fast.api.asr import decode_upload
-    from echokit_fast.asr import LocalWhisper, ModelNotFound
+    from echokit_fast.backends.asr.local import LocalWhisper, ModelNotFound
+    from echokit_fast.backends.base import BackendError
     from echokit_fast.config import LocalASR
-    from echokit_fast.engines import BackendError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -142,7 +142,7 @@ def cmd_vad(args: argparse.Namespace) -> int:
     import json
 
     from echokit_fast.api.vad import HTTP_PARAMS, ParamError, parse_params
-    from echokit_fast.vad import SileroVad, speech_timestamps_from_wav
+    from echokit_fast.backends.vad.silero import SileroVad, speech_timestamps_from_wav
 
     given = {
         "threshold": args.threshold,
@@ -194,9 +194,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_say(args: argparse.Namespace) -> int:
     import time
 
-    from echokit_fast import tts
     from echokit_fast.audio import write_wav
-    from echokit_fast.engines import BackendError
+    from echokit_fast.backends.base import BackendError
+    from echokit_fast.backends.tts import local as tts
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
     try:
@@ -257,8 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from echokit_fast.app import AppContext, create_app, preload
-    from echokit_fast.remote import unsupported
+    from echokit_fast.backends.remote import unsupported
+    from echokit_fast.server.app import AppContext, create_app, preload
 
     problems = unsupported(config)
     if problems:

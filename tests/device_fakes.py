@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
-from echokit_fast.engines import BackendError
-from echokit_fast.protocol import decode_event
+from echokit_fast.backends.base import BackendError
+from echokit_fast.devices.echokit.protocol import decode_event
 
 SR = 16000
 FRAME_BYTES = 16384  # the firmware's upload frame (8192 samples)

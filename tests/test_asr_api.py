@@ -18,10 +18,11 @@ import openai
 import pytest
 from asr_helpers import SENTENCES, FakeModel, espeak_wav, wav_mono, wer
 
-from echokit_fast import asr, audio
-from echokit_fast.app import AppContext, create_app
-from echokit_fast.asr import LocalWhisper
+from echokit_fast import audio
+from echokit_fast.backends.asr import local as asr
+from echokit_fast.backends.asr.local import LocalWhisper
 from echokit_fast.config import LocalASR
+from echokit_fast.server.app import AppContext, create_app
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality

@@ -44,7 +44,7 @@ def test_serve_answers_version() -> None:
 
 
 def test_app_in_process_version(serve) -> None:
-    from echokit_fast.app import create_app
+    from echokit_fast.server.app import create_app
 
     addr = serve(create_app())
     r = httpx.get(f"http://{addr}/version", timeout=10)
@@ -85,9 +85,9 @@ def test_serve_stops_at_start_up_when_an_embedded_model_is_missing(tmp_path) -> 
 
 def test_preload_builds_the_device_pipeline_before_any_connection(tmp_path) -> None:
     """`serve` preloads: the first device must not wait for the backend clients (~0.7 s)."""
-    from echokit_fast.app import AppContext, preload
+    from echokit_fast.backends.remote import Backends
     from echokit_fast.config import parse_config
-    from echokit_fast.remote import Backends
+    from echokit_fast.server.app import AppContext, preload
 
     hello = tmp_path / "hello.wav"
     hello.write_bytes(b"RIFF-hello")

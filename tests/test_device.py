@@ -41,11 +41,11 @@ from device_fakes import (
     tone,
 )
 
-from echokit_fast.app import AppContext, create_app
 from echokit_fast.audio import OpusDecoder, float_to_pcm16, pcm16_to_float, vowel_of, write_wav
+from echokit_fast.backends.base import SpeakNow
 from echokit_fast.config import default_config
-from echokit_fast.device import Settings
-from echokit_fast.engines import SpeakNow
+from echokit_fast.conversation.session import Settings
+from echokit_fast.server.app import AppContext, create_app
 
 DATA = Path(__file__).resolve().parent / "data"
 PREROLL = 4096  # the fixture's speech starts at ~8224: keep 256 ms before it
@@ -433,7 +433,7 @@ def test_start_chat_during_playback_cancels_the_reply(serve, tmp_path):
 def test_default_segmenter_is_the_spec_grouping(serve, tmp_path):
     """Without an installed segmenter the server groups the reply as §5.8 says (the
     splitter's own rules are tested in tests/test_splitter.py)."""
-    from echokit_fast.splitter import split_segments
+    from echokit_fast.conversation.splitter import split_segments
 
     script = [
         "Sure. ",

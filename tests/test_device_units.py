@@ -13,14 +13,14 @@ import pytest
 from device_fakes import tone
 
 from echokit_fast.audio import OpusDecoder, float_to_pcm16, write_wav
+from echokit_fast.backends.vad.silero import SileroVad, VadStream
 from echokit_fast.config import VadConfig
-from echokit_fast.device import Flags, VadParams
-from echokit_fast.device.listen import Hysteresis, RoundEnd, RoundTracker
-from echokit_fast.device.output import AudioOut, hello_frames, load_hello
-from echokit_fast.device.record import Recorder, resolve_file, safe_name
-from echokit_fast.device.trace import TurnTrace
-from echokit_fast.protocol import decode_event
-from echokit_fast.vad import SileroVad, VadStream
+from echokit_fast.conversation.session import Flags
+from echokit_fast.conversation.trace import TurnTrace
+from echokit_fast.devices.echokit.output import AudioOut, hello_frames, load_hello
+from echokit_fast.devices.echokit.protocol import decode_event
+from echokit_fast.devices.echokit.record import Recorder, resolve_file, safe_name
+from echokit_fast.turn.vad_rounds import Hysteresis, RoundEnd, RoundTracker, VadParams
 
 DATA = Path(__file__).resolve().parent / "data"
 

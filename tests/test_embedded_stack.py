@@ -24,9 +24,11 @@ from asr_helpers import wer
 from device_fakes import Device, name
 from standins import ChatServer
 
-from echokit_fast import asr, audio, tts
-from echokit_fast.app import AppContext, create_app
+from echokit_fast import audio
+from echokit_fast.backends.asr import local as asr
+from echokit_fast.backends.tts import local as tts
 from echokit_fast.config import LocalASR, default_config
+from echokit_fast.server.app import AppContext, create_app
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality
@@ -131,7 +133,7 @@ def test_embedded_default_device_turn(serve, whisper, speaker) -> None:
 
 
 def test_vad_finds_synthesised_speech_where_it_was_placed(speaker) -> None:
-    from echokit_fast.vad import get_speech_timestamps
+    from echokit_fast.backends.vad.silero import get_speech_timestamps
 
     utterances = [
         speaker.synthesize("Good morning, how are you?", sample_rate=SR),

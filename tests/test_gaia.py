@@ -14,9 +14,9 @@ import numpy as np
 from device_fakes import Device, name
 from standins import ASRServer, ChatServer, TTSServer
 
-from echokit_fast.app import AppContext, create_app
 from echokit_fast.audio import OpusDecoder, write_wav
 from echokit_fast.config import parse_config
+from echokit_fast.server.app import AppContext, create_app
 
 DATA = Path(__file__).resolve().parent / "data"
 SR = 16000

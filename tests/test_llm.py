@@ -9,15 +9,15 @@ import pytest
 from harness import free_port
 from standins import ChatServer, FakeTools, MCPStandin, tool_call
 
-from echokit_fast.config import MCPServer, OpenAIChatLLM
-from echokit_fast.engines import BackendError, Conversation, SpeakNow
-from echokit_fast.llm import (
+from echokit_fast.backends.base import BackendError, Conversation, SpeakNow
+from echokit_fast.backends.llm.openai import (
     ChatBackend,
     IncludeCache,
     MCPTool,
     MCPTools,
     ToolCallAssembler,
 )
+from echokit_fast.config import MCPServer, OpenAIChatLLM
 
 
 def llm_cfg(addr: str, **kw: Any) -> OpenAIChatLLM:

@@ -10,10 +10,10 @@ import pytest
 from harness import free_port
 from standins import FakeTools, MCPStandin, ResponsesServer, function_call
 
+from echokit_fast.backends.base import BackendError, Conversation, SpeakNow
+from echokit_fast.backends.llm.openai import ResponsesBackend
+from echokit_fast.backends.remote import SUPPORTED, build_conversations, unsupported
 from echokit_fast.config import OpenAIResponsesLLM, parse_config
-from echokit_fast.engines import BackendError, Conversation, SpeakNow
-from echokit_fast.llm import ResponsesBackend
-from echokit_fast.remote import SUPPORTED, build_conversations, unsupported
 
 
 def llm_cfg(addr: str, **kw: Any) -> OpenAIResponsesLLM:
@@ -340,7 +340,7 @@ def test_failure_after_a_tool_round_keeps_the_last_completed_turn(srv):
 
 
 def test_endless_tool_calls_stop_after_the_round_limit(srv):
-    from echokit_fast.llm import MAX_TOOL_ROUNDS
+    from echokit_fast.backends.llm.openai import MAX_TOOL_ROUNDS
 
     for i in range(MAX_TOOL_ROUNDS + 1):
         srv.reply([function_call(f"c{i}", "nosuch", "{}")])
@@ -437,7 +437,7 @@ def test_device_text_turns_through_the_real_server(serve, srv, tmp_path):
     from device_fakes import Device, name
     from standins import ASRServer, TTSServer
 
-    from echokit_fast.app import AppContext, create_app
+    from echokit_fast.server.app import AppContext, create_app
 
     asr, tts = ASRServer(), TTSServer()
     asr_addr, tts_addr = serve(asr.app), serve(tts.app)

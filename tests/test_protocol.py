@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from echokit_fast.protocol import (
+from echokit_fast.devices.echokit.protocol import (
     SERVER_EVENT_VARIANTS,
     decode_event,
     encode_audio_chunk,

@@ -13,6 +13,17 @@ from harness import free_port
 from standins import ASRServer, TTSServer, tone
 
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, write_wav
+from echokit_fast.backends.base import BackendError, Speaker, Transcriber
+from echokit_fast.backends.llm.openai import OpenAIChat
+from echokit_fast.backends.remote import (
+    FishSpeaker,
+    GSVSpeaker,
+    OpenAISpeaker,
+    RemoteTranscriber,
+    StreamGSVSpeaker,
+    build_backends,
+    clean_transcript,
+)
 from echokit_fast.config import (
     GSVTTS,
     FishTTS,
@@ -21,17 +32,6 @@ from echokit_fast.config import (
     OpenAITTS,
     StreamGSVTTS,
     parse_config,
-)
-from echokit_fast.engines import BackendError, Speaker, Transcriber
-from echokit_fast.llm import OpenAIChat
-from echokit_fast.remote import (
-    FishSpeaker,
-    GSVSpeaker,
-    OpenAISpeaker,
-    RemoteTranscriber,
-    StreamGSVSpeaker,
-    build_backends,
-    clean_transcript,
 )
 
 

@@ -8,8 +8,13 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echokit_fast.engines import SpeakNow
-from echokit_fast.splitter import SegmentGrouper, SentenceSplitter, speakable, split_segments
+from echokit_fast.backends.base import SpeakNow
+from echokit_fast.conversation.splitter import (
+    SegmentGrouper,
+    SentenceSplitter,
+    speakable,
+    split_segments,
+)
 
 
 def sentences(text: str) -> list[str]:

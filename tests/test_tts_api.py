@@ -14,10 +14,10 @@ import numpy as np
 import openai
 import pytest
 
-from echokit_fast import tts
-from echokit_fast.app import AppContext, create_app
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, read_wav
+from echokit_fast.backends.tts import local as tts
 from echokit_fast.config import LocalTTS, default_config
+from echokit_fast.server.app import AppContext, create_app
 
 TEXT = "Hello from the speech server. This is the second sentence."
 GATED_TEXT = "First we say hello. Then the second one. Then the third one. Then the last."

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from echokit_fast import vad
+from echokit_fast.backends.vad import silero as vad
 
 DATA = Path(__file__).resolve().parent / "data"
 VECTORS = json.loads((DATA / "vad_test_vectors.json").read_text())["vectors"]

@@ -23,9 +23,9 @@ import websockets
 from harness import free_port, spawned_serve
 from websockets.exceptions import InvalidStatus
 
-from echokit_fast import vad
 from echokit_fast.api.vad import CompatStreamingVad, RealtimeVad, ws_params
-from echokit_fast.app import AppContext, create_app
+from echokit_fast.backends.vad import silero as vad
+from echokit_fast.server.app import AppContext, create_app
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE_WAV = (DATA / "vad_fixture_hello16k.wav").read_bytes()

@@ -20,7 +20,9 @@ from harness import free_port, running_server, serve_process
 from standins import ChatServer
 from vdev import Run, vdev
 
-from echokit_fast import asr, audio, tts
+from echokit_fast import audio
+from echokit_fast.backends.asr import local as asr
+from echokit_fast.backends.tts import local as tts
 from echokit_fast.config import LocalASR
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from echokit_fast import tts
-from echokit_fast.app import AppContext, create_app
 from echokit_fast.audio import pcm16_to_float, resample
+from echokit_fast.backends.base import Speaker
+from echokit_fast.backends.tts import local as tts
 from echokit_fast.config import LocalTTS
-from echokit_fast.engines import Speaker
+from echokit_fast.server.app import AppContext, create_app
 
 FOX = "The quick brown fox jumps over the lazy dog."
 

@@ -9,5 +9,10 @@ def service_modules() -> list[ModuleType]:
     """The service modules whose routes `create_app` mounts (imported lazily)."""
     import importlib
 
-    names: list[str] = ["asr", "device", "tts", "vad"]
-    return [importlib.import_module(f"echokit_fast.api.{name}") for name in names]
+    names: list[str] = [
+        "echokit_fast.api.asr",
+        "echokit_fast.api.tts",
+        "echokit_fast.api.vad",
+        "echokit_fast.devices.echokit.routes",
+    ]
+    return [importlib.import_module(name) for name in names]

@@ -28,8 +28,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast.api.common import BodyTooLarge, read_form
-from echokit_fast.app import AppContext
-from echokit_fast.engines import BackendBusy, BackendError
+from echokit_fast.backends.base import BackendBusy, BackendError
+from echokit_fast.server.app import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ApiError(Exception):
 
 async def get_engine(ctx: AppContext) -> Any:
     """The context's ASR engine; a first use loads the model off the event loop."""
-    from echokit_fast.asr import shared
+    from echokit_fast.backends.asr.local import shared
 
     return await asyncio.to_thread(shared, ctx)
 

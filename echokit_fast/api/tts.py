@@ -1,4 +1,4 @@
-"""Text-to-speech over HTTP with the embedded engine (`echokit_fast.tts`).
+"""Text-to-speech over HTTP with the embedded engine (`echokit_fast.backends.tts.local`).
 
 Routes:
 
@@ -47,11 +47,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from echokit_fast import tts
 from echokit_fast.api.common import BodyTooLarge, read_body
-from echokit_fast.app import AppContext
 from echokit_fast.audio import float_to_pcm16, write_wav
-from echokit_fast.engines import BackendBusy, BackendError
+from echokit_fast.backends.base import BackendBusy, BackendError
+from echokit_fast.backends.tts import local as tts
+from echokit_fast.server.app import AppContext
 
 log = logging.getLogger(__name__)
 

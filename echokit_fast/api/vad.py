@@ -1,4 +1,4 @@
-"""silero_vad_server's two routes, on the batched Silero VAD of :mod:`echokit_fast.vad`.
+"""silero_vad_server's two routes, on the batched Silero VAD (:mod:`..backends.vad.silero`).
 
 ``POST /v1/audio/vad``
     multipart/form-data, the first part named ``audio`` (its filename and content type are
@@ -22,10 +22,10 @@
     (iterator mode, default 100), ``min_speech_duration_ms`` (compat mode, default 250).
     Bad values are refused before the upgrade with HTTP 400 and ``{"error": ...}``.
 
-    Every connection is a stream of one shared :class:`~echokit_fast.vad.VadBatcher`: one
-    task per server steps it whenever a stream has a full window, so one model call serves
-    every connection with audio ready (instead of one model copy and one call per
-    connection, as the reference does).
+    Every connection is a stream of one shared
+    :class:`~echokit_fast.backends.vad.silero.VadBatcher`: one task per server steps it
+    whenever a stream has a full window, so one model call serves every connection with
+    audio ready (instead of one model copy and one call per connection, as the reference does).
 
 Differences from silero_vad_server (``../shared/spec/vad-and-tts.md`` §1, §3.8, §5):
 
@@ -81,10 +81,15 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from echokit_fast.api.common import BodyTooLarge, read_form
-from echokit_fast.vad import SileroVad, VadBatcher, WavInputError, speech_timestamps_from_wav
+from echokit_fast.backends.vad.silero import (
+    SileroVad,
+    VadBatcher,
+    WavInputError,
+    speech_timestamps_from_wav,
+)
 
 if TYPE_CHECKING:
-    from echokit_fast.app import AppContext
+    from echokit_fast.server.app import AppContext
 
 log = logging.getLogger(__name__)
 

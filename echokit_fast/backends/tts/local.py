@@ -1,4 +1,4 @@
-"""Embedded text-to-speech engines behind `echokit_fast.engines.Speaker`.
+"""Embedded text-to-speech engines behind `echokit_fast.backends.base.Speaker`.
 
 Two engines share one streaming implementation (`LocalSpeaker`):
 
@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from echokit_fast.audio import RESAMPLE_MAX_RATE, RESAMPLE_MIN_RATE, Resampler, resample
-from echokit_fast.engines import BackendBusy, BackendError, Pcm
+from echokit_fast.backends.base import BackendBusy, BackendError, Pcm
 
 if TYPE_CHECKING:
-    from echokit_fast.app import AppContext
     from echokit_fast.config import LocalTTS
+    from echokit_fast.server.app import AppContext
 
 __all__ = [
     "ENGINES",

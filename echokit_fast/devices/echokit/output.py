@@ -1,6 +1,6 @@
 """Server -> device audio: the frames of one spoken segment (spec §4) and the hello (§4.5).
 
-Every binary frame is built by :mod:`echokit_fast.protocol` (``encode_event`` /
+Every binary frame is built by :mod:`echokit_fast.devices.echokit.protocol` (``encode_event`` /
 ``encode_audio_chunk``), byte-identical to the reference server's.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from echokit_fast.audio import OpusEncoder, float_to_pcm16, read_wav
-from echokit_fast.protocol import encode_audio_chunk, encode_event
+from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
 __all__ = [
     "HELLO_CHUNK",

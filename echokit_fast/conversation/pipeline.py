@@ -9,7 +9,7 @@ its TTS yields them, ``EndAudio``; the next segment's audio (often already synth
 at once. A ``SpeakNow`` item ends the text before it (the segmenter is finished and a fresh one
 started) and is spoken as its own segment.
 
-Failures: a :class:`~echokit_fast.engines.BackendError` of the conversation stops reading
+Failures: a :class:`~echokit_fast.backends.base.BackendError` of the conversation stops reading
 the answer; the segments already made are still spoken, then :class:`TurnFailed` is raised.
 A TTS failure ends the segment (its audio so far, ``EndAudio``) and raises :class:`TurnFailed`
 at once; the rest of the answer is dropped. Cancellation stops everything; nothing started
@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from echokit_fast.device.output import END_AUDIO, AudioOut, start_audio
-from echokit_fast.device.segmenter import SegmenterFactory
-from echokit_fast.device.trace import TurnTrace
-from echokit_fast.engines import BackendError, Conversation, Speaker, SpeakNow
+from echokit_fast.backends.base import BackendError, Conversation, Speaker, SpeakNow
+from echokit_fast.conversation.segmenter import SegmenterFactory
+from echokit_fast.conversation.trace import TurnTrace
+from echokit_fast.devices.echokit.output import END_AUDIO, AudioOut, start_audio
 
 __all__ = ["GENERIC_NOTICE", "ReplyPipeline", "TurnFailed", "aclosing_iter"]
 

@@ -1,6 +1,6 @@
 """Device sessions: one per device id, connections attach to it (spec §1.4, §5.1-5.5, §5.11).
 
-A :class:`Session` owns the device's :class:`~echokit_fast.engines.Conversation` (history),
+A :class:`Session` owns the device's :class:`~echokit_fast.backends.base.Conversation` (history),
 the utterance being listened to and the turn in progress. A WebSocket :class:`Connection`
 attaches to it; a new connection for the same id *pre-empts* the old one: the turn in flight
 is cancelled (LLM stream, TTS synthesis, delivery), the old socket gets one ``EndResponse``
@@ -57,14 +57,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echokit_fast.audio import pcm16_to_float
-from echokit_fast.device import output
-from echokit_fast.device.listen import RoundEnd, RoundTracker, VadParams
-from echokit_fast.device.output import END_AUDIO, END_RESPONSE, END_VAD, AudioOut
-from echokit_fast.device.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
-from echokit_fast.device.segmenter import SegmenterFactory
-from echokit_fast.device.trace import CONNECTIONS, SESSIONS, TurnTrace
-from echokit_fast.engines import Conversation, Speaker, Transcriber, Transcription
-from echokit_fast.protocol import parse_client_command
+from echokit_fast.backends.base import Conversation, Speaker, Transcriber, Transcription
+from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
+from echokit_fast.conversation.segmenter import SegmenterFactory
+from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace
+from echokit_fast.devices.echokit import output
+from echokit_fast.devices.echokit.output import END_AUDIO, END_RESPONSE, END_VAD, AudioOut
+from echokit_fast.devices.echokit.protocol import parse_client_command
+from echokit_fast.turn.vad_rounds import RoundEnd, RoundTracker, VadParams
 
 __all__ = [
     "Backends",
@@ -647,13 +647,13 @@ class SessionManager:
 
     def segmenter_factory(self) -> SegmenterFactory:
         if self._segmenter is None:
-            from echokit_fast.splitter import SegmentGrouper
+            from echokit_fast.conversation.splitter import SegmentGrouper
 
             return SegmentGrouper
         return self._segmenter()
 
     def new_vad_stream(self) -> Any:
-        from echokit_fast.vad import VadStream
+        from echokit_fast.backends.vad.silero import VadStream
 
         p = self.settings.vad
         return VadStream(self._vad_model, threshold=p.threshold, neg_threshold=p.neg_threshold)
@@ -672,7 +672,7 @@ class SessionManager:
                 self._backends = Backends.of(src)
             if self._vad_model is None:
                 if self._vad_model_src is None:
-                    from echokit_fast.vad import SileroVad
+                    from echokit_fast.backends.vad.silero import SileroVad
 
                     self._vad_model = await asyncio.to_thread(SileroVad.shared)
                 else:

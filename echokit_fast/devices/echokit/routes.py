@@ -18,9 +18,10 @@ paths). permessage-deflate is never negotiated: the server must run with
 compressed frames (§1.5).
 
 Context keys (``AppContext``): ``backends`` -- ``(transcriber, speaker,
-conversation_factory)``, built by ``echokit_fast.remote.build_backends(config)`` when not
+conversation_factory)``, built by ``echokit_fast.backends.remote.build_backends(config)`` when not
 installed; ``segmenter`` -- a zero-argument factory of segmenters (default: the §5.8
-splitter and grouping, ``echokit_fast.splitter.SegmentGrouper``); ``device.sessions`` -- the
+splitter and grouping, ``echokit_fast.conversation.splitter.SegmentGrouper``);
+``device.sessions`` -- the
 :class:`SessionManager`; ``device.settings`` -- its :class:`Settings` (VAD from
 ``[asr.vad]``, hello from ``hello_wav``); ``record_dir`` -- the record folder (``[record]
 dir``, default ``./record``); ``device.record_idle_s`` (60).
@@ -37,11 +38,11 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from echokit_fast.app import AppContext
-from echokit_fast.device.listen import VadParams
-from echokit_fast.device.output import load_hello
-from echokit_fast.device.record import record_session, resolve_file, safe_name
-from echokit_fast.device.session import Flags, SessionManager, Settings
+from echokit_fast.conversation.session import Flags, SessionManager, Settings
+from echokit_fast.devices.echokit.output import load_hello
+from echokit_fast.devices.echokit.record import record_session, resolve_file, safe_name
+from echokit_fast.server.app import AppContext
+from echokit_fast.turn.vad_rounds import VadParams
 
 __all__ = ["prepare", "routes"]
 
@@ -49,15 +50,15 @@ RECORD_IDLE_S = 60.0
 
 
 def _build_backends(ctx: AppContext) -> Any:
-    from echokit_fast.remote import build_backends
+    from echokit_fast.backends.remote import build_backends
 
     def local_tts(_cfg: Any) -> Any:
-        from echokit_fast import tts
+        from echokit_fast.backends.tts import local as tts
 
         return tts.shared(ctx)  # the engine the HTTP TTS API serves, loaded once
 
     def local_asr(_cfg: Any) -> Any:
-        from echokit_fast import asr
+        from echokit_fast.backends.asr import local as asr
 
         return asr.shared(ctx)
 
@@ -95,7 +96,7 @@ def _manager(ctx: AppContext) -> SessionManager:
 
 
 def _default_segmenter() -> Any:
-    from echokit_fast.splitter import SegmentGrouper
+    from echokit_fast.conversation.splitter import SegmentGrouper
 
     return SegmentGrouper
 

@@ -66,20 +66,20 @@ def preload(ctx: AppContext) -> None:
     import logging
     import time
 
-    from echokit_fast import vad
+    from echokit_fast.backends.vad import silero as vad
 
     log = logging.getLogger("echokit_fast")
     steps: list[tuple[str, Callable[[], Any]]] = [("Silero VAD", vad.SileroVad.shared)]
     if getattr(ctx.config.asr, "platform", None) == "local":
-        from echokit_fast import asr
+        from echokit_fast.backends.asr import local as asr
 
         steps.append(("Whisper ASR", lambda: asr.shared(ctx)))
     if getattr(ctx.config.tts, "platform", None) == "local":
-        from echokit_fast import tts
+        from echokit_fast.backends.tts import local as tts
 
         steps.append(("TTS", lambda: tts.shared(ctx)))
     if getattr(ctx.config, "layout", None) == "pipeline":
-        from echokit_fast.api import device
+        from echokit_fast.devices.echokit import routes as device
 
         steps.append(("device pipeline", lambda: device.prepare(ctx)))
     for what, load in steps:

@@ -8,7 +8,7 @@ request, chaining and tool rounds are described on those classes.
 :class:`ChatBackend` is created once per process from an :class:`~echokit_fast.config.OpenAIChatLLM`
 and holds what all devices share (the HTTP clients, the 60 s include cache, the MCP tools);
 ``backend.conversation()`` gives one device's :class:`OpenAIChat` (a
-:class:`~echokit_fast.engines.Conversation`): prompts, history and tool calls.
+:class:`~echokit_fast.backends.base.Conversation`): prompts, history and tool calls.
 
 Request (§5.6): ``POST llm.url`` (the full endpoint, used as is), ``User-Agent: curl/7.81.0``,
 ``Authorization: Bearer <api_key>`` only with a key (exactly one ``Bearer``: the config loader
@@ -48,7 +48,7 @@ delta ``first_token_timeout`` (60 s: local servers may load a model first), each
 Tool calls (§6.8): OpenAI-style incremental deltas are assembled by ``index`` (the reference
 executed the first fragment with empty arguments, §10.9); whole calls in one delta (llama.cpp /
 LlamaEdge) work too. MCP tools come from :class:`MCPTools`; while a tool with a
-``call_mcp_message`` runs, that message is yielded as :class:`~echokit_fast.engines.SpeakNow`.
+``call_mcp_message`` runs, that message is yielded as :class:`~echokit_fast.backends.base.SpeakNow`.
 The text before the calls is kept as the content of the assistant ``tool_calls`` message (the
 reference stored ``""`` and lost it).
 """
@@ -71,8 +71,8 @@ import anyio
 import httpx
 import openai
 
+from echokit_fast.backends.base import BackendError, SpeakNow
 from echokit_fast.config import Message, OpenAIChatLLM, OpenAIResponsesLLM
-from echokit_fast.engines import BackendError, SpeakNow
 
 __all__ = [
     "USER_AGENT",
@@ -526,7 +526,7 @@ def _status_error(exc: openai.APIStatusError) -> BackendError:
 
 
 class OpenAIChat:
-    """One device's conversation (a :class:`~echokit_fast.engines.Conversation`)."""
+    """One device's conversation (a :class:`~echokit_fast.backends.base.Conversation`)."""
 
     def __init__(self, backend: ChatBackend) -> None:
         self.backend = backend
@@ -779,7 +779,7 @@ class _Turn:
 
 class OpenAIResponses:
     """One device's ``openai_responses`` conversation (a
-    :class:`~echokit_fast.engines.Conversation`). The provider keeps the history: each turn
+    :class:`~echokit_fast.backends.base.Conversation`). The provider keeps the history: each turn
     chains to the previous one by ``previous_response_id``.
 
     * The first turn (and the first after :meth:`reset`) sends no ``previous_response_id``;
@@ -788,7 +788,7 @@ class OpenAIResponses:
       so the reference (which sends them on the first turn only) loses its system prompt from
       the second turn on.
     * Tool calls (fixed, §10.8): when a response ends with ``function_call`` items, each
-      call's ``call_mcp_message`` is yielded as :class:`~echokit_fast.engines.SpeakNow`, the
+      call's ``call_mcp_message`` is yielded as :class:`~echokit_fast.backends.base.SpeakNow`, the
       tool runs through MCP, and a new request chained to *that* response's id posts the
       ``function_call_output`` items; its stream is read on (at most ``MAX_TOOL_ROUNDS``).
     * A failed, cut or cancelled turn leaves :attr:`previous_id` at the last completed turn,

@@ -191,9 +191,9 @@ def split_segments(deltas: list[str] | tuple[str, ...] | str) -> list[str]:
 async def speakable(items: AsyncIterable[str | T]) -> AsyncIterator[str | T]:
     """TTS segments of a conversation reply, in order.
 
-    ``items`` is what :meth:`~echokit_fast.engines.Conversation.reply` yields: text deltas
+    ``items`` is what :meth:`~echokit_fast.backends.base.Conversation.reply` yields: text deltas
     (grouped into segments here) and other items such as
-    :class:`~echokit_fast.engines.SpeakNow`, which are passed through in order: the text
+    :class:`~echokit_fast.backends.base.SpeakNow`, which are passed through in order: the text
     before one is flushed first (so it is spoken before it), and the text after it starts a
     new response (its first sentence again goes alone).
     """

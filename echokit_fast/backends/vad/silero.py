@@ -63,7 +63,7 @@ __all__ = [
     "speech_timestamps_from_wav",
 ]
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"  # echokit_fast/assets
 #: sha256 of every shipped model file; checked on load.
 MODEL_SHA256: dict[str, str] = {
     # upstream files, unmodified (silero-vad 6.2.3 / 5.1.2 wheels, silero_vad/data/silero_vad.onnx)
