@@ -12,7 +12,7 @@ from echokit_fast import __version__
 
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: an ephemeral port
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 
@@ -171,6 +171,7 @@ def cmd_vad(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from echokit_fast.backends.remote import unsupported
     from echokit_fast.config import ConfigError, load_config, summary
 
     try:
@@ -184,6 +185,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"warning: {issue}", file=sys.stderr)
     for issue in loaded.notes:
         print(f"note: {issue}", file=sys.stderr)
+    # Whatever `serve` would refuse at start-up is an error here too, in the same words.
+    problems = unsupported(loaded.config)
+    if problems:
+        print(f"{args.path}: cannot be served", file=sys.stderr)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
     print(f"{args.path}: OK")
     print(summary(loaded))
     if loaded.warnings:
@@ -253,6 +261,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         config = default_config(llm_url=args.llm_url)
         source = "embedded default"
+    if args.listen:  # the summary names the address really listened on
+        host, port = args.listen
+        config = config.model_copy(update={"addr": f"{host}:{port}"})
     logging.getLogger(__name__).info("config: %s\n%s", source, summary(config))
 
     import uvicorn
@@ -274,7 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     app = create_app(context=ctx)
 
-    host, port = args.listen or config.listen
+    host, port = config.listen
     # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
     uvicorn.run(
         app,

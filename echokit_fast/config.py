@@ -779,9 +779,10 @@ def _expand_tree(data: Any, path: Path_, env: Mapping[str, str], out: list[tuple
 
 
 def split_host_port(value: str) -> tuple[str, int]:
-    """``"0.0.0.0:8080"`` -> ``("0.0.0.0", 8080)``; ``[::1]:80`` -> ``("::1", 80)``."""
+    """``"0.0.0.0:8080"`` -> ``("0.0.0.0", 8080)``; ``[::1]:80`` -> ``("::1", 80)``.
+    Port 0 asks the system for an ephemeral port (the one bound is logged at start-up)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"expected HOST:PORT (e.g. 0.0.0.0:8080), got {value!r}")
     return host.strip("[]"), int(port)
 

@@ -1067,7 +1067,8 @@ def test_locator_follows_toml_structure() -> None:
 
 def test_split_host_port() -> None:
     assert split_host_port("0.0.0.0:8080") == ("0.0.0.0", 8080)
-    for bad in ("8080", ":80", "h:0", "h:70000", "h:x"):
+    assert split_host_port("127.0.0.1:0") == ("127.0.0.1", 0)  # an ephemeral port
+    for bad in ("8080", ":80", "h:-1", "h:70000", "h:x"):
         with pytest.raises(ValueError, match="HOST:PORT"):
             split_host_port(bad)
 

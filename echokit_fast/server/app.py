@@ -36,6 +36,8 @@ class AppContext:
         self.max_body_bytes = max_body_bytes or DEFAULT_MAX_BODY_BYTES
         self._engines: dict[str, Any] = {}
         self._lock = threading.Lock()
+        #: set once `preload` has loaded every configured engine (GET /ready answers 200)
+        self.ready = False
 
     def get(self, key: str, factory: Callable[[], T]) -> T:
         engine = self._engines.get(key)
@@ -86,17 +88,34 @@ def preload(ctx: AppContext) -> None:
         t0 = time.perf_counter()
         load()
         log.info("%s ready in %.2f s", what, time.perf_counter() - t0)
+    ctx.ready = True
 
 
 async def version(_request: Request) -> JSONResponse:
     return JSONResponse({"version": __version__})
 
 
+async def health(_request: Request) -> JSONResponse:
+    """200 while the process serves (a liveness probe)."""
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """200 once the configured engines are loaded, 503 before (a readiness probe)."""
+    if request.app.state.ctx.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
 def create_app(config: Config | None = None, *, context: AppContext | None = None) -> Starlette:
     from echokit_fast import api
 
     ctx = context if context is not None else AppContext(config)
-    routes: list[BaseRoute] = [Route("/version", version, methods=["GET"])]
+    routes: list[BaseRoute] = [
+        Route("/version", version, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+    ]
     for module in api.service_modules():
         routes.extend(module.routes(ctx))
     app = Starlette(routes=routes)
