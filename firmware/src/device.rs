@@ -106,6 +106,8 @@ pub struct Device {
     active: bool,
     records: Vec<TurnSummary>,
     replies: Vec<Vec<i16>>,
+    /// Per turn: when its last frame was sent.
+    last_frame: Vec<Option<f64>>,
     in_segment: bool,
     got_asr: bool,
     mic: Option<MicRun>,
@@ -237,6 +239,7 @@ impl Device {
             active: false,
             records: Vec::new(),
             replies: Vec::new(),
+            last_frame: Vec::new(),
             in_segment: false,
             got_asr: false,
             mic: None,
@@ -276,7 +279,10 @@ impl Device {
         }
         let mut error = result.err();
         for (i, rec) in self.records.iter_mut().enumerate() {
-            if let (Some(a), Some(b)) = (rec.t_first_audio, rec.t_last_speech_frame) {
+            // From the audible end of the speech (the server usually ends the
+            // turn before the WAV's trailing silence is sent).
+            rec.t_audible_end = rec.t_audible_end.or(self.last_frame[i]);
+            if let (Some(a), Some(b)) = (rec.t_first_audio, rec.t_audible_end) {
                 rec.first_audio_latency = Some(secs(a - b));
             }
             if let (Some(dir), Some(_)) = (&self.dir, rec.t_start_chat) {
@@ -630,6 +636,7 @@ impl Device {
             ..Default::default()
         });
         self.replies.push(Vec::new());
+        self.last_frame.push(None);
         self.mic = Some(MicRun {
             mic: Mic::new(
                 input.speech.clone(),
@@ -660,10 +667,15 @@ impl Device {
             bytes.extend_from_slice(&s.to_le_bytes());
         }
         self.send(Message::binary(bytes)).await?;
-        self.log(
+        let t = self.log(
             "frame",
             json!({"samples": f.samples.len(), "speech": f.speech}),
         );
+        self.last_frame[self.turn - 1] = Some(t);
+        if f.audible_end && self.records[self.turn - 1].t_audible_end.is_none() {
+            let t = self.log("audible_end", json!({}));
+            self.records[self.turn - 1].t_audible_end = Some(t);
+        }
         if f.last_speech {
             let t = self.log("last_speech_frame", json!({}));
             self.records[self.turn - 1].t_last_speech_frame = Some(t);

@@ -40,6 +40,19 @@ pub fn voice_onset_start(speech: &[i16], block: usize) -> usize {
     }
 }
 
+/// A sample louder than this (about -40 dBFS, the onset level) is audible.
+pub const AUDIBLE_LEVEL: i16 = 328;
+
+/// The audible end of a recording: one past its last sample louder than
+/// `AUDIBLE_LEVEL` (trailing silence and quiet noise excluded). A recording
+/// with no audible sample ends at its last sample.
+pub fn audible_end(speech: &[i16]) -> usize {
+    speech
+        .iter()
+        .rposition(|&s| s.unsigned_abs() > AUDIBLE_LEVEL.unsigned_abs())
+        .map_or(speech.len(), |i| i + 1)
+}
+
 /// What one microphone block produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MicOut {
@@ -58,6 +71,8 @@ pub struct Frame {
     pub speech: bool,
     /// The frame holds the WAV's last sample.
     pub last_speech: bool,
+    /// The frame holds the WAV's last audible sample ([`audible_end`]).
+    pub audible_end: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +94,8 @@ pub struct Mic {
     mode: Mode,
     chat_started: bool,
     uploaded: usize,
+    /// [`audible_end`] of `speech`, computed once.
+    audible_end: usize,
 }
 
 impl Mic {
@@ -87,6 +104,7 @@ impl Mic {
     pub fn new(speech: Arc<[i16]>, block: usize, speed: f64, accumulate: bool) -> Mic {
         assert!(block > 0, "block size must be positive");
         Mic {
+            audible_end: audible_end(&speech),
             speech,
             block,
             speed,
@@ -185,6 +203,9 @@ impl Mic {
                     out.push(MicOut::Frame(Frame {
                         speech: first < n,
                         last_speech: n > 0 && first < n && n <= captured,
+                        audible_end: n > 0
+                            && first < self.audible_end
+                            && self.audible_end <= captured,
                         samples,
                     }));
                 }
@@ -302,6 +323,43 @@ mod tests {
     }
 
     #[test]
+    fn audible_end_ignores_trailing_silence_and_quiet_noise() {
+        let mut wav: Vec<i16> = ramp(10_000).to_vec();
+        wav.extend((0..5000).map(|i| if i % 2 == 0 { 300 } else { -300 }));
+        wav.extend([0i16; 20_000]);
+        assert_eq!(audible_end(&wav), 10_000);
+        assert_eq!(audible_end(&[0, -329, 0, 0]), 2);
+        assert_eq!(audible_end(&[0i16; 50]), 50);
+        assert_eq!(audible_end(&[]), 0);
+        // The frame flag: the audible end (10000) is in frame 1 (8192..16384),
+        // the WAV's last sample (34999) in frame 4 (32768..40960).
+        let mut mic = Mic::new(wav.into(), 256, 1.0, false);
+        let frames: Vec<Frame> = run(&mut mic, 200)
+            .into_iter()
+            .flat_map(|(_, _, o)| o)
+            .filter_map(|o| match o {
+                MicOut::Frame(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let flags: Vec<(bool, bool)> = frames
+            .iter()
+            .map(|f| (f.audible_end, f.last_speech))
+            .collect();
+        assert_eq!(
+            flags[..6],
+            [
+                (false, false),
+                (true, false),
+                (false, false),
+                (false, false),
+                (false, true),
+                (false, false)
+            ]
+        );
+    }
+
+    #[test]
     fn short_speech_is_the_last_speech_frame_at_once() {
         // 100 samples: the first frame holds them all.
         let mut mic = Mic::new(ramp(100), 256, 1.0, false);
@@ -309,7 +367,7 @@ mod tests {
         let MicOut::Frame(f) = &steps[1].2[0] else {
             panic!()
         };
-        assert!(f.speech && f.last_speech);
+        assert!(f.speech && f.last_speech && f.audible_end);
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct TurnSummary {
     pub reply_wav: Option<String>,
     pub t_start_chat: Option<f64>,
     pub t_last_speech_frame: Option<f64>,
+    /// The frame with the WAV's audible end was sent, or (the upload stopped
+    /// before it) the last frame of the turn was.
+    pub t_audible_end: Option<f64>,
     pub t_end_vad: Option<f64>,
     pub t_first_audio: Option<f64>,
     pub t_end_response: Option<f64>,

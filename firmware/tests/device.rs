@@ -17,6 +17,68 @@ fn s(p: &std::path::Path) -> String {
 }
 
 #[tokio::test]
+async fn first_audio_latency_from_the_audible_end_when_trailing_silence_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // 1 s of speech, then 2 s of silence: the WAV's last sample would be in
+    // frame 5 (40960..49152), the audible end is in frame 1 (8192..16384).
+    let mut wav = speech(16_000);
+    wav.extend(std::iter::repeat_n(0i16, 32_000));
+    let wav = write_wav(dir.path(), "q.wav", &wav, 16_000, 1);
+    let mut srv = server().await;
+    let dev = spawn_device(&[
+        "--server",
+        &srv.url,
+        "--no-hello",
+        "--speed",
+        "10",
+        "--gap",
+        "0",
+        "--quiet",
+        "--out",
+        &s(&out),
+        &s(&wav),
+    ]);
+    let mut c = srv.accept().await;
+    c.start_chat().await;
+    // The server ends the turn once the speech is in, long before the
+    // trailing silence is.
+    c.frames_until(16_384).await;
+    c.send(&Ev::EndVad).await;
+    c.send(&asr("what is the time")).await;
+    segment(&mut c, "It is noon.", 2, &[1]).await;
+    c.send(&Ev::EndResponse).await;
+
+    let sum = dev.await.unwrap();
+    assert!(sum.ok, "{sum:?}");
+    let t = &sum.devices[0].turns[0];
+    assert_eq!(t.speech_samples, 48_000);
+    assert!(t.end_vad);
+    assert_eq!(t.t_last_speech_frame, None, "{t:?}");
+    let (start, ae, vad, fa) = (
+        t.t_start_chat.unwrap(),
+        t.t_audible_end.unwrap(),
+        t.t_end_vad.unwrap(),
+        t.t_first_audio.unwrap(),
+    );
+    assert!(start <= ae && ae <= vad && vad <= fa, "{t:?}");
+    let lat = t.first_audio_latency.expect("first_audio_latency present");
+    assert!(lat >= 0.0, "{t:?}");
+    assert!(lat < fa - start, "{t:?}");
+    assert!((lat - (fa - ae)).abs() < 1e-5, "{t:?}");
+    // The audible_end event marks the second frame.
+    let ev = events(&out);
+    let n = names(&ev);
+    let frames_before = n
+        .iter()
+        .take_while(|x| *x != "audible_end")
+        .filter(|x| *x == "frame")
+        .count();
+    assert_eq!(frames_before, 2, "{n:?}");
+    assert!(!n.iter().any(|x| x == "last_speech_frame"), "{n:?}");
+}
+
+#[tokio::test]
 async fn full_turn_summary_events_and_reply_wav() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -97,7 +159,10 @@ async fn full_turn_summary_events_and_reply_wav() {
         t.t_end_response.unwrap(),
     );
     assert!(a <= b && b <= c_ && c_ <= d_ && d_ <= e, "{t:?}");
-    assert!((t.first_audio_latency.unwrap() - (d_ - b)).abs() < 1e-5);
+    // No trailing silence: the audible end is the WAV's end.
+    let ae = t.t_audible_end.unwrap();
+    assert!(a <= ae && ae <= b, "{t:?}");
+    assert!((t.first_audio_latency.unwrap() - (d_ - ae)).abs() < 1e-5);
 
     // summary.json is the same document.
     let doc: serde_json::Value =
@@ -111,6 +176,7 @@ async fn full_turn_summary_events_and_reply_wav() {
         "connect",
         "connected",
         "start_chat",
+        "audible_end",
         "last_speech_frame",
         "end_vad",
         "asr",
