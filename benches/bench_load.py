@@ -103,7 +103,7 @@ def _round(addr: str, question: Path, out: Path, first: bool, devices: int) -> l
 def test_devices_talking_at_once_ours(benchmark, server, question, tmp_path, load_devices) -> None:
     addr, proc = server
     n = load_devices
-    benchmark.group = f"load: {n} virtual devices, last speech frame -> first audio"
+    benchmark.group = f"load: {n} virtual devices, audible end of speech -> first audio"
     rss = [proc.rss_bytes()]
     turns: list[dict] = []
 
