@@ -12,9 +12,13 @@ from harness import free_port, spawned_serve
 import echokit_fast
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "echokit_fast", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "echokit_fast", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
 
 
@@ -92,13 +96,7 @@ def test_check_config_and_serve_agree_on_every_example_config(data_dir) -> None:
     env.pop("CONFIG_PATH", None)
     refused = accepted = 0
     for path in sorted((data_dir / "configs").rglob("*.toml")):
-        check = subprocess.run(
-            [sys.executable, "-m", "echokit_fast", "check-config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        check = run_cli("check-config", str(path), env=env)
         if "invalid configuration" in check.stderr:
             continue  # not a loadable config at all (serve refuses it too, tested elsewhere)
         problems = [
@@ -111,13 +109,7 @@ def test_check_config_and_serve_agree_on_every_example_config(data_dir) -> None:
             accepted += 1
             continue
         assert check.returncode == 1 and problems, (path, check.stdout, check.stderr)
-        serve = subprocess.run(
-            [sys.executable, "-m", "echokit_fast", "serve", str(path), "--listen", "127.0.0.1:1"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        serve = run_cli("serve", str(path), "--listen", "127.0.0.1:1", env=env)
         assert serve.returncode == 2, (path, serve.stderr)
         for problem in problems:
             assert f"echokit-fast serve: {path}: {problem}" in serve.stderr, (path, problem)
