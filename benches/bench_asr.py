@@ -35,8 +35,9 @@ import numpy as np
 import pytest
 
 from echokit_fast import audio
-from echokit_fast.backends.asr import local as asr
-from echokit_fast.config import LocalASR, VadConfig
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.asr.local import engine as asr
+from echokit_fast.backends.schema import VadConfig
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality

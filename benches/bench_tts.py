@@ -34,7 +34,7 @@ import pytest
 from hibari import Hibari
 
 from echokit_fast.audio import pcm16_to_float
-from echokit_fast.backends.tts import local as tts
+from echokit_fast.backends.tts.local import engine as tts
 
 TEXT = (
     "Sure, here is a quick answer to your question about the weather tomorrow. "

@@ -112,9 +112,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     import asyncio
 
     from echokit_fast.api.asr import decode_upload
-    from echokit_fast.backends.asr.local import LocalWhisper, ModelNotFound
+    from echokit_fast.backends.asr.local import LocalASR
+    from echokit_fast.backends.asr.local.engine import LocalWhisper, ModelNotFound
     from echokit_fast.backends.base import BackendError
-    from echokit_fast.config import LocalASR
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)
@@ -171,7 +171,7 @@ def cmd_vad(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from echokit_fast.backends.remote import unsupported
+    from echokit_fast.backends.registry import unsupported
     from echokit_fast.config import ConfigError, load_config, summary
 
     try:
@@ -204,7 +204,7 @@ def cmd_say(args: argparse.Namespace) -> int:
 
     from echokit_fast.audio import write_wav
     from echokit_fast.backends.base import BackendError
-    from echokit_fast.backends.tts import local as tts
+    from echokit_fast.backends.tts.local import engine as tts
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
     try:
@@ -268,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from echokit_fast.backends.remote import unsupported
+    from echokit_fast.backends.registry import unsupported
     from echokit_fast.server.app import AppContext, create_app, preload
 
     problems = unsupported(config)

@@ -9,35 +9,24 @@ problem, e.g.::
     config.toml:12: tts.platform: unknown platform 'elevenlabs2' (did you mean 'elevenlabs'?
     expected one of openai (Openai, OpenAI), groq (Groq), ...)
 
-Schema (as echokit_server 0.3.2, spec §7)
------------------------------------------
+Schema (as echokit_server 0.3.2)
+-------------------------------
 Top level: ``addr`` (``HOST:PORT``, required in a file; ``serve --listen`` overrides it),
 ``hello_wav`` (optional), ``[record] callback_url`` (optional). The AI *layout* is chosen by the
 sections present, in the reference's order: ``pipeline`` (``[llm]`` + ``[tts]`` + ``[asr]``),
 ``claude`` (``[claude]`` + ``[asr]`` + ``[tts]``), ``gemini_tts`` (``[gemini]`` + ``[tts]``),
 ``gemini`` (``[gemini]``). ``[llm]``, ``[tts]`` and ``[asr]`` are tagged by ``platform``; every
 platform name and alias of the reference is accepted (``openai_chat``/``OpenAIChat``,
-``stream_gsv``/``StreamGSV``, ``whisper``/``openai``, ...; see ``LLM_PLATFORMS``,
-``TTS_PLATFORMS``, ``ASR_PLATFORMS``).
+``stream_gsv``/``StreamGSV``, ``whisper``/``openai``, ...): each platform's module under
+``echokit_fast/backends/`` defines its section model and registers its spellings with
+:mod:`echokit_fast.backends.registry`, which this loader reads.
 
 Our own platforms (the embedded engines)
 ----------------------------------------
-``[asr] platform = "local"`` — in-process Whisper (faster-whisper / CTranslate2):
-
-* ``model`` (``"base"``): a model name, a local model directory, or the installed model package;
-* ``language`` (alias ``lang``): pin one language (``"en"``); ``""``/``"auto"`` = detect;
-  or ``languages = ["en", "zh"]``: detect, but only among these (short clips are often
-  misdetected otherwise). Not both;
-* ``device``: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``;
-* ``compute_type`` (``"int8"``), ``cpu_threads`` (``0`` = the library's default),
-  ``beam_size`` (``1``, greedy: lowest latency), ``prompt`` (``""``, initial prompt);
-* ``[asr.vad]`` as for the ``openai`` platform.
-
-``[tts] platform = "local"`` — in-process TTS: ``engine`` = ``"hibari"`` (default, English,
-24 kHz) or ``"piper"`` (optional extra); ``voice`` (alias ``speaker``; engine default when
-omitted); ``speed`` (``1.0``, 0.25–4).
-
-``[llm]`` stays OpenAI-compatible (``openai_chat`` pointing at any local server).
+``[asr] platform = "local"`` (in-process Whisper, :mod:`echokit_fast.backends.asr.local`) and
+``[tts] platform = "local"`` (hibari or Piper, :mod:`echokit_fast.backends.tts.local`); their
+keys are described there. ``[llm]`` stays OpenAI-compatible (``openai_chat`` pointing at any
+local server).
 
 Embedded default (no config file): local ASR + local TTS + ``openai_chat`` at ``--llm-url`` /
 ``OPENAI_BASE_URL`` (default ``http://localhost:9091/v1``; ``/chat/completions`` is appended),
@@ -57,24 +46,24 @@ Where we differ from the reference (on purpose)
   variable is unset *or empty*. An unset variable without a default is an error naming the
   variable, the key and the line. ``$${`` is a literal ``${``; any other ``$`` is left alone
   (``$HOME`` is *not* expanded: only the braced form is).
-* ``api_key = "Bearer xyz"`` (the gaia example, spec §10.14) is stored as ``xyz`` with a note,
+* ``api_key = "Bearer xyz"`` (the gaia example) is stored as ``xyz`` with a note,
   so requests carry exactly one ``Bearer`` (the reference sends ``Bearer Bearer xyz``). The same
   for ``token`` and ``paraformer_token``.
 * A relative ``hello_wav`` is looked up in the current directory (like the reference), then in
   the config file's directory; if it is missing or unreadable there is a warning and no hello
   (the reference silently sends none). The resolved file is :attr:`Config.hello_path`.
 * ``[tts.text_optimization] url`` pointing at an audio endpoint (``.../audio/transcriptions``,
-  as the reference's ``config_llm_opt.toml`` does, §10.13) is an error: it must be a
+  as the reference's ``config_llm_opt.toml`` does) is an error: it must be a
   chat-completions endpoint. ``prompts`` written as one table instead of an array of tables is
   an error that says so.
 * The OpenAI TTS default model is ``gpt-4o-mini-tts`` (the reference's ``gpt-4o-tts`` is not an
-  OpenAI model, §10.15); ``[gsv] timeout_sec`` must be > 0; ``[asr.vad] threshold`` and
+  OpenAI model); ``[gsv] timeout_sec`` must be > 0; ``[asr.vad] threshold`` and
   ``neg_threshold`` must lie in [0, 1] (then capped/floored as in the reference).
 * When ``[llm]``, ``[tts]`` and ``[asr]`` are all present the pipeline layout is used and its
   errors reported, even if a ``[gemini]`` section would also have matched (the reference would
   silently fall back to it).
 * ``[[llm.mcp_server]]`` is used with ``platform = "openai_responses"`` too (the reference never
-  loaded MCP tools for it, §10.8).
+  loaded MCP tools for it).
 """
 
 from __future__ import annotations
@@ -88,17 +77,15 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from echokit_fast.backends import registry
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
+from echokit_fast.backends.schema import Message, Section, VadConfig
+from echokit_fast.backends.tts.local import LocalTTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,33 +93,13 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = [
-    "ASR_PLATFORMS",
-    "GSVTTS",
-    "LLM_PLATFORMS",
-    "TTS_PLATFORMS",
     "ClaudeConfig",
     "Config",
     "ConfigError",
     "ConfigIssue",
-    "CosyVoiceTTS",
-    "ElevenLabsTTS",
-    "FishTTS",
     "GeminiConfig",
-    "GroqTTS",
     "LoadedConfig",
-    "LocalASR",
-    "LocalTTS",
-    "MCPServer",
-    "Message",
-    "OpenAIASR",
-    "OpenAIChatLLM",
-    "OpenAIResponsesLLM",
-    "OpenAITTS",
-    "ParaformerV2ASR",
     "RecordConfig",
-    "StreamGSVTTS",
-    "TextOptimization",
-    "VadConfig",
     "default_config",
     "expand_env",
     "load_config",
@@ -140,6 +107,8 @@ __all__ = [
     "split_host_port",
     "summary",
 ]
+
+registry.load()  # every platform registers its section model
 
 log = logging.getLogger(__name__)
 
@@ -159,254 +128,7 @@ Path_ = tuple[str | int, ...]
 # --------------------------------------------------------------------------------------------
 
 
-class _Section(BaseModel):
-    """Base of every table: strict types like serde, unknown keys kept (reported as warnings)."""
-
-    model_config = ConfigDict(strict=True, extra="allow", protected_namespaces=())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_spelling(cls, data: Any) -> Any:
-        # `url` and `llm_chat_url` (say) are one key: giving both is ambiguous (serde: duplicate
-        # field). Checked generically for every field that accepts several spellings.
-        if isinstance(data, Mapping):
-            for name, info in cls.model_fields.items():
-                alias = info.validation_alias
-                if isinstance(alias, AliasChoices):
-                    given = [c for c in alias.choices if isinstance(c, str) and c in data]
-                    if len(given) > 1:
-                        raise ValueError(
-                            f"{' and '.join(given)} are the same setting ({name}); give only one"
-                        )
-        return data
-
-
-def _choices(*names: str) -> AliasChoices:
-    return AliasChoices(*names)
-
-
-class Message(_Section):
-    """A chat message (``sys_prompts``, ``dynamic_prompts``, ``prompts``)."""
-
-    role: Literal["system", "user", "assistant", "tool"] = "assistant"
-    content: str = ""
-
-
-class MCPServer(_Section):
-    """One ``[[llm.mcp_server]]``. ``api_key`` is accepted but, as in the reference, unused."""
-
-    server: str
-    type: Literal["http_streamable", "sse"] = "http_streamable"
-    call_mcp_message: str = ""
-    api_key: str = ""
-
-
-class OpenAIChatLLM(_Section):
-    """``[llm] platform = "openai_chat"``: an OpenAI Chat Completions compatible endpoint."""
-
-    platform: Literal["openai_chat"] = "openai_chat"
-    url: str = Field(validation_alias=_choices("url", "llm_chat_url"))
-    api_key: str | None = None
-    model: str = ""
-    history: int = Field(ge=0)
-    sys_prompts: list[Message] = Field(default_factory=list)
-    dynamic_prompts: list[Message] = Field(default_factory=list)
-    prompts_url: str = ""
-    mcp_server: list[MCPServer] = Field(default_factory=list)
-    extra: dict[str, Any] | None = None
-
-
-class OpenAIResponsesLLM(_Section):
-    """``[llm] platform = "openai_responses"``: the OpenAI Responses API."""
-
-    platform: Literal["openai_responses"] = "openai_responses"
-    url: str = Field(
-        default="https://api.openai.com/v1/responses",
-        validation_alias=_choices("url", "llm_responses_url"),
-    )
-    model: str = "gpt-4.1"
-    instructions: str = "You are a helpful assistant."
-    api_key: str = ""
-    sys_prompts: list[Message] = Field(default_factory=list)
-    mcp_server: list[MCPServer] = Field(default_factory=list)
-    extra: dict[str, Any] | None = None
-
-
-class TextOptimization(_Section):
-    """``[tts.text_optimization]``: rewrite each segment through a chat-completions endpoint."""
-
-    url: str
-    api_key: str = ""
-    model: str = ""
-    prompts: list[Message] | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _chat_endpoint(cls, url: str) -> str:
-        path = url.split("?", 1)[0].rstrip("/")
-        if re.search(r"/audio/(transcriptions|translations|speech)$", path):
-            raise ValueError(
-                f"{url!r} is an audio endpoint; text optimisation needs a chat-completions "
-                "endpoint (e.g. https://api.openai.com/v1/chat/completions)"
-            )
-        return url
-
-
-class OpenAITTS(_Section):
-    """``[tts] platform = "openai"`` (aliases ``Openai``, ``OpenAI``)."""
-
-    platform: Literal["openai"] = "openai"
-    api_key: str
-    model: str = "gpt-4o-mini-tts"
-    voice: str = "alloy"
-    url: str = "https://api.openai.com/v1/audio/speech"
-
-
-class GroqTTS(_Section):
-    """``[tts] platform = "groq"`` (alias ``Groq``)."""
-
-    platform: Literal["groq"] = "groq"
-    api_key: str
-    voice: str
-    model: str = "playai-tts"
-    url: str = "https://api.groq.com/openai/v1/audio/speech"
-
-
-class GSVTTS(_Section):
-    """``[tts] platform = "gsv"`` (aliases ``GSV``, ``Stable``): GPT-SoVITS, whole WAV."""
-
-    platform: Literal["gsv"] = "gsv"
-    url: str
-    speaker: str
-    api_key: str = ""
-    timeout_sec: int = Field(default=15, gt=0)
-    text_optimization: TextOptimization | None = None
-
-
-class StreamGSVTTS(_Section):
-    """``[tts] platform = "stream_gsv"`` (alias ``StreamGSV``): GPT-SoVITS, streamed PCM."""
-
-    platform: Literal["stream_gsv"] = "stream_gsv"
-    url: str
-    speaker: str
-    api_key: str = ""
-    text_optimization: TextOptimization | None = None
-
-
-class FishTTS(_Section):
-    """``[tts] platform = "fish"`` (alias ``Fish``): fish.audio."""
-
-    platform: Literal["fish"] = "fish"
-    api_key: str
-    speaker: str
-    url: str = "https://api.fish.audio/v1/tts"
-
-
-class CosyVoiceTTS(_Section):
-    """``[tts] platform = "cosyvoice"`` (alias ``CosyVoice``): Alibaba DashScope."""
-
-    platform: Literal["cosyvoice"] = "cosyvoice"
-    token: str
-    speaker: str | None = None
-    version: Literal["V1", "V2"] = "V2"
-    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
-
-    @property
-    def voice(self) -> str:
-        """The speaker, or the reference's default for the version."""
-        return self.speaker or ("longwan_v2" if self.version == "V2" else "longwan")
-
-
-class ElevenLabsTTS(_Section):
-    """``[tts] platform = "elevenlabs"`` (alias ``Elevenlabs``)."""
-
-    platform: Literal["elevenlabs"] = "elevenlabs"
-    token: str
-    voice: str
-    model_id: str = ""
-    language_code: str = ""
-    url: str = "wss://api.elevenlabs.io/v1/text-to-speech"
-
-    @property
-    def effective_model_id(self) -> str:
-        return self.model_id or "eleven_flash_v2_5"
-
-
-class LocalTTS(_Section):
-    """``[tts] platform = "local"``: the embedded TTS engine (ours)."""
-
-    platform: Literal["local"] = "local"
-    engine: Literal["hibari", "piper"] = "hibari"
-    voice: str | None = Field(default=None, validation_alias=_choices("voice", "speaker"))
-    speed: float = Field(default=1.0, ge=0.25, le=4.0)
-
-
-class VadConfig(_Section):
-    """``[asr.vad]``. After validation ``threshold`` is capped at 0.95 and ``neg_threshold`` is
-    set (default ``threshold - 0.15``) and floored at 0.05, as in the reference."""
-
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-    neg_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_speech_duration_ms: int = Field(default=400, ge=0)
-    max_silence_duration_ms: int = Field(default=200, ge=0)
-    hangover_ms: int = Field(default=500, ge=0)
-
-    @model_validator(mode="after")
-    def _effective(self) -> VadConfig:
-        self.threshold = min(self.threshold, 0.95)
-        neg = self.threshold - 0.15 if self.neg_threshold is None else self.neg_threshold
-        self.neg_threshold = max(neg, 0.05)
-        return self
-
-
-class OpenAIASR(_Section):
-    """``[asr] platform = "openai"`` (aliases ``whisper``, ``Whisper``, ``OpenAI``)."""
-
-    platform: Literal["openai"] = "openai"
-    url: str
-    api_key: str = ""
-    lang: str = ""
-    model: str = ""
-    prompt: str = ""
-    vad: VadConfig = Field(default_factory=VadConfig)
-    vad_url: str | None = None
-    vad_realtime_url: str | None = None
-
-
-class ParaformerV2ASR(_Section):
-    """``[asr] platform = "paraformer_v2"`` (alias ``ParaformerV2``): DashScope realtime ASR."""
-
-    platform: Literal["paraformer_v2"] = "paraformer_v2"
-    paraformer_token: str
-    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
-
-
-class LocalASR(_Section):
-    """``[asr] platform = "local"``: the embedded Whisper engine (ours)."""
-
-    platform: Literal["local"] = "local"
-    model: str = "base"
-    language: str | None = Field(default=None, validation_alias=_choices("language", "lang"))
-    languages: list[str] | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compute_type: str = "int8"
-    cpu_threads: int = Field(default=0, ge=0)
-    beam_size: int = Field(default=1, ge=1)
-    prompt: str = ""
-    vad: VadConfig = Field(default_factory=VadConfig)
-
-    @model_validator(mode="after")
-    def _language(self) -> LocalASR:
-        if self.language is not None and self.language.strip().lower() in ("", "auto"):
-            self.language = None
-        if self.languages is not None and not self.languages:
-            self.languages = None
-        if self.language is not None and self.languages is not None:
-            raise ValueError("give either language (pin one) or languages (allowed set), not both")
-        return self
-
-
-class GeminiConfig(_Section):
+class GeminiConfig(Section):
     """``[gemini]``: Gemini Live."""
 
     api_key: str
@@ -414,31 +136,19 @@ class GeminiConfig(_Section):
     sys_prompts: list[Message] = Field(default_factory=list)
 
 
-class ClaudeConfig(_Section):
+class ClaudeConfig(Section):
     """``[claude]``: the EchoKit-CC bridge."""
 
     url: str
 
 
-class RecordConfig(_Section):
+class RecordConfig(Section):
     """``[record]``. ``dir`` (ours): the folder recordings go to (``record``, relative to the
     current directory like the reference's ``./record``)."""
 
     callback_url: str | None = None
     dir: str = "record"
 
-
-LLMConfig = Annotated[Union[OpenAIChatLLM, OpenAIResponsesLLM], Field(discriminator="platform")]  # noqa: UP007
-TTSConfig = Annotated[
-    Union[  # noqa: UP007
-        OpenAITTS, GroqTTS, GSVTTS, StreamGSVTTS, FishTTS, CosyVoiceTTS, ElevenLabsTTS, LocalTTS
-    ],
-    Field(discriminator="platform"),
-]
-ASRConfig = Annotated[
-    Union[OpenAIASR, ParaformerV2ASR, LocalASR],  # noqa: UP007
-    Field(discriminator="platform"),
-]
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
 
@@ -452,9 +162,10 @@ class Config(BaseModel):
     hello_wav: str | None = None
     record: RecordConfig = Field(default_factory=RecordConfig)
     layout: Layout
-    llm: LLMConfig | None = None
-    tts: TTSConfig | None = None
-    asr: ASRConfig | None = None
+    #: the ``[llm]``, ``[tts]`` and ``[asr]`` sections: each a registered platform's model
+    llm: Section | None = None
+    tts: Section | None = None
+    asr: Section | None = None
     gemini: GeminiConfig | None = None
     claude: ClaudeConfig | None = None
     #: ``hello_wav`` resolved to a readable file, or None (no hello).
@@ -466,29 +177,7 @@ class Config(BaseModel):
         return split_host_port(self.addr)
 
 
-# Platform names: canonical -> (model, accepted spellings). Spellings are exactly the
-# reference's serde variant names and aliases, plus our "local".
-LLM_PLATFORMS: dict[str, tuple[type[_Section], tuple[str, ...]]] = {
-    "openai_chat": (OpenAIChatLLM, ("openai_chat", "OpenAIChat")),
-    "openai_responses": (OpenAIResponsesLLM, ("openai_responses", "OpenAIResponses")),
-}
-TTS_PLATFORMS: dict[str, tuple[type[_Section], tuple[str, ...]]] = {
-    "openai": (OpenAITTS, ("openai", "Openai", "OpenAI")),
-    "groq": (GroqTTS, ("groq", "Groq")),
-    "gsv": (GSVTTS, ("gsv", "GSV", "Stable")),
-    "stream_gsv": (StreamGSVTTS, ("stream_gsv", "StreamGSV")),
-    "fish": (FishTTS, ("fish", "Fish")),
-    "cosyvoice": (CosyVoiceTTS, ("cosyvoice", "CosyVoice")),
-    "elevenlabs": (ElevenLabsTTS, ("elevenlabs", "Elevenlabs")),
-    "local": (LocalTTS, ("local",)),
-}
-ASR_PLATFORMS: dict[str, tuple[type[_Section], tuple[str, ...]]] = {
-    "openai": (OpenAIASR, ("openai", "whisper", "Whisper", "OpenAI")),
-    "paraformer_v2": (ParaformerV2ASR, ("paraformer_v2", "ParaformerV2")),
-    "local": (LocalASR, ("local",)),
-}
-_TAGGED = {"llm": LLM_PLATFORMS, "tts": TTS_PLATFORMS, "asr": ASR_PLATFORMS}
-_PLAIN: dict[str, type[_Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
+_PLAIN: dict[str, type[Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
 _TOP_KEYS = {"addr", "hello_wav", "record", "llm", "tts", "asr", "gemini", "claude"}
 _SECRET_KEYS = ("api_key", "token", "paraformer_token")
 
@@ -874,7 +563,7 @@ class _Loader:
     def note(self, path: Path_, message: str) -> None:
         self.notes.append(self.issue(path, message))
 
-    def validate(self, model: type[_Section], data: Any, path: Path_) -> Any:
+    def validate(self, model: type[Section], data: Any, path: Path_) -> Any:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -890,10 +579,10 @@ class _Loader:
             return None
         if name in _PLAIN:
             return self.validate(_PLAIN[name], raw, (name,))
-        platforms = _TAGGED[name]
+        platforms = registry.platforms(name)
         expected = ", ".join(
-            canon + (f" ({', '.join(a for a in names if a != canon)})" if len(names) > 1 else "")
-            for canon, (_, names) in platforms.items()
+            p.name + (f" ({', '.join(p.spellings[1:])})" if len(p.spellings) > 1 else "")
+            for p in platforms
         )
         tag = raw.get("platform")
         if tag is None:
@@ -902,11 +591,11 @@ class _Loader:
         if not isinstance(tag, str):
             self.error((name, "platform"), f"expected a string, got {_got(tag)}")
             return None
-        for canon, (model, names) in platforms.items():
-            if tag in names:
+        for platform in platforms:
+            if tag in platform.spellings:
                 body = {k: v for k, v in raw.items() if k != "platform"}
-                return self.validate(model, {**body, "platform": canon}, (name,))
-        spellings = [n for _, names in platforms.values() for n in names]
+                return self.validate(platform.config, {**body, "platform": platform.name}, (name,))
+        spellings = [n for p in platforms for n in p.spellings]
         close = [n for n in spellings if n.lower() == tag.lower()] or difflib.get_close_matches(
             tag, spellings, n=1, cutoff=0.75
         )
@@ -980,10 +669,9 @@ class _Loader:
                         f"{model.neg_threshold} is above threshold {model.threshold}: "
                         "speech ends as soon as the probability drops below threshold",
                     )
-        if isinstance(obj, OpenAIASR):
-            for key in ("vad_url", "vad_realtime_url"):
-                if getattr(obj, key):
-                    self.note((name, key), "only used by the deprecated /v1/realtime endpoint")
+        if isinstance(obj, Section):
+            for key, message in obj.load_notes():
+                self.note((name, key), message)
 
 
 def _dig(data: Any, path: Path_) -> Any:

@@ -65,7 +65,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from echokit_fast.audio import float_to_pcm16, write_wav
-from echokit_fast.backends.llm.openai import MCPTool, MCPTools
+from echokit_fast.backends.llm.mcp import MCPTool, MCPTools
 
 __all__ = [
     "ASRServer",

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from asr_helpers import SENTENCES, FakeModel, espeak_wav, wav_mono, wer, word_errors
 
-from echokit_fast.backends.asr import local as asr
-from echokit_fast.backends.asr.local import LocalWhisper, ModelNotFound, resolve_model
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.asr.local import engine as asr
+from echokit_fast.backends.asr.local.engine import LocalWhisper, ModelNotFound, resolve_model
 from echokit_fast.backends.base import BackendBusy, BackendError, Transcriber, Transcription
-from echokit_fast.config import LocalASR
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality

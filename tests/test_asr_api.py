@@ -19,9 +19,9 @@ import pytest
 from asr_helpers import SENTENCES, FakeModel, espeak_wav, wav_mono, wer
 
 from echokit_fast import audio
-from echokit_fast.backends.asr import local as asr
-from echokit_fast.backends.asr.local import LocalWhisper
-from echokit_fast.config import LocalASR
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.asr.local import engine as asr
+from echokit_fast.backends.asr.local.engine import LocalWhisper
 from echokit_fast.server.app import AppContext, create_app
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.

@@ -150,7 +150,7 @@ def test_serve_stops_at_start_up_when_an_embedded_model_is_missing(tmp_path) -> 
 
 def test_preload_builds_the_device_pipeline_before_any_connection(tmp_path) -> None:
     """`serve` preloads: the first device must not wait for the backend clients (~0.7 s)."""
-    from echokit_fast.backends.remote import Backends
+    from echokit_fast.backends.base import Backends
     from echokit_fast.config import parse_config
     from echokit_fast.server.app import AppContext, preload
 

@@ -19,12 +19,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.config import (
     Config,
     ConfigError,
     LoadedConfig,
-    LocalASR,
-    LocalTTS,
     _Locator,
     default_config,
     expand_env,

@@ -13,8 +13,8 @@ import pytest
 from device_fakes import tone
 
 from echokit_fast.audio import OpusDecoder, float_to_pcm16, write_wav
+from echokit_fast.backends.schema import VadConfig
 from echokit_fast.backends.vad.silero import SileroVad, VadStream
-from echokit_fast.config import VadConfig
 from echokit_fast.conversation.session import Flags
 from echokit_fast.conversation.trace import TurnTrace
 from echokit_fast.devices.echokit.output import AudioOut, hello_frames, load_hello

@@ -25,9 +25,10 @@ from device_fakes import Device, name
 from standins import ChatServer
 
 from echokit_fast import audio
-from echokit_fast.backends.asr import local as asr
-from echokit_fast.backends.tts import local as tts
-from echokit_fast.config import LocalASR, default_config
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.asr.local import engine as asr
+from echokit_fast.backends.tts.local import engine as tts
+from echokit_fast.config import default_config
 from echokit_fast.server.app import AppContext, create_app
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.

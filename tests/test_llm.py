@@ -10,14 +10,10 @@ from harness import free_port
 from standins import ChatServer, FakeTools, MCPStandin, tool_call
 
 from echokit_fast.backends.base import BackendError, Conversation, SpeakNow
-from echokit_fast.backends.llm.openai import (
-    ChatBackend,
-    IncludeCache,
-    MCPTool,
-    MCPTools,
-    ToolCallAssembler,
-)
-from echokit_fast.config import MCPServer, OpenAIChatLLM
+from echokit_fast.backends.llm.includes import IncludeCache
+from echokit_fast.backends.llm.mcp import MCPServer, MCPTool, MCPTools
+from echokit_fast.backends.llm.openai_chat import ChatBackend, OpenAIChatLLM
+from echokit_fast.backends.llm.tools import ToolCallAssembler
 
 
 def llm_cfg(addr: str, **kw: Any) -> OpenAIChatLLM:

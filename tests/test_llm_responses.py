@@ -10,10 +10,11 @@ import pytest
 from harness import free_port
 from standins import FakeTools, MCPStandin, ResponsesServer, function_call
 
+from echokit_fast.backends import registry
 from echokit_fast.backends.base import BackendError, Conversation, SpeakNow
-from echokit_fast.backends.llm.openai import ResponsesBackend
-from echokit_fast.backends.remote import SUPPORTED, build_conversations, unsupported
-from echokit_fast.config import OpenAIResponsesLLM, parse_config
+from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM, ResponsesBackend
+from echokit_fast.backends.registry import unsupported
+from echokit_fast.config import parse_config
 
 
 def llm_cfg(addr: str, **kw: Any) -> OpenAIResponsesLLM:
@@ -340,7 +341,7 @@ def test_failure_after_a_tool_round_keeps_the_last_completed_turn(srv):
 
 
 def test_endless_tool_calls_stop_after_the_round_limit(srv):
-    from echokit_fast.backends.llm.openai import MAX_TOOL_ROUNDS
+    from echokit_fast.backends.llm.client import MAX_TOOL_ROUNDS
 
     for i in range(MAX_TOOL_ROUNDS + 1):
         srv.reply([function_call(f"c{i}", "nosuch", "{}")])
@@ -405,7 +406,7 @@ def test_real_mcp_server_tools_end_to_end(srv, serve):
 
 
 def test_serve_accepts_openai_responses(srv):
-    assert "openai_responses" in SUPPORTED["llm"]
+    assert registry.get("llm", "openai_responses").runnable
     text = f"""
 addr = "0.0.0.0:9090"
 [tts]
@@ -423,7 +424,7 @@ url = "http://{srv.addr}/v1/responses"
     assert unsupported(config) == []
 
     async def go():
-        factory = build_conversations(config.llm)
+        factory = registry.get("llm", "openai_responses").build(config.llm, registry.Needs())
         conv = factory("dev")
         out = await collect(conv, "hi")
         await factory.__self__.aclose()

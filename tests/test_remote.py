@@ -13,26 +13,15 @@ from harness import free_port
 from standins import ASRServer, TTSServer, tone
 
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, write_wav
+from echokit_fast.backends.asr.openai import OpenAIASR, RemoteTranscriber, clean_transcript
 from echokit_fast.backends.base import BackendError, Speaker, Transcriber
-from echokit_fast.backends.llm.openai import OpenAIChat
-from echokit_fast.backends.remote import (
-    FishSpeaker,
-    GSVSpeaker,
-    OpenAISpeaker,
-    RemoteTranscriber,
-    StreamGSVSpeaker,
-    build_backends,
-    clean_transcript,
-)
-from echokit_fast.config import (
-    GSVTTS,
-    FishTTS,
-    GroqTTS,
-    OpenAIASR,
-    OpenAITTS,
-    StreamGSVTTS,
-    parse_config,
-)
+from echokit_fast.backends.llm.openai_chat import OpenAIChat
+from echokit_fast.backends.registry import build_backends
+from echokit_fast.backends.tts.fish import FishSpeaker, FishTTS
+from echokit_fast.backends.tts.gsv import GSVTTS, GSVSpeaker
+from echokit_fast.backends.tts.openai import GroqTTS, OpenAISpeaker, OpenAITTS
+from echokit_fast.backends.tts.stream_gsv import StreamGSVSpeaker, StreamGSVTTS
+from echokit_fast.config import parse_config
 
 
 def run(coro):

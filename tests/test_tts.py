@@ -1,4 +1,4 @@
-"""The embedded TTS engine (echokit_fast.backends.tts.local) with real hibari synthesis."""
+"""The embedded TTS engine (echokit_fast.backends.tts.local.engine) with real hibari synthesis."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from echokit_fast.audio import resample
 from echokit_fast.backends.base import BackendBusy, BackendError, Speaker
-from echokit_fast.backends.tts import local as tts
-from echokit_fast.config import LocalTTS
+from echokit_fast.backends.tts.local import LocalTTS
+from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.server.app import AppContext
 
 FOX = "The quick brown fox jumps over the lazy dog."
@@ -299,7 +299,7 @@ def test_concurrent_streams_interleave_piece_by_piece():
 
 
 def test_from_config_maps_settings_and_logs_the_load_time(caplog):
-    with caplog.at_level(logging.INFO, logger="echokit_fast.backends.tts.local"):
+    with caplog.at_level(logging.INFO, logger="echokit_fast.backends.tts.local.engine"):
         engine = tts.from_config(LocalTTS(voice="heart", speed=1.25))
     try:
         assert (engine.engine, engine.voice, engine.speed) == ("hibari", "heart", 1.25)

@@ -15,8 +15,9 @@ import openai
 import pytest
 
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, read_wav
-from echokit_fast.backends.tts import local as tts
-from echokit_fast.config import LocalTTS, default_config
+from echokit_fast.backends.tts.local import LocalTTS
+from echokit_fast.backends.tts.local import engine as tts
+from echokit_fast.config import default_config
 from echokit_fast.server.app import AppContext, create_app
 
 TEXT = "Hello from the speech server. This is the second sentence."

@@ -21,9 +21,9 @@ from standins import ChatServer
 from vdev import Run, vdev
 
 from echokit_fast import audio
-from echokit_fast.backends.asr import local as asr
-from echokit_fast.backends.tts import local as tts
-from echokit_fast.config import LocalASR
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.asr.local import engine as asr
+from echokit_fast.backends.tts.local import engine as tts
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality

@@ -101,7 +101,7 @@ class ApiError(Exception):
 
 async def get_engine(ctx: AppContext) -> Any:
     """The context's ASR engine; a first use loads the model off the event loop."""
-    from echokit_fast.backends.asr.local import shared
+    from echokit_fast.backends.asr.local.engine import shared
 
     return await asyncio.to_thread(shared, ctx)
 

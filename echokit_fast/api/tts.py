@@ -1,4 +1,4 @@
-"""Text-to-speech over HTTP with the embedded engine (`echokit_fast.backends.tts.local`).
+"""Text-to-speech over HTTP with the embedded engine (`echokit_fast.backends.tts.local.engine`).
 
 Routes:
 
@@ -50,7 +50,7 @@ from starlette.routing import BaseRoute, Route
 from echokit_fast.api.common import BodyTooLarge, read_body
 from echokit_fast.audio import float_to_pcm16, write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
-from echokit_fast.backends.tts import local as tts
+from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.server.app import AppContext
 
 log = logging.getLogger(__name__)

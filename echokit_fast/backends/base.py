@@ -17,9 +17,9 @@ must propagate promptly and leave nothing running.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -97,7 +97,7 @@ class Conversation(Protocol):
     def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
         """Stream the answer to `user_text` as text deltas (and SpeakNow items).
 
-        History is updated as echokit_server does (spec §5.6): the user message is
+        History is updated as echokit_server does: the user message is
         added first; the assistant message only when the stream completes.
         Raises BackendError.
         """
@@ -106,3 +106,31 @@ class Conversation(Protocol):
     def reset(self) -> None:
         """Back to the configured prompts (a non-reconnect connection)."""
         ...
+
+
+# --- all three -----------------------------------------------------------------
+
+
+class Backends(NamedTuple):
+    """What a conversation engine talks to; unpacks as ``(transcriber, speaker, factory)``.
+    ``conversation_factory(device_id)`` gives one device's :class:`Conversation`."""
+
+    transcriber: Transcriber
+    speaker: Speaker
+    conversation_factory: Callable[[str], Conversation]
+
+    @classmethod
+    def of(cls, value: Any) -> Backends:
+        """``value`` itself, or a ``(transcriber, speaker, conversation_factory)`` tuple."""
+        if isinstance(value, Backends):
+            return value
+        transcriber, speaker, factory = value
+        return cls(transcriber, speaker, factory)
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients of the remote backends."""
+        owner = getattr(self.conversation_factory, "__self__", None)
+        for obj in (self.transcriber, self.speaker, owner):
+            close = getattr(obj, "aclose", None)
+            if close is not None:
+                await close()

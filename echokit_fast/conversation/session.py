@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echokit_fast.audio import pcm16_to_float
-from echokit_fast.backends.base import Conversation, Speaker, Transcriber, Transcription
+from echokit_fast.backends.base import Backends, Conversation, Transcription
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace
@@ -125,20 +125,6 @@ class Flags:
                 )
             values[key] = value == "true"
         return cls(**values)
-
-
-@dataclass(frozen=True)
-class Backends:
-    transcriber: Transcriber
-    speaker: Speaker
-    conversation_factory: Callable[[str], Conversation]
-
-    @classmethod
-    def of(cls, value: Any) -> Backends:
-        if isinstance(value, Backends):
-            return value
-        transcriber, speaker, factory = value
-        return cls(transcriber, speaker, factory)
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,11 @@ def preload(ctx: AppContext) -> None:
     log = logging.getLogger("echokit_fast")
     steps: list[tuple[str, Callable[[], Any]]] = [("Silero VAD", vad.SileroVad.shared)]
     if getattr(ctx.config.asr, "platform", None) == "local":
-        from echokit_fast.backends.asr import local as asr
+        from echokit_fast.backends.asr.local import engine as asr
 
         steps.append(("Whisper ASR", lambda: asr.shared(ctx)))
     if getattr(ctx.config.tts, "platform", None) == "local":
-        from echokit_fast.backends.tts import local as tts
+        from echokit_fast.backends.tts.local import engine as tts
 
         steps.append(("TTS", lambda: tts.shared(ctx)))
     if getattr(ctx.config, "layout", None) == "pipeline":

@@ -18,7 +18,7 @@ paths). permessage-deflate is never negotiated: the server must run with
 compressed frames (§1.5).
 
 Context keys (``AppContext``): ``backends`` -- ``(transcriber, speaker,
-conversation_factory)``, built by ``echokit_fast.backends.remote.build_backends(config)`` when not
+conversation_factory)``, built by ``echokit_fast.backends.registry.build_backends(config)`` when not
 installed; ``segmenter`` -- a zero-argument factory of segmenters (default: the §5.8
 splitter and grouping, ``echokit_fast.conversation.splitter.SegmentGrouper``);
 ``device.sessions`` -- the
@@ -50,15 +50,15 @@ RECORD_IDLE_S = 60.0
 
 
 def _build_backends(ctx: AppContext) -> Any:
-    from echokit_fast.backends.remote import build_backends
+    from echokit_fast.backends.registry import build_backends
 
     def local_tts(_cfg: Any) -> Any:
-        from echokit_fast.backends.tts import local as tts
+        from echokit_fast.backends.tts.local import engine as tts
 
         return tts.shared(ctx)  # the engine the HTTP TTS API serves, loaded once
 
     def local_asr(_cfg: Any) -> Any:
-        from echokit_fast.backends.asr import local as asr
+        from echokit_fast.backends.asr.local import engine as asr
 
         return asr.shared(ctx)
 

@@ -42,9 +42,9 @@ import numpy as np
 
 from echokit_fast.audio import RESAMPLE_MAX_RATE, RESAMPLE_MIN_RATE, Resampler, resample
 from echokit_fast.backends.base import BackendBusy, BackendError, Pcm
+from echokit_fast.backends.tts.local import ENGINES, MAX_SPEED, MIN_SPEED, LocalTTS
 
 if TYPE_CHECKING:
-    from echokit_fast.config import LocalTTS
     from echokit_fast.server.app import AppContext
 
 __all__ = [
@@ -61,9 +61,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("hibari", "piper")
 MAX_PIECE_WORDS = 40  # longer sentences are cut at clauses: bounds first-audio and cancel latency
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 
 class UnknownVoice(ValueError):
@@ -503,8 +501,6 @@ def shared(ctx: AppContext) -> LocalSpeaker:
     """The process-wide local engine of `ctx` (built on first use; blocking: call it
     from a thread in async code). Uses the config's ``[tts]`` section when it is the
     local platform, else the defaults (the HTTP API always serves the local engine)."""
-    from echokit_fast.config import LocalTTS
-
     tts_config = getattr(ctx.config, "tts", None)
     section = tts_config if isinstance(tts_config, LocalTTS) else None
     return ctx.get("tts", lambda: from_config(section))

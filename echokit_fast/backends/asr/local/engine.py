@@ -35,14 +35,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.base import BackendBusy, BackendError, Pcm
-
-if TYPE_CHECKING:
-    from echokit_fast.config import LocalASR
 
 log = logging.getLogger(__name__)
 
@@ -513,8 +511,6 @@ class LocalWhisper:
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> LocalWhisper:
         """Load the model `config` (``[asr] platform = "local"``) names and wrap it."""
-        from echokit_fast.config import LocalASR
-
         cfg = config if config is not None else LocalASR()
         model, resolved = load_model(
             cfg.model,
@@ -716,16 +712,12 @@ def shared(ctx: Any) -> LocalWhisper:
     """The engine of an `AppContext` (key ``"asr"``), shared by the HTTP API and the device
     server; built from the config's ``[asr]`` when it is the local platform, else defaults.
     Blocking on first use (loads the model): call it from a thread in async code."""
-    from echokit_fast.config import LocalASR
-
     cfg = getattr(ctx.config, "asr", None)
     return ctx.get("asr", lambda: shared_engine(cfg if isinstance(cfg, LocalASR) else LocalASR()))
 
 
 def shared_engine(config: LocalASR | None = None, **kwargs: Any) -> LocalWhisper:
     """The process-wide LocalWhisper for `config` (built on first use, then reused)."""
-    from echokit_fast.config import LocalASR
-
     cfg = config if config is not None else LocalASR()
     key = (
         cfg.model,

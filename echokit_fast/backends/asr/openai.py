@@ -1,0 +1,196 @@
+"""``[asr] platform = "openai"`` (aliases ``whisper``, ``Whisper``, ``OpenAI``): any
+OpenAI-compatible ``/v1/audio/transcriptions``.
+
+:class:`RemoteTranscriber` posts exactly as echokit_server does: multipart fields ``file``
+(``audio.wav``, the canonical 44-byte-header 16 kHz WAV), then ``language``, ``model``,
+``prompt`` (each only if non-empty); with an ``api_key`` ``Authorization: Bearer <key>`` and
+``User-Agent: curl/7.81.0``, without one neither; up to 3 attempts of 10 s each. Unlike the
+reference (which ignores the HTTP status) a non-2xx answer is an error: 5xx (and 408/429),
+timeouts, transport errors and unparsable bodies are retried; other 4xx are not. When every
+attempt failed, ``BackendError``. A 2xx JSON body without ``text`` is an empty transcript.
+Post-processing (:func:`clean_transcript`): per line, what follows the first ``"] "`` (Whisper
+timestamps); empty text or text starting with ``(`` (``(music)``) is no speech; then
+Traditional -> Simplified Chinese with OpenCC ``tw2sp`` (the reference uses hanconv ``tw2sp``;
+a no-op for other text); the result is stripped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+from pydantic import Field
+
+from echokit_fast import audio
+from echokit_fast.backends import http, registry
+from echokit_fast.backends.base import Pcm, Transcriber
+from echokit_fast.backends.schema import Section, VadConfig
+
+__all__ = ["OpenAIASR", "RemoteTranscriber", "RemoteTranscription", "clean_transcript"]
+
+log = logging.getLogger(__name__)
+
+ASR_RATE = 16000
+NOTICES = http.Notices("The speech recognizer", "asr")
+
+
+class OpenAIASR(Section):
+    """``[asr] platform = "openai"`` (aliases ``whisper``, ``Whisper``, ``OpenAI``)."""
+
+    platform: Literal["openai"] = "openai"
+    url: str
+    api_key: str = ""
+    lang: str = ""
+    model: str = ""
+    prompt: str = ""
+    vad: VadConfig = Field(default_factory=VadConfig)
+    vad_url: str | None = None
+    vad_realtime_url: str | None = None
+
+    def load_notes(self) -> Iterator[tuple[str, str]]:
+        for key in ("vad_url", "vad_realtime_url"):
+            if getattr(self, key):
+                yield key, "only used by the deprecated /v1/realtime endpoint"
+
+
+_converter: Any = None
+_converter_failed = False
+
+
+def _to_simplified(text: str) -> str:
+    """Traditional (Taiwan) -> Simplified Chinese with OpenCC ``tw2sp``; unchanged if OpenCC
+    is missing (logged once)."""
+    global _converter, _converter_failed
+    if _converter is None and not _converter_failed:
+        try:
+            import opencc
+
+            _converter = opencc.OpenCC("tw2sp")
+        except Exception as exc:  # ImportError, or a build without the tw2sp profile
+            _converter_failed = True
+            log.warning("OpenCC unavailable (%s): transcripts are not converted to Simplified", exc)
+    if _converter is None or not any("\u3400" <= c <= "\u9fff" for c in text):
+        return text
+    return _converter.convert(text)
+
+
+def clean_transcript(text: str) -> str:
+    """The reference's post-processing: timestamps, ``(`` filter, tw2sp, stripped."""
+    lines = [line.split("] ", 1)[1] if "] " in line else line for line in text.splitlines()]
+    text = "\n".join(lines)
+    stripped = text.strip()
+    if not stripped or stripped.startswith("("):
+        return ""
+    return _to_simplified(stripped)
+
+
+class RemoteTranscription:
+    """A transcription running in the background (an asyncio task)."""
+
+    def __init__(self, coro: Any) -> None:
+        self._task = asyncio.ensure_future(coro)
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def result(self) -> str:
+        return await self._task
+
+
+class RemoteTranscriber:
+    """OpenAI-compatible ``/v1/audio/transcriptions`` client (a
+    :class:`~echokit_fast.backends.base.Transcriber`)."""
+
+    def __init__(
+        self,
+        cfg: OpenAIASR,
+        *,
+        attempts: int = 3,
+        attempt_timeout: float = 10.0,
+        retry_delay: float = 0.0,
+    ) -> None:
+        self.cfg = cfg
+        self.attempts = attempts
+        self.attempt_timeout = attempt_timeout
+        self.retry_delay = retry_delay
+        self.headers: dict[str, str] = {}
+        if cfg.api_key:
+            self.headers = {
+                "Authorization": f"Bearer {cfg.api_key}",
+                "User-Agent": http.USER_AGENT,
+            }
+        self.http = http.client(attempt_timeout)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _parts(self, wav: bytes) -> list[tuple[str, tuple[str | None, bytes | str]]]:
+        parts: list[tuple[str, tuple[str | None, bytes | str]]] = [("file", ("audio.wav", wav))]
+        for name, value in (
+            ("language", self.cfg.lang),
+            ("model", self.cfg.model),
+            ("prompt", self.cfg.prompt),
+        ):
+            if value:
+                parts.append((name, (None, value)))
+        return parts
+
+    async def transcribe(self, audio_in: Pcm, *, sample_rate: int = 16000) -> str:
+        """The text of ``audio_in`` ("" for no speech). Raises BackendError."""
+        x = np.asarray(audio_in, dtype=np.float32).reshape(-1)
+        if sample_rate != ASR_RATE:
+            x = audio.resample(x, sample_rate, ASR_RATE)
+        wav = audio.write_wav(x, ASR_RATE)
+        url = self.cfg.url
+        problems: list[str] = []
+        notice = ""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                resp = await self.http.post(
+                    url, files=self._parts(wav), headers=self.headers, timeout=self.attempt_timeout
+                )
+            except httpx.TimeoutException as exc:
+                problems.append(f"attempt {attempt}: timeout ({type(exc).__name__})")
+                notice = NOTICES.timeout
+            except httpx.HTTPError as exc:
+                problems.append(f"attempt {attempt}: {exc!r}")
+                notice = NOTICES.unreachable
+            else:
+                status = resp.status_code
+                if 200 <= status < 300:
+                    try:
+                        data = resp.json()
+                    except ValueError:
+                        problems.append(f"attempt {attempt}: not JSON: {resp.text[:200]!r}")
+                        notice = NOTICES.bad_answer
+                    else:
+                        text = data.get("text") if isinstance(data, dict) else None
+                        return clean_transcript(text if isinstance(text, str) else "")
+                else:
+                    problems.append(f"attempt {attempt}: HTTP {status}: {resp.text[:300]}")
+                    if not http.retryable(status):
+                        raise NOTICES.error(
+                            f"ASR {url}: " + "; ".join(problems), NOTICES.status(status)
+                        )
+                    notice = NOTICES.failed(status)
+            if attempt < self.attempts and self.retry_delay:
+                await asyncio.sleep(self.retry_delay)
+        raise NOTICES.error(
+            f"ASR {url}: all {self.attempts} attempts failed: " + "; ".join(problems), notice
+        )
+
+    def start(self, audio_in: Pcm, *, sample_rate: int = 16000) -> RemoteTranscription:
+        """Begin transcribing now (an asyncio task); ``result()`` later, or ``cancel()``."""
+        return RemoteTranscription(self.transcribe(audio_in, sample_rate=sample_rate))
+
+
+@registry.asr("openai", aliases=["whisper", "Whisper", "OpenAI"], config=OpenAIASR)
+def build(cfg: OpenAIASR, needs: registry.Needs) -> Transcriber:
+    return RemoteTranscriber(cfg)

@@ -1,0 +1,94 @@
+"""The HTTP plumbing every remote backend shares: the client, the notices, the retry policy.
+
+* :func:`client` -- an ``httpx.AsyncClient`` with :data:`LIMITS` (sized for hundreds of
+  devices) and the given timeouts. Create it inside the running event loop; ``aclose()`` it.
+* :class:`Notices` -- what a failed request tells the user, in the words of one backend
+  ("The speech recognizer ..."), for an HTTP status or a transport exception; :meth:`Notices.
+  error` wraps a notice into the :class:`~echokit_fast.backends.base.BackendError` the
+  conversation speaks.
+* :func:`retryable` -- whether a status is worth another attempt (5xx, 408, 429), for the
+  clients that retry (the OpenAI-compatible ASR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from echokit_fast.backends.base import BackendError
+
+__all__ = ["LIMITS", "RETRY_STATUS", "USER_AGENT", "Notices", "client", "retryable"]
+
+#: Connection pool of each backend client. httpx's default (100 connections, 20 kept alive) is
+#: a browser-like client's: with a few hundred devices a TTS stream is held open while its device
+#: plays the audio back, the pool runs dry, and every other device's ASR request queues for a
+#: slot (seen as seconds of latency in benches/bench_load.py). The openai SDK's own limits.
+LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+
+#: The User-Agent echokit_server sends (some providers' gateways expect a known client).
+USER_AGENT = "curl/7.81.0"
+
+#: Client errors that are worth retrying (besides every 5xx).
+RETRY_STATUS = frozenset({408, 429})
+
+
+def client(
+    timeout: float | httpx.Timeout | None, *, follow_redirects: bool = False
+) -> httpx.AsyncClient:
+    """A backend's HTTP client with :data:`LIMITS` and ``timeout``."""
+    return httpx.AsyncClient(timeout=timeout, limits=LIMITS, follow_redirects=follow_redirects)
+
+
+def retryable(status: int) -> bool:
+    """A 5xx, 408 or 429: another attempt may succeed."""
+    return status >= 500 or status in RETRY_STATUS
+
+
+@dataclass(frozen=True)
+class Notices:
+    """The user-facing sentences of one backend. ``subject`` starts each sentence ("The
+    speech synthesizer"); ``cut`` is said when a response broke off (None: such a failure is
+    "not reachable"); ``busy`` gives HTTP 429 its own sentence."""
+
+    subject: str
+    backend: str
+    cut: str | None = None
+    busy: bool = False
+
+    @property
+    def timeout(self) -> str:
+        return f"{self.subject} did not answer in time."
+
+    @property
+    def unreachable(self) -> str:
+        return f"{self.subject} is not reachable."
+
+    @property
+    def bad_answer(self) -> str:
+        return f"{self.subject} sent a bad answer."
+
+    def failed(self, status: int) -> str:
+        return f"{self.subject} failed (HTTP {status})."
+
+    def status(self, status: int) -> str:
+        """The notice for a non-2xx answer: refused key, busy, failed (5xx) or rejected."""
+        if status in (401, 403):
+            return f"{self.subject} refused the API key (HTTP {status})."
+        if self.busy and status == 429:
+            return f"{self.subject} is busy (HTTP 429). Please try again shortly."
+        if status >= 500:
+            return self.failed(status)
+        return f"{self.subject} rejected the request (HTTP {status})."
+
+    def exception(self, exc: BaseException) -> str:
+        """The notice for a transport failure: timeout, cut off, or not reachable."""
+        if isinstance(exc, httpx.TimeoutException):
+            return self.timeout
+        if self.cut is not None and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+            return self.cut
+        return self.unreachable
+
+    def error(self, detail: str, notice: str) -> BackendError:
+        """``BackendError(detail)`` carrying ``notice`` for the user."""
+        return BackendError(detail, notice=notice, backend=self.backend)

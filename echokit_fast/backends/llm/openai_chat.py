@@ -1,0 +1,215 @@
+"""``[llm] platform = "openai_chat"`` (alias ``OpenAIChat``): any OpenAI Chat Completions
+compatible endpoint, streamed.
+
+:class:`ChatBackend` is created once per process and holds what all devices share (the HTTP
+clients, the 60 s include cache, the MCP tools; see :mod:`.client`); ``backend.conversation()``
+gives one device's :class:`OpenAIChat` (a :class:`~echokit_fast.backends.base.Conversation`):
+prompts, history and tool calls.
+
+Request: the body keys in the reference's order: ``stream``, the ``extra`` keys, ``messages``,
+``model`` (omitted when empty); with tools, ``tools`` (the ``extra`` tools plus the MCP tools)
+and ``tool_choice: "auto"``. ``extra`` keys named ``stream``, ``messages`` or ``model`` are
+ignored (ours win, as with the reference's duplicate JSON keys read last-wins). The body is sent
+through the SDK's raw ``post`` so that key order, the endpoint URL and an omitted ``model`` are
+exactly as configured; ``chat.completions.create`` would force a ``model`` and a
+``/chat/completions`` suffix.
+
+History (with the reference's ``history = 0`` bug fixed):
+
+* the history starts as a copy of ``dynamic_prompts`` (few-shot) and ``sys_prompts`` always
+  come first, never trimmed;
+* before a new user message, a dangling user message (previous turn failed or was
+  interrupted) is removed; after appending it, if the history is longer than ``2 x history``,
+  one entry is removed from the front (then any ``tool`` messages left at the front without
+  their assistant ``tool_calls`` message, which every OpenAI-compatible server rejects);
+* the assistant text is appended when the reply completes (only if non-empty, like the
+  reference); on any error or cancellation everything the turn added after the user message
+  (tool calls, tool results) is removed again, so the next turn drops the dangling user message;
+* ``history = 0``: nothing is kept between turns: every request is the prompts
+  (``sys_prompts`` + ``dynamic_prompts``) plus the current user message (and this turn's tool
+  exchange). The reference removed the user message itself, sending only the system prompt.
+
+Prompts (:mod:`.prompts`) are (re)loaded lazily on the first reply after creation or
+:meth:`OpenAIChat.reset` (or eagerly with :meth:`OpenAIChat.load_prompts`).
+
+Tool calls (:mod:`.tools`, :mod:`.mcp`): while a tool with a ``call_mcp_message`` runs, that
+message is yielded as :class:`~echokit_fast.backends.base.SpeakNow`. The text before the calls
+is kept as the content of the assistant ``tool_calls`` message (the reference stored ``""`` and
+lost it).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any, Literal
+
+from pydantic import Field
+
+from echokit_fast.backends import registry
+from echokit_fast.backends.base import Conversation, SpeakNow
+from echokit_fast.backends.llm.client import MAX_TOOL_ROUNDS, OpenAIBackend, stream
+from echokit_fast.backends.llm.errors import tool_loop_error
+from echokit_fast.backends.llm.mcp import MCPServer
+from echokit_fast.backends.llm.prompts import Msg, as_msg, load_prompts
+from echokit_fast.backends.llm.tools import ToolCallAssembler
+from echokit_fast.backends.schema import Message, Section, choices
+
+__all__ = ["ChatBackend", "OpenAIChat", "OpenAIChatLLM"]
+
+
+class OpenAIChatLLM(Section):
+    """``[llm] platform = "openai_chat"``: an OpenAI Chat Completions compatible endpoint."""
+
+    platform: Literal["openai_chat"] = "openai_chat"
+    url: str = Field(validation_alias=choices("url", "llm_chat_url"))
+    api_key: str | None = None
+    model: str = ""
+    history: int = Field(ge=0)
+    sys_prompts: list[Message] = Field(default_factory=list)
+    dynamic_prompts: list[Message] = Field(default_factory=list)
+    prompts_url: str = ""
+    mcp_server: list[MCPServer] = Field(default_factory=list)
+    extra: dict[str, Any] | None = None
+
+
+class ChatBackend(OpenAIBackend):
+    """What all ``openai_chat`` conversations share; :meth:`conversation` gives an
+    :class:`OpenAIChat`."""
+
+    reserved_extra = ("stream", "messages", "model")
+    cfg: OpenAIChatLLM
+
+    def conversation(self, device_id: str | None = None) -> OpenAIChat:
+        return OpenAIChat(self)
+
+    def body(self, messages: list[Msg]) -> Msg:
+        """The request body for ``messages``, keys in the reference's order."""
+        extra = self.extra_with_tools(self.tools.openai_tools())
+        body: Msg = {"stream": True, **extra, "messages": messages}
+        if self.cfg.model:
+            body["model"] = self.cfg.model
+        return body
+
+    async def load_prompts(self) -> tuple[list[Msg], list[Msg]]:
+        """``(sys_prompts, dynamic_prompts)``, see :func:`.prompts.load_prompts`."""
+        return await load_prompts(self.cfg, self.http, self.include_cache)
+
+
+class OpenAIChat:
+    """One device's conversation (a :class:`~echokit_fast.backends.base.Conversation`)."""
+
+    def __init__(self, backend: ChatBackend) -> None:
+        self.backend = backend
+        self.limit = backend.cfg.history
+        self._sys: list[Msg] = [as_msg(m) for m in backend.cfg.sys_prompts]
+        self._dynamic: list[Msg] = [as_msg(m) for m in backend.cfg.dynamic_prompts]
+        self._history: list[Msg] = copy.deepcopy(self._dynamic)
+        self._loaded = False
+
+    # -- prompts and history -----------------------------------------------------------------
+
+    @property
+    def sys_prompts(self) -> list[Msg]:
+        return copy.deepcopy(self._sys)
+
+    @property
+    def history(self) -> list[Msg]:
+        """A copy of the history (without the system prompts)."""
+        return copy.deepcopy(self._history)
+
+    def reset(self) -> None:
+        """Back to the configured prompts; they are (re)loaded before the next reply."""
+        self._history = copy.deepcopy(self._dynamic)
+        self._loaded = False
+
+    async def load_prompts(self) -> None:
+        """(Re)load the prompts now (``prompts_url``, includes) and restart the history."""
+        self._sys, self._dynamic = await self.backend.load_prompts()
+        self._history = copy.deepcopy(self._dynamic)
+        self._loaded = True
+
+    def _add_user(self, text: str) -> None:
+        hist = self._history
+        if self.limit == 0:
+            hist[:] = copy.deepcopy(self._dynamic)
+        elif hist and hist[-1]["role"] == "user":
+            hist.pop()
+        hist.append({"role": "user", "content": text})
+        if self.limit and len(hist) > 2 * self.limit:
+            del hist[0]
+            while len(hist) > 1 and hist[0]["role"] == "tool":
+                del hist[0]
+
+    # -- the reply ---------------------------------------------------------------------------
+
+    async def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
+        """Stream the answer to ``user_text`` (text deltas, SpeakNow items). Raises
+        BackendError; on error or cancellation only the user message stays in the history."""
+        await self.backend.ensure_tools()
+        if not self._loaded:
+            await self.load_prompts()
+        self._add_user(user_text)
+        mark = len(self._history)
+        done = False
+        try:
+            text_all: list[str] = []
+            for _round in range(MAX_TOOL_ROUNDS + 1):
+                text: list[str] = []
+                tools = ToolCallAssembler()
+                async with aclosing(self._complete(tools)) as deltas:
+                    async for delta in deltas:
+                        text.append(delta)
+                        yield delta
+                text_all += text
+                if not tools:
+                    break
+                calls = tools.calls()
+                self._history.append(
+                    {"role": "assistant", "content": "".join(text), "tool_calls": calls}
+                )
+                for call in calls:
+                    name = call["function"]["name"]
+                    tool = self.backend.tools.tools.get(name)
+                    if tool is not None and tool.call_message:
+                        yield SpeakNow(tool.call_message)
+                    contents = await self.backend.tools.call(name, call["function"]["arguments"])
+                    for content in contents:
+                        self._history.append(
+                            {"role": "tool", "content": content, "tool_call_id": call["id"]}
+                        )
+                text_all.clear()
+            else:
+                raise tool_loop_error(MAX_TOOL_ROUNDS)
+            answer = "".join(text_all)
+            if self.limit == 0:
+                self._history[:] = copy.deepcopy(self._dynamic)
+            elif answer:
+                self._history.append({"role": "assistant", "content": answer})
+            done = True
+        finally:
+            if not done:
+                del self._history[mark:]
+
+    async def _complete(self, tools: ToolCallAssembler) -> AsyncIterator[str]:
+        """One streamed completion over the current history: yields content deltas, collects
+        tool-call fragments into ``tools``."""
+        body = self.backend.body(self._sys + self._history)
+        async with aclosing(stream(self.backend, body)) as chunks:
+            async for chunk in chunks:
+                choices = chunk.get("choices")
+                if not choices or not isinstance(choices[0], dict):
+                    continue
+                delta = choices[0].get("delta") or {}
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    yield content
+                fragments = delta.get("tool_calls")
+                if isinstance(fragments, list) and fragments:
+                    tools.add(fragments)
+
+
+@registry.llm("openai_chat", aliases=["OpenAIChat"], config=OpenAIChatLLM)
+def build(cfg: OpenAIChatLLM, needs: registry.Needs) -> Callable[..., Conversation]:
+    return ChatBackend(cfg).conversation

@@ -1,0 +1,86 @@
+"""``[tts] platform = "stream_gsv"`` (alias ``StreamGSV``): GPT-SoVITS, streamed PCM.
+
+JSON ``{speaker, input, sample_rate: 16000}`` -> s16le PCM at 16 kHz as it is synthesised (the
+response's ``rate=`` label is ignored), re-chunked to 0.5 s and resampled to the asked rate.
+``[tts.text_optimization]`` is not implemented yet: it is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+
+from echokit_fast import audio
+from echokit_fast.backends import registry
+from echokit_fast.backends.base import Pcm, Speaker
+from echokit_fast.backends.schema import Section, TextOptimization
+from echokit_fast.backends.tts.gsv import GSV_RATE
+from echokit_fast.backends.tts.speaker import HTTPSpeaker, tts_error
+
+__all__ = ["StreamGSVSpeaker", "StreamGSVTTS"]
+
+log = logging.getLogger(__name__)
+
+
+class StreamGSVTTS(Section):
+    """``[tts] platform = "stream_gsv"`` (alias ``StreamGSV``): GPT-SoVITS, streamed PCM."""
+
+    platform: Literal["stream_gsv"] = "stream_gsv"
+    url: str
+    speaker: str
+    api_key: str = ""
+    text_optimization: TextOptimization | None = None
+
+
+class StreamGSVSpeaker(HTTPSpeaker):
+    """GPT-SoVITS streaming: JSON ``{speaker, input, sample_rate: 16000}`` -> s16le PCM at
+    16 kHz as it is synthesised (the server's ``rate=`` label is ignored), re-chunked to
+    0.5 s; the last piece is whatever remains."""
+
+    CHUNK_BYTES = 16000
+
+    def __init__(self, cfg: StreamGSVTTS, **kw: Any) -> None:
+        super().__init__(cfg.url, **kw)
+        self.cfg = cfg
+        self.name = "stream_gsv"
+        self._warn_text_optimization(cfg)
+
+    async def speak(self, text: str, *, sample_rate: int = 16000) -> AsyncIterator[Pcm]:
+        payload = {"speaker": self.cfg.speaker, "input": text, "sample_rate": GSV_RATE}
+        resampler = audio.Resampler(GSV_RATE, sample_rate) if sample_rate != GSV_RATE else None
+        where = f"TTS stream_gsv {self.url}"
+        try:
+            async with self.http.stream("POST", self.url, json=payload) as resp:
+                if resp.status_code != 200:
+                    detail = (await resp.aread())[:300].decode("utf-8", "replace")
+                    raise tts_error(
+                        f"{where}: HTTP {resp.status_code}: {detail}", status=resp.status_code
+                    )
+                buf = bytearray()
+                async for data in resp.aiter_bytes():
+                    buf += data
+                    while len(buf) >= self.CHUNK_BYTES:
+                        piece = audio.pcm16_to_float(bytes(buf[: self.CHUNK_BYTES]))
+                        del buf[: self.CHUNK_BYTES]
+                        out = resampler.process(piece) if resampler else piece
+                        if len(out):
+                            yield out
+                if len(buf) % 2:
+                    log.warning("%s: odd byte count; the last byte is dropped", where)
+                    del buf[-1:]
+                tail = audio.pcm16_to_float(bytes(buf)) if buf else np.zeros(0, np.float32)
+                if resampler is not None:
+                    tail = np.concatenate([resampler.process(tail), resampler.flush()])
+                if len(tail):
+                    yield tail
+        except httpx.HTTPError as exc:
+            raise tts_error(f"{where}: {exc!r}", exc) from exc
+
+
+@registry.tts("stream_gsv", aliases=["StreamGSV"], config=StreamGSVTTS)
+def build(cfg: StreamGSVTTS, needs: registry.Needs) -> Speaker:
+    return StreamGSVSpeaker(cfg)
