@@ -1,0 +1,66 @@
+"""backends/http.py: the words each backend uses for a failed request, and the retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from echokit_fast.backends import http
+from echokit_fast.backends.asr.openai import NOTICES as ASR
+from echokit_fast.backends.llm.errors import NOTICES as LLM
+from echokit_fast.backends.tts.speaker import NOTICES as TTS
+
+
+@pytest.mark.parametrize(
+    "notices, status, notice",
+    [
+        (ASR, 401, "The speech recognizer refused the API key (HTTP 401)."),
+        (ASR, 404, "The speech recognizer rejected the request (HTTP 404)."),
+        (ASR, 503, "The speech recognizer failed (HTTP 503)."),
+        (TTS, 403, "The speech synthesizer refused the API key (HTTP 403)."),
+        (TTS, 429, "The speech synthesizer rejected the request (HTTP 429)."),
+        (TTS, 500, "The speech synthesizer failed (HTTP 500)."),
+        (LLM, 429, "The language model is busy (HTTP 429). Please try again shortly."),
+        (LLM, 408, "The language model rejected the request (HTTP 408)."),
+        (LLM, 502, "The language model failed (HTTP 502)."),
+    ],
+)
+def test_status_notices(notices, status, notice):
+    assert notices.status(status) == notice
+
+
+def test_exception_notices():
+    request = httpx.Request("GET", "http://x")
+    cut = httpx.ReadError("reset", request=request)
+    assert TTS.exception(httpx.ReadTimeout("t", request=request)) == (
+        "The speech synthesizer did not answer in time."
+    )
+    assert TTS.exception(cut) == "The speech synthesizer's audio was cut off."
+    assert ASR.exception(cut) == "The speech recognizer is not reachable."  # no "cut" for ASR
+    assert ASR.exception(httpx.ConnectError("no", request=request)) == (
+        "The speech recognizer is not reachable."
+    )
+    err = ASR.error("detail", ASR.bad_answer)
+    assert (str(err), err.notice, err.backend) == (
+        "detail",
+        "The speech recognizer sent a bad answer.",
+        "asr",
+    )
+
+
+def test_retry_policy_and_client_limits():
+    assert [s for s in (400, 401, 404, 408, 429, 500, 503) if http.retryable(s)] == [
+        408,
+        429,
+        500,
+        503,
+    ]
+    client = http.client(httpx.Timeout(60.0, connect=10.0))
+    try:
+        assert client.timeout == httpx.Timeout(60.0, connect=10.0)
+        pool = client._transport._pool  # the limits reach the connection pool
+        assert (pool._max_connections, pool._max_keepalive_connections) == (1000, 100)
+    finally:
+        asyncio.run(client.aclose())
