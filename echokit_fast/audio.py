@@ -6,6 +6,11 @@ public API, callers never import `_native` directly.
 
 from __future__ import annotations
 
+import gc
+import io
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
 import numpy as np
 import numpy.typing as npt
 
@@ -99,7 +104,7 @@ def to_mono(x: np.ndarray, channels: int) -> np.ndarray:
 
 # --- WAV (wav) ---
 
-__all__ += ["read_wav", "write_wav"]
+__all__ += ["WavInfo", "read_wav", "wav_info", "write_wav"]
 
 
 def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
@@ -121,6 +126,33 @@ def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
     if isinstance(data, (bytearray, memoryview)):
         return _native.read_wav(_as_u8(data))
     raise ValueError(f"read_wav expects the WAV file as bytes, got {type(data).__name__}")
+
+
+class WavInfo(NamedTuple):
+    """What a WAV header says (:func:`wav_info`)."""
+
+    sample_rate: int
+    channels: int
+    #: the frames :func:`read_wav` would return
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.frames / self.sample_rate
+
+
+def wav_info(data: bytes | bytearray | memoryview) -> WavInfo:
+    """The header of an in-memory WAV file, without decoding a sample.
+
+    Validated exactly as :func:`read_wav` validates it (the same ValueErrors), so a
+    caller can refuse a file by its rate or length before paying for its samples.
+    """
+    if isinstance(data, bytes):
+        return WavInfo(*_native.wav_info(data))
+    if isinstance(data, (bytearray, memoryview)):
+        return WavInfo(*_native.wav_info(_as_u8(data)))
+    raise ValueError(f"wav_info expects the WAV file as bytes, got {type(data).__name__}")
 
 
 def write_wav(x: np.ndarray, sample_rate: int, *, bits: int = 16) -> bytes:
@@ -332,4 +364,157 @@ __all__ += [
     "VOWEL_O",
     "VOWEL_U",
     "vowel_of",
+]
+
+# --- Decoding audio files, bounded (WAV natively, other containers through PyAV) ---
+
+#: Sample rates :func:`decode_file` accepts; a header outside them is refused before any
+#: sample is decoded (a "1 Hz" WAV of 1 KB would otherwise be 10 minutes at 16 kHz).
+DECODE_MIN_RATE = 1000
+DECODE_MAX_RATE = 384000
+#: The rate containers decoded by PyAV come out at (Whisper's).
+DECODE_RATE = 16000
+_RESAMPLE_BATCH = 500_000  # input samples per PyAV resampler call
+
+
+class AudioTooLong(ValueError):
+    """The audio lasts longer than the caller's limit.
+
+    ``seconds`` is how long it is when the header says so; None when decoding was stopped
+    at the limit (the file is at least ``limit`` seconds long)."""
+
+    def __init__(self, seconds: float | None, limit: float) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        length = f"{seconds:.1f} s" if seconds is not None else f"more than {limit:g} s"
+        super().__init__(f"the audio lasts {length}, over the limit of {limit:g} s")
+
+
+class AudioRateError(ValueError):
+    """The file's sample rate is outside ``DECODE_MIN_RATE..DECODE_MAX_RATE``."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        super().__init__(
+            f"sample rate {rate} Hz is not supported "
+            f"(expected {DECODE_MIN_RATE}..{DECODE_MAX_RATE} Hz)"
+        )
+
+
+def _check_rate(rate: int) -> None:
+    if not DECODE_MIN_RATE <= rate <= DECODE_MAX_RATE:
+        raise AudioRateError(rate)
+
+
+def decode_file(
+    data: bytes, *, max_seconds: float | None = None
+) -> tuple[npt.NDArray[np.float32], int]:
+    """Mono float32 samples and their rate from an audio file in memory.
+
+    A WAV file (anything :func:`read_wav` reads) is decoded natively at its own rate when
+    the resampler takes it (``RESAMPLE_MIN_RATE..RESAMPLE_MAX_RATE``); other rates and
+    other containers (mp3, ogg, flac, webm ...) go through PyAV (the ``asr`` extra) and
+    come out at ``DECODE_RATE``. The channels are averaged.
+
+    Bounded before the work: a rate outside ``DECODE_MIN_RATE..DECODE_MAX_RATE`` raises
+    :class:`AudioRateError`; with ``max_seconds``, audio longer than that raises
+    :class:`AudioTooLong`, decided from the WAV header, else from the duration the
+    container declares, else (and also when the declaration is wrong) by counting the
+    decoded samples, stopping at the limit. Any other unusable file is a ValueError.
+    """
+    if not data:
+        raise ValueError("the audio file is empty")
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        info = wav_info(data)
+        _check_rate(info.sample_rate)
+        if max_seconds is not None and info.duration > max_seconds:
+            raise AudioTooLong(info.duration, max_seconds)
+        if RESAMPLE_MIN_RATE <= info.sample_rate <= RESAMPLE_MAX_RATE:
+            samples, rate = read_wav(data)
+            return to_mono(samples, samples.shape[1]), rate
+        # A rate the native resampler does not take: PyAV resamples it below.
+    try:
+        import av
+    except ImportError as exc:  # an optional dependency (the asr extra)
+        raise ValueError(
+            f"only WAV files can be decoded here: other formats need PyAV ({exc})"
+        ) from exc
+    try:
+        return _decode_with_av(av, data, max_seconds), DECODE_RATE
+    except (AudioTooLong, AudioRateError):
+        raise
+    except Exception as exc:  # PyAV's errors for data it cannot read
+        raise ValueError(
+            f"could not decode the audio file (WAV, or a format FFmpeg reads): {exc}"
+        ) from exc
+    finally:
+        # PyAV's resampler holds FFmpeg memory until the collector frees it (faster-whisper
+        # does the same: SYSTRAN/faster-whisper#390).
+        gc.collect()
+
+
+def _declared_seconds(av: Any, container: Any, stream: Any) -> float | None:
+    """How long the container says the stream is (None when it does not say)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _frames(av: Any, container: Any, stream: Any) -> Iterator[Any]:
+    """The stream's decoded frames: a packet that does not decode is skipped, and the
+    stream ends where the container's data is damaged (what was read so far is kept)."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except (StopIteration, av.error.InvalidDataError):
+            return
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue
+
+
+def _decode_with_av(av: Any, data: bytes, max_seconds: float | None) -> np.ndarray:
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=DECODE_RATE)
+    fifo = av.AudioFifo()  # frames are resampled in batches: much faster than one by one
+    chunks: list[np.ndarray] = []
+
+    def resample(batch: Any) -> None:
+        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(batch))
+
+    seconds = 0.0
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        if not container.streams.audio:
+            raise ValueError("the file has no audio stream")
+        stream = container.streams.audio[0]
+        _check_rate(stream.codec_context.sample_rate)
+        declared = _declared_seconds(av, container, stream)
+        if max_seconds is not None and declared is not None and declared > max_seconds:
+            raise AudioTooLong(declared, max_seconds)
+        for frame in _frames(av, container, stream):
+            _check_rate(frame.sample_rate)
+            seconds += frame.samples / frame.sample_rate
+            if max_seconds is not None and seconds > max_seconds:
+                raise AudioTooLong(None, max_seconds)
+            frame.pts = None  # the FIFO would insist on contiguous timestamps
+            fifo.write(frame)
+            if fifo.samples >= _RESAMPLE_BATCH:
+                resample(fifo.read())
+        if fifo.samples:
+            resample(fifo.read())
+        resample(None)  # the resampler's tail
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    return pcm.astype(np.float32) / 32768.0
+
+
+__all__ += [
+    "DECODE_MAX_RATE",
+    "DECODE_MIN_RATE",
+    "DECODE_RATE",
+    "AudioRateError",
+    "AudioTooLong",
+    "decode_file",
 ]

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     import asyncio
 
-    from echokit_fast.api.asr import decode_upload
+    from echokit_fast.audio import decode_file
     from echokit_fast.backends.asr.local import LocalASR
     from echokit_fast.backends.asr.local.engine import LocalWhisper, ModelNotFound
     from echokit_fast.backends.base import BackendError
@@ -121,7 +121,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     try:
         with open(args.file, "rb") as f:
             data = f.read()
-        pcm, rate = decode_upload(data)
+        pcm, rate = decode_file(data)
     except (OSError, ValueError) as exc:
         print(f"echokit-fast transcribe: {args.file}: {exc}", file=sys.stderr)
         return 1

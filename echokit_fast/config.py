@@ -12,7 +12,8 @@ problem, e.g.::
 Schema (as echokit_server 0.3.2)
 -------------------------------
 Top level: ``addr`` (``HOST:PORT``, required in a file; ``serve --listen`` overrides it),
-``hello_wav`` (optional), ``[record] callback_url`` (optional). The AI *layout* is chosen by the
+``hello_wav`` (optional), ``[record] callback_url`` (optional), ``[limits]`` (ours, optional:
+``max_audio_s``, see :class:`LimitsConfig`). The AI *layout* is chosen by the
 sections present, in the reference's order: ``pipeline`` (``[llm]`` + ``[tts]`` + ``[asr]``),
 ``claude`` (``[claude]`` + ``[asr]`` + ``[tts]``), ``gemini_tts`` (``[gemini]`` + ``[tts]``),
 ``gemini`` (``[gemini]``). ``[llm]``, ``[tts]`` and ``[asr]`` are tagged by ``platform``; every
@@ -98,6 +99,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "GeminiConfig",
+    "LimitsConfig",
     "LoadedConfig",
     "RecordConfig",
     "default_config",
@@ -150,6 +152,13 @@ class RecordConfig(Section):
     dir: str = "record"
 
 
+class LimitsConfig(Section):
+    """``[limits]`` (ours): the caps on what one request may cost (the README's limits table).
+    ``max_audio_s``: seconds of audio an uploaded file may decode to (600)."""
+
+    max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+
+
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
 
 
@@ -161,6 +170,7 @@ class Config(BaseModel):
     addr: str
     hello_wav: str | None = None
     record: RecordConfig = Field(default_factory=RecordConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     layout: Layout
     #: the ``[llm]``, ``[tts]`` and ``[asr]`` sections: each a registered platform's model
     llm: Section | None = None
@@ -178,7 +188,7 @@ class Config(BaseModel):
 
 
 _PLAIN: dict[str, type[Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
-_TOP_KEYS = {"addr", "hello_wav", "record", "llm", "tts", "asr", "gemini", "claude"}
+_TOP_KEYS = {"addr", "hello_wav", "record", "limits", "llm", "tts", "asr", "gemini", "claude"}
 _SECRET_KEYS = ("api_key", "token", "paraformer_token")
 
 
@@ -754,6 +764,11 @@ def parse_config(
         if record is not None:
             ld.finish_section(record, "record", data)
             top["record"] = record
+    if "limits" in data:
+        limits = ld.validate(LimitsConfig, data["limits"], ("limits",))
+        if limits is not None:
+            ld.finish_section(limits, "limits", data)
+            top["limits"] = limits
 
     layout = ld.layout(data)
     if layout is not None:

@@ -9,15 +9,18 @@ channel count is decoded natively; other containers (mp3, ogg, flac, webm ...)
 go through PyAV when it can decode them.
 
 Errors are OpenAI-style JSON, ``{"error": {"message", "type", "param", "code"}}``:
-400 for a missing or undecodable file and bad parameters, 413 for an upload
-over the body limit, 503 (with ``Retry-After``) when the engine's queue is
-full, 500 when the engine fails.
+400 for a missing or undecodable file, a sample rate outside 1000..384000 Hz and bad
+parameters, 413 for an upload over the body limit or audio longer than ``[limits]
+max_audio_s`` (10 minutes by default; refused from the header when it tells the length,
+else once decoding reaches the limit), 503
+(with ``Retry-After``) when the engine's queue is full, 500 when the engine fails. A
+client that disconnects has its transcription cancelled (dropped while it waits in the
+queue, stopped at the next 30 s window while it runs).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from typing import Any
 
@@ -27,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from echokit_fast.api.common import BodyTooLarge, read_form
+from echokit_fast import audio
+from echokit_fast.api.common import BodyTooLarge, read_form, too_long_message
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.server.app import AppContext
 
@@ -104,29 +108,6 @@ async def get_engine(ctx: AppContext) -> Any:
     from echokit_fast.backends.asr.local.engine import shared
 
     return await asyncio.to_thread(shared, ctx)
-
-
-def decode_upload(data: bytes) -> tuple[np.ndarray, int]:
-    """Mono float32 samples and their rate from an uploaded file (ValueError if undecodable)."""
-    from echokit_fast import audio
-
-    if not data:
-        raise ValueError("the uploaded file is empty")
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        samples, rate = audio.read_wav(data)
-        mono = audio.to_mono(np.ascontiguousarray(samples), samples.shape[1])
-        if audio.RESAMPLE_MIN_RATE <= rate <= audio.RESAMPLE_MAX_RATE:
-            return mono, rate
-        # A rate the native resampler does not take: let PyAV resample it below.
-    try:
-        from faster_whisper.audio import decode_audio
-
-        pcm = decode_audio(io.BytesIO(data), sampling_rate=16000)
-    except Exception as exc:  # PyAV's errors for data it cannot read
-        raise ValueError(
-            f"could not decode the audio file (WAV, or a format FFmpeg reads): {exc}"
-        ) from exc
-    return np.asarray(pcm, dtype=np.float32), 16000
 
 
 def _timestamp(seconds: float, sep: str) -> str:
@@ -231,34 +212,77 @@ async def _parse(request: Request, ctx: AppContext) -> tuple[bytes, dict[str, An
     return data, options, response_format
 
 
+async def decode(data: bytes, ctx: AppContext) -> tuple[np.ndarray, int]:
+    """An upload's mono samples and rate, within ``[limits] max_audio_s`` (ApiError if not)."""
+    limit = ctx.config.limits.max_audio_s
+    try:
+        return await asyncio.to_thread(audio.decode_file, data, max_seconds=limit)
+    except audio.AudioTooLong as exc:
+        raise ApiError(413, too_long_message(exc), param="file", code="audio_too_long") from exc
+    except audio.AudioRateError as exc:
+        raise ApiError(400, str(exc), param="file", code="unsupported_sample_rate") from exc
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="file", code="invalid_audio") from exc
+
+
+def _client_left() -> ApiError:
+    # Nobody reads this answer; 499 is what access logs call a request whose client left.
+    return ApiError(499, "the client disconnected before its transcription", code="client_closed")
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client of `request` (whose body has been read) disconnects."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def transcriptions(request: Request) -> Response:
     ctx: AppContext = request.app.state.ctx
     try:
         data, options, response_format = await _parse(request, ctx)
+        gone = asyncio.ensure_future(_client_gone(request))
         try:
-            pcm, rate = await asyncio.to_thread(decode_upload, data)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param="file", code="invalid_audio") from exc
-        try:
-            engine = await get_engine(ctx)
-        except Exception as exc:  # model missing or failing to load: a server problem
-            log.error("loading the ASR engine failed: %s", exc)
-            raise ApiError(500, f"the speech recognizer could not be loaded: {exc}") from exc
-        try:
-            job = engine.submit(pcm, sample_rate=rate, **options)
-        except BackendBusy as exc:
-            raise ApiError(503, f"{exc.notice} ({exc})", code="engine_busy") from exc
-        except ValueError as exc:
-            param = next((p for p in ("language", "temperature") if str(exc).startswith(p)), None)
-            raise ApiError(400, str(exc), param=param) from exc
-        try:
-            result = await job.details()
-        except BackendError as exc:
-            log.error("transcription failed: %s", exc)
-            raise ApiError(500, f"{exc.notice} ({exc})", code="engine_error") from exc
+            result = await _transcribe(ctx, data, options, gone)
+        finally:
+            gone.cancel()
     except ApiError as exc:
         return exc.response()
     return render(result, response_format)
+
+
+async def _transcribe(
+    ctx: AppContext, data: bytes, options: dict[str, Any], gone: asyncio.Future[None]
+) -> Any:
+    """The TranscriptResult of an upload; a client that leaves (`gone`) before it is
+    ready has its job cancelled: dropped while queued, stopped at the next segment while
+    running (:class:`~echokit_fast.backends.asr.local.WhisperJob`)."""
+    pcm, rate = await decode(data, ctx)
+    try:
+        engine = await get_engine(ctx)
+    except Exception as exc:  # model missing or failing to load: a server problem
+        log.error("loading the ASR engine failed: %s", exc)
+        raise ApiError(500, f"the speech recognizer could not be loaded: {exc}") from exc
+    if gone.done():
+        raise _client_left()
+    try:
+        job = engine.submit(pcm, sample_rate=rate, **options)
+    except BackendBusy as exc:
+        raise ApiError(503, f"{exc.notice} ({exc})", code="engine_busy") from exc
+    except ValueError as exc:
+        param = next((p for p in ("language", "temperature") if str(exc).startswith(p)), None)
+        raise ApiError(400, str(exc), param=param) from exc
+    details = asyncio.ensure_future(job.details())
+    await asyncio.wait({details, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not details.done():
+        job.cancel()
+        details.cancel()
+        log.info("transcription cancelled: the client disconnected")
+        raise _client_left()
+    try:
+        return details.result()
+    except BackendError as exc:
+        log.error("transcription failed: %s", exc)
+        raise ApiError(500, f"{exc.notice} ({exc})", code="engine_error") from exc
 
 
 async def models(request: Request) -> JSONResponse:

@@ -1,9 +1,12 @@
-"""Request helpers shared by the services: bounded bodies and multipart forms."""
+"""Request helpers shared by the services: bounded bodies and multipart forms, the words of
+an audio-length refusal."""
 
 from __future__ import annotations
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
+
+from echokit_fast.audio import AudioTooLong
 
 
 class BodyTooLarge(Exception):
@@ -51,3 +54,11 @@ async def read_form(request: Request, limit: int) -> FormData:
         return await request.form(max_files=16, max_fields=64, max_part_size=limit)
     except Exception as exc:  # python-multipart / Starlette parse errors
         raise ValueError(f"malformed multipart body: {exc}") from exc
+
+
+def too_long_message(exc: AudioTooLong) -> str:
+    """What a 413 for audio over ``[limits] max_audio_s`` says: the length, the limit, the key."""
+    return (
+        f"{exc} (the server's limit: max_audio_s = {exc.limit:g} in the [limits] table of its "
+        "config file)"
+    )

@@ -33,7 +33,8 @@ Differences from silero_vad_server (``../shared/spec/vad-and-tts.md`` §1, §3.8
   that is not multipart/form-data, a broken multipart body, no ``audio`` part, a file that is
   not a usable WAV (``read_wav``'s message), a rate outside 8000..48000 Hz, a bad tuning
   parameter; 413 for a body over the limit (``AppContext.max_body_bytes``, default 10 MiB,
-  as the reference's); 500 if the model fails. The reference answers 200 with
+  as the reference's) or a WAV whose header says more than ``[limits] max_audio_s`` (10
+  minutes by default); 500 if the model fails. The reference answers 200 with
   ``{"error":"VAD processing error"}`` / ``{"error":"No audio provided"}``.
 * WAV input: more formats (extensible, more than 2 channels mixed properly, data before fmt)
   and a band-limited resampler instead of the reference's linear/box one (no NaN sample),
@@ -80,8 +81,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from echokit_fast.api.common import BodyTooLarge, read_form
+from echokit_fast.api.common import BodyTooLarge, read_form, too_long_message
+from echokit_fast.audio import AudioTooLong, wav_info
 from echokit_fast.backends.vad.silero import (
+    WAV_MAX_RATE,
+    WAV_MIN_RATE,
     SileroVad,
     VadBatcher,
     WavInputError,
@@ -242,6 +246,17 @@ async def _audio_part(request: Request, ctx: AppContext) -> tuple[bytes, Any]:
     return data, form
 
 
+def _check_length(data: bytes, limit: float) -> None:
+    """AudioTooLong when the WAV header says more than `limit` seconds (read before any
+    sample is decoded). A file that is no usable WAV passes: the decoder says what is wrong."""
+    try:
+        info = wav_info(data)
+    except ValueError:
+        return
+    if WAV_MIN_RATE <= info.sample_rate <= WAV_MAX_RATE and info.duration > limit:
+        raise AudioTooLong(info.duration, limit)
+
+
 def routes(ctx: AppContext) -> list[BaseRoute]:
     realtime = ctx.get("vad.realtime", lambda: RealtimeVad(lambda: _model(ctx)))
 
@@ -263,6 +278,10 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             if name in params and params[name] != value:
                 return _error(400, f"{name} is given in both the query and the form, differently")
             params[name] = value
+        try:
+            _check_length(data, ctx.config.limits.max_audio_s)
+        except AudioTooLong as exc:
+            return _error(413, too_long_message(exc))
         try:
             model = await run_in_threadpool(_model, ctx)
             segments = await run_in_threadpool(

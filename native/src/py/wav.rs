@@ -29,6 +29,20 @@ fn read_wav<'py>(
     Ok((arr, info.sample_rate))
 }
 
+/// `wav_info(data)`: what a WAV file's header says, without decoding the samples:
+/// `(sample_rate, channels, frames)`; the same validation and errors as `read_wav`.
+#[pyfunction]
+fn wav_info(data: &Bound<'_, PyAny>) -> PyResult<(u32, usize, usize)> {
+    let src = byte_src(data).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "wav_info expects the WAV file as bytes, got {}",
+            describe(data)
+        ))
+    })?;
+    let info = wav::parse_header(src.as_slice()?)?;
+    Ok((info.sample_rate, info.channels, info.frames))
+}
+
 /// `write_wav(x, sample_rate, bits=16)`: float32 1-D (mono) or (frames, channels)
 /// -> WAV file bytes (16-bit PCM or 32-bit IEEE float).
 #[pyfunction]
@@ -83,6 +97,7 @@ fn write_wav<'py>(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_wav, m)?)?;
+    m.add_function(wrap_pyfunction!(wav_info, m)?)?;
     m.add_function(wrap_pyfunction!(write_wav, m)?)?;
     Ok(())
 }

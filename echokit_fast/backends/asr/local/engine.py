@@ -673,9 +673,13 @@ class LocalWhisper:
         }
         if temperature is not None:
             kwargs["temperature"] = temperature
+        # A job cancelled from here on (its client left) stops at the next segment: the
+        # segments are lazy, each step decodes one 30 s window. transcribe() itself (the
+        # log-mel features of the whole clip, language detection) cannot be interrupted;
+        # it is bounded by the callers' length limits, and its result is discarded.
         segments_iter, info = self.model.transcribe(pcm, **kwargs)
         segments: list[Segment] = []
-        for s in segments_iter:  # lazy: each step decodes one 30 s window
+        for s in segments_iter:
             segments.append(
                 Segment(
                     id=len(segments),
