@@ -10,12 +10,12 @@ go through PyAV when it can decode them.
 
 Errors are OpenAI-style JSON, ``{"error": {"message", "type", "param", "code"}}``:
 400 for a missing or undecodable file, a sample rate outside 1000..384000 Hz and bad
-parameters, 413 for an upload over the body limit or audio longer than ``[limits]
+parameters; 413 for an upload over the body limit or audio longer than ``[limits]
 max_audio_s`` (10 minutes by default; refused from the header when it tells the length,
-else once decoding reaches the limit), 503
-(with ``Retry-After``) when the engine's queue is full, 500 when the engine fails. A
-client that disconnects has its transcription cancelled (dropped while it waits in the
-queue, stopped at the next 30 s window while it runs).
+else once decoding reaches the limit); 503 (with ``Retry-After``) when the engine's queue
+is full; 500 when the engine fails. A client that disconnects has its transcription
+cancelled (dropped while it waits in the queue, stopped at the next 30 s window while it
+runs).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ async def _parse(request: Request, ctx: AppContext) -> tuple[bytes, dict[str, An
     return data, options, response_format
 
 
-async def decode(data: bytes, ctx: AppContext) -> tuple[np.ndarray, int]:
+async def _decode(data: bytes, ctx: AppContext) -> tuple[np.ndarray, int]:
     """An upload's mono samples and rate, within ``[limits] max_audio_s`` (ApiError if not)."""
     limit = ctx.config.limits.max_audio_s
     try:
@@ -256,7 +256,7 @@ async def _transcribe(
     """The TranscriptResult of an upload; a client that leaves (`gone`) before it is
     ready has its job cancelled: dropped while queued, stopped at the next segment while
     running (:class:`~echokit_fast.backends.asr.local.WhisperJob`)."""
-    pcm, rate = await decode(data, ctx)
+    pcm, rate = await _decode(data, ctx)
     try:
         engine = await get_engine(ctx)
     except Exception as exc:  # model missing or failing to load: a server problem
