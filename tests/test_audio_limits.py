@@ -23,7 +23,7 @@ import pytest
 from asr_helpers import FakeModel
 
 from echokit_fast import audio
-from echokit_fast.backends.asr.local import LocalWhisper, WhisperJob
+from echokit_fast.backends.asr.local.engine import LocalWhisper, WhisperJob
 from echokit_fast.config import ConfigError, parse_config
 from echokit_fast.server.app import AppContext, create_app
 
