@@ -1,4 +1,4 @@
-"""Shared fixtures: spec data paths and real servers on loopback ports."""
+"""Shared fixtures: test data paths and real servers on loopback ports."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from harness import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-SPEC = ROOT.parent / "shared" / "spec"
 
 
 _CACHE: str | None = None
@@ -37,13 +36,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
-
-
-@pytest.fixture(scope="session")
-def spec_dir() -> Path:
-    if not SPEC.is_dir():
-        pytest.fail(f"the shared spec folder is missing: {SPEC}")
-    return SPEC
 
 
 @pytest.fixture
