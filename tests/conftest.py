@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from harness import running_server
 
-ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
