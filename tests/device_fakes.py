@@ -256,10 +256,22 @@ class Device:
         url = f"ws://{addr}{path}{device_id}" + (f"?{query}" if query else "")
         return cls(await connect(url, max_size=2**22))
 
-    async def recv(self, timeout: float = 20) -> Any:
+    async def recv_bytes(self, timeout: float = 20) -> bytes:
+        """The next binary frame as it came over the wire."""
         msg = await asyncio.wait_for(self.ws.recv(), timeout)
         assert isinstance(msg, bytes), f"text frame from the server: {msg!r}"
-        return decode_event(msg)
+        return msg
+
+    async def recv(self, timeout: float = 20) -> Any:
+        return decode_event(await self.recv_bytes(timeout))
+
+    async def until_bytes(self, last: bytes, timeout: float = 30) -> list[bytes]:
+        """Raw frames up to and including the first one equal to ``last``."""
+        frames = []
+        while True:
+            frames.append(await self.recv_bytes(timeout))
+            if frames[-1] == last:
+                return frames
 
     async def until(self, last: str = "EndResponse", timeout: float = 30) -> list[Any]:
         """Events up to and including the first one named ``last``."""
