@@ -15,12 +15,13 @@ from device_fakes import tone
 from echokit_fast.audio import OpusDecoder, float_to_pcm16, write_wav
 from echokit_fast.backends.schema import VadConfig
 from echokit_fast.backends.vad.silero import SileroVad, VadStream
-from echokit_fast.conversation.session import Flags
 from echokit_fast.conversation.trace import TurnTrace
+from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import AudioOut, hello_frames, load_hello
 from echokit_fast.devices.echokit.protocol import decode_event
 from echokit_fast.devices.echokit.record import Recorder, resolve_file, safe_name
-from echokit_fast.turn.vad_rounds import Hysteresis, RoundEnd, RoundTracker, VadParams
+from echokit_fast.turn.detector import TurnEvent
+from echokit_fast.turn.vad_rounds import Hysteresis, RoundTracker, VadParams
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -76,24 +77,24 @@ def test_hysteresis():
 def test_round_tracker_pause_then_end():
     t = RoundTracker(VadParams())
     results = [t.window(0.9) for _ in range(13)]  # 416 ms of speech
-    assert set(results) == {RoundEnd.NONE}
+    assert set(results) == {TurnEvent.NONE}
     results = [t.window(0.0) for _ in range(6)]
     # the release window ends the round: 416 ms > 400 ms of speech -> a pause
-    assert results == [RoundEnd.NONE] * 5 + [RoundEnd.PAUSE] and t.released
+    assert results == [TurnEvent.NONE] * 5 + [TurnEvent.PAUSE] and t.released
     results = [t.window(0.0) for _ in range(16)]
-    assert results == [RoundEnd.NONE] * 15 + [RoundEnd.END]  # 512 ms > 500 ms of silence
+    assert results == [TurnEvent.NONE] * 15 + [TurnEvent.END]  # 512 ms > 500 ms of silence
     assert t.speech_seen
 
 
 def test_round_tracker_short_speech_and_silence():
     t = RoundTracker(VadParams())
-    assert [t.window(0.0) for _ in range(16)][-1] is RoundEnd.END  # no speech at all
+    assert [t.window(0.0) for _ in range(16)][-1] is TurnEvent.END  # no speech at all
     t.reset()
     assert not t.speech_seen
     [t.window(0.9) for _ in range(3)]  # 96 ms, +5 windows until the release: 256 ms < 400
     results = [t.window(0.0) for _ in range(21)]
     # after the release window, 16 more of silence (512 ms > 500 ms) end the turn
-    assert results == [RoundEnd.NONE] * 20 + [RoundEnd.END]
+    assert results == [TurnEvent.NONE] * 20 + [TurnEvent.END]
     assert t.speech_seen
 
 
@@ -106,11 +107,11 @@ def test_round_tracker_on_real_speech():
     ends = []
     for i, p in enumerate(vad.last_probabilities):
         r = t.window(float(p))
-        if r is not RoundEnd.NONE:
+        if r is not TurnEvent.NONE:
             ends.append((i, r))
-        if r is RoundEnd.END:  # the session stops listening here
+        if r is TurnEvent.END:  # the session stops listening here
             break
-    assert [r for _, r in ends] == [RoundEnd.PAUSE, RoundEnd.END]
+    assert [r for _, r in ends] == [TurnEvent.PAUSE, TurnEvent.END]
     pause, end = ends[0][0], ends[1][0]
     assert end - pause == 16
     assert (70624 - 4096) / 512 < pause < (70624 - 4096) / 512 + 10  # just after the speech
@@ -131,7 +132,6 @@ def test_audio_out_raw_splits_at_32000_bytes():
 
 def test_audio_out_opus_carries_remainders_and_flushes():
     out = AudioOut(opus=True, vowel=False)
-    out.start_segment()
     sizes = [700, 1000, 3000, 10, 2500]  # no chunk is a multiple of 1920
     frames = [f for n in sizes for f in out.push(tone(n))]
     frames += out.end_segment()
@@ -141,14 +141,12 @@ def test_audio_out_opus_carries_remainders_and_flushes():
     events = [decode_event(f) for f in frames]
     assert all(list(e) == ["AudioChunk"] for e in events)
     assert sum(len(dec.decode(e["AudioChunk"]["data"])) for e in events) == len(frames) * 1920
-    # a new segment starts clean: nothing carried over
-    out.start_segment()
+    # the flush carried nothing over
     assert out.end_segment() == []
 
 
 def test_audio_out_vowels():
     out = AudioOut(opus=True, vowel=True)
-    out.start_segment()
     frames = out.push(tone(1920 * 2)) + out.end_segment()
     events = [decode_event(f) for f in frames]
     assert all(list(e) == ["AudioChunkWithVowel"] for e in events)

@@ -1,17 +1,18 @@
-"""One answer: LLM text -> segments -> TTS (several at once) -> frames in order (spec §5.9.1).
+"""One answer: LLM text -> segments -> TTS (several at once) -> the device, in order (spec §5.9.1).
 
 The conversation's streamed text goes through a segmenter; each completed segment is
 synthesised as soon as it exists, up to ``max_parallel`` segments at a time *per session*
 (not a global FIFO shared by all devices, §10.25): a segment holds its slot from the start of
 its synthesis until it has been delivered, so at most ``max_parallel`` segments of audio wait
-in memory. Delivery is strictly in order: ``StartAudio{text}``, the segment's audio frames as
-its TTS yields them, ``EndAudio``; the next segment's audio (often already synthesised) follows
-at once. A ``SpeakNow`` item ends the text before it (the segmenter is finished and a fresh one
-started) and is spoken as its own segment.
+in memory. Delivery is strictly in order, through the device's
+:class:`~echokit_fast.conversation.device.DeviceOutput`: ``segment_start(text)``, the segment's
+audio as its TTS yields it, ``segment_end()``; the next segment's audio (often already
+synthesised) follows at once. A ``SpeakNow`` item ends the text before it (the segmenter is
+finished and a fresh one started) and is spoken as its own segment.
 
 Failures: a :class:`~echokit_fast.backends.base.BackendError` of the conversation stops reading
 the answer; the segments already made are still spoken, then :class:`TurnFailed` is raised.
-A TTS failure ends the segment (its audio so far, ``EndAudio``) and raises :class:`TurnFailed`
+A TTS failure ends the segment (its audio so far, ``segment_end``) and raises :class:`TurnFailed`
 at once; the rest of the answer is dropped. Cancellation stops everything; nothing started
 here outlives :meth:`ReplyPipeline.run`.
 """
@@ -21,25 +22,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 
 from echokit_fast.backends.base import BackendError, Conversation, Speaker, SpeakNow
+from echokit_fast.conversation.device import SAMPLE_RATE, DeviceOutput
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.trace import TurnTrace
-from echokit_fast.devices.echokit.output import END_AUDIO, AudioOut, start_audio
 
 __all__ = ["GENERIC_NOTICE", "ReplyPipeline", "TurnFailed", "aclosing_iter"]
 
 log = logging.getLogger("echokit_fast.device")
 
 GENERIC_NOTICE = "Sorry, something went wrong. Please try again."
-SAMPLE_RATE = 16000
-#: encode Opus in a worker thread for chunks of at least this many samples (2 frames)
-THREAD_ENCODE_MIN = 3840
 
 
 class TurnFailed(Exception):
@@ -102,15 +100,13 @@ class ReplyPipeline:
         conversation: Conversation,
         speaker: Speaker,
         segmenter_factory: SegmenterFactory,
-        send: Callable[[bytes], Awaitable[None]],
-        out: AudioOut,
+        out: DeviceOutput,
         trace: TurnTrace,
         max_parallel: int = 3,
     ) -> None:
         self.conversation = conversation
         self.speaker = speaker
         self.segmenter_factory = segmenter_factory
-        self.send = send
         self.out = out
         self.trace = trace
         self.max_parallel = max(1, int(max_parallel))
@@ -209,31 +205,20 @@ class ReplyPipeline:
             self._fill()
 
     async def _play(self, job: _Job) -> None:
-        send, out = self.send, self.out
-        await send(start_audio(job.text))
+        out = self.out
+        await out.segment_start(job.text)
         self.segments += 1
-        out.start_segment()
         while True:
             item = await job.queue.get()
             if item is _END:
                 break
             if isinstance(item, TurnFailed):
-                await self._send_frames(out.end_segment())
-                await send(END_AUDIO)
+                self._sent(await out.segment_end())
                 raise item
-            if out.opus and len(item) >= THREAD_ENCODE_MIN:
-                frames = await asyncio.to_thread(out.push, item)
-            else:
-                frames = out.push(item)
-            await self._send_frames(frames)
-        await self._send_frames(out.end_segment())
-        await send(END_AUDIO)
+            self._sent(await out.audio(item))
+        self._sent(await out.segment_end())
 
-    async def _send_frames(self, frames: list[bytes]) -> None:
-        if not frames:
-            return
-        send, trace = self.send, self.trace
-        for f in frames:
-            await send(f)
-            trace.mark("first_frame")
-        trace.set("last_frame")
+    def _sent(self, packets: int) -> None:
+        if packets:
+            self.trace.mark("first_frame")
+            self.trace.set("last_frame")

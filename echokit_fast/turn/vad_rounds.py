@@ -1,8 +1,9 @@
-"""Turn detection on the device's microphone stream (spec §5.2(a), §5.3).
+"""Turn detection by VAD rounds: the first :class:`~echokit_fast.turn.detector.TurnDetector`
+(spec §5.2(a), §5.3).
 
-Pure logic, no I/O: the session feeds the per-window speech probabilities of the embedded
-Silero VAD (512-sample windows, 32 ms at 16 kHz) and acts on what :class:`RoundTracker`
-returns.
+:class:`VadTurnDetector` runs the microphone stream through the embedded Silero VAD
+(512-sample windows, 32 ms at 16 kHz) and the round logic below; :class:`VadTurnDetectors`
+is its factory (the shared Silero model, loaded once). The round logic itself is pure, no I/O:
 
 * :class:`Hysteresis` -- the device server's own detector (§5.3): ``p > threshold`` starts
   speech and clears the silent-window count; ``p < neg_threshold`` counts a silent window and
@@ -20,11 +21,16 @@ of the turn is found up to one frame (512 ms) sooner and the model state sees ev
 
 from __future__ import annotations
 
-import enum
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Hysteresis", "RoundEnd", "RoundTracker", "VadParams"]
+from echokit_fast.backends.vad.silero import SileroVad, VadStream
+from echokit_fast.turn.detector import TurnEvent
+
+__all__ = ["Hysteresis", "RoundTracker", "VadParams", "VadTurnDetector", "VadTurnDetectors"]
 
 WINDOW = 512  # samples per VAD window at 16 kHz
 WINDOW_MS = 32
@@ -88,14 +94,6 @@ class Hysteresis:
         return self.in_speech
 
 
-class RoundEnd(enum.Enum):
-    NONE = 0
-    #: the user paused after enough speech: a new round starts (interim ASR, restart ASR)
-    PAUSE = 1
-    #: end of the turn: the current round's transcript is final
-    END = 2
-
-
 class RoundTracker:
     """The round logic of §5.2(a) over VAD windows.
 
@@ -120,7 +118,7 @@ class RoundTracker:
         self.speech_ms = self.silence_ms = 0
         self.speech_seen = self.released = False
 
-    def window(self, p: float, ms: int = WINDOW_MS) -> RoundEnd:
+    def window(self, p: float, ms: int = WINDOW_MS) -> TurnEvent:
         was = self.hyst.in_speech
         in_speech = self.hyst.step(p)
         self.released = was and not in_speech
@@ -128,12 +126,72 @@ class RoundTracker:
             self.speech_seen = True
             self.speech_ms += ms
             self.silence_ms = 0
-            return RoundEnd.NONE
+            return TurnEvent.NONE
         self.silence_ms += ms
         if self.speech_ms >= self._min:
             pause = self.speech_ms > self._min
             self.speech_ms = self.silence_ms = 0
-            return RoundEnd.PAUSE if pause else RoundEnd.END
+            return TurnEvent.PAUSE if pause else TurnEvent.END
         if self.silence_ms > self._hang:
-            return RoundEnd.END
-        return RoundEnd.NONE
+            return TurnEvent.END
+        return TurnEvent.NONE
+
+
+class VadTurnDetector:
+    """A :class:`~echokit_fast.turn.detector.TurnDetector`: a VAD stream of its own (a push
+    still running in a worker thread after a cancel can never touch a newer one) and a
+    :class:`RoundTracker`."""
+
+    __slots__ = ("_tracker", "_vad", "speech_end")
+
+    def __init__(self, vad: VadStream, params: VadParams) -> None:
+        self._vad = vad
+        self._tracker = RoundTracker(params)
+        self.speech_end: float | None = None
+
+    @property
+    def speech_seen(self) -> bool:
+        return self._tracker.speech_seen
+
+    async def feed(self, pcm16: bytes) -> list[TurnEvent]:
+        arrived = time.monotonic()
+        probs = await asyncio.to_thread(_probabilities, self._vad, pcm16)
+        tracker = self._tracker
+        events: list[TurnEvent] = []
+        for p in probs:
+            result = tracker.window(p)
+            # (after an END the turn is over: later windows count for speech_seen only)
+            if tracker.released and TurnEvent.END not in events:
+                self.speech_end = arrived
+            if result is not TurnEvent.NONE:
+                events.append(result)
+        return events
+
+
+def _probabilities(vad: VadStream, data: bytes) -> list[float]:
+    """Push PCM16 bytes through a VadStream; the speech probability of each window it ran."""
+    vad.push(data)
+    return vad.last_probabilities.tolist()
+
+
+class VadTurnDetectors:
+    """The factory of :class:`VadTurnDetector`: ``params`` (``[asr.vad]``) and the Silero
+    model (``model()`` loads it; the process-wide one by default)."""
+
+    def __init__(
+        self, params: VadParams | None = None, model: Callable[[], SileroVad] | None = None
+    ) -> None:
+        self.params = params or VadParams()
+        self._load = model or SileroVad.shared
+        self._model: SileroVad | None = None
+
+    def prepare(self) -> None:
+        if self._model is None:
+            self._model = self._load()
+
+    def __call__(self) -> VadTurnDetector:
+        if self._model is None:
+            raise RuntimeError("VadTurnDetectors.prepare() was not called")
+        p = self.params
+        stream = VadStream(self._model, threshold=p.threshold, neg_threshold=p.neg_threshold)
+        return VadTurnDetector(stream, p)

@@ -16,11 +16,17 @@ from echokit_fast.audio import OpusEncoder, float_to_pcm16, read_wav
 from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
 __all__ = [
+    "END_AUDIO",
+    "END_RESPONSE",
+    "END_VAD",
     "HELLO_CHUNK",
     "RAW_CHUNK_MAX",
     "AudioOut",
+    "asr",
+    "display_text",
     "hello_frames",
     "load_hello",
+    "start_audio",
 ]
 
 log = logging.getLogger("echokit_fast.device")
@@ -48,12 +54,13 @@ def display_text(text: str) -> bytes:
 
 
 class AudioOut:
-    """Encodes one connection's TTS audio: raw PCM16 (``opus=False``; ``AudioChunk`` of at most
-    32 000 bytes per piece of each TTS chunk), or Opus (16 kHz, 120 ms packets, one per
+    """Encodes one spoken segment's TTS audio: raw PCM16 (``opus=False``; ``AudioChunk`` of at
+    most 32 000 bytes per piece of each TTS chunk), or Opus (16 kHz, 120 ms packets, one per
     ``AudioChunk``, or ``AudioChunkWithVowel`` with ``vowel=True``). The Opus remainder of
     each TTS chunk is carried to the next and zero-padded to a whole frame at the segment end
-    (:meth:`end_segment`), so no audio is lost (the reference drops it, §10.1); the encoder
-    is reset at every segment start, as the device resets its decoder on ``StartAudio``.
+    (:meth:`end_segment`), so no audio is lost (the reference drops it, §10.1). One per
+    segment: every segment starts with a fresh encoder, as the device resets its decoder on
+    ``StartAudio``.
     """
 
     __slots__ = ("_enc", "opus", "vowel")
@@ -62,10 +69,6 @@ class AudioOut:
         self.opus = opus
         self.vowel = opus and vowel  # vowel only means something with opus (§1.3)
         self._enc = OpusEncoder(SAMPLE_RATE, 120) if opus else None
-
-    def start_segment(self) -> None:
-        if self._enc is not None:
-            self._enc.reset()
 
     def push(self, pcm: npt.NDArray[np.float32]) -> list[bytes]:
         """Frames for one chunk of float32 16 kHz mono samples."""
@@ -161,22 +164,3 @@ def hello_frames(data: bytes) -> list[bytes]:
     ]
     frames.append(encode_event("HelloEnd"))
     return frames
-
-
-class EvenBytes:
-    """Keeps a byte stream of PCM16 whole: an odd trailing byte of one frame is carried into
-    the next, so later samples stay aligned (spec §2.1)."""
-
-    __slots__ = ("_carry",)
-
-    def __init__(self) -> None:
-        self._carry = b""
-
-    def align(self, data: bytes) -> bytes:
-        if self._carry:
-            data = self._carry + data
-            self._carry = b""
-        if len(data) & 1:
-            self._carry = data[-1:]
-            data = data[:-1]
-        return data

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from echokit_fast.devices.echokit.output import EvenBytes
+from echokit_fast.devices.echokit.mic import EvenBytes
 
 __all__ = ["SAFE_NAME", "Recorder", "post_callback", "resolve_file", "safe_name"]
 

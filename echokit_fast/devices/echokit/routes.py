@@ -22,9 +22,10 @@ conversation_factory)``, built by ``echokit_fast.backends.registry.build_backend
 installed; ``segmenter`` -- a zero-argument factory of segmenters (default: the §5.8
 splitter and grouping, ``echokit_fast.conversation.splitter.SegmentGrouper``);
 ``device.sessions`` -- the
-:class:`SessionManager`; ``device.settings`` -- its :class:`Settings` (VAD from
-``[asr.vad]``, hello from ``hello_wav``); ``record_dir`` -- the record folder (``[record]
-dir``, default ``./record``); ``device.record_idle_s`` (60).
+:class:`SessionManager`; ``device.settings`` -- its :class:`Settings` (the turn detector's VAD
+from ``[asr.vad]``); ``device.hello`` -- the hello file's bytes (``hello_wav``);
+``record_dir`` -- the record folder (``[record] dir``, default ``./record``);
+``device.record_idle_s`` (60).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from echokit_fast.conversation.session import Flags, SessionManager, Settings
+from echokit_fast.conversation.session import SessionManager, Settings
+from echokit_fast.devices.echokit.connection import serve
+from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
 from echokit_fast.devices.echokit.record import record_session, resolve_file, safe_name
 from echokit_fast.server.app import AppContext
-from echokit_fast.turn.vad_rounds import VadParams
+from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
 
 __all__ = ["prepare", "routes"]
 
@@ -66,9 +69,8 @@ def _build_backends(ctx: AppContext) -> Any:
 
 
 def _settings(ctx: AppContext) -> Settings:
-    cfg = ctx.config
-    hello = load_hello(cfg.hello_path) or b""
-    return Settings(vad=VadParams.from_config(getattr(cfg.asr, "vad", None)), hello=hello)
+    vad = VadParams.from_config(getattr(ctx.config.asr, "vad", None))
+    return Settings(turn_detector=VadTurnDetectors(vad))
 
 
 def prepare(ctx: AppContext) -> None:
@@ -77,6 +79,7 @@ def prepare(ctx: AppContext) -> None:
     and first turn."""
     _backends(ctx)
     _device_settings(ctx)
+    _hello(ctx)
 
 
 def _backends(ctx: AppContext) -> Any:
@@ -85,6 +88,10 @@ def _backends(ctx: AppContext) -> Any:
 
 def _device_settings(ctx: AppContext) -> Settings:
     return ctx.get("device.settings", lambda: _settings(ctx))
+
+
+def _hello(ctx: AppContext) -> bytes:
+    return ctx.get("device.hello", lambda: load_hello(ctx.config.hello_path) or b"")
 
 
 def _manager(ctx: AppContext) -> SessionManager:
@@ -135,7 +142,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             await record(ws, device_id)
             return
         await ws.accept()
-        await manager.serve(ws, device_id, flags)
+        await serve(manager, ws, device_id, flags, hello=_hello(ctx))
 
     async def ws_main(ws: WebSocket) -> None:
         await chat(ws, allow_record=True)

@@ -1,0 +1,123 @@
+"""The seam between the conversation engine and a device protocol.
+
+The engine (:mod:`.session`, :mod:`.pipeline`) knows nothing of any wire format. A device
+front end (``echokit_fast/devices/<protocol>/``) gives it one :class:`DeviceConnection` per
+connected device, the engine's side of that connection: what the engine tells the device
+(:class:`DeviceOutput`: end of speech, transcripts, the spoken segments of the answer, the end
+of the response, failure notices) and two facts about how the device talks. The front end
+drives the engine through the :class:`DeviceInput` methods of the device's
+:class:`~echokit_fast.conversation.session.Session`: attach/detach, start listening,
+microphone audio, submit, typed text, cancel the turn.
+
+A turn, as the engine emits it::
+
+    [end_of_speech]  transcript(final=False)*  transcript(final=True)
+    (segment_start  audio*  segment_end)*
+    [notice  segment_start  audio*  segment_end]        (a failure: the notice, also spoken)
+    response_end
+
+``response_end`` ends every turn exactly once, an empty transcript included (then it comes
+right after ``end_of_speech``), except a turn cancelled by new input from the device.
+Audio is float32 mono PCM at :data:`SAMPLE_RATE`; how it is encoded, framed and paced is the
+front end's business. Once the connection is gone every method raises :class:`DeviceGone`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["SAMPLE_RATE", "DeviceConnection", "DeviceGone", "DeviceInput", "DeviceOutput"]
+
+#: the engine's audio rate, both ways (microphone in, speech out)
+SAMPLE_RATE = 16000
+
+
+class DeviceGone(Exception):
+    """The device's connection is closed (or was taken over); nothing more reaches it."""
+
+
+class DeviceOutput(Protocol):
+    """What the engine tells a device, in the order of the module docstring."""
+
+    async def end_of_speech(self) -> None:
+        """The engine decided the user's turn is over (its VAD, not the device, ended it)."""
+        ...
+
+    async def transcript(self, text: str, *, final: bool) -> None:
+        """What the user said: interim (``final=False``, while the user pauses) or final (the
+        turn's input, typed text included)."""
+        ...
+
+    async def segment_start(self, text: str) -> None:
+        """A spoken segment of the answer begins; ``text`` is what it says."""
+        ...
+
+    async def audio(self, pcm: npt.NDArray[np.float32]) -> int:
+        """The segment's next audio. Returns how many audio packets went to the device (0 when
+        the front end is still collecting a whole packet), for the turn's trace."""
+        ...
+
+    async def segment_end(self) -> int:
+        """The segment is complete (or cut short by a failure): the rest of its audio goes out.
+        Returns how many audio packets that was."""
+        ...
+
+    async def response_end(self) -> None:
+        """The turn is over; the device may listen again."""
+        ...
+
+    async def notice(self, text: str) -> None:
+        """A failure, in words fit for the user (the engine then speaks it as a segment)."""
+        ...
+
+
+class DeviceConnection(DeviceOutput, Protocol):
+    """The engine's side of one device connection."""
+
+    #: keep the conversation's history from an earlier connection (else it starts afresh)
+    keep_history: bool
+    #: the engine's turn detector ends the user's utterance; else only the device does
+    #: (:meth:`DeviceInput.submit`) and all audio since the last turn is the utterance
+    server_vad: bool
+
+    def disconnect(self) -> None:
+        """End this connection from the server's side (a newer connection for the device took
+        over): the front end ends the device's response and closes it. Returns at once."""
+        ...
+
+
+class DeviceInput(Protocol):
+    """What a front end tells the engine (a :class:`~.session.Session` implements it). Calls
+    for a connection that is no longer the session's are ignored."""
+
+    async def attach(self, conn: DeviceConnection) -> bool:
+        """Make ``conn`` the device's connection (the previous one is disconnected). False if
+        an even newer connection took over meanwhile."""
+        ...
+
+    async def detach(self, conn: DeviceConnection) -> None:
+        """``conn`` ended: its turn is cancelled, the session keeps the history a while."""
+        ...
+
+    async def start_listening(self, conn: DeviceConnection) -> None:
+        """The user starts talking (a new utterance; an answer still playing is cancelled)."""
+        ...
+
+    async def audio(self, conn: DeviceConnection, pcm16: bytes) -> None:
+        """Microphone audio: 16 kHz mono PCM16 little-endian, whole samples."""
+        ...
+
+    async def submit(self, conn: DeviceConnection) -> None:
+        """The device ends the utterance: transcribe and answer it."""
+        ...
+
+    async def text_input(self, conn: DeviceConnection, text: str) -> None:
+        """Typed input: the user's utterance without ASR."""
+        ...
+
+    async def cancel_turn(self) -> None:
+        """Stop the turn in progress (no ``response_end`` for it)."""
+        ...

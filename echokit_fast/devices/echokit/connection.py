@@ -1,0 +1,215 @@
+"""One EchoKit chat WebSocket: the engine's :class:`DeviceConnection` over the EchoKit wire.
+
+:class:`Connection` turns what the conversation engine says into rmp-serde frames
+(:mod:`.output`): end of speech ``EndVad``, transcripts ``ASR{text}`` (interim and final alike),
+a segment ``StartAudio{text}`` .. audio frames .. ``EndAudio``, ``EndResponse``, a notice
+``DisplayText{text}`` (the firmware cannot decode it, §3.4; the engine also shows it as a
+segment). :func:`serve` runs the connection: the hello (a fresh connection only), then the
+device's frames into the engine: binary frames are microphone PCM16 (an odd trailing byte is
+carried to the next frame, §2.1), text frames are JSON commands (§2.2): ``StartChat``,
+``Submit``, ``Text{input}``; ``Select``, ``StartRecord`` and anything that is not a command are
+ignored. The flags map onto the engine's: ``reconnect`` keeps the history, ``stream_asr`` lets
+the server's VAD end the utterance.
+
+Pre-empted by a newer connection for the same device, the socket gets one ``EndResponse`` and
+is closed; nothing is ever written to a socket that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from echokit_fast.conversation.device import DeviceGone
+from echokit_fast.conversation.session import Session, SessionManager
+from echokit_fast.devices.echokit.flags import Flags
+from echokit_fast.devices.echokit.mic import EvenBytes
+from echokit_fast.devices.echokit.output import (
+    END_AUDIO,
+    END_RESPONSE,
+    END_VAD,
+    AudioOut,
+    asr,
+    display_text,
+    hello_frames,
+    start_audio,
+)
+from echokit_fast.devices.echokit.protocol import parse_client_command
+
+__all__ = ["Connection", "serve"]
+
+log = logging.getLogger("echokit_fast.device")
+
+#: encode Opus in a worker thread for chunks of at least this many samples (2 frames)
+THREAD_ENCODE_MIN = 3840
+#: time limit for the EndResponse written to a pre-empted socket
+PREEMPT_SEND_TIMEOUT = 2.0
+
+
+class Connection:
+    """One device WebSocket: flags, sending, the odd-byte carry of the microphone stream;
+    a :class:`~echokit_fast.conversation.device.DeviceConnection`."""
+
+    def __init__(self, ws: Any, flags: Flags, device_id: str) -> None:
+        self.ws = ws
+        self.flags = flags
+        self.device_id = device_id
+        self.keep_history = flags.reconnect
+        self.server_vad = flags.stream_asr
+        self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
+        self.alive = True
+        self.preempted = False  # disconnect() was called: EndResponse, then close
+        self._pcm = EvenBytes()
+        self._out = self._new_out()
+
+    def _new_out(self) -> AudioOut:
+        return AudioOut(opus=self.flags.opus, vowel=self.flags.vowel)
+
+    async def send(self, frame: bytes) -> None:
+        if not self.alive:
+            raise DeviceGone()
+        try:
+            await self.ws.send_bytes(frame)
+        except Exception as exc:  # ClientDisconnected, RuntimeError after close, OSError ...
+            self.alive = False
+            self.done.set()
+            raise DeviceGone() from exc
+
+    async def _send_all(self, frames: list[bytes]) -> int:
+        for frame in frames:
+            await self.send(frame)
+        return len(frames)
+
+    def disconnect(self) -> None:
+        self.preempted = True
+        self.done.set()
+
+    def align(self, data: bytes) -> bytes:
+        """PCM16 bytes with an odd trailing byte carried into the next frame (§2.1)."""
+        return self._pcm.align(data)
+
+    # -- DeviceOutput ------------------------------------------------------------------
+
+    async def end_of_speech(self) -> None:
+        await self.send(END_VAD)
+
+    async def transcript(self, text: str, *, final: bool) -> None:
+        await self.send(asr(text))
+
+    async def segment_start(self, text: str) -> None:
+        await self.send(start_audio(text))
+        # a fresh encoder per segment (an encode still running in a worker thread for a
+        # cancelled turn keeps the old one)
+        self._out = self._new_out()
+
+    async def audio(self, pcm: npt.NDArray[np.float32]) -> int:
+        out = self._out
+        if out.opus and len(pcm) >= THREAD_ENCODE_MIN:
+            frames = await asyncio.to_thread(out.push, pcm)
+        else:
+            frames = out.push(pcm)
+        return await self._send_all(frames)
+
+    async def segment_end(self) -> int:
+        n = await self._send_all(self._out.end_segment())
+        await self.send(END_AUDIO)
+        return n
+
+    async def response_end(self) -> None:
+        await self.send(END_RESPONSE)
+
+    async def notice(self, text: str) -> None:
+        await self.send(display_text(text))
+
+
+async def serve(
+    manager: SessionManager, ws: Any, device_id: str, flags: Flags, *, hello: bytes = b""
+) -> None:
+    """Run an accepted device WebSocket until it closes or is pre-empted; ``hello`` (the
+    hello file's bytes, b"" for none) is sent first on a fresh (not ``reconnect``) one."""
+    try:
+        await manager.ensure_ready()
+    except Exception:
+        log.exception("device %s: the backends could not be built", device_id)
+        await _close(ws, 1011)
+        return
+    session = manager.session(device_id)
+    conn = Connection(ws, flags, device_id)
+    reader: asyncio.Task[None] | None = None
+    try:
+        if not await session.attach(conn):
+            return
+        if hello and not flags.reconnect:
+            for frame in hello_frames(hello):
+                if conn.done.is_set():
+                    break
+                await conn.send(frame)
+        if not conn.done.is_set():
+            reader = asyncio.create_task(
+                _read(session, conn), name=f"echokit-device-read-{device_id}"
+            )
+            await conn.done.wait()
+    except DeviceGone:
+        pass
+    except Exception:  # e.g. the conversation factory failed: this connection only
+        log.exception("device %s: connection failed", device_id)
+    finally:
+        if reader is not None:
+            reader.cancel()
+            await asyncio.wait([reader])
+        await session.detach(conn)
+        if conn.preempted and conn.alive:
+            with contextlib.suppress(DeviceGone, asyncio.TimeoutError):
+                await asyncio.wait_for(conn.response_end(), PREEMPT_SEND_TIMEOUT)
+        if conn.alive:
+            conn.alive = False
+            await _close(ws, 1000)
+
+
+async def _read(session: Session, conn: Connection) -> None:
+    ws = conn.ws
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                conn.alive = False
+                break
+            data = msg.get("bytes")
+            try:
+                if data is not None:
+                    await session.audio(conn, conn.align(data))
+                elif msg.get("text") is not None:
+                    await _command(session, conn, msg["text"])
+            except DeviceGone:
+                break
+            except Exception:
+                log.exception("device %s: error handling a message", session.id)
+    finally:
+        conn.done.set()
+
+
+async def _command(session: Session, conn: Connection, text: str) -> None:
+    """One JSON text command (§2.2) into the engine."""
+    try:
+        cmd = parse_client_command(text)
+    except ValueError:
+        log.debug("device %s: ignoring text frame %.80r", session.id, text)
+        return
+    event = cmd.get("event")
+    if event == "StartChat":
+        await session.start_listening(conn)
+    elif event == "Submit":
+        await session.submit(conn)
+    elif event == "Text":
+        await session.text_input(conn, str(cmd.get("input", "")))
+    # Select, StartRecord: ignored in chat mode (§6.2)
+
+
+async def _close(ws: Any, code: int) -> None:
+    with contextlib.suppress(Exception):  # already closed or gone
+        await ws.close(code)
