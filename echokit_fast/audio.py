@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import io
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -104,7 +104,38 @@ def to_mono(x: np.ndarray, channels: int) -> np.ndarray:
 
 # --- WAV (wav) ---
 
-__all__ += ["WavInfo", "read_wav", "wav_info", "write_wav"]
+__all__ += ["WavInfo", "is_wav", "read_wav", "wav_header", "wav_info", "write_wav"]
+
+#: What a WAV header says: ``format_tag`` (1 PCM, 3 IEEE float; an EXTENSIBLE file's
+#: sub-format), ``bits`` (per sample), ``channels``, ``sample_rate``, ``frames``,
+#: ``data_offset``, ``streaming`` (a streaming sentinel data size: read to the end), and
+#: ``duration`` (seconds).
+WavInfo = _native.WavInfo
+
+#: ``wav_header(sample_rate, channels=1, data_size=None, riff_size=None) -> bytes``: the
+#: canonical 44-byte 16-bit PCM header. ``data_size`` None is a streaming header (0xFFFFFFFF);
+#: ``riff_size`` defaults to ``36 + data_size`` (0xFFFFFFFF when streaming). Bad values are a
+#: ValueError.
+wav_header = _native.wav_header
+
+
+def _wav_bytes(data: bytes | bytearray | memoryview, name: str) -> bytes | np.ndarray:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return _as_u8(data)
+    raise ValueError(f"{name} expects the WAV file as bytes, got {type(data).__name__}")
+
+
+def is_wav(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` starts like a WAV file (``RIFF`` .. ``WAVE``); the rest is not checked."""
+    return _native.is_wav(_wav_bytes(data, "is_wav"))
+
+
+def wav_info(data: bytes | bytearray | memoryview) -> WavInfo:
+    """The header of an in-memory WAV file, validated like :func:`read_wav` (same errors, a
+    ValueError), without decoding the samples."""
+    return _native.wav_info(_wav_bytes(data, "wav_info"))
 
 
 def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
@@ -121,38 +152,7 @@ def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
     frames, is a ValueError, as is every malformed or unsupported header (the
     message names what is wrong).
     """
-    if isinstance(data, bytes):
-        return _native.read_wav(data)
-    if isinstance(data, (bytearray, memoryview)):
-        return _native.read_wav(_as_u8(data))
-    raise ValueError(f"read_wav expects the WAV file as bytes, got {type(data).__name__}")
-
-
-class WavInfo(NamedTuple):
-    """What a WAV header says (:func:`wav_info`)."""
-
-    sample_rate: int
-    channels: int
-    #: the frames :func:`read_wav` would return
-    frames: int
-
-    @property
-    def duration(self) -> float:
-        """Seconds of audio."""
-        return self.frames / self.sample_rate
-
-
-def wav_info(data: bytes | bytearray | memoryview) -> WavInfo:
-    """The header of an in-memory WAV file, without decoding a sample.
-
-    Validated exactly as :func:`read_wav` validates it (the same ValueErrors), so a
-    caller can refuse a file by its rate or length before paying for its samples.
-    """
-    if isinstance(data, bytes):
-        return WavInfo(*_native.wav_info(data))
-    if isinstance(data, (bytearray, memoryview)):
-        return WavInfo(*_native.wav_info(_as_u8(data)))
-    raise ValueError(f"wav_info expects the WAV file as bytes, got {type(data).__name__}")
+    return _native.read_wav(_wav_bytes(data, "read_wav"))
 
 
 def write_wav(x: np.ndarray, sample_rate: int, *, bits: int = 16) -> bytes:
@@ -424,7 +424,7 @@ def decode_file(
     """
     if not data:
         raise ValueError("the audio file is empty")
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+    if is_wav(data):
         info = wav_info(data)
         _check_rate(info.sample_rate)
         if max_seconds is not None and info.duration > max_seconds:

@@ -22,7 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from echokit_fast.audio import float_to_pcm16, read_wav, write_wav
+from echokit_fast.audio import (
+    float_to_pcm16,
+    is_wav,
+    read_wav,
+    wav_header,
+    wav_info,
+    write_wav,
+)
 
 GUID_TAIL = bytes.fromhex("000000001000800000aa00389b71")
 
@@ -462,3 +469,65 @@ def test_truncated_file_is_an_error_at_every_cut():
     for cut in range(len(b)):
         with pytest.raises(ValueError):
             read_wav(b[:cut])
+
+
+# --- header writing, sniffing, header info (one implementation: native wav.rs) -------------
+
+
+def _pcm16_header(riff: int, data: int, rate: int = 16000, channels: int = 1) -> bytes:
+    """The canonical header, spelled out field by field (what the Python copies wrote)."""
+    return (
+        b"RIFF"
+        + struct.pack("<I", riff)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
+        + b"data"
+        + struct.pack("<I", data)
+    )
+
+
+def test_wav_header_streaming_and_sized():
+    assert wav_header(24000) == _pcm16_header(0xFFFFFFFF, 0xFFFFFFFF, 24000)  # OpenAI stream
+    assert wav_header(16000, riff_size=0x7FFFFFFF) == _pcm16_header(0x7FFFFFFF, 0xFFFFFFFF)
+    assert wav_header(16000, data_size=3200) == _pcm16_header(3236, 3200)
+    assert wav_header(8000, channels=2, data_size=8) == _pcm16_header(44, 8, 8000, 2)
+    x = np.linspace(-1, 1, 10, dtype=np.float32)
+    assert write_wav(x, 16000)[:44] == wav_header(16000, data_size=20)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sample_rate": 0},
+        {"sample_rate": 16000, "channels": 0},
+        {"sample_rate": 16000, "data_size": -1},
+        {"sample_rate": 16000, "data_size": 3},  # not whole 16-bit frames
+        {"sample_rate": 16000, "data_size": 0xFFFFFFFE},  # no room for the RIFF size
+        {"sample_rate": 16000, "riff_size": 1 << 32},
+    ],
+)
+def test_wav_header_bad_values_are_value_errors(kwargs):
+    with pytest.raises(ValueError):
+        wav_header(**kwargs)
+
+
+def test_is_wav_and_wav_info():
+    data = write_wav(np.zeros((5, 2), np.float32), 22050)
+    assert is_wav(data) and is_wav(bytearray(data)) and is_wav(memoryview(data))
+    assert not is_wav(b"RIFF\0\0\0\0AVI ") and not is_wav(b"RIFF") and not is_wav(b"")
+    info = wav_info(data)
+    assert (info.format_tag, info.bits, info.channels, info.sample_rate) == (1, 16, 2, 22050)
+    assert (info.frames, info.data_offset, info.streaming) == (5, 44, False)
+    f32 = wav_info(write_wav(np.zeros(3, np.float32), 8000, bits=32))
+    assert (f32.format_tag, f32.bits, f32.frames, f32.data_offset) == (3, 32, 3, 58)
+    streaming = wav_info(wav_header(16000) + bytes(7))
+    assert streaming.streaming and streaming.frames == 3
+    with pytest.raises(ValueError, match="expected 'RIFF'"):
+        wav_info(b"OggS" + bytes(40))
+    with pytest.raises(ValueError) as exc:
+        wav_info(data[:50])  # the same message as read_wav
+    with pytest.raises(ValueError) as exc_read:
+        read_wav(data[:50])
+    assert str(exc.value) == str(exc_read.value)
+    with pytest.raises(ValueError, match="bytes"):
+        wav_info("RIFF")  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast.api.common import BodyTooLarge, read_body
-from echokit_fast.audio import float_to_pcm16, write_wav
+from echokit_fast.audio import float_to_pcm16, wav_header, write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.server.app import AppContext
@@ -205,14 +205,6 @@ async def _pcm_bytes(
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def _streaming_wav_header(rate: int) -> bytes:
-    """A 16-bit mono WAV header with unknown sizes (0xFFFFFFFF: read to the end)."""
-    header = bytearray(write_wav(np.zeros(0, np.float32), rate))
-    header[4:8] = b"\xff\xff\xff\xff"
-    header[40:44] = b"\xff\xff\xff\xff"
-    return bytes(header)
-
-
 # --- OpenAI -------------------------------------------------------------------------
 
 
@@ -252,9 +244,8 @@ async def _openai_speech(ctx: AppContext, body: dict[str, Any]) -> Response:
     chunks = await _start(engine, text, OPENAI_RATE, voice, speed)
     if fmt == "pcm":
         return StreamingResponse(_pcm_bytes(chunks), media_type=f"audio/pcm;rate={OPENAI_RATE}")
-    return StreamingResponse(
-        _pcm_bytes(chunks, _streaming_wav_header(OPENAI_RATE)), media_type="audio/wav"
-    )
+    header = wav_header(OPENAI_RATE)  # 16-bit mono, sizes 0xFFFFFFFF: read to the end
+    return StreamingResponse(_pcm_bytes(chunks, header), media_type="audio/wav")
 
 
 # --- gsv_tts ------------------------------------------------------------------------

@@ -54,7 +54,7 @@ const KSDATAFORMAT_GUID_TAIL: [u8; 14] = [
 ];
 
 /// Data sizes that mean "unknown length: read to end".
-const STREAMING_SIZES: [u32; 2] = [0xFFFF_FFFF, 0x7FFF_FFFF];
+pub const STREAMING_SIZES: [u32; 2] = [0xFFFF_FFFF, 0x7FFF_FFFF];
 
 /// Sample encoding of the data chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,20 @@ pub enum SampleFormat {
 }
 
 impl SampleFormat {
+    /// The format tag that decides the encoding ([`WAVE_FORMAT_PCM`] or
+    /// [`WAVE_FORMAT_IEEE_FLOAT`]; for `WAVE_FORMAT_EXTENSIBLE`, its sub-format's).
+    pub fn tag(self) -> u16 {
+        match self {
+            SampleFormat::F32 | SampleFormat::F64 => WAVE_FORMAT_IEEE_FLOAT,
+            _ => WAVE_FORMAT_PCM,
+        }
+    }
+
+    /// Bits per sample (the container's).
+    pub fn bits(self) -> u16 {
+        self.width() as u16 * 8
+    }
+
     /// Bytes per sample.
     pub fn width(self) -> usize {
         match self {
@@ -242,6 +256,36 @@ fn parse_fmt(body: &[u8]) -> Result<Fmt> {
         sample_rate,
         block_align: want_align,
     })
+}
+
+/// Whether `buf` starts like a WAV file (`RIFF` .. `WAVE`); says nothing of the rest.
+pub fn is_wav(buf: &[u8]) -> bool {
+    buf.len() >= 12 && &buf[0..4] == b"RIFF" && &buf[8..12] == b"WAVE"
+}
+
+/// The canonical 44-byte header of 16-bit PCM (`fmt ` size 16, format 1) with the given
+/// RIFF and `data` size fields (a streaming writer puts a sentinel in them, see
+/// [`STREAMING_SIZES`]).
+pub fn pcm16_header(channels: u16, sample_rate: u32, riff_size: u32, data_size: u32) -> [u8; 44] {
+    let block_align = channels.wrapping_mul(2);
+    let mut h = [0u8; 44];
+    h[0..4].copy_from_slice(b"RIFF");
+    h[4..8].copy_from_slice(&riff_size.to_le_bytes());
+    h[8..16].copy_from_slice(b"WAVEfmt ");
+    h[16..20].copy_from_slice(&16u32.to_le_bytes());
+    h[20..22].copy_from_slice(&WAVE_FORMAT_PCM.to_le_bytes());
+    h[22..24].copy_from_slice(&channels.to_le_bytes());
+    h[24..28].copy_from_slice(&sample_rate.to_le_bytes());
+    h[28..32].copy_from_slice(
+        &sample_rate
+            .wrapping_mul(u32::from(block_align))
+            .to_le_bytes(),
+    );
+    h[32..34].copy_from_slice(&block_align.to_le_bytes());
+    h[34..36].copy_from_slice(&16u16.to_le_bytes());
+    h[36..40].copy_from_slice(b"data");
+    h[40..44].copy_from_slice(&data_size.to_le_bytes());
+    h
 }
 
 /// Parses and validates the header of an in-memory WAV file.
@@ -467,6 +511,15 @@ pub fn write_wav_into(
     let block_align = (channels * width) as u16;
     let data_len = (x.len() * width) as u32;
     let (h, body) = dst.split_at_mut(header);
+    if bits == 16 {
+        h.copy_from_slice(&pcm16_header(
+            channels as u16,
+            sample_rate,
+            (total - 8) as u32,
+            data_len,
+        ));
+        return pcm::f32_to_pcm16le_bytes(x, body);
+    }
     let mut w = 0usize;
     let mut put = |b: &[u8]| {
         h[w..w + b.len()].copy_from_slice(b);
@@ -476,30 +529,20 @@ pub fn write_wav_into(
     put(&((total - 8) as u32).to_le_bytes());
     put(b"WAVE");
     put(b"fmt ");
-    let tag = if bits == 16 {
-        put(&16u32.to_le_bytes());
-        WAVE_FORMAT_PCM
-    } else {
-        put(&18u32.to_le_bytes());
-        WAVE_FORMAT_IEEE_FLOAT
-    };
-    put(&tag.to_le_bytes());
+    put(&18u32.to_le_bytes());
+    put(&WAVE_FORMAT_IEEE_FLOAT.to_le_bytes());
     put(&(channels as u16).to_le_bytes());
     put(&sample_rate.to_le_bytes());
     put(&(sample_rate * u32::from(block_align)).to_le_bytes());
     put(&block_align.to_le_bytes());
     put(&(bits as u16).to_le_bytes());
-    if bits == 32 {
-        put(&0u16.to_le_bytes()); // cbSize
-        put(b"fact");
-        put(&4u32.to_le_bytes());
-        put(&((x.len() / channels) as u32).to_le_bytes());
-    }
+    put(&0u16.to_le_bytes()); // cbSize
+    put(b"fact");
+    put(&4u32.to_le_bytes());
+    put(&((x.len() / channels) as u32).to_le_bytes());
     put(b"data");
     put(&data_len.to_le_bytes());
-    if bits == 16 {
-        pcm::f32_to_pcm16le_bytes(x, body)
-    } else {
+    {
         for (o, &s) in body.chunks_exact_mut(4).zip(x) {
             o.copy_from_slice(&s.to_le_bytes());
         }
@@ -688,6 +731,40 @@ mod tests {
         assert!(
             e.contains("'LIST' chunk at offset 12 says 100 bytes but only 16 remain"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn pcm16_header_is_the_written_header() {
+        let w = write_wav(&[0.0, 0.5, -1.0, 0.25], 2, 22050, 16).unwrap();
+        assert_eq!(&w[..44], &pcm16_header(2, 22050, 36 + 8, 8));
+        let h = pcm16_header(1, 16000, 0x7FFF_FFFF, 0xFFFF_FFFF);
+        assert_eq!(le32(&h, 4), 0x7FFF_FFFF);
+        assert_eq!(le32(&h, 40), 0xFFFF_FFFF);
+        let mut streaming = h.to_vec();
+        streaming.extend_from_slice(&[0, 0x40, 7]);
+        let info = parse_header(&streaming).unwrap();
+        assert!(info.streaming && info.frames == 1);
+    }
+
+    #[test]
+    fn sniffing_and_format_of_the_header() {
+        assert!(is_wav(&write_wav(&[0.0], 1, 8000, 16).unwrap()));
+        assert!(!is_wav(b"RIFF\0\0\0\0AVI "));
+        assert!(!is_wav(b"RIFF\0\0\0\0WAV"));
+        let info = parse_header(&write_wav(&[0.0], 1, 8000, 32).unwrap()).unwrap();
+        assert_eq!(
+            (info.format.tag(), info.format.bits()),
+            (WAVE_FORMAT_IEEE_FLOAT, 32)
+        );
+        let w = riff(&[
+            (b"fmt ", fmt(1, 1, 8000, 24), None),
+            (b"data", vec![0, 0, 0], None),
+        ]);
+        let info = parse_header(&w).unwrap();
+        assert_eq!(
+            (info.format.tag(), info.format.bits()),
+            (WAVE_FORMAT_PCM, 24)
         );
     }
 

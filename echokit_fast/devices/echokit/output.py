@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from echokit_fast.audio import OpusEncoder, float_to_pcm16, read_wav
+from echokit_fast.audio import OpusEncoder, float_to_pcm16, is_wav, wav_info
 from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
 __all__ = [
@@ -121,38 +121,20 @@ def load_hello(path: str | Path | None) -> bytes | None:
 
 
 def _hello_problem(data: bytes) -> str | None:
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    if not is_wav(data):
         return "not a WAV file"
     try:
-        samples, rate = read_wav(data)
+        info = wav_info(data)
     except ValueError as exc:
         return f"not a readable WAV file ({exc})"
-    channels = samples.shape[1] if samples.ndim == 2 else 1
-    bits = _wav_bits(data)
     issues = []
-    if rate != SAMPLE_RATE:
-        issues.append(f"{rate} Hz (needs 16000)")
-    if channels != 1:
-        issues.append(f"{channels} channels (needs mono)")
-    if bits is not None and bits != (1, 16):
-        fmt, width = bits
-        issues.append(f"format {fmt}/{width}-bit (needs 16-bit PCM)")
+    if info.sample_rate != SAMPLE_RATE:
+        issues.append(f"{info.sample_rate} Hz (needs 16000)")
+    if info.channels != 1:
+        issues.append(f"{info.channels} channels (needs mono)")
+    if (info.format_tag, info.bits) != (1, 16):
+        issues.append(f"format {info.format_tag}/{info.bits}-bit (needs 16-bit PCM)")
     return ", ".join(issues) or None
-
-
-def _wav_bits(data: bytes) -> tuple[int, int] | None:
-    """(format tag, bits per sample) of the ``fmt `` chunk, or None if not found."""
-    pos = 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
-        if cid == b"fmt " and size >= 16 and pos + 24 <= len(data):
-            tag = int.from_bytes(data[pos + 8 : pos + 10], "little")
-            bits = int.from_bytes(data[pos + 22 : pos + 24], "little")
-            if tag == 0xFFFE and size >= 40 and pos + 34 <= len(data):
-                tag = int.from_bytes(data[pos + 32 : pos + 34], "little")  # sub-format GUID
-            return tag, bits
-        pos += 8 + size + (size & 1)
-    return None
 
 
 def hello_frames(data: bytes) -> list[bytes]:

@@ -26,12 +26,12 @@ import contextlib
 import json
 import logging
 import re
-import struct
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from echokit_fast.audio import wav_header
 from echokit_fast.devices.echokit.mic import EvenBytes
 
 __all__ = ["SAFE_NAME", "Recorder", "post_callback", "resolve_file", "safe_name"]
@@ -64,15 +64,9 @@ def resolve_file(root: Path, device_id: str, file: str | None = None) -> Path | 
 
 
 def _header(data_size: int | None) -> bytes:
-    riff, data = (0x7FFFFFFF, 0xFFFFFFFF) if data_size is None else (36 + data_size, data_size)
-    return (
-        b"RIFF"
-        + struct.pack("<I", riff)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16)
-        + b"data"
-        + struct.pack("<I", data)
-    )
+    if data_size is None:  # streaming: RIFF size 0x7FFFFFFF, data size 0xFFFFFFFF
+        return wav_header(16000, riff_size=0x7FFFFFFF)
+    return wav_header(16000, data_size=data_size)
 
 
 def _timestamp() -> str:
