@@ -152,6 +152,7 @@ def test_preload_builds_the_device_pipeline_before_any_connection(tmp_path) -> N
     """`serve` preloads: the first device must not wait for the backend clients (~0.7 s)."""
     from echokit_fast.backends.base import Backends
     from echokit_fast.config import parse_config
+    from echokit_fast.conversation.session import Settings
     from echokit_fast.server.app import AppContext, preload
 
     hello = tmp_path / "hello.wav"
@@ -181,4 +182,5 @@ history = 5
         raise AssertionError("built again at the first connection")
 
     assert isinstance(ctx.get("backends", not_again), Backends)
-    assert ctx.get("device.settings", not_again).hello == b"RIFF-hello"
+    assert isinstance(ctx.get("device.settings", not_again), Settings)
+    assert ctx.get("device.hello", not_again) == b"RIFF-hello"
