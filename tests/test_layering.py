@@ -23,7 +23,7 @@ FORBIDDEN = {
 KNOWN = {
     # the engine cache shared(ctx) of the local TTS takes the AppContext; typed application
     # state in server/ replaces it
-    ("backends/tts/local.py", "echokit_fast.server.app"),
+    ("backends/tts/local/engine.py", "echokit_fast.server.app"),
 }
 
 
