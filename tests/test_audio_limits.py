@@ -99,7 +99,11 @@ def test_wav_info_is_what_read_wav_decodes() -> None:
     for data in (audio.write_wav(tone(1.25), 16000), audio.write_wav(stereo, 22050, bits=32)):
         samples, rate = audio.read_wav(data)
         info = audio.wav_info(data)
-        assert info == (rate, samples.shape[1], samples.shape[0])
+        assert (info.sample_rate, info.channels, info.frames) == (
+            rate,
+            samples.shape[1],
+            samples.shape[0],
+        )
         assert info.duration == samples.shape[0] / rate
     # a never-patched streaming header: frames are what the file holds (a partial one dropped)
     wav = bytearray(audio.write_wav(tone(0.1), 16000))
