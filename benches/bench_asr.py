@@ -49,7 +49,9 @@ ROUNDS = 3
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
-    return asr.shared_engine(LocalASR(), cache_dir=tmp_path_factory.getbasetemp() / "asr-models")
+    return asr.LocalWhisper.from_config(
+        LocalASR(), cache_dir=tmp_path_factory.getbasetemp() / "asr-models"
+    )
 
 
 @pytest.fixture(scope="module")

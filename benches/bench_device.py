@@ -38,8 +38,10 @@ from device_fakes import (  # noqa: E402
 )
 from harness import running_server  # noqa: E402
 
+from echokit_fast.backends.base import Backends  # noqa: E402
 from echokit_fast.config import default_config  # noqa: E402
-from echokit_fast.server.app import AppContext, create_app  # noqa: E402
+from echokit_fast.server.app import create_app  # noqa: E402
+from echokit_fast.server.state import AppState  # noqa: E402
 
 FRAME = 16384  # the firmware's 512 ms upload frame
 AUDIO = ("AudioChunk", "AudioChunkWithVowel")
@@ -53,11 +55,11 @@ def _speech() -> bytes:
 
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
-    ctx = AppContext(default_config())
-    ctx.put("backends", (FakeTranscriber(), FakeSpeaker(), Conversations(default_script)))
-    ctx.put("record_dir", tmp_path_factory.mktemp("record"))
+    ctx = AppState(default_config())
+    ctx.backends = Backends(FakeTranscriber(), FakeSpeaker(), Conversations(default_script))
+    ctx.record_dir = tmp_path_factory.mktemp("record")
     loop = asyncio.new_event_loop()
-    with running_server(create_app(context=ctx)) as addr:
+    with running_server(create_app(state=ctx)) as addr:
         dev = loop.run_until_complete(
             Device.open(addr, "bench", opus=True, vowel=True, stream_asr=True)
         )

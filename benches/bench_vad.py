@@ -45,7 +45,7 @@ def _audio() -> np.ndarray:
 
 
 AUDIO = _audio()
-MODEL = vad.SileroVad.shared("v6")
+MODEL = vad.SileroVad("v6")
 ROUNDS = {1: 30, 8: 8, 64: 3}
 
 
@@ -174,11 +174,12 @@ FIXTURE_WAV = (DATA / "vad_fixture_hello16k.wav").read_bytes()
 
 @pytest.fixture(scope="module")
 def service():
-    from echokit_fast.server.app import AppContext, create_app
+    from echokit_fast.server.app import create_app
+    from echokit_fast.server.state import AppState
 
-    ctx = AppContext()
-    ctx.put("vad", MODEL)
-    with running_server(create_app(context=ctx)) as addr:
+    ctx = AppState()
+    ctx.vad = MODEL
+    with running_server(create_app(state=ctx)) as addr:
         yield ctx, addr
 
 
@@ -238,7 +239,7 @@ def test_ws_clients_ours_batched(benchmark, service):
     benchmark.group = f"vad-ws-{WS_CLIENTS}-clients"
     out = benchmark.pedantic(lambda: asyncio.run(run()), rounds=5, iterations=1, warmup_rounds=1)
     assert out == [["speech_start", "speech_end"]] * WS_CLIENTS
-    realtime = ctx.get("vad.realtime", lambda: None)
+    realtime = ctx.realtime_vad
     assert realtime.max_streams_per_step >= 2  # the clients shared model calls
 
 

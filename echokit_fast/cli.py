@@ -6,8 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from echokit_fast import __version__
+from echokit_fast.server import logging as server_logging
+
+T = TypeVar("T")
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -35,15 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config",
         metavar="PATH",
-        help="config.toml to use (default: $CONFIG_PATH; without either, the embedded default: "
-        "local ASR and TTS, the LLM at --llm-url)",
+        help="config.toml to use (default: $ECHOKIT_CONFIG, else $CONFIG_PATH; without any, the "
+        "embedded default: local ASR and TTS, the LLM at --llm-url)",
     )
     serve.add_argument(
         "--listen",
         type=_host_port,
         default=None,
         metavar="HOST:PORT",
-        help="address to listen on (default: the config's addr, else 0.0.0.0:8080)",
+        help="address to listen on (default: $ECHOKIT_LISTEN, else the config's addr, else "
+        "0.0.0.0:8080; port 0: an ephemeral port)",
     )
     serve.add_argument(
         "--llm-url",
@@ -51,7 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenAI-compatible base URL for the embedded default (default: $OPENAI_BASE_URL, "
         "else http://localhost:9091/v1); ignored with a config file",
     )
-    serve.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    serve.add_argument(
+        "--log-level",
+        choices=server_logging.LEVELS,
+        default=None,
+        help="level of every logger (default: $ECHOKIT_LOG_LEVEL, else info)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=server_logging.FORMATS,
+        default=None,
+        help="text lines, or one JSON object per line (default: $ECHOKIT_LOG_FORMAT, else text)",
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -162,7 +179,7 @@ def cmd_vad(args: argparse.Namespace) -> int:
         print(f"echokit-fast vad: {args.path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     try:
-        segments = speech_timestamps_from_wav(data, model=SileroVad.shared(args.model), **params)
+        segments = speech_timestamps_from_wav(data, model=SileroVad(args.model), **params)
     except ValueError as exc:
         print(f"echokit-fast vad: {args.path}: {exc}", file=sys.stderr)
         return 1
@@ -236,10 +253,54 @@ def cmd_say(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from echokit_fast.config import ConfigError, default_config, load_config, summary
+class SettingError(ValueError):
+    """A bad value in an environment variable (the message names it)."""
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:  %(name)s: %(message)s")
+
+def _from_env(name: str, parse: Callable[[str], T], env: Mapping[str, str]) -> T | None:
+    value = env.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return parse(value)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise SettingError(f"${name}: {exc}") from None
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value.lower()
+
+    return parse
+
+
+def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
+    """`args` with the serve settings a flag left unset taken from the environment
+    (``ECHOKIT_LISTEN``, ``ECHOKIT_LOG_LEVEL``, ``ECHOKIT_LOG_FORMAT``, ``ECHOKIT_CONFIG``,
+    then ``CONFIG_PATH``): a flag beats its variable. SettingError for a bad value."""
+    out = argparse.Namespace(**vars(args))
+    if out.listen is None:
+        out.listen = _from_env("ECHOKIT_LISTEN", _host_port, env)
+    if out.log_level is None:
+        out.log_level = _from_env("ECHOKIT_LOG_LEVEL", _choice(server_logging.LEVELS), env)
+    if out.log_format is None:
+        out.log_format = _from_env("ECHOKIT_LOG_FORMAT", _choice(server_logging.FORMATS), env)
+    out.log_level = out.log_level or "info"
+    out.log_format = out.log_format or "text"
+    out.config_path = (
+        args.config or args.config_pos or env.get("ECHOKIT_CONFIG") or env.get("CONFIG_PATH")
+    ) or None
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from echokit_fast.backends.registry import unsupported
+    from echokit_fast.config import ConfigError, default_config, load_config, summary
+    from echokit_fast.server import lifecycle
+    from echokit_fast.server.app import create_app
+    from echokit_fast.server.state import AppState
 
     if args.config_pos and args.config and args.config_pos != args.config:
         print(
@@ -247,7 +308,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    path = args.config or args.config_pos or os.environ.get("CONFIG_PATH") or None
+    try:
+        args = serve_settings(args, os.environ)
+    except SettingError as exc:
+        print(f"echokit-fast serve: {exc}", file=sys.stderr)
+        return 2
+    server_logging.configure(args.log_level, args.log_format)
+    log = logging.getLogger(__name__)
+
+    path = args.config_path
     if path:
         try:
             config = load_config(path).config  # warnings and notes are logged
@@ -256,7 +325,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(str(exc), file=sys.stderr)
             return 2
         if args.llm_url:
-            logging.getLogger(__name__).warning("--llm-url is ignored: %s sets the LLM", path)
+            log.warning("--llm-url is ignored: %s sets the LLM", path)
         source = path
     else:
         config = default_config(llm_url=args.llm_url)
@@ -264,38 +333,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.listen:  # the summary names the address really listened on
         host, port = args.listen
         config = config.model_copy(update={"addr": f"{host}:{port}"})
-    logging.getLogger(__name__).info("config: %s\n%s", source, summary(config))
-
-    import uvicorn
-
-    from echokit_fast.backends.registry import unsupported
-    from echokit_fast.server.app import AppContext, create_app, preload
+    log.info("config: %s\n%s", source, summary(config))
 
     problems = unsupported(config)
     if problems:
         for problem in problems:
             print(f"echokit-fast serve: {source}: {problem}", file=sys.stderr)
         return 2
-    ctx = AppContext(config)
-    try:
-        preload(ctx)
-    except Exception as exc:  # a missing model, a broken install: say what and stop
-        logging.getLogger(__name__).debug("preload failed", exc_info=True)
-        print(f"echokit-fast serve: cannot load the embedded engines: {exc}", file=sys.stderr)
-        return 1
-    app = create_app(context=ctx)
-
+    state = AppState(config)
+    app = create_app(state=state)
     host, port = config.listen
-    # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=args.log_level,
-        ws="websockets-sansio",
-        ws_per_message_deflate=False,
-    )
-    return 0
+    status = lifecycle.serve(state, app, host, port)
+    if state.load_error is not None:  # a missing model, a broken install: say what
+        print(
+            f"echokit-fast serve: cannot load the embedded engines: {state.load_error}",
+            file=sys.stderr,
+        )
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

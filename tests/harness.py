@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from echokit_fast.server.lifecycle import READY_MESSAGE
+
 
 @contextmanager
 def running_server(app) -> Iterator[str]:
@@ -58,9 +60,9 @@ READY_LIMIT_S = 120
 
 @contextmanager
 def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
-    """Run `python -m echokit_fast serve *args` in a child process until the server prints
-    its own readiness line; yield the process and everything it printed so far; stop it
-    afterwards.
+    """Run `python -m echokit_fast serve *args` in a child process until the server logs
+    that it is ready (it listens earlier, while the engines load); yield the process and
+    everything it printed so far; stop it afterwards (SIGTERM: it drains and exits).
 
     Waiting on the readiness line (not a sleep) is the synchronisation; a server that exits
     or never gets ready fails with its output.
@@ -82,7 +84,7 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
         assert proc.stdout is not None
         for line in proc.stdout:
             seen += line
-            if b"Uvicorn running" in line:
+            if READY_MESSAGE.encode() in line:
                 break
         else:
             what = "exited" if watchdog.is_alive() else f"not ready in {READY_LIMIT_S} s"

@@ -415,12 +415,12 @@ def test_pick_device() -> None:
     assert device == ("cuda" if asr._cuda_available() else "cpu")
 
 
-def test_shared_engine_is_one_per_config(model_cache: Path) -> None:
-    a = asr.shared_engine(LocalASR(), cache_dir=model_cache)
-    b = asr.shared_engine(LocalASR(), cache_dir=model_cache)
-    c = asr.shared_engine(LocalASR(language="en"), cache_dir=model_cache)
-    assert a is b and c is not a
-    assert c.model is a.model  # one loaded model behind both
+def test_engines_share_one_loaded_model(model_cache: Path) -> None:
+    """Each engine has its own queue; the loaded model is the process's one (load_model)."""
+    a = asr.LocalWhisper.from_config(LocalASR(), cache_dir=model_cache)
+    b = asr.LocalWhisper.from_config(LocalASR(language="en"), cache_dir=model_cache)
+    assert a is not b
+    assert b.model is a.model  # one loaded model behind both
 
 
 # --- command line --------------------------------------------------------------------------

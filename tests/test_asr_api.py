@@ -22,7 +22,8 @@ from echokit_fast import audio
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.asr.local import engine as asr
 from echokit_fast.backends.asr.local.engine import LocalWhisper
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality
@@ -37,7 +38,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(model_cache: Path) -> LocalWhisper:
-    return asr.shared_engine(LocalASR(), cache_dir=model_cache)
+    return asr.LocalWhisper.from_config(LocalASR(), cache_dir=model_cache)
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +47,10 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def start(serve, engine, **ctx_kwargs) -> tuple[openai.OpenAI, str]:
-    ctx = AppContext(**ctx_kwargs)
+    ctx = AppState(**ctx_kwargs)
     if engine is not None:
-        ctx.put("asr", engine)
-    addr = serve(create_app(context=ctx))
+        ctx.asr = engine
+    addr = serve(create_app(state=ctx))
     client = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="unused", max_retries=0)
     return client, f"http://{addr}"
 

@@ -25,7 +25,8 @@ from asr_helpers import FakeModel
 from echokit_fast import audio
 from echokit_fast.backends.asr.local.engine import LocalWhisper, WhisperJob
 from echokit_fast.config import ConfigError, parse_config
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 WAIT = 30.0  # a bound on waits for events that must come, not a synchronisation
 DEFAULT_CAP = 600
@@ -72,12 +73,9 @@ def start(
 ) -> str:
     """A server with `engine` as its Whisper (and `vad` as its VAD model, if given) and the
     config file `config_text` (its [limits] table; the AI sections are not used here)."""
-    ctx = AppContext(parse_config(GEMINI + config_text, log_issues=False).config, **kw)
-    if engine is not None:
-        ctx.put("asr", engine)
-    if vad is not None:
-        ctx.put("vad", vad)
-    return f"http://{serve(create_app(context=ctx))}"
+    config = parse_config(GEMINI + config_text, log_issues=False).config
+    state = AppState(config, asr=engine, vad=vad, probe_llm=False, **kw)
+    return f"http://{serve(create_app(state=state))}"
 
 
 def transcribe(base: str, name: str, data: bytes) -> httpx.Response:

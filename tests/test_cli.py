@@ -10,6 +10,7 @@ import httpx
 from harness import free_port, spawned_serve
 
 import echokit_fast
+from echokit_fast.server.lifecycle import READY_MESSAGE
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,24 +47,10 @@ def test_serve_answers_version() -> None:
         r = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10)
         assert r.status_code == 200
         assert r.json() == {"version": echokit_fast.__version__}
-        # serve loads the engines before it listens: once it answers, it is ready
+        # spawned_serve waited for the ready line
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json() == {"status": "ok"}
         r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
         assert r.status_code == 200 and r.json() == {"status": "ready"}
-
-
-def test_ready_is_503_until_the_engines_are_loaded(serve) -> None:
-    from echokit_fast.server.app import AppContext, create_app, preload
-
-    ctx = AppContext()
-    addr = serve(create_app(context=ctx))
-    assert httpx.get(f"http://{addr}/health", timeout=10).status_code == 200
-    r = httpx.get(f"http://{addr}/ready", timeout=10)
-    assert r.status_code == 503 and r.json() == {"status": "loading"}
-    ctx.config = ctx.config.model_copy(update={"asr": None, "tts": None, "layout": "none"})
-    preload(ctx)  # the Silero VAD only: the other engines are configured away
-    r = httpx.get(f"http://{addr}/ready", timeout=10)
-    assert r.status_code == 200 and r.json() == {"status": "ready"}
 
 
 def test_app_in_process_version(serve) -> None:
@@ -131,11 +118,11 @@ def test_serve_on_port_0_binds_an_ephemeral_port_and_says_which(tmp_path) -> Non
 
 
 def test_serve_stops_at_start_up_when_an_embedded_model_is_missing(tmp_path) -> None:
-    """The engines are loaded before listening: a missing model is reported, with what was
-    tried, and the server does not start (exit status 1)."""
+    """The engines load while the server listens: a missing model is reported, with what was
+    tried, and the server stops (exit status 1)."""
     cfg = tmp_path / "config.toml"
     cfg.write_text(
-        'addr = "127.0.0.1:1"\n'
+        'addr = "127.0.0.1:0"\n'
         '[asr]\nplatform = "local"\nmodel = "/nonexistent/whisper-model"\n'
         '[tts]\nplatform = "local"\n'
         '[llm]\nplatform = "openai_chat"\nurl = "http://127.0.0.1:1/v1/chat/completions"\n'
@@ -145,42 +132,4 @@ def test_serve_stops_at_start_up_when_an_embedded_model_is_missing(tmp_path) -> 
     assert out.returncode == 1
     assert "cannot load the embedded engines" in out.stderr
     assert "/nonexistent/whisper-model" in out.stderr
-    assert "Uvicorn running" not in out.stderr + out.stdout
-
-
-def test_preload_builds_the_device_pipeline_before_any_connection(tmp_path) -> None:
-    """`serve` preloads: the first device must not wait for the backend clients (~0.7 s)."""
-    from echokit_fast.backends.base import Backends
-    from echokit_fast.config import parse_config
-    from echokit_fast.conversation.session import Settings
-    from echokit_fast.server.app import AppContext, preload
-
-    hello = tmp_path / "hello.wav"
-    hello.write_bytes(b"RIFF-hello")
-    port = free_port()  # nothing listens there: building the clients must not connect
-    config = parse_config(
-        f"""
-addr = "127.0.0.1:{port}"
-hello_wav = "{hello}"
-[asr]
-platform = "openai"
-url = "http://127.0.0.1:{port}/v1/audio/transcriptions"
-[tts]
-platform = "stream_gsv"
-url = "http://127.0.0.1:{port}/v1/audio/stream_speech"
-speaker = "a"
-[llm]
-platform = "openai_chat"
-url = "http://127.0.0.1:{port}/v1/chat/completions"
-history = 5
-"""
-    ).config
-    ctx = AppContext(config)
-    preload(ctx)
-
-    def not_again():
-        raise AssertionError("built again at the first connection")
-
-    assert isinstance(ctx.get("backends", not_again), Backends)
-    assert isinstance(ctx.get("device.settings", not_again), Settings)
-    assert ctx.get("device.hello", not_again) == b"RIFF-hello"
+    assert READY_MESSAGE not in out.stderr + out.stdout

@@ -42,10 +42,11 @@ from device_fakes import (
 )
 
 from echokit_fast.audio import OpusDecoder, float_to_pcm16, pcm16_to_float, vowel_of, write_wav
-from echokit_fast.backends.base import SpeakNow
+from echokit_fast.backends.base import Backends, SpeakNow
 from echokit_fast.config import default_config
 from echokit_fast.conversation.session import Settings
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 DATA = Path(__file__).resolve().parent / "data"
 PREROLL = 4096  # the fixture's speech starts at ~8224: keep 256 ms before it
@@ -75,23 +76,23 @@ def build(
     config: Any = None,
     **ctx_items: Any,
 ) -> tuple[Any, SimpleNamespace]:
-    ctx = AppContext(config or default_config())
+    ctx = AppState(config or default_config())
     f = SimpleNamespace(
         transcriber=transcriber or FakeTranscriber(),
         speaker=speaker or FakeSpeaker(),
         convs=Conversations(script),
         ctx=ctx,
     )
-    ctx.put("backends", (f.transcriber, f.speaker, f.convs))
-    ctx.put("record_dir", tmp_path / "record")
+    ctx.backends = Backends(f.transcriber, f.speaker, f.convs)
+    ctx.record_dir = tmp_path / "record"
     if settings is not None:
-        ctx.put("device.settings", settings)
+        ctx.device_settings = settings
     ctx_items.setdefault("segmenter", SentenceSegmenter)
     for key, value in ctx_items.items():
         if value is not None:  # segmenter=None: the server's default (the §5.8 grouper)
-            ctx.put(key.replace("__", "."), value)
-    app = create_app(context=ctx)
-    f.manager = ctx.get("device.sessions", lambda: None)
+            setattr(ctx, key, value)
+    app = create_app(state=ctx)
+    f.manager = ctx.sessions
     return app, f
 
 
@@ -902,7 +903,7 @@ def test_record_idle_timeout_ends_with_callback(serve, tmp_path, callback):
     config = config.model_copy(
         update={"record": config.record.model_copy(update={"callback_url": callback.url})}
     )
-    app, _f = build(tmp_path, config=config, device__record_idle_s=0.3)
+    app, _f = build(tmp_path, config=config, record_idle_s=0.3)
     addr = serve(app)
 
     async def main():

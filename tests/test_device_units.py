@@ -101,7 +101,7 @@ def test_round_tracker_short_speech_and_silence():
 def test_round_tracker_on_real_speech():
     with wave.open(str(DATA / "vad_fixture_hello16k.wav")) as w:
         pcm = w.readframes(w.getnframes())[2 * 4096 :] + bytes(32000)
-    vad = VadStream(SileroVad.shared(), threshold=0.5)
+    vad = VadStream(SileroVad(), threshold=0.5)
     vad.push(pcm)
     t = RoundTracker(VadParams())
     ends = []

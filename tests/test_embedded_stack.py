@@ -29,7 +29,8 @@ from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.asr.local import engine as asr
 from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.config import default_config
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality
@@ -41,7 +42,7 @@ FRAME = 16384  # the firmware's upload frame (8192 samples)
 @pytest.fixture(scope="module")
 def whisper(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
     cache = tmp_path_factory.getbasetemp() / "asr-models"
-    return asr.shared_engine(LocalASR(language="en"), cache_dir=cache)
+    return asr.LocalWhisper.from_config(LocalASR(language="en"), cache_dir=cache)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,10 @@ def speaker() -> tts.LocalSpeaker:
 
 
 def test_tts_to_asr_round_trip_through_the_openai_client(serve, whisper, speaker) -> None:
-    ctx = AppContext()
-    ctx.put("asr", whisper)
-    ctx.put("tts", speaker)
-    addr = serve(create_app(context=ctx))
+    ctx = AppState()
+    ctx.asr = whisper
+    ctx.tts = speaker
+    addr = serve(create_app(state=ctx))
     client = openai.OpenAI(base_url=f"http://{addr}/v1", api_key="unused", max_retries=0)
     sentences = [
         "The weather is lovely today, so we are going for a walk in the park.",
@@ -84,11 +85,11 @@ def test_embedded_default_device_turn(serve, whisper, speaker) -> None:
 
     config = default_config(llm_url=f"http://{chat_addr}/v1")
     assert config.asr.platform == "local" and config.tts.platform == "local"
-    ctx = AppContext(config)
-    ctx.put("asr", whisper)  # the engines the config asks for, already loaded
-    ctx.put("tts", speaker)
-    ctx.put("record_dir", Path("/nonexistent"))
-    addr = serve(create_app(context=ctx))
+    ctx = AppState(config)
+    ctx.asr = whisper  # the engines the config asks for, already loaded
+    ctx.tts = speaker
+    ctx.record_dir = Path("/nonexistent")
+    addr = serve(create_app(state=ctx))
 
     question = "What is the capital of France?"
     spoken = speaker.synthesize(question, sample_rate=SR)

@@ -16,7 +16,8 @@ from standins import ASRServer, ChatServer, TTSServer
 
 from echokit_fast.audio import OpusDecoder, write_wav
 from echokit_fast.config import parse_config
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 DATA = Path(__file__).resolve().parent / "data"
 SR = 16000
@@ -42,9 +43,9 @@ def test_gaia_config_voice_turn_through_the_remote_clients(serve, tmp_path: Path
     (tmp_path / "hello.wav").write_bytes(hello)
     config = parse_config(text, filename="gaia/config.toml", base_dir=tmp_path).config
 
-    ctx = AppContext(config)
-    ctx.put("record_dir", tmp_path / "record")
-    addr = serve(create_app(context=ctx))
+    ctx = AppState(config)
+    ctx.record_dir = tmp_path / "record"
+    addr = serve(create_app(state=ctx))
 
     async def turn() -> tuple[list, list]:
         dev = await Device.open(addr, "a0b1c2d3e4f5", opus=True, vowel=True, stream_asr=True)

@@ -19,12 +19,8 @@ FORBIDDEN = {
     "backends": ("conversation", "devices", "server", "turn"),
 }
 
-#: known exceptions, in other work's areas, to be removed there: (module, imported prefix)
-KNOWN = {
-    # the engine cache shared(ctx) of the local TTS takes the AppContext; typed application
-    # state in server/ replaces it
-    ("backends/tts/local/engine.py", "echokit_fast.server.app"),
-}
+#: known exceptions: (module, imported prefix)
+KNOWN: set[tuple[str, str]] = set()
 
 
 def imports(path: Path) -> list[str]:

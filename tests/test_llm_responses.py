@@ -438,7 +438,8 @@ def test_device_text_turns_through_the_real_server(serve, srv, tmp_path):
     from device_fakes import Device, name
     from standins import ASRServer, TTSServer
 
-    from echokit_fast.server.app import AppContext, create_app
+    from echokit_fast.server.app import create_app
+    from echokit_fast.server.state import AppState
 
     asr, tts = ASRServer(), TTSServer()
     asr_addr, tts_addr = serve(asr.app), serve(tts.app)
@@ -463,9 +464,9 @@ content = "You are a tour guide."
     srv.reply(["It is sunny in Paris. ", "Enjoy the walk!"], id="resp_a")
     srv.reply(["Bring a hat."], id="resp_b")
     srv.reply(["Hello again."], id="resp_c")
-    ctx = AppContext(config)
-    ctx.put("record_dir", tmp_path / "record")
-    addr = serve(create_app(context=ctx))
+    ctx = AppState(config)
+    ctx.record_dir = tmp_path / "record"
+    addr = serve(create_app(state=ctx))
 
     async def turns() -> list[list[Any]]:
         out = []

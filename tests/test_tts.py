@@ -16,7 +16,6 @@ from echokit_fast.audio import resample
 from echokit_fast.backends.base import BackendBusy, BackendError, Speaker
 from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.backends.tts.local import engine as tts
-from echokit_fast.server.app import AppContext
 
 FOX = "The quick brown fox jumps over the lazy dog."
 # Four pieces; the gated engine below holds every piece starting with "Then".
@@ -316,18 +315,3 @@ def test_piper_missing_is_a_clear_backend_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "piper", None)  # as if not installed
     with pytest.raises(BackendError, match=r"pip install 'echokit-fast\[piper\]'"):
         tts.from_config(LocalTTS(engine="piper"))
-
-
-def test_shared_engine_is_built_once_per_context(engine):
-    ctx = AppContext()
-    ctx.put("tts", engine)
-    assert tts.shared(ctx) is engine
-    built: list[int] = []
-
-    class Counting(AppContext):
-        def get(self, key, factory):
-            return super().get(key, lambda: built.append(1) or engine)
-
-    ctx2 = Counting()
-    assert tts.shared(ctx2) is tts.shared(ctx2) is engine
-    assert built == [1]

@@ -18,7 +18,8 @@ from echokit_fast.audio import float_to_pcm16, pcm16_to_float, read_wav
 from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.config import default_config
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 TEXT = "Hello from the speech server. This is the second sentence."
 GATED_TEXT = "First we say hello. Then the second one. Then the third one. Then the last."
@@ -70,10 +71,10 @@ def gated(gated_module):
 
 
 def server(serve, engine, **ctx_kw) -> str:
-    ctx = AppContext(**ctx_kw)
+    ctx = AppState(**ctx_kw)
     if engine is not None:
-        ctx.put("tts", engine)
-    return "http://" + serve(create_app(context=ctx))
+        ctx.tts = engine
+    return "http://" + serve(create_app(state=ctx))
 
 
 @pytest.fixture
@@ -316,11 +317,11 @@ def test_openai_errors_raw(url, kwargs, status, needle):
 def test_engine_is_loaded_from_the_config_on_first_use(serve):
     # No engine installed in the context: the route builds the configured one.
     config = default_config().model_copy(update={"tts": LocalTTS(voice="heart", speed=2.0)})
-    ctx = AppContext(config)
-    url = "http://" + serve(create_app(context=ctx))
+    ctx = AppState(config)
+    url = "http://" + serve(create_app(state=ctx))
     r = httpx.post(f"{url}/v1/audio/stream_speech", json={"input": "Hi there.", "speaker": "heart"})
     assert r.status_code == 200
-    engine = ctx.get("tts", lambda: None)
+    engine = ctx.tts
     assert isinstance(engine, tts.HibariSpeaker) and engine.speed == 2.0
     assert r.content == pcm(engine, "Hi there.", 32000)
     engine.close()

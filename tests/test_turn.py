@@ -79,7 +79,7 @@ def test_vad_detector_params_change_the_rounds():
 
 
 def test_vad_detectors_need_prepare_and_are_independent():
-    factory = VadTurnDetectors(model=SileroVad.shared)
+    factory = VadTurnDetectors(model=SileroVad)
     with pytest.raises(RuntimeError, match="prepare"):
         factory()
     factory.prepare()

@@ -46,7 +46,7 @@ def model(request) -> vad.SileroVad:
 
 @pytest.fixture(scope="module")
 def v6() -> vad.SileroVad:
-    return vad.SileroVad.shared("v6")
+    return vad.SileroVad("v6")
 
 
 class ReplayModel:
@@ -349,7 +349,6 @@ def test_fixture_probabilities_and_timestamps(model):
 def test_default_model_is_v6():
     got = vad.get_speech_timestamps(AUDIO)
     assert _pairs(got) == FIXTURE["models"]["v6"]["timestamps"]
-    assert vad.SileroVad.shared() is vad.SileroVad.shared("v6")
 
 
 def test_segments_are_where_the_speech_is(v6):

@@ -25,11 +25,14 @@ from websockets.exceptions import InvalidStatus
 
 from echokit_fast.api.vad import CompatStreamingVad, RealtimeVad, ws_params
 from echokit_fast.backends.vad import silero as vad
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE_WAV = (DATA / "vad_fixture_hello16k.wav").read_bytes()
 FIXTURE = json.loads((DATA / "vad_fixture_hello16k.json").read_text())
+#: the v6 model the expected events are computed with (the app's default model)
+MODEL = vad.SileroVad("v6")
 VECTORS = json.loads((DATA / "vad_test_vectors.json").read_text())["vectors"]
 V6_SEGMENTS = [{"start": s, "end": e} for s, e in FIXTURE["models"]["v6"]["timestamps"]]
 V5_REF = FIXTURE["models"]["v5"]["rust_crate_expected"]
@@ -92,17 +95,18 @@ def iterator_events(pcm: bytes, model, **params) -> list[str]:
 
 
 @pytest.fixture
-def ctx() -> AppContext:
-    return AppContext()
+def ctx() -> AppState:
+    return AppState()
 
 
 @pytest.fixture
 def server(serve, ctx) -> str:
-    return serve(create_app(context=ctx))
+    return serve(create_app(state=ctx))
 
 
-def realtime(ctx: AppContext) -> RealtimeVad:
-    return ctx.get("vad.realtime", lambda: pytest.fail("the app has no realtime VAD"))
+def realtime(ctx: AppState) -> RealtimeVad:
+    assert ctx.realtime_vad is not None, "the app has no realtime VAD"
+    return ctx.realtime_vad
 
 
 def post(addr: str, files=None, *, params=None, data=None, **kw) -> httpx.Response:
@@ -287,8 +291,8 @@ def test_http_body_over_the_limit_is_413(server):
 
 
 def test_http_body_limit_is_configurable(serve):
-    ctx = AppContext(max_body_bytes=50_000)
-    addr = serve(create_app(context=ctx))
+    ctx = AppState(max_body_bytes=50_000)
+    addr = serve(create_app(state=ctx))
     r = post(addr, {"audio": ("a.wav", FIXTURE_WAV)})  # 163 kB
     assert r.status_code == 413
     assert r.json() == {"error": "request body exceeds the limit of 50000 bytes"}
@@ -300,7 +304,7 @@ class GatedModel:
     """The real model behind a gate: the first model call waits until the test opens it."""
 
     def __init__(self, model: vad.SileroVad | None = None) -> None:
-        self.model = model or vad.SileroVad.shared()
+        self.model = model or MODEL
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.calls: list[int] = []  # streams (batch size N) of each call
@@ -319,10 +323,10 @@ class GatedModel:
 
 
 def test_http_inference_runs_off_the_event_loop(serve):
-    ctx = AppContext()
+    ctx = AppState()
     gated = GatedModel()
-    ctx.put("vad", gated)
-    addr = serve(create_app(context=ctx))
+    ctx.vad = gated
+    addr = serve(create_app(state=ctx))
     result: dict = {}
     t = threading.Thread(target=lambda: result.update(r=post(addr, {"audio": ("a", FIXTURE_WAV)})))
     t.start()
@@ -339,9 +343,9 @@ def test_http_inference_runs_off_the_event_loop(serve):
 
 
 def test_http_model_failure_is_500(serve):
-    ctx = AppContext()
-    ctx.put("vad", FailingModel())
-    addr = serve(create_app(context=ctx))
+    ctx = AppState()
+    ctx.vad = FailingModel()
+    addr = serve(create_app(state=ctx))
     r = post(addr, {"audio": ("a.wav", FIXTURE_WAV)})
     assert r.status_code == 500
     assert r.json() == {"error": "VAD processing error: model exploded"}
@@ -421,12 +425,12 @@ async def send_chunked(ws, pcm: bytes, sizes=CHUNKS) -> None:
         k += 1
 
 
-def answered(ctx: AppContext) -> int:
+def answered(ctx: AppState) -> int:
     """Windows the realtime service has answered so far (all connections)."""
     return realtime(ctx).windows_done
 
 
-async def finish(ws, ctx: AppContext, target: int) -> list[str]:
+async def finish(ws, ctx: AppState, target: int) -> list[str]:
     """All events of the connection: wait (server side) until ``target`` windows in all have
     been answered -- every event is then sent --, close, collect what arrived before the
     close frame."""
@@ -442,7 +446,7 @@ def windows(n_bytes: int) -> int:
 
 
 def test_ws_iterator_mode_any_frame_sizes(server, ctx):
-    expected = iterator_events(PCM16 + SILENCE_1S, vad.SileroVad.shared())
+    expected = iterator_events(PCM16 + SILENCE_1S, MODEL)
     assert expected == ["speech_start", "speech_end"]
 
     async def main():
@@ -469,13 +473,13 @@ def test_ws_one_byte_frames_and_odd_counts_are_reframed_exactly(server, ctx):
             await ws.send(b"\x01")  # a dangling odd byte at the end is simply held
             return await finish(ws, ctx, base + windows(len(pcm)))
 
-    assert asyncio.run(main()) == iterator_events(pcm, vad.SileroVad.shared())
+    assert asyncio.run(main()) == iterator_events(pcm, MODEL)
 
 
 def test_ws_compat_mode_reproduces_the_reference_on_v5(serve):
-    ctx = AppContext()
-    ctx.put("vad", vad.SileroVad("v5"))
-    addr = serve(create_app(context=ctx))
+    ctx = AppState()
+    ctx.vad = vad.SileroVad("v5")
+    addr = serve(create_app(state=ctx))
 
     async def run(query: str) -> list[str]:
         base = answered(ctx)
@@ -491,7 +495,7 @@ def test_ws_compat_mode_reproduces_the_reference_on_v5(serve):
 
 
 def test_ws_query_parameters_change_the_events(server, ctx):
-    model = vad.SileroVad.shared()
+    model = MODEL
     pcm = PCM16 + SILENCE_1S
     # the clip has a 3-window dip (p 0.21, 0.8, 0.32): below 0.84 = 0.99 - 0.15 for 96 ms
     split = iterator_events(pcm, model, threshold=0.99, min_silence_duration_ms=50)
@@ -510,7 +514,7 @@ def test_ws_query_parameters_change_the_events(server, ctx):
 
 
 def test_ws_reset_mid_stream(server, ctx):
-    model = vad.SileroVad.shared()
+    model = MODEL
     part1 = PCM16[:30000]  # ends inside the speech; 30000 % 1024 = 304 bytes carried over
     carried = part1[len(part1) // 1024 * 1024 :]
     before = iterator_events(part1, model)
@@ -539,7 +543,7 @@ def test_ws_other_text_is_ignored(server, ctx):
             await send_chunked(ws, PCM16 + SILENCE_1S)
             return await finish(ws, ctx, base + windows(len(PCM16) + 32000))
 
-    assert asyncio.run(main()) == iterator_events(PCM16 + SILENCE_1S, vad.SileroVad.shared())
+    assert asyncio.run(main()) == iterator_events(PCM16 + SILENCE_1S, MODEL)
 
 
 def test_ws_client_disconnect_mid_stream_leaves_nothing_behind(server, ctx):
@@ -573,11 +577,11 @@ def test_ws_client_disconnect_mid_stream_leaves_nothing_behind(server, ctx):
 
 
 def test_ws_concurrent_clients_are_batched_and_independent(serve):
-    ctx = AppContext()
+    ctx = AppState()
     gated = GatedModel()
-    ctx.put("vad", gated)
-    addr = serve(create_app(context=ctx))
-    model = vad.SileroVad.shared()
+    ctx.vad = gated
+    addr = serve(create_app(state=ctx))
+    model = MODEL
     a_pcm = PCM16 + SILENCE_1S
     b_pcm = SILENCE_1S + PCM16[:40000]  # ends inside the speech
     a_expected = iterator_events(a_pcm, model)
@@ -638,9 +642,9 @@ def test_ws_bad_query_is_http_400_before_the_upgrade(server, query, message):
 
 
 def test_ws_inference_error_is_reported_and_closes_1011(serve):
-    ctx = AppContext()
-    ctx.put("vad", FailingModel())
-    addr = serve(create_app(context=ctx))
+    ctx = AppState()
+    ctx.vad = FailingModel()
+    addr = serve(create_app(state=ctx))
 
     async def main():
         async with websockets.connect(ws_url(addr)) as ws:

@@ -60,7 +60,7 @@ def speaker() -> tts.LocalSpeaker:
 
 @pytest.fixture(scope="module")
 def whisper() -> asr.LocalWhisper:
-    return asr.shared_engine(LocalASR(language="en"))
+    return asr.LocalWhisper.from_config(LocalASR(language="en"))
 
 
 def spoken(speaker: tts.LocalSpeaker, text: str, rate: int) -> np.ndarray:

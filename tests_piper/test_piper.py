@@ -16,9 +16,10 @@ from starlette.testclient import TestClient
 
 from echokit_fast.audio import pcm16_to_float, resample
 from echokit_fast.backends.base import Speaker
-from echokit_fast.backends.tts import local as tts
-from echokit_fast.config import LocalTTS
-from echokit_fast.server.app import AppContext, create_app
+from echokit_fast.backends.tts.local import LocalTTS
+from echokit_fast.backends.tts.local import engine as tts
+from echokit_fast.server.app import create_app
+from echokit_fast.server.state import AppState
 
 FOX = "The quick brown fox jumps over the lazy dog."
 
@@ -82,10 +83,9 @@ def test_piper_speed(engine):
 def test_piper_from_config_and_http():
     engine = tts.from_config(LocalTTS(engine="piper", speaker="joe"))
     assert isinstance(engine, tts.PiperSpeaker)
-    ctx = AppContext()
-    ctx.put("tts", engine)
+    state = AppState(tts=engine)
     try:
-        with TestClient(create_app(context=ctx)) as client:
+        with TestClient(create_app(state=state)) as client:
             assert client.get("/v1/audio/speakers").json() == ["joe"]
             body = {"speaker": "joe", "input": FOX, "sample_rate": 16000}
             r = client.post("/v1/audio/stream_speech", json=body)

@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 from echokit_fast import audio
 from echokit_fast.api.common import BodyTooLarge, read_form, too_long_message
 from echokit_fast.backends.base import BackendBusy, BackendError
-from echokit_fast.server.app import AppContext
+from echokit_fast.server.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,9 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
-async def get_engine(ctx: AppContext) -> Any:
-    """The context's ASR engine; a first use loads the model off the event loop."""
-    from echokit_fast.backends.asr.local.engine import shared
-
-    return await asyncio.to_thread(shared, ctx)
+async def get_engine(state: AppState) -> Any:
+    """The app's ASR engine; a first use loads the model off the event loop."""
+    return await asyncio.to_thread(state.asr_engine)
 
 
 def _timestamp(seconds: float, sep: str) -> str:
@@ -171,9 +169,9 @@ def _field(form: Any, name: str) -> str | None:
     return str(value)
 
 
-async def _parse(request: Request, ctx: AppContext) -> tuple[bytes, dict[str, Any], str]:
+async def _parse(request: Request, state: AppState) -> tuple[bytes, dict[str, Any], str]:
     try:
-        form = await read_form(request, ctx.max_body_bytes)
+        form = await read_form(request, state.max_body_bytes)
     except BodyTooLarge as exc:
         raise ApiError(413, f"{exc}", param="file", code="file_too_large") from exc
     except ValueError as exc:
@@ -212,9 +210,9 @@ async def _parse(request: Request, ctx: AppContext) -> tuple[bytes, dict[str, An
     return data, options, response_format
 
 
-async def _decode(data: bytes, ctx: AppContext) -> tuple[np.ndarray, int]:
+async def _decode(data: bytes, state: AppState) -> tuple[np.ndarray, int]:
     """An upload's mono samples and rate, within ``[limits] max_audio_s`` (ApiError if not)."""
-    limit = ctx.config.limits.max_audio_s
+    limit = state.config.limits.max_audio_s
     try:
         return await asyncio.to_thread(audio.decode_file, data, max_seconds=limit)
     except audio.AudioTooLong as exc:
@@ -237,12 +235,12 @@ async def _client_gone(request: Request) -> None:
 
 
 async def transcriptions(request: Request) -> Response:
-    ctx: AppContext = request.app.state.ctx
+    state: AppState = request.app.state.echokit
     try:
-        data, options, response_format = await _parse(request, ctx)
+        data, options, response_format = await _parse(request, state)
         gone = asyncio.ensure_future(_client_gone(request))
         try:
-            result = await _transcribe(ctx, data, options, gone)
+            result = await _transcribe(state, data, options, gone)
         finally:
             gone.cancel()
     except ApiError as exc:
@@ -251,14 +249,14 @@ async def transcriptions(request: Request) -> Response:
 
 
 async def _transcribe(
-    ctx: AppContext, data: bytes, options: dict[str, Any], gone: asyncio.Future[None]
+    state: AppState, data: bytes, options: dict[str, Any], gone: asyncio.Future[None]
 ) -> Any:
     """The TranscriptResult of an upload; a client that leaves (`gone`) before it is
     ready has its job cancelled: dropped while queued, stopped at the next segment while
     running (:class:`~echokit_fast.backends.asr.local.WhisperJob`)."""
-    pcm, rate = await _decode(data, ctx)
+    pcm, rate = await _decode(data, state)
     try:
-        engine = await get_engine(ctx)
+        engine = await get_engine(state)
     except Exception as exc:  # model missing or failing to load: a server problem
         log.error("loading the ASR engine failed: %s", exc)
         raise ApiError(500, f"the speech recognizer could not be loaded: {exc}") from exc
@@ -287,16 +285,16 @@ async def _transcribe(
 
 async def models(request: Request) -> JSONResponse:
     """The engines loaded in this process that have a model id, in OpenAI's list format."""
-    ctx: AppContext = request.app.state.ctx
+    state: AppState = request.app.state.echokit
     data = [
         {"id": e.model_id, "object": "model", "created": CREATED, "owned_by": "echokit-fast"}
-        for e in ctx.loaded()
+        for e in state.loaded()
         if isinstance(getattr(e, "model_id", None), str)
     ]
     return JSONResponse({"object": "list", "data": data})
 
 
-def routes(ctx: AppContext) -> list[BaseRoute]:
+def routes(state: AppState) -> list[BaseRoute]:
     return [
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),

@@ -51,7 +51,7 @@ from echokit_fast.api.common import BodyTooLarge, read_body
 from echokit_fast.audio import float_to_pcm16, wav_header, write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.backends.tts.local import engine as tts
-from echokit_fast.server.app import AppContext
+from echokit_fast.server.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,9 @@ def _input(body: dict[str, Any], missing_status: int) -> str:
     return text
 
 
-async def _engine(ctx: AppContext) -> tts.LocalSpeaker:
+async def _engine(state: AppState) -> tts.LocalSpeaker:
     try:
-        return await asyncio.to_thread(tts.shared, ctx)
+        return await asyncio.to_thread(state.tts_engine)
     except BackendError as exc:
         log.error("tts: %s", exc)
         raise _Invalid(503, f"TTS service is not available: {exc.notice}") from None
@@ -208,7 +208,7 @@ async def _pcm_bytes(
 # --- OpenAI -------------------------------------------------------------------------
 
 
-async def _openai_speech(ctx: AppContext, body: dict[str, Any]) -> Response:
+async def _openai_speech(state: AppState, body: dict[str, Any]) -> Response:
     text = _input(body, 400)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -239,7 +239,7 @@ async def _openai_speech(ctx: AppContext, body: dict[str, Any]) -> Response:
                 f"`speed` must be between {tts.MIN_SPEED} and {tts.MAX_SPEED}, got {speed}",
                 param="speed",
             )
-    engine = await _engine(ctx)
+    engine = await _engine(state)
     voice = _voice(engine, body.get("voice"), "voice", openai=True)
     chunks = await _start(engine, text, OPENAI_RATE, voice, speed)
     if fmt == "pcm":
@@ -256,7 +256,7 @@ def _is_gsv(body: dict[str, Any]) -> bool:
 
 
 async def _gsv_request(
-    ctx: AppContext, body: dict[str, Any]
+    state: AppState, body: dict[str, Any]
 ) -> tuple[tts.LocalSpeaker, str, int, str | None]:
     if "speaker" in body and "voice" in body:
         raise _Invalid(422, "duplicate field `speaker` (`voice` is its alias)")
@@ -272,19 +272,19 @@ async def _gsv_request(
             f"Unsupported sample rate: {rate}, only {', '.join(map(str, GSV_RATES))} are supported",
         )
     key = "speaker" if "speaker" in body else "voice"
-    engine = await _engine(ctx)
+    engine = await _engine(state)
     voice = _voice(engine, body.get(key), key, openai=False)
     return engine, text, rate, voice
 
 
-async def _gsv_stream(ctx: AppContext, body: dict[str, Any]) -> Response:
-    engine, text, rate, voice = await _gsv_request(ctx, body)
+async def _gsv_stream(state: AppState, body: dict[str, Any]) -> Response:
+    engine, text, rate, voice = await _gsv_request(state, body)
     chunks = await _start(engine, text, rate, voice, None)
     return StreamingResponse(_pcm_bytes(chunks), media_type=f"audio/pcm;rate={rate}")
 
 
-async def _gsv_whole(ctx: AppContext, body: dict[str, Any]) -> Response:
-    engine, text, rate, voice = await _gsv_request(ctx, body)
+async def _gsv_whole(state: AppState, body: dict[str, Any]) -> Response:
+    engine, text, rate, voice = await _gsv_request(state, body)
     chunks = await _start(engine, text, rate, voice, None)
     parts = [chunk async for chunk in chunks]
     audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -294,8 +294,8 @@ async def _gsv_whole(ctx: AppContext, body: dict[str, Any]) -> Response:
 # --- routes -------------------------------------------------------------------------
 
 
-def routes(ctx: AppContext) -> list[BaseRoute]:
-    limit = min(ctx.max_body_bytes, MAX_BODY_BYTES)
+def routes(state: AppState) -> list[BaseRoute]:
+    limit = min(state.max_body_bytes, MAX_BODY_BYTES)
 
     async def speech(request: Request) -> Response:
         try:
@@ -304,24 +304,24 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             return _openai_error(exc)
         if _is_gsv(body):
             try:
-                return await _gsv_whole(ctx, body)
+                return await _gsv_whole(state, body)
             except _Invalid as exc:
                 return _text_error(exc)
         try:
-            return await _openai_speech(ctx, body)
+            return await _openai_speech(state, body)
         except _Invalid as exc:
             return _openai_error(exc)
 
     async def stream_speech(request: Request) -> Response:
         try:
             body = await _json_body(request, limit)
-            return await _gsv_stream(ctx, body)
+            return await _gsv_stream(state, body)
         except _Invalid as exc:
             return _text_error(exc)
 
     async def speakers(_request: Request) -> Response:
         try:
-            engine = await _engine(ctx)
+            engine = await _engine(state)
         except _Invalid as exc:
             return _text_error(exc)
         return JSONResponse(engine.voices())

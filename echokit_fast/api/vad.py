@@ -32,14 +32,14 @@ Differences from silero_vad_server (``../shared/spec/vad-and-tts.md`` §1, §3.8
 * HTTP errors are real status codes with ``{"error": "<what is wrong>"}``: 400 for a body
   that is not multipart/form-data, a broken multipart body, no ``audio`` part, a file that is
   not a usable WAV (``read_wav``'s message), a rate outside 8000..48000 Hz, a bad tuning
-  parameter; 413 for a body over the limit (``AppContext.max_body_bytes``, default 10 MiB,
+  parameter; 413 for a body over the limit (``AppState.max_body_bytes``, default 10 MiB,
   as the reference's) or a WAV whose header says more than ``[limits] max_audio_s`` (10
   minutes by default); 500 if the model fails. The reference answers 200 with
   ``{"error":"VAD processing error"}`` / ``{"error":"No audio provided"}``.
 * WAV input: more formats (extensible, more than 2 channels mixed properly, data before fmt)
   and a band-limited resampler instead of the reference's linear/box one (no NaN sample),
   so segment edges can differ by a window from the reference for non-16 kHz files.
-* Default model: Silero v6 (the reference runs v5; ``ctx.put("vad", SileroVad("v5"))``
+* Default model: Silero v6 (the reference runs v5; ``AppState(vad=SileroVad("v5"))``
   restores it). Samples are scaled by 1/32768 (the reference's WS uses 1/32767).
 * Realtime, partial windows: any frame length works; the reference panics when a frame does
   not complete a buffered partial window.
@@ -72,7 +72,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -86,14 +86,11 @@ from echokit_fast.audio import AudioTooLong, wav_info
 from echokit_fast.backends.vad.silero import (
     WAV_MAX_RATE,
     WAV_MIN_RATE,
-    SileroVad,
     VadBatcher,
     WavInputError,
     speech_timestamps_from_wav,
 )
-
-if TYPE_CHECKING:
-    from echokit_fast.server.app import AppContext
+from echokit_fast.server.state import AppState
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +212,7 @@ def _first_part_bytes(body: bytes, content_type: str, name: str) -> bytes | None
     return found[0] if found else None
 
 
-def _model(ctx: AppContext) -> SileroVad:
-    return ctx.get("vad", SileroVad.shared)
-
-
-async def _audio_part(request: Request, ctx: AppContext) -> tuple[bytes, Any]:
+async def _audio_part(request: Request, state: AppState) -> tuple[bytes, Any]:
     """``(wav bytes, form)``; raises BodyTooLarge, or ValueError with the client's mistake."""
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
@@ -227,7 +220,7 @@ async def _audio_part(request: Request, ctx: AppContext) -> tuple[bytes, Any]:
             f"expected a multipart/form-data body with a part named 'audio', got Content-Type "
             f"{ctype or '(none)'!r}"
         )
-    form = await read_form(request, ctx.max_body_bytes)
+    form = await read_form(request, state.max_body_bytes)
     parts = form.getlist("audio")
     if not parts:
         names = sorted(set(form.keys()))
@@ -257,13 +250,13 @@ def _check_length(data: bytes, limit: float) -> None:
         raise AudioTooLong(info.duration, limit)
 
 
-def routes(ctx: AppContext) -> list[BaseRoute]:
-    realtime = ctx.get("vad.realtime", lambda: RealtimeVad(lambda: _model(ctx)))
+def routes(state: AppState) -> list[BaseRoute]:
+    realtime = state.realtime_vad = RealtimeVad(state.vad_model)
 
     async def vad_http(request: Request) -> JSONResponse:
         try:
             params = parse_params([request.query_params], HTTP_PARAMS)
-            data, form = await _audio_part(request, ctx)
+            data, form = await _audio_part(request, state)
         except BodyTooLarge as exc:
             return _error(413, str(exc))
         except ValueError as exc:
@@ -279,11 +272,11 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
                 return _error(400, f"{name} is given in both the query and the form, differently")
             params[name] = value
         try:
-            _check_length(data, ctx.config.limits.max_audio_s)
+            _check_length(data, state.config.limits.max_audio_s)
         except AudioTooLong as exc:
             return _error(413, too_long_message(exc))
         try:
-            model = await run_in_threadpool(_model, ctx)
+            model = await run_in_threadpool(state.vad_model)
             segments = await run_in_threadpool(
                 speech_timestamps_from_wav, data, model=model, **params
             )

@@ -9,7 +9,8 @@ Stages (monotonic seconds, ``None`` when the turn did not reach them):
 * ``tts_first`` -- the first synthesised audio of the answer;
 * ``first_frame`` / ``last_frame`` -- the first / last audio frame written to the socket.
 
-The JSON line (logger ``echokit_fast.trace``, level INFO) gives each stage in milliseconds
+The JSON line (logger ``echokit_fast.trace``, level INFO; with ``--log-format json`` its
+members are fields of the log object, whose message is ``turn``) gives each stage in milliseconds
 after the turn's origin (``speech_end``, or the arrival of ``Text``/``Submit`` when there is
 no VAD end), plus the outcome. The histogram ``echokit_device_turn_stage_seconds{stage}``
 observes the same offsets; ``echokit_device_turns_total{outcome}`` counts turns.
@@ -110,5 +111,7 @@ class TurnTrace:
             "ms": self.offsets_ms(),
             **self.detail,
         }
-        trace_log.info(json.dumps(record, ensure_ascii=False, sort_keys=True))
+        # text logs: the JSON line; JSON logs: the fields themselves (echokit_fast.server.logging)
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        trace_log.info(line, extra={"fields": record, "event": "turn"})
         return record

@@ -176,13 +176,13 @@ def _probabilities(vad: VadStream, data: bytes) -> list[float]:
 
 class VadTurnDetectors:
     """The factory of :class:`VadTurnDetector`: ``params`` (``[asr.vad]``) and the Silero
-    model (``model()`` loads it; the process-wide one by default)."""
+    model (``model()`` loads it; by default a model of this factory's own)."""
 
     def __init__(
         self, params: VadParams | None = None, model: Callable[[], SileroVad] | None = None
     ) -> None:
         self.params = params or VadParams()
-        self._load = model or SileroVad.shared
+        self._load = model or SileroVad
         self._model: SileroVad | None = None
 
     def prepare(self) -> None:

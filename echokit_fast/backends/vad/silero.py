@@ -39,7 +39,7 @@ import hashlib
 import math
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -160,11 +160,8 @@ class SileroVad:
 
     One onnxruntime session per sampling rate, created on first use with
     ``intra_op_threads`` intra-op threads, 1 inter-op thread, sequential execution.
-    Thread-safe: share one instance between all streams (:meth:`shared` does that).
+    Thread-safe: share one instance between all streams (the server keeps one per app).
     """
-
-    _shared: ClassVar[dict[tuple[str, int], SileroVad]] = {}
-    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, version: str = "v6", *, intra_op_threads: int = 1) -> None:
         if version not in VERSIONS:
@@ -180,15 +177,6 @@ class SileroVad:
         self._sessions: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._session(16000)  # load (and verify) now: fail here, not on the first window
-
-    @classmethod
-    def shared(cls, version: str = "v6") -> SileroVad:
-        """A process-wide instance per version (1 intra-op thread)."""
-        with cls._shared_lock:
-            model = cls._shared.get((version, 1))
-            if model is None:
-                model = cls._shared[(version, 1)] = cls(version)
-            return model
 
     def _session(self, sampling_rate: int) -> Any:
         session = self._sessions.get(sampling_rate)
@@ -266,7 +254,7 @@ def _event(is_start: bool, sample: int) -> dict[str, int]:
 
 def _check_stream_rate(model: SileroVad | None, sampling_rate: int) -> SileroVad:
     _check_rate(sampling_rate)
-    return model if model is not None else SileroVad.shared()
+    return model if model is not None else SileroVad()
 
 
 class VadStream:

@@ -17,21 +17,16 @@ paths). permessage-deflate is never negotiated: the server must run with
 ``ws_per_message_deflate=False`` (``echokit-fast serve`` does), as the firmware rejects
 compressed frames (§1.5).
 
-Context keys (``AppContext``): ``backends`` -- ``(transcriber, speaker,
-conversation_factory)``, built by ``echokit_fast.backends.registry.build_backends(config)`` when not
-installed; ``segmenter`` -- a zero-argument factory of segmenters (default: the §5.8
-splitter and grouping, ``echokit_fast.conversation.splitter.SegmentGrouper``);
-``device.sessions`` -- the
-:class:`SessionManager`; ``device.settings`` -- its :class:`Settings` (the turn detector's VAD
-from ``[asr.vad]``); ``device.hello`` -- the hello file's bytes (``hello_wav``);
-``record_dir`` -- the record folder (``[record] dir``, default ``./record``);
-``device.record_idle_s`` (60).
+State (:class:`~echokit_fast.server.state.AppState`): ``backends`` (built by
+:func:`prepare` at start-up with ``echokit_fast.backends.registry.build_backends(config)``, the
+embedded engines being the state's own), ``device_settings`` (the turn detector: VAD from ``[asr.vad]``),
+``device_hello`` (the bytes of ``hello_wav``), ``segmenter`` (default: the splitter and grouping of
+``echokit_fast.conversation.splitter.SegmentGrouper``), ``sessions`` (the
+:class:`SessionManager`), ``record_dir`` and ``record_idle_s``. A device that connects while
+the engines load is accepted and waits for them.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -39,81 +34,52 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from echokit_fast.backends.registry import build_backends
 from echokit_fast.conversation.session import SessionManager, Settings
+from echokit_fast.conversation.splitter import SegmentGrouper
 from echokit_fast.devices.echokit.connection import serve
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
 from echokit_fast.devices.echokit.record import record_session, resolve_file, safe_name
-from echokit_fast.server.app import AppContext
+from echokit_fast.server.state import AppState
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
 
 __all__ = ["prepare", "routes"]
 
-RECORD_IDLE_S = 60.0
+
+def prepare(state: AppState) -> None:
+    """Build the device pipeline (backend clients, settings) when not installed: call it in
+    the running loop at start-up (the HTTP clients belong to it), after the embedded engines
+    are loaded; the first device then waits for neither."""
+    cfg = state.config
+    if state.device_hello is None:
+        state.device_hello = load_hello(cfg.hello_path) or b""
+    if state.device_settings is None:
+        vad = VadParams.from_config(getattr(cfg.asr, "vad", None))
+        detectors = VadTurnDetectors(vad, model=state.vad_model)
+        state.device_settings = Settings(turn_detector=detectors)
+    if state.backends is None:
+        state.backends = build_backends(
+            state.config,
+            local_asr=lambda _cfg: state.asr_engine(),  # the engines the HTTP APIs serve
+            local_tts=lambda _cfg: state.tts_engine(),
+        )
 
 
-def _build_backends(ctx: AppContext) -> Any:
-    from echokit_fast.backends.registry import build_backends
-
-    def local_tts(_cfg: Any) -> Any:
-        from echokit_fast.backends.tts.local import engine as tts
-
-        return tts.shared(ctx)  # the engine the HTTP TTS API serves, loaded once
-
-    def local_asr(_cfg: Any) -> Any:
-        from echokit_fast.backends.asr.local import engine as asr
-
-        return asr.shared(ctx)
-
-    return build_backends(ctx.config, local_asr=local_asr, local_tts=local_tts)
+def _ready_settings(state: AppState) -> Settings:
+    if state.device_settings is None:
+        raise RuntimeError("the device settings are not built (the app did not start)")
+    return state.device_settings
 
 
-def _settings(ctx: AppContext) -> Settings:
-    vad = VadParams.from_config(getattr(ctx.config.asr, "vad", None))
-    return Settings(turn_detector=VadTurnDetectors(vad))
-
-
-def prepare(ctx: AppContext) -> None:
-    """Build the device pipeline (backend clients, settings) now, not at the first connection:
-    importing and constructing the clients takes ~0.7 s, which would delay that device's hello
-    and first turn."""
-    _backends(ctx)
-    _device_settings(ctx)
-    _hello(ctx)
-
-
-def _backends(ctx: AppContext) -> Any:
-    return ctx.get("backends", lambda: _build_backends(ctx))
-
-
-def _device_settings(ctx: AppContext) -> Settings:
-    return ctx.get("device.settings", lambda: _settings(ctx))
-
-
-def _hello(ctx: AppContext) -> bytes:
-    return ctx.get("device.hello", lambda: load_hello(ctx.config.hello_path) or b"")
-
-
-def _manager(ctx: AppContext) -> SessionManager:
-    return SessionManager(
-        backends=lambda: _backends(ctx),
-        settings=lambda: _device_settings(ctx),
-        segmenter=lambda: ctx.get("segmenter", _default_segmenter),
+def routes(state: AppState) -> list[BaseRoute]:
+    manager = state.sessions = SessionManager(
+        backends=lambda: state.backends,
+        settings=lambda: _ready_settings(state),
+        segmenter=lambda: state.segmenter or SegmentGrouper,
     )
-
-
-def _default_segmenter() -> Any:
-    from echokit_fast.conversation.splitter import SegmentGrouper
-
-    return SegmentGrouper
-
-
-def record_dir(ctx: AppContext) -> Path:
-    return Path(ctx.get("record_dir", lambda: Path(ctx.config.record.dir)))
-
-
-def routes(ctx: AppContext) -> list[BaseRoute]:
-    manager = ctx.get("device.sessions", lambda: _manager(ctx))
+    root = state.record_dir
+    assert root is not None
 
     async def bad_request(ws: WebSocket, message: str) -> None:
         await ws.send_denial_response(PlainTextResponse(message, status_code=400))
@@ -122,13 +88,12 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         if not safe_name(device_id):
             await bad_request(ws, f"invalid device id for a recording: {device_id!r}")
             return
-        idle = float(ctx.get("device.record_idle_s", lambda: RECORD_IDLE_S))
         await record_session(
             ws,
             device_id,
-            root=record_dir(ctx),
-            callback_url=ctx.config.record.callback_url,
-            idle_timeout=idle,
+            root=root,
+            callback_url=state.config.record.callback_url,
+            idle_timeout=state.record_idle_s,
         )
 
     async def chat(ws: WebSocket, *, allow_record: bool) -> None:
@@ -142,7 +107,8 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
             await record(ws, device_id)
             return
         await ws.accept()
-        await serve(manager, ws, device_id, flags, hello=_hello(ctx))
+        await state.wait_ready()
+        await serve(manager, ws, device_id, flags, hello=state.device_hello or b"")
 
     async def ws_main(ws: WebSocket) -> None:
         await chat(ws, allow_record=True)
@@ -157,7 +123,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         device_id, file = request.path_params["id"], request.path_params["file"]
         if not safe_name(device_id) or not safe_name(file):
             return PlainTextResponse("Bad request", status_code=400)
-        path = resolve_file(record_dir(ctx), device_id, file)
+        path = resolve_file(root, device_id, file)
         if path is None or not path.is_file():
             return PlainTextResponse("Not found", status_code=404)
         media = "audio/wav" if path.suffix.lower() == ".wav" else "application/octet-stream"
@@ -167,7 +133,7 @@ def routes(ctx: AppContext) -> list[BaseRoute]:
         device_id = request.path_params["id"]
         if not safe_name(device_id):
             return JSONResponse([], status_code=400)
-        folder = resolve_file(record_dir(ctx), device_id)
+        folder = resolve_file(root, device_id)
         if folder is None or not folder.is_dir():
             return JSONResponse([], status_code=404)
         names = sorted(p.name for p in folder.iterdir() if p.is_file() and safe_name(p.name))

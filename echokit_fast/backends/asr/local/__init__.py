@@ -53,8 +53,8 @@ class LocalASR(Section):
 
 @registry.asr("local", config=LocalASR)
 def build(cfg: LocalASR, needs: registry.Needs) -> Transcriber:
-    """The application's shared engine when given, else the process-wide one for ``cfg``."""
+    """The application's shared engine when given, else a new one for ``cfg``."""
     if needs.local_asr is not None:
         return needs.local_asr(cfg)
-    shared_engine = registry.import_engine(f"{__name__}.engine", "shared_engine", "ASR")
-    return shared_engine(cfg)
+    from_config = registry.import_engine(f"{__name__}.engine", "from_config", "ASR")
+    return from_config(cfg)

@@ -308,6 +308,10 @@ def pick_device(device: str, compute_type: str) -> tuple[str, str]:
     return device, compute_type
 
 
+# The one process-wide cache: loaded WhisperModels by (location, device, compute type,
+# threads). A model is read-only, thread-safe and costs seconds and ~150 MB to load, so the
+# engines of several apps in one process (the test suite, or `transcribe` beside a server)
+# share it; each engine keeps its own queue and worker thread.
 _MODELS: dict[tuple[Any, ...], tuple[Any, ResolvedModel]] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -708,35 +712,7 @@ class LocalWhisper:
         )
 
 
-_SHARED: dict[tuple[Any, ...], LocalWhisper] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared(ctx: Any) -> LocalWhisper:
-    """The engine of an `AppContext` (key ``"asr"``), shared by the HTTP API and the device
-    server; built from the config's ``[asr]`` when it is the local platform, else defaults.
-    Blocking on first use (loads the model): call it from a thread in async code."""
-    cfg = getattr(ctx.config, "asr", None)
-    return ctx.get("asr", lambda: shared_engine(cfg if isinstance(cfg, LocalASR) else LocalASR()))
-
-
-def shared_engine(config: LocalASR | None = None, **kwargs: Any) -> LocalWhisper:
-    """The process-wide LocalWhisper for `config` (built on first use, then reused)."""
-    cfg = config if config is not None else LocalASR()
-    key = (
-        cfg.model,
-        cfg.device,
-        cfg.compute_type,
-        cfg.cpu_threads,
-        cfg.language,
-        tuple(cfg.languages or ()),
-        cfg.beam_size,
-        cfg.prompt,
-        tuple(sorted(kwargs.items())),
-    )
-    with _SHARED_LOCK:
-        engine = _SHARED.get(key)
-        if engine is None:
-            engine = LocalWhisper.from_config(cfg, **kwargs)
-            _SHARED[key] = engine
-        return engine
+def from_config(config: LocalASR | None = None) -> LocalWhisper:
+    """A new engine for ``[asr] platform = "local"`` (defaults if None); its model is loaded
+    once per process (:func:`load_model`)."""
+    return LocalWhisper.from_config(config)

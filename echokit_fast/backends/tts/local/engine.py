@@ -23,8 +23,8 @@ piece (first come, first served), so a long text does not hold a short one back
 for its whole duration. At most `max_streams` requests are admitted at once;
 past that `speak` raises `BackendBusy`.
 
-Engines are loaded once per process: `shared(ctx)` keeps the configured one in
-the `AppContext` (key ``"tts"``); `from_config(LocalTTS)` builds one.
+`from_config(LocalTTS)` builds an engine; the server keeps one per app in its state
+(`echokit_fast.server.state.AppState.tts_engine`).
 """
 
 from __future__ import annotations
@@ -36,16 +36,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from echokit_fast.audio import RESAMPLE_MAX_RATE, RESAMPLE_MIN_RATE, Resampler, resample
 from echokit_fast.backends.base import BackendBusy, BackendError, Pcm
 from echokit_fast.backends.tts.local import ENGINES, MAX_SPEED, MIN_SPEED, LocalTTS
-
-if TYPE_CHECKING:
-    from echokit_fast.server.app import AppContext
 
 __all__ = [
     "ENGINES",
@@ -55,7 +52,6 @@ __all__ = [
     "PiperSpeaker",
     "UnknownVoice",
     "from_config",
-    "shared",
     "split_pieces",
 ]
 
@@ -495,12 +491,3 @@ def from_config(config: LocalTTS | None = None) -> LocalSpeaker:
     if config is None:
         return create()
     return create(config.engine, voice=config.voice, speed=config.speed)
-
-
-def shared(ctx: AppContext) -> LocalSpeaker:
-    """The process-wide local engine of `ctx` (built on first use; blocking: call it
-    from a thread in async code). Uses the config's ``[tts]`` section when it is the
-    local platform, else the defaults (the HTTP API always serves the local engine)."""
-    tts_config = getattr(ctx.config, "tts", None)
-    section = tts_config if isinstance(tts_config, LocalTTS) else None
-    return ctx.get("tts", lambda: from_config(section))

@@ -1,0 +1,197 @@
+"""The server's life: start-up (engines loaded while it listens, the LLM probe), the SIGTERM /
+SIGINT drain and shutdown.
+
+* :func:`lifespan` (the Starlette lifespan of every app): at start-up it starts
+  :func:`load_engines` and :func:`probe_llm` in the background, so the server listens at once
+  (``GET /ready`` answers 503 until the engines are loaded); at shutdown it closes the backend
+  clients.
+* :class:`Server` (what ``echokit-fast serve`` runs): uvicorn's server, whose first SIGTERM or
+  SIGINT drains instead of dropping everything: stop accepting connections, let running turns
+  finish (``AppState.drain_timeout``, 10 s), send every device ``EndResponse`` and a Close
+  frame, then uvicorn's own shutdown. A second signal is uvicorn's (SIGINT: exit now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
+from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM
+from echokit_fast.backends.tts.local import LocalTTS
+from echokit_fast.config import Config
+from echokit_fast.devices.echokit import routes as device
+from echokit_fast.server.state import AppState
+
+__all__ = [
+    "PROBE_TIMEOUT",
+    "READY_MESSAGE",
+    "Server",
+    "lifespan",
+    "llm_models_url",
+    "load_engines",
+    "probe_llm",
+    "serve",
+]
+
+log = logging.getLogger("echokit_fast.server")
+
+#: seconds the start-up probe of the LLM waits for an answer
+PROBE_TIMEOUT = 2.0
+#: the line `load_engines` logs when the server is ready
+READY_MESSAGE = "ready: every configured engine is loaded"
+
+
+async def load_engines(state: AppState) -> None:
+    """Load the engines the configuration uses (the Silero VAD always; Whisper and the TTS
+    engine when the device pipeline runs them in-process) in worker threads, then build the
+    device pipeline's clients in this loop; each step logs how long it took. Marks the state
+    ready, or records the failure in ``state.load_error`` (``serve`` then exits 1)."""
+    config = state.config
+    pipeline = config.layout == "pipeline"
+    local = pipeline and state.backends is None  # installed backends need no local engine
+    steps: list[tuple[str, Callable[[], Any]]] = [("Silero VAD", state.vad_model)]
+    if local and isinstance(config.asr, LocalASR):
+        steps.append(("Whisper ASR", state.asr_engine))
+    if local and isinstance(config.tts, LocalTTS):
+        steps.append(("TTS", state.tts_engine))
+    try:
+        for what, build in steps:
+            t0 = time.perf_counter()
+            await asyncio.to_thread(build)
+            log.info("%s ready in %.2f s", what, time.perf_counter() - t0)
+        if pipeline:
+            t0 = time.perf_counter()
+            device.prepare(state)
+            log.info("device pipeline ready in %.2f s", time.perf_counter() - t0)
+    except Exception as exc:  # a missing model, a broken install: serve reports it and stops
+        log.debug("loading the engines failed", exc_info=True)
+        state.fail(exc)
+        return
+    state.mark_ready()
+    log.info(READY_MESSAGE)
+
+
+def llm_models_url(config: Config) -> str | None:
+    """``{base_url}/models`` of the configured OpenAI-compatible LLM (None without one)."""
+    llm = config.llm
+    if isinstance(llm, OpenAIChatLLM):
+        suffix = "/chat/completions"
+    elif isinstance(llm, OpenAIResponsesLLM):
+        suffix = "/responses"
+    else:
+        return None
+    url = llm.url.rstrip("/")
+    base = url.removesuffix(suffix) if url.endswith(suffix) else url.rsplit("/", 1)[0]
+    return f"{base}/models"
+
+
+async def probe_llm(config: Config, *, timeout: float = PROBE_TIMEOUT) -> bool:
+    """GET the LLM's ``/models`` once; log one warning naming the URL when it cannot be
+    reached (connection refused, timeout, a 5xx answer). Any other answer (a 404 or a 401
+    too) means the server is there. True when reachable (or nothing to probe)."""
+    url = llm_models_url(config)
+    if url is None:
+        return True
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(url)
+    except httpx.HTTPError as exc:
+        reason = "timed out" if isinstance(exc, httpx.TimeoutException) else repr(exc)
+        log.warning("the LLM at %s is unreachable (%s): turns fail until it is up", url, reason)
+        return False
+    if response.status_code >= 500:
+        log.warning(
+            "the LLM at %s answers HTTP %d: turns will fail until it recovers",
+            url,
+            response.status_code,
+        )
+        return False
+    return True
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    state: AppState = app.state.echokit
+    tasks = [asyncio.create_task(load_engines(state), name="echokit-load-engines")]
+    if state.probe_llm:
+        tasks.append(asyncio.create_task(probe_llm(state.config), name="echokit-probe-llm"))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await state.aclose()
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server with the drain on the first SIGTERM/SIGINT, stopping by itself when
+    the engines cannot be loaded."""
+
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining:  # a second signal: uvicorn's way (SIGINT exits at once)
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        log.info("%s: draining (new connections refused)", signal.Signals(sig).name)
+        if self._loop is None:  # not serving yet
+            self.should_exit = True
+            return
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.create_task(self._drain(), name="echokit-drain")
+
+    async def _drain(self) -> None:
+        try:
+            for server in self.servers:
+                server.close()  # stop accepting; the connections stay
+            if self.state.sessions is not None:
+                await self.state.sessions.drain(self.state.drain_timeout)
+        finally:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.state.load_error is not None:
+            return True
+        return await super().on_tick(counter)
+
+
+def serve(state: AppState, app: Starlette, host: str, port: int) -> int:
+    """Run `app` until a signal (drained: exit status 0) or a failed start-up (1)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # echokit_fast.server.logging configured every logger
+        ws="websockets-sansio",
+        # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
+        ws_per_message_deflate=False,
+        lifespan="on",
+    )
+    server = Server(config, state)
+    server.run()
+    return 1 if state.load_error is not None else 0
