@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else http://localhost:9091/v1); ignored with a config file",
     )
     serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running turns may finish (default 10)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=server_logging.LEVELS,
         default=None,
@@ -341,6 +348,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"echokit-fast serve: {source}: {problem}", file=sys.stderr)
         return 2
     state = AppState(config)
+    if args.drain_timeout is not None:
+        state.drain_timeout = args.drain_timeout
     app = create_app(state=state)
     host, port = config.listen
     status = lifecycle.serve(state, app, host, port)

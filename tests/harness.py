@@ -84,7 +84,8 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
         assert proc.stdout is not None
         for line in proc.stdout:
             seen += line
-            if READY_MESSAGE.encode() in line:
+            # both, in either order: it listens, and the engines are loaded
+            if b"Uvicorn running" in seen and READY_MESSAGE.encode() in seen:
                 break
         else:
             what = "exited" if watchdog.is_alive() else f"not ready in {READY_LIMIT_S} s"
