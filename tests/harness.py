@@ -11,7 +11,22 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from echokit_fast.config import Config, parse_config
 from echokit_fast.server.lifecycle import READY_MESSAGE
+from echokit_fast.server.state import AppState
+
+#: a config without the device pipeline (the ``[gemini]`` layout, which ``serve`` refuses): an
+#: app on it loads nothing at start-up but the Silero VAD and probes no LLM
+API_ONLY = 'addr = "127.0.0.1:0"\n[gemini]\napi_key = "unused"\n'
+
+
+def api_state(config: Config | None = None, **kw) -> AppState:
+    """The state of an app for the HTTP API tests: on :data:`API_ONLY` unless given `config`,
+    so the lifespan does not load Whisper and hibari in the background for every test (the
+    tests install their engines, or the routes build them on first use)."""
+    if config is None:
+        config = parse_config(API_ONLY, log_issues=False).config
+    return AppState(config, **kw)
 
 
 @contextmanager

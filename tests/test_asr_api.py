@@ -17,13 +17,13 @@ import numpy as np
 import openai
 import pytest
 from asr_helpers import SENTENCES, FakeModel, espeak_wav, wav_mono, wer
+from harness import api_state
 
 from echokit_fast import audio
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.asr.local import engine as asr
 from echokit_fast.backends.asr.local.engine import LocalWhisper
 from echokit_fast.server.app import create_app
-from echokit_fast.server.state import AppState
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
 pytestmark = pytest.mark.asr_quality
@@ -47,7 +47,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def start(serve, engine, **ctx_kwargs) -> tuple[openai.OpenAI, str]:
-    ctx = AppState(**ctx_kwargs)
+    ctx = api_state(**ctx_kwargs)
     if engine is not None:
         ctx.asr = engine
     addr = serve(create_app(state=ctx))

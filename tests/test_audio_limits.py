@@ -21,16 +21,15 @@ import httpx
 import numpy as np
 import pytest
 from asr_helpers import FakeModel
+from harness import API_ONLY, api_state
 
 from echokit_fast import audio
 from echokit_fast.backends.asr.local.engine import LocalWhisper, WhisperJob
 from echokit_fast.config import ConfigError, parse_config
 from echokit_fast.server.app import create_app
-from echokit_fast.server.state import AppState
 
 WAIT = 30.0  # a bound on waits for events that must come, not a synchronisation
 DEFAULT_CAP = 600
-GEMINI = 'addr = "127.0.0.1:0"\n[gemini]\napi_key = "unused"\n'
 
 
 def tone(seconds: float, rate: int = 16000) -> np.ndarray:
@@ -73,8 +72,8 @@ def start(
 ) -> str:
     """A server with `engine` as its Whisper (and `vad` as its VAD model, if given) and the
     config file `config_text` (its [limits] table; the AI sections are not used here)."""
-    config = parse_config(GEMINI + config_text, log_issues=False).config
-    state = AppState(config, asr=engine, vad=vad, probe_llm=False, **kw)
+    config = parse_config(API_ONLY + config_text, log_issues=False).config
+    state = api_state(config, asr=engine, vad=vad, **kw)
     return f"http://{serve(create_app(state=state))}"
 
 
@@ -212,11 +211,11 @@ def test_the_vad_route_refuses_a_wav_over_the_default_cap(serve) -> None:
 )
 def test_bad_limit_values_are_config_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        parse_config(f"{GEMINI}[limits]\n{text}\n", log_issues=False)
+        parse_config(f"{API_ONLY}[limits]\n{text}\n", log_issues=False)
     assert "limits.max_audio_s" in str(err.value) and message in str(err.value)
-    loaded = parse_config(f"{GEMINI}[limits]\nmax_audio_s = 90\n", log_issues=False)
+    loaded = parse_config(f"{API_ONLY}[limits]\nmax_audio_s = 90\n", log_issues=False)
     assert loaded.config.limits.max_audio_s == 90
-    assert parse_config(GEMINI, log_issues=False).config.limits.max_audio_s == DEFAULT_CAP
+    assert parse_config(API_ONLY, log_issues=False).config.limits.max_audio_s == DEFAULT_CAP
 
 
 # --- a client that leaves cancels its transcription -------------------------------------------

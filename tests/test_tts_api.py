@@ -13,11 +13,13 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from harness import api_state
 
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, read_wav
+from echokit_fast.backends.asr.openai import OpenAIASR
 from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.backends.tts.local import engine as tts
-from echokit_fast.config import default_config
+from echokit_fast.config import Config, default_config
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
 
@@ -70,8 +72,15 @@ def gated(gated_module):
     asyncio.run(gated_module.drain())
 
 
+def with_tts(section: LocalTTS) -> Config:
+    """The default config with [tts] `section` and a remote [asr] (its client is built, never
+    used): the app loads this TTS engine at start-up, and no Whisper."""
+    asr = OpenAIASR(url="http://127.0.0.1:9/v1/audio/transcriptions")
+    return default_config().model_copy(update={"tts": section, "asr": asr})
+
+
 def server(serve, engine, **ctx_kw) -> str:
-    ctx = AppState(**ctx_kw)
+    ctx = api_state(**ctx_kw)
     if engine is not None:
         ctx.tts = engine
     return "http://" + serve(create_app(state=ctx))
@@ -316,8 +325,7 @@ def test_openai_errors_raw(url, kwargs, status, needle):
 
 def test_engine_is_loaded_from_the_config_on_first_use(serve):
     # No engine installed in the context: the route builds the configured one.
-    config = default_config().model_copy(update={"tts": LocalTTS(voice="heart", speed=2.0)})
-    ctx = AppState(config)
+    ctx = AppState(with_tts(LocalTTS(voice="heart", speed=2.0)), probe_llm=False)
     url = "http://" + serve(create_app(state=ctx))
     r = httpx.post(f"{url}/v1/audio/stream_speech", json={"input": "Hi there.", "speaker": "heart"})
     assert r.status_code == 200
@@ -329,8 +337,8 @@ def test_engine_is_loaded_from_the_config_on_first_use(serve):
 
 def test_engine_that_cannot_load_answers_503(serve, monkeypatch):
     monkeypatch.setitem(sys.modules, "piper", None)  # as if piper-tts were not installed
-    config = default_config().model_copy(update={"tts": LocalTTS(engine="piper")})
-    url = "http://" + serve(create_app(config))
+    state = AppState(with_tts(LocalTTS(engine="piper")), probe_llm=False)
+    url = "http://" + serve(create_app(state=state))
     r = httpx.post(f"{url}/v1/audio/stream_speech", json={"input": "Hi."})
     assert r.status_code == 503 and "not available" in r.text
     r = httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "x"})

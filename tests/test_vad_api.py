@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from harness import free_port, spawned_serve
+from harness import api_state, free_port, spawned_serve
 from websockets.exceptions import InvalidStatus
 
 from echokit_fast.api.vad import CompatStreamingVad, RealtimeVad, ws_params
@@ -96,7 +96,7 @@ def iterator_events(pcm: bytes, model, **params) -> list[str]:
 
 @pytest.fixture
 def ctx() -> AppState:
-    return AppState()
+    return api_state()
 
 
 @pytest.fixture
@@ -291,7 +291,7 @@ def test_http_body_over_the_limit_is_413(server):
 
 
 def test_http_body_limit_is_configurable(serve):
-    ctx = AppState(max_body_bytes=50_000)
+    ctx = api_state(max_body_bytes=50_000)
     addr = serve(create_app(state=ctx))
     r = post(addr, {"audio": ("a.wav", FIXTURE_WAV)})  # 163 kB
     assert r.status_code == 413
@@ -323,7 +323,7 @@ class GatedModel:
 
 
 def test_http_inference_runs_off_the_event_loop(serve):
-    ctx = AppState()
+    ctx = api_state()
     gated = GatedModel()
     ctx.vad = gated
     addr = serve(create_app(state=ctx))
@@ -343,7 +343,7 @@ def test_http_inference_runs_off_the_event_loop(serve):
 
 
 def test_http_model_failure_is_500(serve):
-    ctx = AppState()
+    ctx = api_state()
     ctx.vad = FailingModel()
     addr = serve(create_app(state=ctx))
     r = post(addr, {"audio": ("a.wav", FIXTURE_WAV)})
@@ -477,7 +477,7 @@ def test_ws_one_byte_frames_and_odd_counts_are_reframed_exactly(server, ctx):
 
 
 def test_ws_compat_mode_reproduces_the_reference_on_v5(serve):
-    ctx = AppState()
+    ctx = api_state()
     ctx.vad = vad.SileroVad("v5")
     addr = serve(create_app(state=ctx))
 
@@ -577,7 +577,7 @@ def test_ws_client_disconnect_mid_stream_leaves_nothing_behind(server, ctx):
 
 
 def test_ws_concurrent_clients_are_batched_and_independent(serve):
-    ctx = AppState()
+    ctx = api_state()
     gated = GatedModel()
     ctx.vad = gated
     addr = serve(create_app(state=ctx))
@@ -642,7 +642,7 @@ def test_ws_bad_query_is_http_400_before_the_upgrade(server, query, message):
 
 
 def test_ws_inference_error_is_reported_and_closes_1011(serve):
-    ctx = AppState()
+    ctx = api_state()
     ctx.vad = FailingModel()
     addr = serve(create_app(state=ctx))
 
