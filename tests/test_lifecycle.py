@@ -94,7 +94,7 @@ def test_start_up_builds_the_device_pipeline_in_the_loop_and_shutdown_closes_it(
         assert state.loaded.wait(30) and state.load_error is None
         backends = state.backends
         assert isinstance(backends, Backends)
-        assert state.device_settings is not None and state.device_settings.hello == b"RIFF-hello"
+        assert state.device_settings is not None and state.device_hello == b"RIFF-hello"
         clients = [backends.transcriber.http, backends.speaker.http]
         assert not any(c.is_closed for c in clients)
     assert all(c.is_closed for c in clients)  # closed at shutdown

@@ -85,7 +85,13 @@ class DeviceConnection(DeviceOutput, Protocol):
 
     def disconnect(self) -> None:
         """End this connection from the server's side (a newer connection for the device took
-        over): the front end ends the device's response and closes it. Returns at once."""
+        over, or the server shuts down): the front end ends the device's response and closes
+        it. Returns at once."""
+        ...
+
+    async def closed(self) -> None:
+        """Return once the front end is done with this connection (its last frames sent and
+        the socket closed)."""
         ...
 
 

@@ -76,6 +76,8 @@ BYTES_PER_SECOND = 2 * SAMPLE_RATE
 MAX_UTTERANCE_S = 60
 #: how long to wait for a cancelled turn to finish before moving on
 CANCEL_TIMEOUT = 5.0
+#: at shutdown, how long a front end may take to say goodbye after its turn is cancelled
+DRAIN_CLOSE_TIMEOUT = 3.0
 #: time limit for speaking a failure notice
 NOTICE_TTS_TIMEOUT = 10.0
 
@@ -577,6 +579,22 @@ class SessionManager:
     def _notify_changed(self) -> None:
         if self._changed is not None:
             self._changed.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: let the running turns finish (at most ``timeout`` seconds), then disconnect
+        every device as a pre-emption does (on EchoKit: ``EndResponse``, then a Close frame)
+        and wait, bounded, until their front ends are done with them."""
+        turns = [s.turn for s in self.sessions.values() if s.turn is not None and s.responding]
+        if turns:
+            await asyncio.wait(turns, timeout=timeout)
+        conns = [s.conn for s in self.sessions.values() if s.conn is not None]
+        for conn in conns:
+            conn.disconnect()
+        if conns:
+            waits = [asyncio.ensure_future(conn.closed()) for conn in conns]
+            _, late = await asyncio.wait(waits, timeout=CANCEL_TIMEOUT + DRAIN_CLOSE_TIMEOUT)
+            for task in late:
+                task.cancel()
 
     async def wait_until(self, predicate: Callable[[SessionManager], bool], timeout: float) -> bool:
         """Wait (on the server's loop) until ``predicate(self)`` holds after a registry

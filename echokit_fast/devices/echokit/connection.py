@@ -64,6 +64,7 @@ class Connection:
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
         self.alive = True
         self.preempted = False  # disconnect() was called: EndResponse, then close
+        self._ended = asyncio.Event()  # serve() is done with this connection
         self._pcm = EvenBytes()
         self._out = self._new_out()
 
@@ -88,6 +89,9 @@ class Connection:
     def disconnect(self) -> None:
         self.preempted = True
         self.done.set()
+
+    async def closed(self) -> None:
+        await self._ended.wait()
 
     def align(self, data: bytes) -> bytes:
         """PCM16 bytes with an odd trailing byte carried into the next frame (§2.1)."""
@@ -159,16 +163,19 @@ async def serve(
     except Exception:  # e.g. the conversation factory failed: this connection only
         log.exception("device %s: connection failed", device_id)
     finally:
-        if reader is not None:
-            reader.cancel()
-            await asyncio.wait([reader])
-        await session.detach(conn)
-        if conn.preempted and conn.alive:
-            with contextlib.suppress(DeviceGone, asyncio.TimeoutError):
-                await asyncio.wait_for(conn.response_end(), PREEMPT_SEND_TIMEOUT)
-        if conn.alive:
-            conn.alive = False
-            await _close(ws, 1000)
+        try:
+            if reader is not None:
+                reader.cancel()
+                await asyncio.wait([reader])
+            await session.detach(conn)
+            if conn.preempted and conn.alive:
+                with contextlib.suppress(DeviceGone, asyncio.TimeoutError):
+                    await asyncio.wait_for(conn.response_end(), PREEMPT_SEND_TIMEOUT)
+            if conn.alive:
+                conn.alive = False
+                await _close(ws, 1000)
+        finally:
+            conn._ended.set()
 
 
 async def _read(session: Session, conn: Connection) -> None:

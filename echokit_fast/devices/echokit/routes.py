@@ -18,12 +18,12 @@ paths). permessage-deflate is never negotiated: the server must run with
 compressed frames (§1.5).
 
 State (:class:`~echokit_fast.server.state.AppState`): ``backends`` (built by
-:func:`prepare` at start-up with ``echokit_fast.backends.registry.build_backends(config)``, the
-embedded engines being the state's own), ``device_settings`` (the turn detector: VAD from ``[asr.vad]``),
-``device_hello`` (the bytes of ``hello_wav``), ``segmenter`` (default: the splitter and grouping of
-``echokit_fast.conversation.splitter.SegmentGrouper``), ``sessions`` (the
-:class:`SessionManager`), ``record_dir`` and ``record_idle_s``. A device that connects while
-the engines load is accepted and waits for them.
+:func:`prepare` at start-up with ``echokit_fast.backends.registry.build_backends(config)``,
+the embedded engines being the state's own), ``device_settings`` (the turn detector: VAD
+from ``[asr.vad]``), ``device_hello`` (the bytes of ``hello_wav``), ``segmenter`` (default:
+the splitter and grouping of ``echokit_fast.conversation.splitter.SegmentGrouper``),
+``sessions`` (the :class:`SessionManager`), ``record_dir`` and ``record_idle_s``. A device
+that connects while the engines load is accepted and waits for them.
 """
 
 from __future__ import annotations
