@@ -241,7 +241,7 @@ OPUS_MAX_PACKET = 1280
 
 
 class OpusEncoder:
-    """Streaming Opus encoder as EchoKit uses it (spec §4.3).
+    """Streaming Opus encoder as EchoKit uses it (docs/protocol.md#opus).
 
     Mono, application VOIP, every other setting at libopus defaults (auto
     bitrate, VBR), packets of at most 1280 bytes, one packet per frame of
@@ -343,7 +343,7 @@ def vowel_of(
 ) -> int:
     """Lip-sync vowel code of one audio frame: 0 none, 1 A, 2 E, 3 I, 4 O, 5 U.
 
-    Identical to echokit_server's ``AudioChunkWithVowel`` vowel (spec §4.4,
+    Identical to echokit_server's ``AudioChunkWithVowel`` vowel (docs/protocol.md#vowels,
     the ``lip_sync`` crate's LPC/formant classifier): only the first 1024
     samples of ``frame`` are analysed (pass the whole 1920-sample frame, as
     the server does). int16 samples are scaled by 1/32767 first, as the

@@ -303,7 +303,7 @@ _CJK = "。！？；"
 
 class SentenceSegmenter:
     """Test segmenter: one segment per sentence (orchestration tests do not depend on the
-    §5.8 grouping, which tests/test_splitter.py covers)."""
+    docs/protocol.md#segments grouping, which tests/test_splitter.py covers)."""
 
     """One segment per sentence: a CJK terminator or a newline ends one at once; ``. ! ? ;``
     end one only when whitespace follows (so ``3.14`` and ``example.com`` stay whole)."""

@@ -365,7 +365,7 @@ def test_telnyx_example_needs_its_variable() -> None:
 # Platforms, aliases, defaults
 # ---------------------------------------------------------------------------------------------
 
-# (section, spelling, canonical) straight from spec §7.3-7.5 plus our "local".
+# (section, spelling, canonical) straight from docs/compatibility.md#configuration plus our "local".
 ALIASES = [
     ("llm", "openai_chat", "openai_chat"),
     ("llm", "OpenAIChat", "openai_chat"),
@@ -445,7 +445,8 @@ def test_openai_responses_defaults() -> None:
 
 
 def test_responses_mcp_servers_are_loaded_without_a_warning() -> None:
-    # The reference ignored them for openai_responses (spec §10.8); this server uses them.
+    # The reference ignored them for openai_responses (docs/compatibility.md#llm); this server uses
+    # them.
     body = '[llm]\nplatform = "openai_responses"\n[[llm.mcp_server]]\nserver = "http://m"'
     loaded = parse(with_section("llm", body))
     assert [m.server for m in loaded.config.llm.mcp_server] == ["http://m"]

@@ -89,7 +89,8 @@ def build(
         ctx.device_settings = settings
     ctx_items.setdefault("segmenter", SentenceSegmenter)
     for key, value in ctx_items.items():
-        if value is not None:  # segmenter=None: the server's default (the §5.8 grouper)
+        # segmenter=None: the server's default (the docs/protocol.md#segments grouper)
+        if value is not None:
             setattr(ctx, key, value)
     app = create_app(state=ctx)
     f.manager = ctx.sessions
@@ -182,7 +183,8 @@ def test_voice_turn_opus_vowel_stream_asr_in_order(serve, tmp_path):
         line = trace.get()
 
     names = [name(e) for e in events]
-    # §5.10: (no interim: one uninterrupted utterance) EndVad, final ASR, segments, EndResponse
+    # docs/protocol.md#wire-sequence: (no interim: one uninterrupted utterance) EndVad, final ASR,
+    # segments, EndResponse
     assert names[:2] == ["EndVad", "ASR"] and names[-1] == "EndResponse"
     assert names.count("EndResponse") == 1
     last_asr = f.transcriber.calls[-1]
@@ -195,7 +197,8 @@ def test_voice_turn_opus_vowel_stream_asr_in_order(serve, tmp_path):
     for text, audio in segs:
         produced = f.speaker.produced[text]
         decoded = decode_segment(audio)
-        # no tail loss: every sample, zero-padded to whole 120 ms packets (§4.3, §10.1)
+        # no tail loss: every sample, zero-padded to whole 120 ms packets (docs/protocol.md#opus and
+        # docs/compatibility.md#device-audio)
         assert len(decoded) == -(-len(produced) // 1920) * 1920
         assert len(audio) == -(-len(produced) // 1920)
         rms_in = float(np.sqrt(np.mean(produced**2)))
@@ -319,7 +322,7 @@ def test_hello_exact_bytes_on_fresh_connection_only(serve, tmp_path):
     assert events[0] == "HelloStart" and events[-1] == "HelloEnd"
     chunks = [e["HelloChunk"]["data"] for e in events[1:-1]]
     assert [len(c) for c in chunks] == [2048] * 4 + [len(hello) - 4 * 2048]
-    assert b"".join(chunks) == hello  # the file verbatim, header included (§4.5)
+    assert b"".join(chunks) == hello  # the file verbatim, header included (docs/protocol.md#hello)
     assert after == {"ASR": {"text": "hi"}}
     assert first_on_reconnect == {"ASR": {"text": "again"}}  # no hello with reconnect=true
 
@@ -432,8 +435,8 @@ def test_start_chat_during_playback_cancels_the_reply(serve, tmp_path):
 
 
 def test_default_segmenter_is_the_spec_grouping(serve, tmp_path):
-    """Without an installed segmenter the server groups the reply as §5.8 says (the
-    splitter's own rules are tested in tests/test_splitter.py)."""
+    """Without an installed segmenter the server groups the reply as docs/protocol.md#segments says
+    (the splitter's own rules are tested in tests/test_splitter.py)."""
     from echokit_fast.conversation.splitter import split_segments
 
     script = [
@@ -560,7 +563,7 @@ def test_submit_while_stream_listening_ends_the_utterance(serve, tmp_path):
     assert [name(e) for e in events[:2]] == ["EndVad", "ASR"]
     assert events[1]["ASR"]["text"] == f"heard {len(part) // 2}"  # the whole buffer
     assert [t for t, _ in segments(events)] == ["Hello there.", "How are you?", "Fine."]
-    # §10.6: the session goes on
+    # docs/compatibility.md#listening-and-turns: the session goes on
     assert [name(e) for e in more[:2]] == ["EndVad", "ASR"] and name(more[-1]) == "EndResponse"
 
 
@@ -582,7 +585,8 @@ def test_tts_parallel_per_session_delivered_in_order(serve, tmp_path):
         for t in texts[:3]:
             await gates[t].until_reached()
         assert f.speaker.started == texts[:3]  # three at once, the rest waits
-        # another device is not held up by A's answer (no global TTS queue, §10.25)
+        # another device is not held up by A's answer (no global TTS queue,
+        # docs/compatibility.md#sessions-and-the-tts-queue)
         b = await Device.open(addr, "B", opus=True)
         await b.command("Text", input="b")
         b_events = await b.until()
@@ -786,7 +790,7 @@ def test_unknown_flags_ignored_and_no_permessage_deflate(serve, tmp_path):
 
     offered, accepted, first = run(main())
     assert "permessage-deflate" in offered
-    assert accepted is None  # the firmware rejects compressed frames (§1.5)
+    assert accepted is None  # the firmware rejects compressed frames (docs/protocol.md#connecting)
     assert first == b"\x81\xa3ASR\x91\xa2hi"
 
 
@@ -862,7 +866,9 @@ def test_record_mode_file_callback_downloads(serve, tmp_path, callback):
         await ws.send(json.dumps({"event": "StartRecord"}))  # ignored
         for fr in frames[2:]:
             await ws.send(fr)
-        await ws.close()  # a clean Close frame: the callback is still made (§10.7)
+        # a clean Close frame: the callback is still made
+        # (docs/compatibility.md#record-mode-and-downloads)
+        await ws.close()
         first = await asyncio.to_thread(callback.get)
         ws = await websockets.connect(f"ws://{addr}/ws/dev2?record=true&opus=true")
         await ws.send(SPEECH[:3000])

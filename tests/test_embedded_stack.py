@@ -94,8 +94,8 @@ def test_embedded_default_device_turn(serve, whisper, speaker) -> None:
     question = "What is the capital of France?"
     spoken = speaker.synthesize(question, sample_rate=SR)
     # The firmware sends StartChat once its own VAD fires, with at most ~256 ms of pre-roll
-    # (spec §9.3); the synthesised clip starts with ~0.3 s of silence, so start 200 ms before
-    # the voice like a device would.
+    # (docs/protocol.md#device-behaviour); the synthesised clip starts with ~0.3 s of silence, so
+    # start 200 ms before the voice like a device would.
     onset = int(np.argmax(np.abs(spoken) > 0.02))
     silence = np.zeros(2 * SR, np.float32)
     pcm = audio.float_to_pcm16(np.concatenate([spoken[max(0, onset - SR // 5) :], silence]))

@@ -68,7 +68,7 @@ def test_gaia_config_voice_turn_through_the_remote_clients(serve, tmp_path: Path
     final = [e for e in events[names.index("EndVad") :] if name(e) == "ASR"]
     assert final == [{"ASR": {"text": "What's the weather like in Paris?"}}]
 
-    # ASR request exactly as the reference sends it (§5.4)
+    # ASR request exactly as the reference sends it (docs/protocol.md#transcription-requests)
     req = asr.requests[-1]
     assert [n for n, _f, _v in req.parts] == ["file", "language"]
     assert req.part("language") == "auto" and "authorization" not in req.headers
@@ -91,7 +91,8 @@ def test_gaia_config_voice_turn_through_the_remote_clients(serve, tmp_path: Path
     assert sorted(r.json["input"] for r in tts.requests) == sorted(segments)
     assert all(r.json["speaker"] == "cooper" and r.json["sample_rate"] == SR for r in tts.requests)
 
-    # audio: Opus packets with vowels; nothing of the TTS audio is lost (§10.1 fixed)
+    # audio: Opus packets with vowels; nothing of the TTS audio is lost (the reference drops
+    # the tail; docs/compatibility.md#device-audio)
     decoded = 0
     dec = OpusDecoder(SR)
     for ev in events:

@@ -1,5 +1,5 @@
-"""openai_responses conversations (spec §5.7) over real loopback HTTP against the stand-in
-Responses server, with the reference's tool-call bugs fixed (§10.8)."""
+"""openai_responses conversations (docs/protocol.md#the-answer) over real loopback HTTP against the
+stand-in Responses server, with the reference's tool-call bugs fixed (docs/compatibility.md#llm)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def test_first_turn_body_headers_and_streamed_deltas(srv):
         instructions="Be brief.",
         extra={"temperature": 0.5, "store": True},
     )
-    # Deltas holding the literal SSE field names must come through unchanged (§10.18).
+    # Deltas holding the literal SSE field names must come through unchanged
+    # (docs/compatibility.md#llm).
     srv.reply(["Hel", "lo", " data: x", "\nevent: y"])
     outs, ids = _turns(srv, cfg, ["hi"])
     assert outs == [["Hel", "lo", " data: x", "\nevent: y"]]

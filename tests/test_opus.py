@@ -1,4 +1,5 @@
-"""Opus as EchoKit uses it (spec §4.3): 16 kHz mono VOIP, 120 ms frames, no tail loss."""
+"""Opus as EchoKit uses it (docs/protocol.md#opus): 16 kHz mono VOIP, 120 ms frames, no tail
+loss."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The EchoKit wire protocol: ServerEvent MessagePack codec (spec §3) and client commands (§2.2).
+"""The EchoKit wire protocol: ServerEvent MessagePack codec (docs/protocol.md#server-events) and
+client commands (docs/protocol.md#client-commands).
 
-Byte vectors are copied from the spec's table (§3.3); property tests compare against an
-independent encoder (msgpack-python packing the structure the spec describes).
+Byte vectors are those of docs/protocol.md#byte-examples; property tests compare against an
+independent encoder (msgpack-python packing the structure that document describes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ PROPS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-# Spec §3.1: variants in declaration order and their fields in serialization order.
+# docs/protocol.md#the-events: variants in declaration order and their fields in serialization
+# order.
 FIELDS: dict[str, tuple[str, ...]] = {
     "HelloStart": (),
     "HelloChunk": ("data",),
@@ -52,7 +54,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 UNIT = [name for name, fields in FIELDS.items() if not fields]
 
-# Spec §3.3, verbatim.
+# docs/protocol.md#byte-examples, verbatim.
 SPEC_VECTORS: list[tuple[Any, str]] = [
     ("HelloStart", "aa 48 65 6c 6c 6f 53 74 61 72 74"),
     ("HelloEnd", "a8 48 65 6c 6c 6f 45 6e 64"),
@@ -87,7 +89,7 @@ SPEC_VECTORS: list[tuple[Any, str]] = [
 
 
 def structure(event: Any) -> Any:
-    """What the spec says the wire carries: unit -> str, struct -> {name: [fields...]},
+    """What docs/protocol.md says the wire carries: unit -> str, struct -> {name: [fields...]},
     byte fields as lists of ints (what msgpack-python packs / unpacks)."""
     if isinstance(event, str):
         return event
@@ -216,7 +218,7 @@ def test_round_trip(event: Any) -> None:
 @PROPS
 @given(events)
 def test_matches_independent_msgpack_encoder(event: Any) -> None:
-    """msgpack-python packs the spec's structure with the same smallest-form rules."""
+    """msgpack-python packs the documented structure with the same smallest-form rules."""
     encoded = encode_event(event)
     assert msgpack.packb(structure(event)) == encoded
     assert msgpack.unpackb(encoded) == structure(event)
@@ -427,7 +429,7 @@ def test_items_accept_tuples() -> None:
     )
 
 
-# --- client commands (spec §2.2) ----------------------------------------------------------------
+# --- client commands (docs/protocol.md#client-commands) -------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The §5.8 sentence splitter and grouping, with the spec's cases worked out by hand."""
+"""The sentence splitter and grouping (docs/protocol.md#segments), with the documented cases
+worked out by hand."""
 
 from __future__ import annotations
 

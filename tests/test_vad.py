@@ -1,9 +1,9 @@
 """Silero VAD: exact segmenter/iterator vectors, real-model fixture, streaming, batching, errors.
 
-Data (copied from the shared spec): ``vad_test_vectors.json`` (outputs of the official
-silero-vad 6.2.3 ``get_speech_timestamps`` / ``VADIterator`` on synthetic probabilities) and
-``vad_fixture_hello16k.{wav,json}`` (espeak-ng speech; per-window probabilities of the
-upstream v5/v6 ONNX models and the official timestamps).
+Data (tests/data, generated once with the official silero-vad package):
+``vad_test_vectors.json`` (outputs of the official silero-vad 6.2.3 ``get_speech_timestamps`` /
+``VADIterator`` on synthetic probabilities) and ``vad_fixture_hello16k.{wav,json}`` (espeak-ng
+speech; per-window probabilities of the upstream v5/v6 ONNX models and the official timestamps).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def _reference_segments(
     pad_ms=30,
     new_mode=True,
 ):
-    """Test oracle: the official algorithm, as described in the shared spec (section 3)."""
+    """Test oracle: the official algorithm, re-implemented from its source."""
     win = 512 if sr == 16000 else 256
     min_speech = sr * min_speech_ms / 1000
     pad = sr * pad_ms / 1000

@@ -1,6 +1,6 @@
 """The VAD service over real sockets: POST /v1/audio/vad, WS /v1/audio/realtime_vad, the CLI.
 
-Expected segments come from the shared spec's fixture (official silero-vad results) or, for
+Expected segments come from the fixture in tests/data (official silero-vad results) or, for
 the streaming events, from the engine (``VadStream``, itself checked against the official
 ``VADIterator`` vectors in test_vad.py) and the reference's ``StreamingVad`` vectors.
 """
@@ -487,7 +487,7 @@ def test_ws_compat_mode_reproduces_the_reference_on_v5(serve):
             await send_chunked(ws, PCM16)
             return await finish(ws, ctx, base + windows(len(PCM16)))
 
-    # the reference splits the one utterance at a 2-window dip (spec §3.8.2)
+    # the reference splits the one utterance at a 2-window dip (docs/apis.md#streaming)
     assert asyncio.run(run("mode=compat")) == [e for _, e in V5_REF["ws_events"]]
     # the default (VADIterator, 100 ms hangover) keeps it whole
     assert asyncio.run(run("")) == ["speech_start", "speech_end"]

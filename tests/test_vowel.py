@@ -1,4 +1,4 @@
-"""Lip-sync vowels (spec §4.4): `vowel_of` must give the codes echokit_server gives.
+"""Lip-sync vowels (docs/protocol.md#vowels): `vowel_of` must give the codes echokit_server gives.
 
 Every expected code below was produced by the original `lip_sync` crate
 (recognize_vowel_from_pcm, via echokit_server's i16 -> /32767 path) on exactly

@@ -366,7 +366,8 @@ def test_fmt_with_cbsize_and_extensible_valid_bits():
 
 
 def echokit_record_header(rate=16000) -> bytes:
-    """The never-patched header EchoKit record mode writes (spec §6.1)."""
+    """The never-patched header echokit_server's record mode writes (we patch ours:
+    docs/compatibility.md#record-mode-and-downloads)."""
     return (
         b"RIFF"
         + struct.pack("<I", 0x7FFFFFFF)

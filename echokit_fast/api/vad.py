@@ -27,7 +27,8 @@
     whenever a stream has a full window, so one model call serves every connection with
     audio ready (instead of one model copy and one call per connection, as the reference does).
 
-Differences from silero_vad_server (``../shared/spec/vad-and-tts.md`` §1, §3.8, §5):
+Differences from silero_vad_server (docs/apis.md#silero-vad, #streaming and
+docs/compatibility.md#companion-apis):
 
 * HTTP errors are real status codes with ``{"error": "<what is wrong>"}``: 400 for a body
   that is not multipart/form-data, a broken multipart body, no ``audio`` part, a file that is
@@ -322,7 +323,7 @@ def ws_params(query: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
 
 
 class CompatStreamingVad:
-    """silero_vad_server's ``StreamingVad`` (spec §3.8.2) on per-window probabilities.
+    """silero_vad_server's ``StreamingVad`` (docs/apis.md#streaming) on per-window probabilities.
 
     ``speech_start`` on the first window with p >= threshold while idle; ``speech_end`` on
     the first window with p < neg_threshold while speaking, once the never-reset ``started``

@@ -1,12 +1,13 @@
-"""One answer: LLM text -> segments -> TTS (several at once) -> the device, in order (spec §5.9.1).
+"""One answer: LLM text -> segments -> TTS (several at once) -> the device, in order
+(docs/protocol.md#speech-synthesis).
 
 The conversation's streamed text goes through a segmenter; each completed segment is
 synthesised as soon as it exists, up to ``max_parallel`` segments at a time *per session*
-(not a global FIFO shared by all devices, §10.25): a segment holds its slot from the start of
-its synthesis until it has been delivered, so at most ``max_parallel`` segments of audio wait
-in memory. Delivery is strictly in order, through the device's
-:class:`~echokit_fast.conversation.device.DeviceOutput`: ``segment_start(text)``, the segment's
-audio as its TTS yields it, ``segment_end()``; the next segment's audio (often already
+(not a global FIFO shared by all devices, docs/compatibility.md#sessions-and-the-tts-queue): a
+segment holds its slot from the start of its synthesis until it has been delivered, so at most
+``max_parallel`` segments of audio wait in memory. Delivery is strictly in order, through the
+device's :class:`~echokit_fast.conversation.device.DeviceOutput`: ``segment_start(text)``, the
+segment's audio as its TTS yields it, ``segment_end()``; the next segment's audio (often already
 synthesised) follows at once. A ``SpeakNow`` item ends the text before it (the segmenter is
 finished and a fresh one started) and is spoken as its own segment.
 

@@ -2,8 +2,8 @@
 
 The device server only needs an object with ``feed(delta) -> list[str]`` (the segments the
 new text completed) and ``finish() -> list[str]`` (the rest, at the end of the answer); a
-*segmenter factory* makes one per answer. The default is the §5.8 splitter and grouping
-(:class:`echokit_fast.conversation.splitter.SegmentGrouper`).
+*segmenter factory* makes one per answer. The default is the docs/protocol.md#segments splitter and
+grouping (:class:`echokit_fast.conversation.splitter.SegmentGrouper`).
 """
 
 from __future__ import annotations

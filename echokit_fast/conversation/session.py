@@ -1,4 +1,5 @@
-"""Device sessions: one per device id, connections attach to it (spec §1.4, §5.1-5.5, §5.11).
+"""Device sessions: one per device id, connections attach to it
+(docs/protocol.md#sessions-and-interruption, #turn-flow, #interruption).
 
 A :class:`Session` owns the device's :class:`~echokit_fast.backends.base.Conversation` (history),
 the utterance being listened to and the turn in progress. It speaks to the device only through
@@ -10,11 +11,12 @@ delivery), the old connection is told to end (:meth:`DeviceConnection.disconnect
 session carries on with the new one.
 
 Tasks, per connection: the front end's (reading the device: microphone frames are read and run
-through the turn detector while the answer plays, §10.21), and per turn one turn task with the
-LLM reader and at most ``tts_parallel`` synthesis tasks (:mod:`.pipeline`), plus the
-speculative ASR of the current round. All of them end when the connection detaches.
+through the turn detector while the answer plays, docs/compatibility.md#listening-and-turns), and
+per turn one turn task with the LLM reader and at most ``tts_parallel`` synthesis tasks
+(:mod:`.pipeline`), plus the speculative ASR of the current round. All of them end when the
+connection detaches.
 
-Input (§5.2):
+Input (docs/protocol.md#turn-flow):
 
 * ``server_vad``: after :meth:`Session.start_listening` every piece of audio goes through the
   session's :class:`~echokit_fast.turn.detector.TurnDetector`; at each pause the transcriber
@@ -23,7 +25,8 @@ Input (§5.2):
   the end of the turn ``end_of_speech`` is sent at once (the reference waits for the
   transcript first), then the final transcript when it is known; an empty transcript ends the
   turn with ``response_end`` only. :meth:`Session.submit` while listening ends the utterance
-  like the detector would (the reference kills the session, §10.6).
+  like the detector would (the reference kills the session,
+  docs/compatibility.md#listening-and-turns).
 * not ``server_vad``: all audio is kept (and run through the detector only to learn whether
   there was speech); :meth:`Session.submit` transcribes the whole buffer, or answers
   ``response_end`` when no speech was heard.
@@ -39,7 +42,7 @@ Speaker unless the Speaker is what failed (bounded by ``NOTICE_TTS_TIMEOUT``),
 ``segment_end`` -- and ``response_end``. The session and every other session go on.
 
 Exactly one ``response_end`` ends each turn, and nothing is ever sent to a connection that is
-gone (the reference sends an extra one, §10.20).
+gone (the reference sends an extra one, docs/compatibility.md#listening-and-turns).
 
 After the last connection of a session detaches, the session keeps only its conversation
 (history, for a later connection with ``keep_history``) for ``session_ttl`` seconds; then it is
@@ -241,10 +244,12 @@ class Session:
             return
         if conn.server_vad:
             utt = self.utt
-            if utt is not None:  # §10.6: end of utterance, not the end of the session
+            # docs/compatibility.md#listening-and-turns: end of utterance, not the end of the
+            # session
+            if utt is not None:
                 self._end_voice_turn(conn, utt, whole=True)
             elif not self.responding:
-                self._start_turn(conn, text="")  # §5.2(a) step 1: empty input
+                self._start_turn(conn, text="")  # docs/protocol.md#stream-mode step 1: empty input
             return
         if self.responding:
             await self.cancel_turn()

@@ -1,4 +1,5 @@
-"""Split streamed LLM text into speakable TTS segments, exactly as echokit_server (spec §5.8).
+"""Split streamed LLM text into speakable TTS segments, exactly as echokit_server
+(docs/protocol.md#segments).
 
 Two layers:
 
@@ -48,7 +49,7 @@ _CURLY_QUOTES = frozenset("“”")
 
 
 class SentenceSplitter:
-    """The character-level sentence splitter of §5.8 (rules 1-8).
+    """The character-level sentence splitter of docs/protocol.md#segments (rules 1-8).
 
     :meth:`push` feeds text and returns the sentences it completed (untrimmed: a sentence keeps
     the space that ended it); :meth:`finish` returns the remaining buffer as a last sentence
@@ -130,7 +131,8 @@ class SentenceSplitter:
 
 
 class SegmentGrouper:
-    """The per-response grouping of §5.8 on top of a :class:`SentenceSplitter`."""
+    """The per-response grouping of docs/protocol.md#segments on top of a
+    :class:`SentenceSplitter`."""
 
     __slots__ = ("_first_done", "_min_bytes", "_queue", "_splitter")
 

@@ -1,18 +1,18 @@
 """Turn detection by VAD rounds: the first :class:`~echokit_fast.turn.detector.TurnDetector`
-(spec §5.2(a), §5.3).
+(docs/protocol.md#stream-mode, #turn-detection).
 
 :class:`VadTurnDetector` runs the microphone stream through the embedded Silero VAD
 (512-sample windows, 32 ms at 16 kHz) and the round logic below; :class:`VadTurnDetectors`
 is its factory (the shared Silero model, loaded once). The round logic itself is pure, no I/O:
 
-* :class:`Hysteresis` -- the device server's own detector (§5.3): ``p > threshold`` starts
-  speech and clears the silent-window count; ``p < neg_threshold`` counts a silent window and
-  ``max_silence_duration_ms * 16 // 512`` of them end speech; anything in between changes
-  nothing.
-* :class:`RoundTracker` -- the rounds of §5.2(a): per window ``speech_ms``/``silence_ms``;
-  a non-speech window after at least ``min_speech_duration_ms`` of speech ends the round
-  ("speech ended": a pause, the speculative ASR restarts on the grown buffer), more than
-  ``hangover_ms`` of silence ends the turn.
+* :class:`Hysteresis` -- the device server's own detector (docs/protocol.md#turn-detection):
+  ``p > threshold`` starts speech and clears the silent-window count; ``p < neg_threshold`` counts a
+  silent window and ``max_silence_duration_ms * 16 // 512`` of them end speech; anything in between
+  changes nothing.
+* :class:`RoundTracker` -- the rounds of docs/protocol.md#stream-mode: per window
+  ``speech_ms``/``silence_ms``; a non-speech window after at least ``min_speech_duration_ms`` of
+  speech ends the round ("speech ended": a pause, the speculative ASR restarts on the grown buffer),
+  more than ``hangover_ms`` of silence ends the turn.
 
 Difference from the reference: after a round ends inside a frame, the rest of that frame is
 still run through the VAD and counted in the next round (the reference skips it), so the end
@@ -68,7 +68,7 @@ class VadParams:
 
 
 class Hysteresis:
-    """Per-window ``in_speech`` from speech probabilities (§5.3)."""
+    """Per-window ``in_speech`` from speech probabilities (docs/protocol.md#turn-detection)."""
 
     __slots__ = ("_neg", "_release", "_silent", "_thr", "in_speech")
 
@@ -95,7 +95,7 @@ class Hysteresis:
 
 
 class RoundTracker:
-    """The round logic of §5.2(a) over VAD windows.
+    """The round logic of docs/protocol.md#stream-mode over VAD windows.
 
     ``window(p)`` returns what the window did; ``speech_seen`` says whether any window of
     this utterance was speech; ``released`` is True exactly on the window where speech ended

@@ -1,7 +1,7 @@
 //! One virtual device: boot, K0, the turn loop and the server events, as the
-//! firmware does them (spec §3.4, §9). One task; `tokio::select!` over the
-//! socket reader (paused while queued audio plays after `EndAudio`) and the
-//! timers (microphone blocks, next speech, playback end, turn deadline).
+//! firmware does them (docs/protocol.md#what-the-firmware-does, #device-behaviour). One task;
+//! `tokio::select!` over the socket reader (paused while queued audio plays after `EndAudio`) and
+//! the timers (microphone blocks, next speech, playback end, turn deadline).
 //! Sockets the device leaves behind are drained and logged by a background task.
 
 use std::path::PathBuf;
@@ -26,9 +26,9 @@ use crate::summary::{DeviceError, DeviceSummary, ErrorKind, Segment, TurnSummary
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// What the firmware offers (and a conforming server must decline, §1.5).
+/// What the firmware offers (and a conforming server must decline, docs/protocol.md#connecting).
 pub const OFFERED_EXTENSIONS: &str = "permessage-deflate; client_max_window_bits";
-/// Reconnect: 3 attempts, 300 ms apart (§8.2).
+/// Reconnect: 3 attempts, 300 ms apart (docs/protocol.md#device-behaviour).
 const RECONNECT_ATTEMPTS: u32 = 3;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(300);
 /// Bounds a TCP connect + upgrade that never answers (not a firmware constant).
@@ -347,7 +347,8 @@ impl Device {
             match timeout(CONNECT_TIMEOUT, builder.connect()).await {
                 Ok(Ok((ws, resp))) => {
                     if let Some(old) = self.ws.replace(ws) {
-                        // Not closed by us: the server pre-empts it (§5.11).
+                        // Not closed by us: the server pre-empts it
+                        // (docs/protocol.md#interruption).
                         self.leave_conn(old, self.conn_no - 1, old_turn, false)
                             .await;
                     }

@@ -1,6 +1,6 @@
 //! Server → device events, decoded exactly as the firmware does (rmp-serde
 //! into the firmware's own enum), plus the strictness checks the firmware
-//! leaves out (spec §3).
+//! leaves out (docs/protocol.md#server-events).
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +27,7 @@ pub enum ServerEvent {
     EndVad,
 }
 
-/// The server-protocol events the firmware's enum lacks (spec §3.1). A real
+/// The server-protocol events the firmware's enum lacks (docs/protocol.md#the-events). A real
 /// device fails to decode them and drops them with a warning; that is the
 /// firmware's designed behaviour, not a server fault, so they are told apart
 /// from garbage and dropped even in strict mode.
@@ -57,8 +57,9 @@ pub enum DecodeError {
     /// rmp-serde rejected it: the firmware logs and drops such a frame.
     #[error("frame of {len} bytes does not decode as a ServerEvent: {reason}")]
     Invalid { len: usize, reason: String },
-    /// It decoded, but bytes follow the event (one message = one event, §1.5).
-    /// The firmware (rmp_serde::from_slice) ignores them; `event` is what it saw.
+    /// It decoded, but bytes follow the event (one message = one event,
+    /// docs/protocol.md#connecting). The firmware (rmp_serde::from_slice) ignores them; `event` is
+    /// what it saw.
     #[error("frame of {len} bytes holds {trailing} bytes after the event")]
     Trailing {
         len: usize,
@@ -99,7 +100,7 @@ pub fn decode(frame: &[u8]) -> Result<ServerEvent, DecodeError> {
     Ok(event)
 }
 
-/// Largest vowel code (§4.4: 0 = none, 1..=5 = A E I O U).
+/// Largest vowel code (docs/protocol.md#vowels: 0 = none, 1..=5 = A E I O U).
 pub const MAX_VOWEL: u8 = 5;
 
 impl ServerEvent {
@@ -134,7 +135,7 @@ mod tests {
             .collect()
     }
 
-    /// Every example of spec §3.3 that the firmware knows, byte for byte.
+    /// Every example of docs/protocol.md#byte-examples that the firmware knows, byte for byte.
     #[test]
     fn decodes_spec_byte_examples() {
         let cases: Vec<(&str, ServerEvent)> = vec![
@@ -189,7 +190,7 @@ mod tests {
         }
     }
 
-    /// Spec §3.1: Choices and DisplayText are unknown to the firmware, which
+    /// docs/protocol.md#the-events: Choices and DisplayText are unknown to the firmware, which
     /// drops them; they are told apart from garbage.
     #[test]
     fn variants_unknown_to_the_firmware_are_recognised() {
@@ -217,7 +218,7 @@ mod tests {
         assert!(matches!(err, DecodeError::Invalid { .. }), "{err:?}");
     }
 
-    /// Spec §3.2 tolerance: `bin` for bytes, fields as a map with names.
+    /// docs/protocol.md#encoding tolerance: `bin` for bytes, fields as a map with names.
     #[test]
     fn accepts_tolerant_forms() {
         // {"AudioChunk": [bin8 [1,2,3]]}
@@ -243,7 +244,7 @@ mod tests {
                 vowel: 1
             }
         );
-        // A 2048-byte hello chunk with an array16 header (§3.3).
+        // A 2048-byte hello chunk with an array16 header (docs/protocol.md#byte-examples).
         let mut b = hex("81 aa 48 65 6c 6c 6f 43 68 75 6e 6b 91 dc 08 00");
         b.extend(std::iter::repeat_n(0x07u8, 2048));
         assert_eq!(

@@ -1,6 +1,6 @@
 //! The microphone of one turn: pre-roll, block pacing, framing and barge-in
-//! accumulation (spec §2.1, §8.2, §9.3). Pure: the device asks when the next
-//! block is due (an offset from the moment the user starts speaking) and
+//! accumulation (docs/protocol.md#microphone-audio, #device-behaviour). Pure: the device asks when
+//! the next block is due (an offset from the moment the user starts speaking) and
 //! steps the state machine at that time, so tests need no clock at all.
 
 use std::sync::Arc;

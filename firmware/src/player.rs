@@ -1,6 +1,7 @@
 //! The loudspeaker: a playback clock (no sound is made, only time passes),
 //! the per-`EndAudio` wait and the firmware's download-speed measurement
-//! with its buffer-whole-segments mode (spec §3.4, §4.6, §8.2).
+//! with its buffer-whole-segments mode (docs/protocol.md#what-the-firmware-does, #pacing,
+//! #device-behaviour).
 
 use std::time::Duration;
 use tokio::time::Instant;

@@ -382,7 +382,7 @@ async fn undecodable_frame_is_exit_3_and_lenient_survives() {
     let garbage = tokio_websockets::Message::binary(vec![0xc1u8, 0x00, 0x01]);
     assert_eq!(violation_turn(garbage.clone(), false).await, 3);
     assert_eq!(violation_turn(garbage, true).await, 0);
-    // A server event the firmware does not know (§3.1) is dropped, as the
+    // A server event the firmware does not know (docs/protocol.md#the-events) is dropped, as the
     // firmware does, even in strict mode: not a violation.
     let choices = msg(&Ev::Choices {
         message: "m".into(),

@@ -1,4 +1,4 @@
-//! Opus encoding/decoding as EchoKit uses it (spec §4.3), on libopus through
+//! Opus encoding/decoding as EchoKit uses it (docs/protocol.md#opus), on libopus through
 //! the `opus` crate (the binding echokit_server itself uses).
 //!
 //! Encoder: mono, application VOIP, every other setting at libopus defaults
@@ -6,7 +6,7 @@
 //! (120 ms = 1920 samples at 16 kHz by default). Samples are buffered across
 //! `push` calls and only whole frames are encoded; `flush` zero-pads a
 //! non-empty remainder to a whole frame, so nothing is lost (the reference
-//! server drops that tail: spec §10.1).
+//! server drops that tail: docs/compatibility.md#device-audio).
 //!
 //! Float input is converted to i16 as the inverse of `pcm16_to_float`
 //! (x * 32768, rounded half to even like numpy, saturated to [-32768, 32767],

@@ -1,4 +1,4 @@
-//! The EchoKit wire protocol (spec `echokit-protocol.md` §2.2, §3): the
+//! The EchoKit wire protocol (docs/protocol.md#client-commands, #server-events): the
 //! server→device `ServerEvent` MessagePack codec and the device→server JSON
 //! client commands. Pure Rust; bindings in `py/protocol.rs`.
 //!
@@ -461,7 +461,7 @@ pub fn encode_audio_chunk(data: &[u8], vowel: Option<u8>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Device → server JSON text command (spec §2.2), internally tagged with
+/// Device → server JSON text command (docs/protocol.md#client-commands), internally tagged with
 /// `event`, parsed with serde_json as the reference does (unknown extra keys
 /// are ignored, as serde does by default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

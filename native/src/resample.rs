@@ -20,7 +20,7 @@
 //! follows the block size. For a voice server the latency matters more: this
 //! FIR emits output for any chunk size (even 1 sample) with 55 output samples
 //! (3.4 ms) held back, is exactly aligned (no delay to trim, stream ==
-//! one-shot bit for bit), and meets the spec for every rate pair
+//! one-shot bit for bit), and meets its stopband target for every rate pair
 //! independently of chunking. rubato's asynchronous sinc resampler is ~20x
 //! slower. Against soxr HQ (the bench peer; see benches/bench_resample.py)
 //! both the streaming path and one-shot 24 / 44.1 / 48 kHz -> 16 kHz are
@@ -67,7 +67,7 @@ pub const MIN_RATE: i64 = 8000;
 pub const MAX_RATE: i64 = 48000;
 /// Passband edge as a fraction of the lower of the two Nyquist frequencies.
 pub const PASSBAND_EDGE: f64 = 0.9;
-/// Kaiser design target. The spec asks for >= 80 dB; the Kaiser formulas are
+/// Kaiser design target. We require >= 80 dB; the Kaiser formulas are
 /// approximate, so design with a margin (the tests measure the real figure).
 const DESIGN_ATTENUATION_DB: f64 = 85.0;
 /// Half-band 2:1 stages are used while the input rate is at least this

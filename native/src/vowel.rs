@@ -1,5 +1,5 @@
 //! Lip-sync vowel of one audio frame, as echokit_server computes it for
-//! `AudioChunkWithVowel` (spec §4.4).
+//! `AudioChunkWithVowel` (docs/protocol.md#vowels).
 //!
 //! The reference calls the `lip_sync` crate (git commit 0172215, not on
 //! crates.io) as `recognize_vowel_from_pcm(&frame[..1024] as f32 / 32767, 16000)`.

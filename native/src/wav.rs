@@ -32,8 +32,8 @@
 //!
 //! # Writing
 //! 16-bit PCM: the canonical 44-byte header (`fmt ` size 16, format 1), as the
-//! EchoKit server sends to ASR (spec §5.4); samples are converted with
-//! [`crate::pcm::f32_to_i16`] (x*32768 rounded half to even, saturated, NaN -> 0).
+//! EchoKit server sends to ASR (docs/protocol.md#transcription-requests); samples are converted
+//! with [`crate::pcm::f32_to_i16`] (x*32768 rounded half to even, saturated, NaN -> 0).
 //! 32-bit: IEEE float (format 3) with an 18-byte `fmt ` (cbSize 0) and a `fact`
 //! chunk holding the frame count, as the RIFF spec asks for non-PCM formats
 //! (58-byte header); samples are stored unchanged.

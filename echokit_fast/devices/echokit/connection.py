@@ -3,13 +3,13 @@
 :class:`Connection` turns what the conversation engine says into rmp-serde frames
 (:mod:`.output`): end of speech ``EndVad``, transcripts ``ASR{text}`` (interim and final alike),
 a segment ``StartAudio{text}`` .. audio frames .. ``EndAudio``, ``EndResponse``, a notice
-``DisplayText{text}`` (the firmware cannot decode it, §3.4; the engine also shows it as a
-segment). :func:`serve` runs the connection: the hello (a fresh connection only), then the
-device's frames into the engine: binary frames are microphone PCM16 (an odd trailing byte is
-carried to the next frame, §2.1), text frames are JSON commands (§2.2): ``StartChat``,
-``Submit``, ``Text{input}``; ``Select``, ``StartRecord`` and anything that is not a command are
-ignored. The flags map onto the engine's: ``reconnect`` keeps the history, ``stream_asr`` lets
-the server's VAD end the utterance.
+``DisplayText{text}`` (the firmware cannot decode it, docs/protocol.md#what-the-firmware-does; the
+engine also shows it as a segment). :func:`serve` runs the connection: the hello (a fresh connection
+only), then the device's frames into the engine: binary frames are microphone PCM16 (an odd trailing
+byte is carried to the next frame, docs/protocol.md#microphone-audio), text frames are JSON commands
+(docs/protocol.md#client-commands): ``StartChat``, ``Submit``, ``Text{input}``; ``Select``,
+``StartRecord`` and anything that is not a command are ignored. The flags map onto the engine's:
+``reconnect`` keeps the history, ``stream_asr`` lets the server's VAD end the utterance.
 
 Pre-empted by a newer connection for the same device, the socket gets one ``EndResponse`` and
 is closed; nothing is ever written to a socket that is gone.
@@ -94,7 +94,8 @@ class Connection:
         await self._ended.wait()
 
     def align(self, data: bytes) -> bytes:
-        """PCM16 bytes with an odd trailing byte carried into the next frame (§2.1)."""
+        """PCM16 bytes with an odd trailing byte carried into the next frame
+        (docs/protocol.md#microphone-audio)."""
         return self._pcm.align(data)
 
     # -- DeviceOutput ------------------------------------------------------------------
@@ -201,7 +202,7 @@ async def _read(session: Session, conn: Connection) -> None:
 
 
 async def _command(session: Session, conn: Connection, text: str) -> None:
-    """One JSON text command (§2.2) into the engine."""
+    """One JSON text command (docs/protocol.md#client-commands) into the engine."""
     try:
         cmd = parse_client_command(text)
     except ValueError:
@@ -214,7 +215,7 @@ async def _command(session: Session, conn: Connection, text: str) -> None:
         await session.submit(conn)
     elif event == "Text":
         await session.text_input(conn, str(cmd.get("input", "")))
-    # Select, StartRecord: ignored in chat mode (§6.2)
+    # Select, StartRecord: ignored in chat mode (docs/protocol.md#client-commands)
 
 
 async def _close(ws: Any, code: int) -> None:

@@ -1,4 +1,4 @@
-"""The chat endpoint's query flags (spec §1.3)."""
+"""The chat endpoint's query flags (docs/protocol.md#query-flags)."""
 
 from __future__ import annotations
 

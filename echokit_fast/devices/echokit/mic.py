@@ -1,4 +1,5 @@
-"""The device's microphone stream: binary frames of PCM16 LE 16 kHz mono (spec §2.1)."""
+"""The device's microphone stream: binary frames of PCM16 LE 16 kHz mono
+(docs/protocol.md#microphone-audio)."""
 
 from __future__ import annotations
 

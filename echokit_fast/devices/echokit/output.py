@@ -1,4 +1,5 @@
-"""Server -> device audio: the frames of one spoken segment (spec §4) and the hello (§4.5).
+"""Server -> device audio: the frames of one spoken segment (docs/protocol.md#audio-out) and the
+hello (docs/protocol.md#hello).
 
 Every binary frame is built by :mod:`echokit_fast.devices.echokit.protocol` (``encode_event`` /
 ``encode_audio_chunk``), byte-identical to the reference server's.
@@ -58,16 +59,17 @@ class AudioOut:
     most 32 000 bytes per piece of each TTS chunk), or Opus (16 kHz, 120 ms packets, one per
     ``AudioChunk``, or ``AudioChunkWithVowel`` with ``vowel=True``). The Opus remainder of
     each TTS chunk is carried to the next and zero-padded to a whole frame at the segment end
-    (:meth:`end_segment`), so no audio is lost (the reference drops it, §10.1). One per
-    segment: every segment starts with a fresh encoder, as the device resets its decoder on
-    ``StartAudio``.
+    (:meth:`end_segment`), so no audio is lost (the reference drops it,
+    docs/compatibility.md#device-audio). One per segment: every segment starts with a fresh encoder,
+    as the device resets its decoder on ``StartAudio``.
     """
 
     __slots__ = ("_enc", "opus", "vowel")
 
     def __init__(self, *, opus: bool, vowel: bool) -> None:
         self.opus = opus
-        self.vowel = opus and vowel  # vowel only means something with opus (§1.3)
+        # vowel only means something with opus (docs/protocol.md#query-flags)
+        self.vowel = opus and vowel
         self._enc = OpusEncoder(SAMPLE_RATE, 120) if opus else None
 
     def push(self, pcm: npt.NDArray[np.float32]) -> list[bytes]:
@@ -93,7 +95,8 @@ class AudioOut:
 
 def load_hello(path: str | Path | None) -> bytes | None:
     """The hello file's bytes, sent verbatim like the reference (the firmware stores them and
-    plays them as raw PCM16 16 kHz mono, the 44-byte header included, §4.5/§10.19).
+    plays them as raw PCM16 16 kHz mono, the 44-byte header included, docs/protocol.md#hello and
+    docs/compatibility.md#device-audio).
 
     The file is checked once here: when it is not a 16 kHz mono 16-bit PCM WAV, a warning
     says what the device will play instead (it is still sent unchanged). Unreadable or empty

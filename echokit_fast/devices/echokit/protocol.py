@@ -1,6 +1,6 @@
 """The EchoKit device protocol: `ServerEvent` MessagePack codec and client commands.
 
-Byte-identical to rmp-serde's compact encoding used by echokit_server (spec §3.2-3.3).
+Byte-identical to rmp-serde's compact encoding used by echokit_server (docs/protocol.md#encoding).
 
 The functions are `echokit_fast._native`'s own, re-exported without a Python wrapper
 (they sit in the per-frame audio loop, where a wrapper call would add ~25% to an Opus
@@ -13,7 +13,8 @@ in `_native.pyi`:
   several times faster.
 - ``decode_event(data) -> event``: tolerant like the firmware's decoder, strict about
   trailing bytes.
-- ``parse_client_command(text) -> dict``: the device's JSON text commands (spec §2.2).
+- ``parse_client_command(text) -> dict``: the device's JSON text commands
+  (docs/protocol.md#client-commands).
 
 Every error is a ValueError saying what is wrong.
 """

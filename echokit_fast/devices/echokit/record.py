@@ -1,4 +1,5 @@
-"""Record mode (spec §6.1): the device's microphone stream into a WAV file per connection.
+"""Record mode (docs/protocol.md#record-mode): the device's microphone stream into a WAV file per
+connection.
 
 ``/ws/{id}?record=true`` and ``/v1/record/{id}``: every binary frame is appended to
 ``<record_dir>/<id>/record_<YYYYMMDD_HHMMSS±zzzz>.wav`` (server local time; ``_2``, ``_3`` ...
@@ -7,12 +8,13 @@ recording ends after ``idle_timeout`` seconds without a message (60), when the c
 (Close frame or not) or on an error. Then, if ``[record] callback_url`` is set, the server
 POSTs ``{"id": ID, "download_uri": "/downloads/download/ID/FILE"}`` to it.
 
-Fixes of the reference (§10.7): the callback is made on *every* ending, a clean Close frame
-included, and ``download_uri`` (like the list endpoint's ``download_url``) is the path the file
-is really served at. The WAV header is written with the streaming placeholders (RIFF size
-0x7FFFFFFF, data size 0xFFFFFFFF, so the file can be read while it grows) and patched with the
-real sizes when the recording ends (the reference never patches it). An odd trailing byte of a
-frame is carried to the next frame so samples stay aligned; one left at the end is dropped.
+Fixes of the reference (docs/compatibility.md#record-mode-and-downloads): the callback is made on
+*every* ending, a clean Close frame included, and ``download_uri`` (like the list endpoint's
+``download_url``) is the path the file is really served at. The WAV header is written with the
+streaming placeholders (RIFF size 0x7FFFFFFF, data size 0xFFFFFFFF, so the file can be read while it
+grows) and patched with the real sizes when the recording ends (the reference never patches it). An
+odd trailing byte of a frame is carried to the next frame so samples stay aligned; one left at the
+end is dropped.
 
 Paths are never built from unchecked input: the device id and file names must match
 :data:`SAFE_NAME` (letters, digits, ``_ . + -``, not starting with a dot, at most 128

@@ -1,4 +1,5 @@
-"""The EchoKit device endpoints (spec §1.2): chat WebSockets, record mode, downloads, metrics.
+"""The EchoKit device endpoints (docs/protocol.md#routes): chat WebSockets, record mode, downloads,
+metrics.
 
 * ``/ws/{id}`` -- chat (query flags ``reconnect``, ``opus``, ``vowel``, ``stream_asr``), or
   record mode with ``record=true``;
@@ -7,7 +8,8 @@
 * ``GET /downloads/download/{id}/{file}`` -- a recording (404 ``Not found`` if missing);
 * ``GET /downloads/list/{id}`` -- ``[{"file_name", "download_url"}]`` of a device's
   recordings, ``download_url`` being the download path above (the reference's is wrong,
-  §10.7); 404 with ``[]`` for a device without recordings (the reference answers 500);
+  docs/compatibility.md#record-mode-and-downloads); 404 with ``[]`` for a device without recordings
+  (the reference answers 500);
 * ``GET /metrics`` -- Prometheus metrics (the per-turn stage histograms among them).
 
 Query flags are strict booleans: anything but ``true``/``false`` (or a flag given twice) is
@@ -15,7 +17,7 @@ refused with HTTP 400 before the upgrade. A device id or file name that is not a
 component is refused with 400 on the record and download paths (chat ids are never used in
 paths). permessage-deflate is never negotiated: the server must run with
 ``ws_per_message_deflate=False`` (``echokit-fast serve`` does), as the firmware rejects
-compressed frames (§1.5).
+compressed frames (docs/protocol.md#connecting).
 
 State (:class:`~echokit_fast.server.state.AppState`): ``backends`` (built by
 :func:`prepare` at start-up with ``echokit_fast.backends.registry.build_backends(config)``,

@@ -412,7 +412,7 @@ fn decode_event<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Boun
     event_to_py(py, event)
 }
 
-/// Parse one JSON text frame sent by a device (spec 2.2).
+/// Parse one JSON text frame sent by a device (docs/protocol.md#client-commands).
 ///
 /// Returns e.g. {"event": "StartChat"}, {"event": "Text", "input": "hi"} or
 /// {"event": "Select", "index": 0}. Keys other than the command's own are

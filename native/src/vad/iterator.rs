@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn v1_events() {
-        // shared spec vector v1, VADIterator column
+        // test vector v1 (tests/data/vad_test_vectors.json), VADIterator column
         let probs: Vec<f64> = [
             vec![0.02; 5],
             vec![0.9; 5],

@@ -4,7 +4,7 @@
 //! probabilities, including its float arithmetic (durations in samples are computed as
 //! `f64`, like Python's `sr * ms / 1000`), max-length splitting (longest silence by default,
 //! last silence in legacy mode) and the padding pass. Written from the algorithm's
-//! description (shared spec `vad-and-tts.md` §3), not from the upstream source.
+//! description (docs/apis.md#speech-timestamps), not from the upstream source.
 
 use super::Rate;
 use crate::error::Result;
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn basic_defaults_vector() {
-        // shared spec vector v1 (expected output from the official Python function)
+        // test vector v1 (tests/data/vad_test_vectors.json: the official Python function's output)
         let probs: Vec<f64> = [
             rep(0.02, 5),
             rep(0.9, 5),
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn max_split_new_and_legacy() {
-        // shared spec vector v5
+        // test vector v5 (tests/data/vad_test_vectors.json)
         let probs = [
             rep(0.0, 1),
             rep(0.9, 2),
