@@ -153,10 +153,16 @@ class RecordConfig(Section):
 
 
 class LimitsConfig(Section):
-    """``[limits]`` (ours): the caps on what one request may cost (the README's limits table).
-    ``max_audio_s``: seconds of audio an uploaded file may decode to (600)."""
+    """``[limits]`` (ours): the caps on what one request or device may cost (the README's
+    limits table). ``max_audio_s``: seconds of audio an uploaded file may decode to (600);
+    ``max_text_bytes``: UTF-8 bytes of a device's ``Text`` command or an ASR transcript (4096);
+    ``max_history_bytes``: UTF-8 bytes of message text one device's LLM history keeps
+    (65536); ``max_sessions``: device sessions held at once (1000)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    max_text_bytes: int = Field(default=4096, ge=1)
+    max_history_bytes: int = Field(default=65536, ge=1)
+    max_sessions: int = Field(default=1000, ge=1)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]

@@ -68,10 +68,12 @@ MODULES: dict[Kind, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class Needs:
     """What a build may use besides its config section: the engines the application shares
-    (``local_asr(cfg)`` / ``local_tts(cfg)``; None: the platform loads its own)."""
+    (``local_asr(cfg)`` / ``local_tts(cfg)``; None: the platform loads its own), and the
+    ``[limits] max_history_bytes`` of a conversation's history (None: unbounded)."""
 
     local_asr: Callable[[Any], Transcriber] | None = None
     local_tts: Callable[[Any], Speaker] | None = None
+    max_history_bytes: int | None = None
 
 
 #: ``build(section, needs)``: a Transcriber ([asr]), a Speaker ([tts]) or a zero/one-argument
@@ -224,7 +226,11 @@ def build_backends(
     """
     if config.asr is None or config.tts is None or config.llm is None:
         raise ValueError(f"build_backends needs [asr], [tts] and [llm] (layout {config.layout})")
-    needs = Needs(local_asr=local_asr, local_tts=local_tts)
+    needs = Needs(
+        local_asr=local_asr,
+        local_tts=local_tts,
+        max_history_bytes=config.limits.max_history_bytes,
+    )
     return Backends(
         _build("asr", config.asr, needs),
         _build("tts", config.tts, needs),

@@ -121,7 +121,12 @@ class DeviceInput(Protocol):
         ...
 
     async def text_input(self, conn: DeviceConnection, text: str) -> None:
-        """Typed input: the user's utterance without ASR."""
+        """Typed input: the user's utterance without ASR (refused as :meth:`refuse_text` is
+        when over the session's ``max_text_bytes``)."""
+        ...
+
+    async def refuse_text(self, conn: DeviceConnection, size: int) -> None:
+        """A text input of ``size`` bytes too long to take: the turn is a failure notice."""
         ...
 
     async def cancel_turn(self) -> None:

@@ -32,6 +32,14 @@ Input (docs/protocol.md#turn-flow):
   ``response_end`` when no speech was heard.
 * :meth:`Session.text_input` is the user's utterance, without ASR (echoed as the transcript).
 
+Input caps (``Settings``, the README's limits table): a text input over ``max_text_bytes``
+(UTF-8) is refused -- the turn is a failure notice (``TEXT_TOO_LONG``) and nothing reaches the
+LLM (:meth:`Session.refuse_text`, also what a front end calls for a frame too large to hold a
+text within the cap); a transcript over it is cut at a word boundary to the cap (logged).
+At most ``max_sessions`` sessions are held: a new device id beyond that evicts the session
+detached longest ago, and when every session has a connection :meth:`SessionManager.session`
+raises :class:`SessionsFull` (the front end refuses the connection).
+
 New input during an answer (start listening, text, submit with speech) cancels the answer in
 flight without a ``response_end`` for it: the client interrupted on purpose, and (EchoKit) an
 ``EndResponse`` would make the firmware drop the upload it has just begun.
@@ -55,6 +63,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,7 +79,7 @@ from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace
 from echokit_fast.turn.detector import TurnDetector, TurnDetectorFactory, TurnEvent
 from echokit_fast.turn.vad_rounds import VadTurnDetectors
 
-__all__ = ["Backends", "Session", "SessionManager", "Settings"]
+__all__ = ["TEXT_TOO_LONG", "Backends", "Session", "SessionManager", "SessionsFull", "Settings"]
 
 log = logging.getLogger("echokit_fast.device")
 
@@ -83,6 +92,8 @@ CANCEL_TIMEOUT = 5.0
 DRAIN_CLOSE_TIMEOUT = 3.0
 #: time limit for speaking a failure notice
 NOTICE_TTS_TIMEOUT = 10.0
+#: the notice for a text input over ``Settings.max_text_bytes``
+TEXT_TOO_LONG = "That message is too long."
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +109,27 @@ class Settings:
     tts_parallel: int = 3
     #: seconds a detached session keeps its history
     session_ttl: float = 3600.0
+    #: UTF-8 bytes of a text input (refused over it) or a transcript (cut to it)
+    max_text_bytes: int = 4096
+    #: sessions held at once
+    max_sessions: int = 1000
+
+
+class SessionsFull(Exception):
+    """Every one of the ``max_sessions`` sessions has a connection: a new device id is refused."""
+
+
+def cut_text(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, at the last word boundary (whitespace)
+    within them when there is one."""
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text
+    head = data[:max_bytes].decode("utf-8", errors="ignore")
+    if not data[max_bytes : max_bytes + 1].isspace():
+        # the cut is inside a word: drop that word (unless it is the only one)
+        head = re.sub(r"\S+\Z", "", head) or head
+    return head.rstrip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +303,25 @@ class Session:
         self._start_turn(conn, asr_task=task, trace=trace)
 
     async def text_input(self, conn: DeviceConnection, text: str) -> None:
+        size = len(text.encode("utf-8"))
+        if size > self.manager.settings.max_text_bytes:
+            await self.refuse_text(conn, size)
+            return
+        await self._text_turn(conn, text=text)
+
+    async def refuse_text(self, conn: DeviceConnection, size: int) -> None:
+        """A text input of ``size`` bytes over ``max_text_bytes``: a turn that is only the
+        ``TEXT_TOO_LONG`` notice; the LLM is not asked."""
+        cap = self.manager.settings.max_text_bytes
+        log.warning(
+            "device %s: text input of %d bytes refused (max_text_bytes %d)", self.id, size, cap
+        )
+        failure = TurnFailed(TEXT_TOO_LONG, "input", f"text input of {size} bytes over {cap}")
+        await self._text_turn(conn, failure=failure)
+
+    async def _text_turn(
+        self, conn: DeviceConnection, *, text: str = "", failure: TurnFailed | None = None
+    ) -> None:
         if conn is not self.conn:
             return
         if self.responding:
@@ -282,7 +333,7 @@ class Session:
         if utt is not None:
             end_vad = conn.server_vad  # listening: the device stops streaming
             utt.release()
-        self._start_turn(conn, text=text, end_vad=end_vad)
+        self._start_turn(conn, text=text, end_vad=end_vad, failure=failure)
 
     async def audio(self, conn: DeviceConnection, pcm16: bytes) -> None:
         if conn is not self.conn or not pcm16:
@@ -379,9 +430,12 @@ class Session:
         asr_task: asyncio.Task[tuple[str, BaseException | None]] | None = None,
         end_vad: bool = False,
         trace: TurnTrace | None = None,
+        failure: TurnFailed | None = None,
     ) -> None:
         trace = trace or self._trace()
-        coro = self._run_turn(conn, trace, text=text, asr_task=asr_task, end_vad=end_vad)
+        coro = self._run_turn(
+            conn, trace, text=text, asr_task=asr_task, end_vad=end_vad, failure=failure
+        )
         task = asyncio.create_task(coro, name=f"echokit-device-turn-{self.id}")
         self.turn = task
 
@@ -399,18 +453,22 @@ class Session:
         text: str | None,
         asr_task: asyncio.Task[tuple[str, BaseException | None]] | None,
         end_vad: bool,
+        failure: TurnFailed | None = None,
     ) -> None:
         backends = self.manager.backends
         try:
             if end_vad:
                 await conn.end_of_speech()
                 trace.mark("end_vad")
+            if failure is not None:
+                raise failure
             if text is None:
                 text = ""
                 if asr_task is not None:
                     text, exc = await asr_task
                     if exc is not None:
                         raise TurnFailed.of(exc, "asr")
+                    text = self._capped_transcript(text)
                 trace.mark("asr_done")
             text = text.strip()
             if not text:
@@ -451,6 +509,19 @@ class Session:
             if asr_task is not None and not asr_task.done():
                 asr_task.cancel()
             trace.finish()
+
+    def _capped_transcript(self, text: str) -> str:
+        cap = self.manager.settings.max_text_bytes
+        cut = cut_text(text, cap)
+        if cut != text:
+            log.warning(
+                "device %s: transcript of %d bytes cut to %d (max_text_bytes %d)",
+                self.id,
+                len(text.encode("utf-8")),
+                len(cut.encode("utf-8")),
+                cap,
+            )
+        return cut
 
     async def _notify(self, conn: DeviceConnection, failure: TurnFailed) -> None:
         """The failure notice, then as a segment (shown; spoken if it can be)."""
@@ -550,10 +621,14 @@ class SessionManager:
     # -- registry ------------------------------------------------------------------------
 
     def session(self, device_id: str) -> Session:
+        """The session of ``device_id``, made if new (raises :class:`SessionsFull` when
+        ``max_sessions`` are held and all have a connection)."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         s = self.sessions.get(device_id)
         if s is None:
+            if len(self.sessions) >= self.settings.max_sessions:
+                self._make_room()
             s = self.sessions[device_id] = Session(self, device_id)
             SESSIONS.inc()
             self._notify_changed()
@@ -573,13 +648,26 @@ class SessionManager:
     def _evict(self, s: Session) -> None:
         s._evict = None
         if s.conn is None and self.sessions.get(s.id) is s:
-            del self.sessions[s.id]
-            SESSIONS.dec()
-            s.conversation = None
+            self._drop(s)
             log.info(
                 "device %s: session dropped after %.0f s idle", s.id, self.settings.session_ttl
             )
-            self._notify_changed()
+
+    def _make_room(self) -> None:
+        """Drop the session detached longest ago (SessionsFull if none is detached)."""
+        detached = [s for s in self.sessions.values() if s.detached_at is not None]
+        if not detached:
+            raise SessionsFull(f"{len(self.sessions)} sessions with a connection (max_sessions)")
+        oldest = min(detached, key=lambda s: s.detached_at or 0.0)
+        self._cancel_evict(oldest)
+        self._drop(oldest)
+        log.info("device %s: session dropped for a new one (max_sessions)", oldest.id)
+
+    def _drop(self, s: Session) -> None:
+        del self.sessions[s.id]
+        SESSIONS.dec()
+        s.conversation = None
+        self._notify_changed()
 
     def _notify_changed(self) -> None:
         if self._changed is not None:

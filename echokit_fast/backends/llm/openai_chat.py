@@ -25,6 +25,10 @@ History (with the reference's ``history = 0`` bug fixed):
 * the assistant text is appended when the reply completes (only if non-empty, like the
   reference); on any error or cancellation everything the turn added after the user message
   (tool calls, tool results) is removed again, so the next turn drops the dangling user message;
+* ``[limits] max_history_bytes``: after the user message is appended and after the answer is,
+  the oldest entries are removed (as above) while the text of the history (its ``content``
+  strings, UTF-8) is over the cap; the system prompts and the newest message are always kept,
+  so one request is at most the prompts, the cap and one message;
 * ``history = 0``: nothing is kept between turns: every request is the prompts
   (``sys_prompts`` + ``dynamic_prompts``) plus the current user message (and this turn's tool
   exchange). The reference removed the user message itself, sending only the system prompt.
@@ -80,6 +84,9 @@ class ChatBackend(OpenAIBackend):
 
     reserved_extra = ("stream", "messages", "model")
     cfg: OpenAIChatLLM
+
+    #: ``[limits] max_history_bytes`` (None: only ``history`` bounds it)
+    max_history_bytes: int | None = None
 
     def conversation(self, device_id: str | None = None) -> OpenAIChat:
         return OpenAIChat(self)
@@ -138,9 +145,28 @@ class OpenAIChat:
             hist.pop()
         hist.append({"role": "user", "content": text})
         if self.limit and len(hist) > 2 * self.limit:
+            self._drop_oldest()
+        self._trim_bytes()
+
+    def _drop_oldest(self) -> None:
+        """Remove the oldest entry, then tool results left without their ``tool_calls``."""
+        hist = self._history
+        del hist[0]
+        while len(hist) > 1 and hist[0]["role"] == "tool":
             del hist[0]
-            while len(hist) > 1 and hist[0]["role"] == "tool":
-                del hist[0]
+
+    def _trim_bytes(self) -> None:
+        """Oldest entries out while the history's text is over ``max_history_bytes``."""
+        cap = self.backend.max_history_bytes
+        if cap is None:
+            return
+        sizes = [_text_bytes(m) for m in self._history]
+        total = sum(sizes)
+        while total > cap and len(self._history) > 1:
+            before = len(self._history)
+            self._drop_oldest()
+            total -= sum(sizes[: before - len(self._history)])
+            del sizes[: before - len(self._history)]
 
     # -- the reply ---------------------------------------------------------------------------
 
@@ -187,6 +213,7 @@ class OpenAIChat:
                 self._history[:] = copy.deepcopy(self._dynamic)
             elif answer:
                 self._history.append({"role": "assistant", "content": answer})
+                self._trim_bytes()
             done = True
         finally:
             if not done:
@@ -210,6 +237,13 @@ class OpenAIChat:
                     tools.add(fragments)
 
 
+def _text_bytes(msg: Msg) -> int:
+    content = msg.get("content")
+    return len(content.encode("utf-8")) if isinstance(content, str) else len(repr(content))
+
+
 @registry.llm("openai_chat", aliases=["OpenAIChat"], config=OpenAIChatLLM)
 def build(cfg: OpenAIChatLLM, needs: registry.Needs) -> Callable[..., Conversation]:
-    return ChatBackend(cfg).conversation
+    backend = ChatBackend(cfg)
+    backend.max_history_bytes = needs.max_history_bytes
+    return backend.conversation

@@ -12,7 +12,11 @@ byte is carried to the next frame, docs/protocol.md#microphone-audio), text fram
 ``reconnect`` keeps the history, ``stream_asr`` lets the server's VAD end the utterance.
 
 Pre-empted by a newer connection for the same device, the socket gets one ``EndResponse`` and
-is closed; nothing is ever written to a socket that is gone.
+is closed; nothing is ever written to a socket that is gone. A new device id while every one of
+``[limits] max_sessions`` sessions has a connection is refused: a Close ``1013`` (try again
+later) whose reason says so. A text frame longer than any command whose ``input`` fits
+``[limits] max_text_bytes`` could be (:func:`text_frame_limit`) is not parsed: it is refused as
+an over-long ``Text`` is (the spoken notice).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from echokit_fast.conversation.device import DeviceGone
-from echokit_fast.conversation.session import Session, SessionManager
+from echokit_fast.conversation.session import Session, SessionManager, SessionsFull
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.mic import EvenBytes
 from echokit_fast.devices.echokit.output import (
@@ -49,6 +53,16 @@ log = logging.getLogger("echokit_fast.device")
 THREAD_ENCODE_MIN = 3840
 #: time limit for the EndResponse written to a pre-empted socket
 PREEMPT_SEND_TIMEOUT = 2.0
+#: the Close reason for a connection refused at ``max_sessions``
+SESSIONS_FULL_REASON = "server full: too many device sessions (max_sessions)"
+#: room for a command's JSON around its ``input`` string
+COMMAND_ENVELOPE = 1024
+
+
+def text_frame_limit(max_text_bytes: int) -> int:
+    """The longest text frame (characters) a ``Text`` command with an ``input`` of at most
+    ``max_text_bytes`` UTF-8 bytes can be: each byte written as a ``\\u00XX`` escape (6)."""
+    return 6 * max_text_bytes + COMMAND_ENVELOPE
 
 
 class Connection:
@@ -143,7 +157,12 @@ async def serve(
         log.exception("device %s: the backends could not be built", device_id)
         await _close(ws, 1011)
         return
-    session = manager.session(device_id)
+    try:
+        session = manager.session(device_id)
+    except SessionsFull as exc:
+        log.warning("device %s: connection refused: %s", device_id, exc)
+        await _close(ws, 1013, SESSIONS_FULL_REASON)
+        return
     conn = Connection(ws, flags, device_id)
     reader: asyncio.Task[None] | None = None
     try:
@@ -203,6 +222,9 @@ async def _read(session: Session, conn: Connection) -> None:
 
 async def _command(session: Session, conn: Connection, text: str) -> None:
     """One JSON text command (docs/protocol.md#client-commands) into the engine."""
+    if len(text) > text_frame_limit(session.manager.settings.max_text_bytes):
+        await session.refuse_text(conn, len(text.encode("utf-8")))
+        return
     try:
         cmd = parse_client_command(text)
     except ValueError:
@@ -218,6 +240,6 @@ async def _command(session: Session, conn: Connection, text: str) -> None:
     # Select, StartRecord: ignored in chat mode (docs/protocol.md#client-commands)
 
 
-async def _close(ws: Any, code: int) -> None:
+async def _close(ws: Any, code: int, reason: str | None = None) -> None:
     with contextlib.suppress(Exception):  # already closed or gone
-        await ws.close(code)
+        await ws.close(code, reason)

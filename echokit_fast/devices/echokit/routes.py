@@ -59,7 +59,11 @@ def prepare(state: AppState) -> None:
     if state.device_settings is None:
         vad = VadParams.from_config(getattr(cfg.asr, "vad", None))
         detectors = VadTurnDetectors(vad, model=state.vad_model)
-        state.device_settings = Settings(turn_detector=detectors)
+        state.device_settings = Settings(
+            turn_detector=detectors,
+            max_text_bytes=cfg.limits.max_text_bytes,
+            max_sessions=cfg.limits.max_sessions,
+        )
     if state.backends is None:
         state.backends = build_backends(
             state.config,
