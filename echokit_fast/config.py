@@ -602,8 +602,17 @@ class _Loader:
         )
         tag = raw.get("platform")
         if tag is None:
-            self.error((name, "platform"), f"missing required key (expected one of {expected})")
-            return None
+            legacy = next((p for p in platforms if any(k in raw for k in p.untagged)), None)
+            if legacy is None:
+                self.error((name, "platform"), f"missing required key (expected one of {expected})")
+                return None
+            key = next(k for k in legacy.untagged if k in raw)
+            self.note(
+                (name, "platform"),
+                f"not set, using {legacy.name} (echokit_server's format before platform was "
+                f"required, told by {name}.{key})",
+            )
+            tag = legacy.name
         if not isinstance(tag, str):
             self.error((name, "platform"), f"expected a string, got {_got(tag)}")
             return None
@@ -616,6 +625,17 @@ class _Loader:
             tag, spellings, n=1, cutoff=0.75
         )
         hint = f"did you mean {close[0]!r}? " if close else ""
+        elsewhere = [
+            k
+            for k in registry.KINDS
+            if k != name
+            and any(tag.lower() == n.lower() for p in registry.platforms(k) for n in p.spellings)
+        ]
+        if elsewhere and not close:
+            hint = (
+                f"no version of echokit_server has it as an [{name}] platform; it is a "
+                f"[{elsewhere[0]}] platform; "
+            )
         self.error(
             (name, "platform"), f"unknown platform {tag!r} ({hint}expected one of {expected})"
         )

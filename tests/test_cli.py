@@ -46,7 +46,10 @@ def test_serve_answers_version() -> None:
     with spawned_serve("--listen", f"127.0.0.1:{port}"):
         r = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10)
         assert r.status_code == 200
-        assert r.json() == {"version": echokit_fast.__version__}
+        assert r.json() == {
+            "version": "0.3.2",
+            "server": f"echokit-fast {echokit_fast.__version__}",
+        }
         # spawned_serve waited for the ready line
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).json() == {"status": "ok"}
         r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
@@ -58,7 +61,7 @@ def test_app_in_process_version(serve) -> None:
 
     addr = serve(create_app())
     r = httpx.get(f"http://{addr}/version", timeout=10)
-    assert r.json() == {"version": echokit_fast.__version__}
+    assert r.json() == {"version": "0.3.2", "server": f"echokit-fast {echokit_fast.__version__}"}
     assert httpx.get(f"http://{addr}/nope", timeout=10).status_code == 404
 
 

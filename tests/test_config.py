@@ -229,6 +229,29 @@ VALID_EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
         "pipeline",
         {"tts.platform": "stream_gsv", "tts.speaker": "texan"},
     ),
+    # the pre-0.3 format: [asr] and [llm] without platform
+    "course/slides.toml": (
+        "pipeline",
+        {"asr.platform": "openai", "llm.platform": "openai_chat", "llm.api_key": "gaia-1234"},
+    ),
+    "examples/gaia/chat/config.toml": (
+        "pipeline",
+        {"asr.platform": "openai", "llm.platform": "openai_chat", "llm.history": 5},
+    ),
+    "examples/gaia/mcp/config.toml": (
+        "pipeline",
+        {"llm.platform": "openai_chat", "llm.mcp_server.0.server": "http://localhost:8000/mcp"},
+    ),
+    "examples/groq/config.toml": (
+        "pipeline",
+        {"asr.platform": "openai", "asr.model": "whisper-large-v3", "tts.platform": "groq"},
+    ),
+}
+
+PRE_03 = {k for k in VALID_EXAMPLES if k.startswith("course/")} | {
+    "examples/gaia/chat/config.toml",
+    "examples/gaia/mcp/config.toml",
+    "examples/groq/config.toml",
 }
 
 INVALID_EXAMPLES = {
@@ -289,6 +312,8 @@ def test_reference_example_loads_unchanged(rel: str) -> None:
     for dotted, value in expected.items():
         assert dig(cfg, dotted) == value, dotted
     assert check_against_raw(cfg, tomllib.loads(path.read_text())) >= 2
+    inferred = {n.path for n in loaded.notes if "platform was required" in n.message}
+    assert inferred == ({"asr.platform", "llm.platform"} if rel in PRE_03 else set())
     # Nothing in the examples is an error; the only warnings are the absent hello.wav and the
     # reference's long-gone `background_gif` key.
     for w in loaded.warnings:
@@ -317,8 +342,10 @@ def test_elevenlabs_example_fails_naming_keys_and_lines() -> None:
     assert asr.line == 11 and asr.file == str(path)
     assert "unknown platform 'Elevenlabs'" in asr.message
     assert "openai (whisper, Whisper, OpenAI)" in asr.message
-    llm = by_path["llm.platform"]
-    assert llm.line == 17 and llm.message.startswith("missing required key")
+    assert "no version of echokit_server has it as an [asr] platform" in asr.message
+    assert "it is a [tts] platform" in asr.message
+    # the untagged [llm] is the old openai_chat format: inferred, not an error
+    assert set(by_path) == {"asr.platform"}
     assert str(asr) == f"{path}:11: asr.platform: {asr.message}"
     assert "did not match any variant" not in str(info.value)
 
@@ -423,6 +450,31 @@ def test_llm_chat_url_alias_and_conflict() -> None:
     )
     (issue,) = errors_of(with_section("llm", both))
     assert issue.path == "llm" and "url and llm_chat_url are the same setting" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("section", "body", "platform", "key"),
+    [
+        ("asr", 'url = "http://a/v1/audio/transcriptions"', "openai", "url"),
+        ("asr", 'paraformer_token = "sk-1"', "paraformer_v2", "paraformer_token"),
+        ("llm", 'llm_chat_url = "http://a"\nhistory = 2', "openai_chat", "llm_chat_url"),
+        ("llm", 'url = "http://a"\nhistory = 2', "openai_chat", "url"),
+    ],
+)
+def test_untagged_sections_of_older_versions(
+    section: str, body: str, platform: str, key: str
+) -> None:
+    loaded = parse(with_section(section, f"[{section}]\n{body}"))
+    assert getattr(loaded.config, section).platform == platform
+    (note,) = [n for n in loaded.notes if n.path == f"{section}.platform"]
+    assert note.message.startswith(f"not set, using {platform} ")
+    assert f"told by {section}.{key}" in note.message
+    assert loaded.warnings == []
+
+
+def test_untagged_section_without_a_telling_key_is_an_error() -> None:
+    (issue,) = errors_of(with_section("llm", '[llm]\nmodel = "x"\nhistory = 2'))
+    assert issue.path == "llm.platform" and issue.message.startswith("missing required key")
 
 
 def test_openai_chat_defaults_and_required_keys() -> None:
@@ -1114,7 +1166,8 @@ def test_check_config_invalid() -> None:
     out = run_cli("check-config", str(path))
     assert out.returncode == 1
     assert f"error: {path}:11: asr.platform: unknown platform 'Elevenlabs'" in out.stderr
-    assert f"error: {path}:17: llm.platform: missing required key" in out.stderr
+    assert "it is a [tts] platform" in out.stderr
+    assert "llm.platform" not in out.stderr  # inferred from llm_chat_url (the old format)
     assert out.stdout == ""
 
 

@@ -1,7 +1,9 @@
 """The acceptance case of issue 4: the reference's `examples/gaia/config.toml`, with its three
 local services replaced by stand-ins on loopback ports (everything else unchanged), serving a
 whole voice turn to a device through the real remote clients: OpenAI-compatible Whisper API,
-OpenAI-compatible chat completions (LlamaEdge) and gsv_tts streaming TTS.
+OpenAI-compatible chat completions (LlamaEdge) and gsv_tts streaming TTS. The same turn runs on
+the config printed in the EchoKit course slides (the pre-0.3 format: no ``platform`` in
+``[asr]`` and ``[llm]``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 from device_fakes import Device, name
 from standins import ASRServer, ChatServer, TTSServer
 
@@ -30,13 +33,16 @@ def _speech_frames() -> bytes:
     return pcm[2 * 4096 :] + bytes(2 * SR * 2)  # from 256 ms before the speech, then 2 s silence
 
 
-def test_gaia_config_voice_turn_through_the_remote_clients(serve, tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", ["gaia_config.toml", "configs/course/slides.toml"])
+def test_gaia_config_voice_turn_through_the_remote_clients(
+    serve, tmp_path: Path, config: str
+) -> None:
     asr, chat, tts = ASRServer(), ChatServer(), TTSServer()
     asr.answer("What's the weather like in Paris?")
     chat.reply(["It is sunny in Paris. ", "Take your sunglasses and enjoy the walk!"])
     ports = {name: serve(srv.app) for name, srv in (("asr", asr), ("chat", chat), ("tts", tts))}
 
-    text = (DATA / "gaia_config.toml").read_text()
+    text = (DATA / config).read_text()
     text = text.replace("localhost:9092", ports["asr"]).replace("localhost:9091", ports["chat"])
     text = text.replace("localhost:9094", ports["tts"])
     hello = write_wav(np.sin(np.arange(3200, dtype=np.float32) / 5) * 0.2, SR)

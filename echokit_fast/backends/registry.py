@@ -95,6 +95,10 @@ class Platform:
     module: str
     #: None: the config parses but this server cannot run it yet
     build: Build | None = None
+    #: keys that make a section without ``platform`` this platform (the reference's untagged
+    #: formats: ``[asr]`` before 0.3.0, ``[llm]`` before 0.3.1); the first platform in listing
+    #: order with one of its keys present wins, as serde's untagged enums chose
+    untagged: tuple[str, ...] = ()
 
     @property
     def runnable(self) -> bool:
@@ -112,7 +116,12 @@ _PLATFORMS: dict[Kind, dict[str, Platform]] = {kind: {} for kind in KINDS}
 
 
 def register(
-    kind: Kind, name: str, *, config: type[Section], aliases: Iterable[str] = ()
+    kind: Kind,
+    name: str,
+    *,
+    config: type[Section],
+    aliases: Iterable[str] = (),
+    untagged: Iterable[str] = (),
 ) -> Platform:
     """Register platform ``name`` of section ``kind`` (see the module docstring)."""
     declared = config.model_fields.get("platform")
@@ -123,24 +132,30 @@ def register(
     clash = [s for s in spellings if s in taken]
     if clash:
         raise ValueError(f"[{kind}] platform spelling(s) {', '.join(clash)} already registered")
-    platform = Platform(kind, name, spellings, config, config.__module__)
+    platform = Platform(kind, name, spellings, config, config.__module__, untagged=tuple(untagged))
     _PLATFORMS[kind][name] = platform
     return platform
 
 
-def asr(name: str, *, config: type[Section], aliases: Iterable[str] = ()) -> Platform:
+def asr(
+    name: str, *, config: type[Section], aliases: Iterable[str] = (), untagged: Iterable[str] = ()
+) -> Platform:
     """Register an ``[asr]`` platform; apply the result to its build function."""
-    return register("asr", name, config=config, aliases=aliases)
+    return register("asr", name, config=config, aliases=aliases, untagged=untagged)
 
 
-def tts(name: str, *, config: type[Section], aliases: Iterable[str] = ()) -> Platform:
+def tts(
+    name: str, *, config: type[Section], aliases: Iterable[str] = (), untagged: Iterable[str] = ()
+) -> Platform:
     """Register a ``[tts]`` platform; apply the result to its build function."""
-    return register("tts", name, config=config, aliases=aliases)
+    return register("tts", name, config=config, aliases=aliases, untagged=untagged)
 
 
-def llm(name: str, *, config: type[Section], aliases: Iterable[str] = ()) -> Platform:
+def llm(
+    name: str, *, config: type[Section], aliases: Iterable[str] = (), untagged: Iterable[str] = ()
+) -> Platform:
     """Register an ``[llm]`` platform; apply the result to its build function."""
-    return register("llm", name, config=config, aliases=aliases)
+    return register("llm", name, config=config, aliases=aliases, untagged=untagged)
 
 
 def unregister(kind: Kind, name: str) -> None:

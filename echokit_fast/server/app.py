@@ -17,6 +17,7 @@ from echokit_fast import __version__
 from echokit_fast.api import asr, tts, vad
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
+from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
 from echokit_fast.server.lifecycle import lifespan
 from echokit_fast.server.state import AppState
 
@@ -26,7 +27,8 @@ SERVICES = (asr, tts, vad, device)
 
 
 async def version(_request: Request) -> JSONResponse:
-    return JSONResponse({"version": __version__})
+    """The echokit_server version whose protocol we speak, and our own."""
+    return JSONResponse({"version": COMPATIBLE_VERSION, "server": f"echokit-fast {__version__}"})
 
 
 async def health(_request: Request) -> JSONResponse:

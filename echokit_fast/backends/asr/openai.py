@@ -54,7 +54,13 @@ class OpenAIASR(Section):
     def load_notes(self) -> Iterator[tuple[str, str]]:
         for key in ("vad_url", "vad_realtime_url"):
             if getattr(self, key):
-                yield key, "only used by the deprecated /v1/realtime endpoint"
+                yield (
+                    key,
+                    (
+                        "a remote silero_vad_server (echokit_server's device path before 2026-01): "
+                        "not needed, the embedded Silero VAD detects speech; the setting is ignored"
+                    ),
+                )
 
 
 _converter: Any = None
@@ -191,6 +197,8 @@ class RemoteTranscriber:
         return RemoteTranscription(self.transcribe(audio_in, sample_rate=sample_rate))
 
 
-@registry.asr("openai", aliases=["whisper", "Whisper", "OpenAI"], config=OpenAIASR)
+@registry.asr(
+    "openai", aliases=["whisper", "Whisper", "OpenAI"], config=OpenAIASR, untagged=["url"]
+)
 def build(cfg: OpenAIASR, needs: registry.Needs) -> Transcriber:
     return RemoteTranscriber(cfg)

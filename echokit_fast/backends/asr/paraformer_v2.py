@@ -21,4 +21,6 @@ class ParaformerV2ASR(Section):
     url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
 
 
-registry.asr("paraformer_v2", aliases=["ParaformerV2"], config=ParaformerV2ASR)
+registry.asr(
+    "paraformer_v2", aliases=["ParaformerV2"], config=ParaformerV2ASR, untagged=["paraformer_token"]
+)

@@ -242,7 +242,12 @@ def _text_bytes(msg: Msg) -> int:
     return len(content.encode("utf-8")) if isinstance(content, str) else len(repr(content))
 
 
-@registry.llm("openai_chat", aliases=["OpenAIChat"], config=OpenAIChatLLM)
+@registry.llm(
+    "openai_chat",
+    aliases=["OpenAIChat"],
+    config=OpenAIChatLLM,
+    untagged=["llm_chat_url", "url"],
+)
 def build(cfg: OpenAIChatLLM, needs: registry.Needs) -> Callable[..., Conversation]:
     backend = ChatBackend(cfg)
     backend.max_history_bytes = needs.max_history_bytes

@@ -31,7 +31,12 @@ from echokit_fast._native import (
     parse_client_command,
 )
 
+#: the echokit_server release whose protocol, routes and config this server speaks (``GET
+#: /version`` answers it, so tools that check an EchoKit server's version see one they know)
+COMPATIBLE_VERSION = "0.3.2"
+
 __all__ = [
+    "COMPATIBLE_VERSION",
     "SERVER_EVENT_VARIANTS",
     "Buffer",
     "ClientCommand",
