@@ -1,8 +1,8 @@
 """``[tts] platform = "gsv"`` (aliases ``GSV``, ``Stable``): GPT-SoVITS, one WAV per text.
 
 JSON ``{speaker, input, sample_rate: 16000}`` -> a WAV; up to 3 tries of ``timeout_sec`` each,
-retried on timeout only (as the reference). ``[tts.text_optimization]`` is not implemented yet:
-it is ignored with a warning.
+retried on timeout only (as the reference). ``[tts.text_optimization]``: each segment is first
+rewritten for speech by an LLM (:mod:`.text_optimization`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from echokit_fast.backends import registry
 from echokit_fast.backends.base import Pcm, Speaker
 from echokit_fast.backends.schema import Section, TextOptimization
 from echokit_fast.backends.tts.speaker import HTTPSpeaker, tts_error
+from echokit_fast.backends.tts.text_optimization import with_text_optimization
 
 __all__ = ["GSVTTS", "GSVSpeaker"]
 
@@ -46,7 +47,6 @@ class GSVSpeaker(HTTPSpeaker):
         self.cfg = cfg
         self.name = "gsv"
         self.attempts = attempts
-        self._warn_text_optimization(cfg)
 
     async def speak(self, text: str, *, sample_rate: int = 16000) -> AsyncIterator[Pcm]:
         payload = {"speaker": self.cfg.speaker, "input": text, "sample_rate": GSV_RATE}
@@ -78,4 +78,4 @@ class GSVSpeaker(HTTPSpeaker):
 
 @registry.tts("gsv", aliases=["GSV", "Stable"], config=GSVTTS)
 def build(cfg: GSVTTS, needs: registry.Needs) -> Speaker:
-    return GSVSpeaker(cfg)
+    return with_text_optimization(GSVSpeaker(cfg), cfg.text_optimization)

@@ -69,10 +69,6 @@ class HTTPSpeaker:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    def _warn_text_optimization(self, cfg: Any) -> None:
-        if getattr(cfg, "text_optimization", None) is not None:
-            log.warning("[tts.text_optimization] is not supported yet; segments are sent as is")
-
     async def _post_wav(self, text: str, **request: Any) -> bytes:
         try:
             resp = await self.http.post(self.url, **request)

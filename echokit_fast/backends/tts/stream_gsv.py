@@ -2,7 +2,8 @@
 
 JSON ``{speaker, input, sample_rate: 16000}`` -> s16le PCM at 16 kHz as it is synthesised (the
 response's ``rate=`` label is ignored), re-chunked to 0.5 s and resampled to the asked rate.
-``[tts.text_optimization]`` is not implemented yet: it is ignored with a warning.
+``[tts.text_optimization]``: each segment is first rewritten for speech by an LLM
+(:mod:`.text_optimization`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from echokit_fast.backends.base import Pcm, Speaker
 from echokit_fast.backends.schema import Section, TextOptimization
 from echokit_fast.backends.tts.gsv import GSV_RATE
 from echokit_fast.backends.tts.speaker import HTTPSpeaker, tts_error
+from echokit_fast.backends.tts.text_optimization import with_text_optimization
 
 __all__ = ["StreamGSVSpeaker", "StreamGSVTTS"]
 
@@ -47,7 +49,6 @@ class StreamGSVSpeaker(HTTPSpeaker):
         super().__init__(cfg.url, **kw)
         self.cfg = cfg
         self.name = "stream_gsv"
-        self._warn_text_optimization(cfg)
 
     async def speak(self, text: str, *, sample_rate: int = 16000) -> AsyncIterator[Pcm]:
         payload = {"speaker": self.cfg.speaker, "input": text, "sample_rate": GSV_RATE}
@@ -83,4 +84,4 @@ class StreamGSVSpeaker(HTTPSpeaker):
 
 @registry.tts("stream_gsv", aliases=["StreamGSV"], config=StreamGSVTTS)
 def build(cfg: StreamGSVTTS, needs: registry.Needs) -> Speaker:
-    return StreamGSVSpeaker(cfg)
+    return with_text_optimization(StreamGSVSpeaker(cfg), cfg.text_optimization)
