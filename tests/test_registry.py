@@ -42,7 +42,7 @@ REFERENCE = {
         "openai_responses": ("openai_responses", "OpenAIResponses"),
     },
 }
-SCHEMA_ONLY = {("asr", "paraformer_v2"), ("tts", "cosyvoice"), ("tts", "elevenlabs")}
+SCHEMA_ONLY = {("asr", "paraformer_v2")}
 
 SECTIONS = {
     "asr": '[asr]\nplatform = "openai"\nurl = "http://asr.local/v1/audio/transcriptions"\n',

@@ -7,7 +7,7 @@ this server can run it::
     def build(cfg: StreamGSVTTS, needs: Needs) -> Speaker:
         return StreamGSVSpeaker(cfg)
 
-    registry.tts("cosyvoice", aliases=["CosyVoice"], config=CosyVoiceTTS)  # schema only
+    registry.tts("some_tts", aliases=["SomeTTS"], config=SomeTTS)  # schema only
 
 Calling ``registry.tts(...)`` registers the platform at once (its config parses); applying the
 result to a function gives it a build. A platform without a build is refused by ``serve`` and

@@ -1,6 +1,7 @@
-"""What the HTTP speakers share: one client each, failures as notices, WAV replies decoded,
-mixed to mono, resampled to the asked rate with :mod:`echokit_fast.audio` and yielded in
-0.5 s chunks.
+"""What the remote speakers share: the notices; for the HTTP ones one client each, failures as
+notices, WAV replies decoded, mixed to mono, resampled to the asked rate with
+:mod:`echokit_fast.audio` and yielded in 0.5 s chunks; for the streamed ones
+(:class:`PcmStream`) s16le PCM pieces of any size to float32 at the asked rate.
 
 Timeouts where the reference has none (stream_gsv, openai, groq, fish): connecting 10 s, and
 ``read_timeout`` (60 s) without any data.
@@ -19,13 +20,15 @@ from echokit_fast import audio
 from echokit_fast.backends import http
 from echokit_fast.backends.base import BackendError, Pcm
 
-__all__ = ["NOTICES", "HTTPSpeaker", "tts_error", "wav_to_rate"]
+__all__ = ["NOTICES", "NOTICE_REPORTED", "HTTPSpeaker", "PcmStream", "tts_error", "wav_to_rate"]
 
 log = logging.getLogger(__name__)
 
 NOTICES = http.Notices(
     "The speech synthesizer", "tts", cut="The speech synthesizer's audio was cut off."
 )
+#: the service itself reports that it failed (an error message of its protocol)
+NOTICE_REPORTED = "The speech synthesizer reported an error."
 
 
 def tts_error(
@@ -55,6 +58,32 @@ def wav_to_rate(body: bytes, sample_rate: int, source: str) -> np.ndarray:
     if rate != sample_rate:
         mono = audio.resample(mono, rate, sample_rate)
     return mono
+
+
+class PcmStream:
+    """s16le mono PCM at ``from_rate`` arriving in pieces of any size (an odd byte is carried to
+    the next piece) -> float32 at ``to_rate``, resampled as one stream."""
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        self._carry = b""
+        self._resampler = audio.Resampler(from_rate, to_rate) if from_rate != to_rate else None
+
+    def feed(self, data: bytes) -> np.ndarray:
+        """The samples ``data`` completes (possibly none)."""
+        data = self._carry + data
+        even = len(data) - len(data) % 2
+        self._carry = data[even:]
+        pcm = audio.pcm16_to_float(data[:even])
+        return self._resampler.process(pcm) if self._resampler is not None else pcm
+
+    def end(self) -> np.ndarray:
+        """The samples still held back (a last odd byte is dropped)."""
+        if self._carry:
+            log.warning("TTS audio ended on an odd byte; it is dropped")
+        self._carry = b""
+        if self._resampler is None:
+            return np.zeros(0, np.float32)
+        return self._resampler.flush()
 
 
 class HTTPSpeaker:
