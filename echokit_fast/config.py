@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
@@ -157,12 +157,33 @@ class LimitsConfig(Section):
     limits table). ``max_audio_s``: seconds of audio an uploaded file may decode to (600);
     ``max_text_bytes``: UTF-8 bytes of a device's ``Text`` command or an ASR transcript (4096);
     ``max_history_bytes``: UTF-8 bytes of message text one device's LLM history keeps
-    (65536); ``max_sessions``: device sessions held at once (1000)."""
+    (65536); ``max_sessions``: device sessions held at once (1000); ``tts_streams``,
+    ``tts_device_reserve``, ``tts_queue_s``: the embedded TTS engine's admission
+    (``echokit_fast.backends.tts.local.admission``); ``http_send_timeout_s``: the HTTP TTS
+    send deadline (``echokit_fast.api.tts``)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
     max_history_bytes: int = Field(default=65536, ge=1)
     max_sessions: int = Field(default=1000, ge=1)
+    # The embedded TTS engine's streams (devices and the HTTP API together), those only devices
+    # may use (default: half), how long a device segment waits for one, and how long an HTTP
+    # TTS client may take to accept each chunk of its streamed audio before it is cut off.
+    tts_streams: int = Field(default=8, ge=1)
+    tts_device_reserve: int | None = Field(default=None, ge=0)
+    tts_queue_s: float = Field(default=3.0, ge=0, allow_inf_nan=False)
+    http_send_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _device_reserve(self) -> LimitsConfig:
+        if self.tts_device_reserve is None:
+            self.tts_device_reserve = self.tts_streams // 2
+        elif self.tts_device_reserve > self.tts_streams:
+            raise ValueError(
+                f"tts_device_reserve ({self.tts_device_reserve}) must be at most "
+                f"tts_streams ({self.tts_streams})"
+            )
+        return self
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]

@@ -49,7 +49,7 @@ def engine() -> tts.HibariSpeaker:
 
 @pytest.fixture(scope="module")
 def gated_module() -> GatedHibari:
-    e = GatedHibari(max_streams=1)
+    e = GatedHibari(max_streams=1, queue_s=0)  # a device request past it is refused at once
     yield e
     e.gate.set()
     e.close()

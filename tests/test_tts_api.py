@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import subprocess
 import sys
@@ -43,9 +44,13 @@ class GatedHibari(tts.HibariSpeaker):
             assert self.gate.wait(30), "the gate was never opened"
         return super()._render(model, piece, speed, rng)
 
-    def _release(self):
-        super()._release()
-        self.released.set()
+    async def speak(self, *args, **kwargs):
+        try:
+            async with contextlib.aclosing(super().speak(*args, **kwargs)) as stream:
+                async for chunk in stream:
+                    yield chunk
+        finally:
+            self.released.set()
 
 
 @pytest.fixture(scope="module")

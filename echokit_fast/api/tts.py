@@ -32,6 +32,13 @@ empty body), ``speaker`` may be omitted (the configured voice), a text over
 `MAX_INPUT_CHARS` is a 400, and a full engine is a 503 instead of waiting.
 Headers leave once the first audio exists (so failures before it still get an
 error status); the first audio leaves as soon as the first piece is synthesised.
+
+Capacity: these routes use the engine's HTTP API share of its streams
+(``speak(client="api")``, ``[limits] tts_streams`` less ``tts_device_reserve``, the
+rest being kept for devices); past it a request is answered 503 with ``Retry-After``
+at once. A streamed answer holds its stream while it is being sent: a client that
+does not take a chunk within ``[limits] http_send_timeout_s`` is cut off (the
+synthesis cancelled, the stream freed, the connection closed).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Send
 
 from echokit_fast.api.common import BodyTooLarge, read_body
 from echokit_fast.audio import float_to_pcm16, wav_header, write_wav
@@ -97,7 +105,8 @@ def _openai_error(exc: _Invalid) -> JSONResponse:
 
 
 def _text_error(exc: _Invalid) -> PlainTextResponse:
-    return PlainTextResponse(exc.message, status_code=exc.status)
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    return PlainTextResponse(exc.message, status_code=exc.status, headers=headers)
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -167,7 +176,7 @@ async def _start(
 ) -> AsyncIterator[np.ndarray]:
     """The engine's stream, with its first chunk already produced (or an empty
     iterator), so that errors before any audio become an HTTP status."""
-    stream = engine.speak(text, sample_rate=rate, voice=voice, speed=speed)
+    stream = engine.speak(text, sample_rate=rate, voice=voice, speed=speed, client="api")
     try:  # an exception out of the generator has already closed it
         first = await anext(stream)
     except StopAsyncIteration:
@@ -203,6 +212,44 @@ async def _pcm_bytes(
             yield float_to_pcm16(chunk)
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
+
+
+class _SlowClient(Exception):
+    pass
+
+
+class _PacedResponse(StreamingResponse):
+    """A streamed answer whose client must take each message within `send_timeout`
+    seconds. Sending waits while the client does not read (uvicorn's flow control), so
+    this bounds how long a client that stopped reading holds its TTS stream: past the
+    deadline the body is closed (the synthesis cancelled, the stream freed) and the
+    response ends unfinished (the server closes the connection)."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, send_timeout: float, **kw: Any):
+        super().__init__(content, **kw)
+        self.send_timeout = send_timeout
+
+    async def stream_response(self, send: Send) -> None:
+        async def timed(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.send_timeout)
+            except asyncio.TimeoutError:
+                raise _SlowClient from None
+
+        try:
+            await super().stream_response(timed)
+        except _SlowClient:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            log.warning(
+                "tts: the client took no audio for %g s (limits.http_send_timeout_s): "
+                "response cut off, its stream freed",
+                self.send_timeout,
+            )
+
+
+def _streamed(state: AppState, chunks: AsyncIterator[bytes], media_type: str) -> Response:
+    timeout = state.config.limits.http_send_timeout_s
+    return _PacedResponse(chunks, send_timeout=timeout, media_type=media_type)
 
 
 # --- OpenAI -------------------------------------------------------------------------
@@ -243,9 +290,9 @@ async def _openai_speech(state: AppState, body: dict[str, Any]) -> Response:
     voice = _voice(engine, body.get("voice"), "voice", openai=True)
     chunks = await _start(engine, text, OPENAI_RATE, voice, speed)
     if fmt == "pcm":
-        return StreamingResponse(_pcm_bytes(chunks), media_type=f"audio/pcm;rate={OPENAI_RATE}")
+        return _streamed(state, _pcm_bytes(chunks), f"audio/pcm;rate={OPENAI_RATE}")
     header = wav_header(OPENAI_RATE)  # 16-bit mono, sizes 0xFFFFFFFF: read to the end
-    return StreamingResponse(_pcm_bytes(chunks, header), media_type="audio/wav")
+    return _streamed(state, _pcm_bytes(chunks, header), "audio/wav")
 
 
 # --- gsv_tts ------------------------------------------------------------------------
@@ -280,7 +327,7 @@ async def _gsv_request(
 async def _gsv_stream(state: AppState, body: dict[str, Any]) -> Response:
     engine, text, rate, voice = await _gsv_request(state, body)
     chunks = await _start(engine, text, rate, voice, None)
-    return StreamingResponse(_pcm_bytes(chunks), media_type=f"audio/pcm;rate={rate}")
+    return _streamed(state, _pcm_bytes(chunks), f"audio/pcm;rate={rate}")
 
 
 async def _gsv_whole(state: AppState, body: dict[str, Any]) -> Response:

@@ -105,10 +105,20 @@ class AppState:
 
     def tts_engine(self) -> tts.LocalSpeaker:
         """The embedded TTS engine, from the config's ``[tts]`` when it is the local platform,
-        else the defaults."""
+        else the defaults; its streams as ``[limits]`` shares them between devices and the
+        HTTP API."""
         cfg = self.config.tts
         section = cfg if isinstance(cfg, LocalTTS) else None
-        return self._once("tts", lambda: tts.from_config(section))
+        limits = self.config.limits
+        return self._once(
+            "tts",
+            lambda: tts.from_config(
+                section,
+                max_streams=limits.tts_streams,
+                device_reserve=limits.tts_device_reserve,
+                queue_s=limits.tts_queue_s,
+            ),
+        )
 
     def loaded(self) -> list[Any]:
         """The engines built or installed so far."""

@@ -20,8 +20,11 @@ Cancelling the consumer cancels the queued piece; the piece being synthesised
 
 One worker thread per engine instance: concurrent requests interleave piece by
 piece (first come, first served), so a long text does not hold a short one back
-for its whole duration. At most `max_streams` requests are admitted at once;
-past that `speak` raises `BackendBusy`.
+for its whole duration. At most `max_streams` requests are spoken at once, in two
+classes (`.admission`): ``speak(client="api")`` (the HTTP API) within
+``max_streams - device_reserve`` of them and refused at once past that; the default
+``client="device"`` (the device pipeline) on any free stream, waiting up to
+`queue_s` seconds for one. A refused request raises `BackendBusy`.
 
 `from_config(LocalTTS)` builds an engine; the server keeps one per app in its state
 (`echokit_fast.server.state.AppState.tts_engine`).
@@ -32,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +43,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from echokit_fast.audio import RESAMPLE_MAX_RATE, RESAMPLE_MIN_RATE, Resampler, resample
-from echokit_fast.backends.base import BackendBusy, BackendError, Pcm
+from echokit_fast.backends.base import BackendError, Pcm
 from echokit_fast.backends.tts.local import ENGINES, MAX_SPEED, MIN_SPEED, LocalTTS
+from echokit_fast.backends.tts.local.admission import Admission, Client
 
 __all__ = [
     "ENGINES",
@@ -196,18 +199,22 @@ class LocalSpeaker:
         voice: str | None = None,
         speed: float = 1.0,
         max_streams: int = 8,
+        device_reserve: int | None = None,
+        queue_s: float = 3.0,
         seed: int | None = 0,
     ) -> None:
-        if max_streams < 1:
-            raise ValueError(f"max_streams must be at least 1, got {max_streams}")
+        self.admission = Admission(
+            max_streams,
+            max_streams // 2 if device_reserve is None else device_reserve,
+            queue_s,
+            backend=f"tts:{self.engine}",
+        )
         self.voice = self.resolve_voice(voice)
         self.speed = _check_speed(speed)
         self.max_streams = max_streams
         self.seed = seed
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tts-{self.engine}")
         self._models: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._active = 0
         self.rendered = 0  # pieces synthesised so far (a counter for tests and stats)
         # Load the default voice now (and warm it up) so the first request is fast.
         self._pool.submit(self._model, self.voice).result()
@@ -271,22 +278,7 @@ class LocalSpeaker:
     @property
     def active_streams(self) -> int:
         """Requests currently admitted (being spoken)."""
-        return self._active
-
-    def _admit(self) -> None:
-        with self._lock:
-            if self._active >= self.max_streams:
-                raise BackendBusy(
-                    f"{self.engine}: {self._active} requests in progress "
-                    f"(limit {self.max_streams})",
-                    notice="The speech synthesizer is busy. Please try again.",
-                    backend=f"tts:{self.engine}",
-                )
-            self._active += 1
-
-    def _release(self) -> None:
-        with self._lock:
-            self._active -= 1
+        return self.admission.active
 
     async def speak(
         self,
@@ -295,12 +287,13 @@ class LocalSpeaker:
         sample_rate: int = 16000,
         voice: str | None = None,
         speed: float | None = None,
+        client: Client = "device",
     ) -> AsyncIterator[Pcm]:
         """Yield `text` spoken as mono float32 chunks at `sample_rate` (8000..48000),
         one per piece, each as soon as it is synthesised.
 
-        ValueError (UnknownVoice included) for bad arguments, BackendBusy when
-        `max_streams` requests are already in progress, BackendError on failure.
+        ValueError (UnknownVoice included) for bad arguments, BackendBusy when `client`
+        is not admitted (`.admission`), BackendError on failure.
         Nothing is yielded for a text without anything to say.
         """
         _check_rate(sample_rate)
@@ -309,8 +302,7 @@ class LocalSpeaker:
         pieces = split_pieces(text)
         if not pieces:
             return
-        self._admit()
-        try:
+        async with self.admission.slot(client):
             loop = asyncio.get_running_loop()
             rng = np.random.default_rng(self.seed)
             resampler = (
@@ -337,8 +329,6 @@ class LocalSpeaker:
             finally:
                 if ahead is not None:
                     ahead.cancel()  # not started: never runs; running: its result is dropped
-        finally:
-            self._release()
 
     def synthesize(
         self,
@@ -486,8 +476,9 @@ def create(engine: str = "hibari", **kwargs: Any) -> LocalSpeaker:
     return cls(**kwargs)
 
 
-def from_config(config: LocalTTS | None = None) -> LocalSpeaker:
-    """The engine a ``[tts] platform = "local"`` section describes (defaults if None)."""
+def from_config(config: LocalTTS | None = None, **admission: Any) -> LocalSpeaker:
+    """The engine a ``[tts] platform = "local"`` section describes (defaults if None);
+    `admission`: ``max_streams``, ``device_reserve``, ``queue_s`` (as `LocalSpeaker`)."""
     if config is None:
-        return create()
-    return create(config.engine, voice=config.voice, speed=config.speed)
+        return create(**admission)
+    return create(config.engine, voice=config.voice, speed=config.speed, **admission)
