@@ -1,7 +1,9 @@
 """The ``[limits]`` caps on device input over real loopback sockets: an over-long ``Text`` is
 refused with the spoken notice and never reaches the LLM, a transcript is cut to the cap, the
 LLM history stays under ``max_history_bytes`` (checked on what the LLM stand-in receives), and
-``max_sessions`` evicts the oldest detached session or refuses the connection."""
+``max_sessions`` evicts the oldest detached session or refuses the connection. And on what is
+sent: a huge answer is spoken in bounded segments, an interim transcript is capped like a final
+one, and no event's text is longer than ``max_text_bytes``."""
 
 from __future__ import annotations
 
@@ -9,17 +11,20 @@ import json
 
 import pytest
 import websockets
-from device_fakes import Device, FakeTranscriber, name
+from device_fakes import Device, FakeSpeaker, FakeTranscriber, name
 from standins import ChatServer
 from test_config import PIPELINE
-from test_device import SILENCE, SPEECH, build, on_server, run, segments
+from test_device import PREROLL, SILENCE, SPEECH, _fixture, build, on_server, run, segments
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.base import Backends
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
 from echokit_fast.config import ConfigError, parse_config
-from echokit_fast.conversation.session import TEXT_TOO_LONG, Settings, cut_text
+from echokit_fast.conversation.session import TEXT_TOO_LONG, Settings
+from echokit_fast.conversation.splitter import MAX_SEGMENT_BYTES, cut_text
+from echokit_fast.devices.echokit import output
 from echokit_fast.devices.echokit.connection import SESSIONS_FULL_REASON
+from echokit_fast.devices.echokit.protocol import decode_event
 
 
 def test_text_over_the_cap_is_refused_with_the_notice_and_not_sent(serve, tmp_path):
@@ -186,3 +191,67 @@ def test_limits_defaults_and_values():
     cfg = parse_config(PIPELINE + text, filename="config.toml", env={}).config
     assert (cfg.limits.max_text_bytes, cfg.limits.max_history_bytes) == (100, 200)
     assert cfg.limits.max_sessions == 3
+
+
+def test_a_huge_answer_without_a_sentence_break_is_spoken_in_bounded_segments(serve, tmp_path):
+    words = [f"w{i}" for i in range(300_000)]
+    words[1000] = "x" * 5000  # one word longer than a segment: cut hard
+    answer = " ".join(words)  # 2.3 MB, not one sentence break
+    deltas = [answer[i : i + 4096] for i in range(0, len(answer), 4096)]
+    speaker = FakeSpeaker(length=lambda text: 320)
+    # segmenter=None: the server's own (docs/protocol.md#segments)
+    app, _ = build(tmp_path, speaker=speaker, script=lambda _text: deltas, segmenter=None)
+    addr = serve(app)
+
+    async def main():
+        d = await Device.open(addr, "huge")
+        await d.command("Text", input="talk")
+        frames = await d.until_bytes(output.END_RESPONSE, timeout=60)
+        await d.close()
+        return frames
+
+    frames = run(main())
+    starts = [fr for fr in frames if name(decode_event(fr)) == "StartAudio"]
+    assert len(starts) > len(answer) // MAX_SEGMENT_BYTES
+    assert max(len(fr) for fr in starts) <= MAX_SEGMENT_BYTES + 32  # the text and its envelope
+    events = [decode_event(fr) for fr in frames]
+    assert "DisplayText" not in [name(e) for e in events]
+    texts = [text for text, audio in segments(events) if audio]
+    assert len(texts) == len(starts)  # every segment spoken
+    assert texts == speaker.started  # one TTS request per segment, in order
+    assert all(len(t.encode()) <= MAX_SEGMENT_BYTES for t in texts)
+    # nothing lost, nothing reordered, and no word but the over-long one is cut
+    assert "".join(texts).replace(" ", "") == answer.replace(" ", "")
+    spoken = " ".join(texts).split()
+    assert [w for w in spoken if not w.startswith("x")] == words[:1000] + words[1001:]
+
+
+def test_an_interim_transcript_is_capped_like_a_final_one(serve, tmp_path):
+    said = "word " * 1_000_000  # 5 MB
+    app, _ = build(tmp_path, transcriber=FakeTranscriber(text=said))
+    addr = serve(app)
+    first = _fixture()[2 * PREROLL : 2 * 72000]  # the speech, then a pause: an interim round
+
+    async def main():
+        d = await Device.open(addr, "long-asr", opus=True, stream_asr=True)
+        await d.command("StartChat")
+        await d.audio(first + SPEECH + SILENCE)
+        frames = await d.until_bytes(output.END_RESPONSE)
+        await d.close()
+        return frames
+
+    events = [decode_event(fr) for fr in run(main())]
+    transcripts = [e["ASR"]["text"] for e in events if name(e) == "ASR"]
+    assert len(transcripts) == 2  # interim, final
+    assert transcripts == [cut_text(said, 4096)] * 2
+
+
+@pytest.mark.parametrize(
+    ("event", "kind"),
+    [(output.start_audio, "StartAudio"), (output.asr, "ASR"), (output.display_text, "DisplayText")],
+)
+def test_no_event_text_is_longer_than_the_cap(event, kind):
+    text = "a few words " * 1000
+    assert decode_event(event(text, 100)) == {kind: {"text": cut_text(text, 100)}}
+    assert len(cut_text(text, 100).encode()) <= 100
+    assert decode_event(event("short", 100)) == {kind: {"text": "short"}}

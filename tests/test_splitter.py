@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from echokit_fast.conversation.splitter import (
     SegmentGrouper,
     SentenceSplitter,
     speakable,
+    split_at_word,
     split_segments,
 )
 
@@ -197,3 +199,56 @@ def test_speakable_keeps_speak_now_items_in_order():
         SpeakNow("Calling."),
         "It is 21.",
     ]
+
+
+# --- the segment cap --------------------------------------------------------------------------
+
+
+def test_a_long_sentence_is_cut_at_word_boundaries_within_the_cap():
+    text = " ".join(f"w{i}" for i in range(40))  # 149 bytes, no terminator
+    sp = SentenceSplitter(max_bytes=32)
+    out = sp.push(text) + sp.finish()
+    assert all(len(s.encode()) <= 32 for s in out)
+    assert " ".join(s.strip() for s in out) == text  # cut only between words, nothing lost
+    assert out[0] == "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 "
+
+
+def test_a_word_longer_than_the_cap_is_cut_hard_never_inside_a_character():
+    sp = SentenceSplitter(max_bytes=10)
+    out = sp.push("ab " + "一" * 8) + sp.finish()  # 3 bytes per character
+    assert out == ["ab ", "一一一", "一一一", "一一"]
+    assert [s.strip() for s in split_segments("x" * 25, max_bytes=10)] == ["x" * 10] * 2 + ["x" * 5]
+
+
+def test_groups_never_grow_past_the_cap():
+    g = SegmentGrouper(max_bytes=30)
+    assert g.feed("Go. ") == ["Go."]
+    # 21 + 21 bytes would be 42 > 30: each 21-byte sentence is its own segment
+    assert g.feed("".join(S21)) == ["Aaaa aaaa aaaa aaaa."]
+    assert g.finish() == ["Bbbb bbbb bbbb bbbb.", "Cccc cccc cccc cccc."]
+
+
+@pytest.mark.parametrize(
+    ("text", "cap", "head"),
+    [
+        ("hello world foo", 11, "hello world"),  # the cut falls before a space
+        ("hello world foo", 13, "hello world "),  # inside a word: back to its start
+        ("helloworld", 5, "hello"),  # one word: cut hard
+        ("héllo wörld", 9, "héllo "),  # never inside a UTF-8 sequence
+        ("short", 10, "short"),
+    ],
+)
+def test_split_at_word(text, cap, head):
+    assert split_at_word(text, cap) == (head, text[len(head) :])
+    assert len(head.encode()) <= cap
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab é一 .!\n")), max_size=200),
+    cap=st.integers(min_value=4, max_value=40),
+)
+def test_capped_segments_keep_everything_in_order(text, cap):
+    out = split_segments(text, max_bytes=cap)
+    assert all(0 < len(s.encode()) <= cap for s in out)
+    assert "".join("".join(out).split()) == "".join(text.split())

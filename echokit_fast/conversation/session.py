@@ -35,7 +35,8 @@ Input (docs/protocol.md#turn-flow):
 Input caps (``Settings``, the README's limits table): a text input over ``max_text_bytes``
 (UTF-8) is refused -- the turn is a failure notice (``TEXT_TOO_LONG``) and nothing reaches the
 LLM (:meth:`Session.refuse_text`, also what a front end calls for a frame too large to hold a
-text within the cap); a transcript over it is cut at a word boundary to the cap (logged).
+text within the cap); a transcript (interim or final) over it is cut at a word boundary to the
+cap (logged).
 At most ``max_sessions`` sessions are held: a new device id beyond that evicts the session
 detached longest ago, and when every session has a connection :meth:`SessionManager.session`
 raises :class:`SessionsFull` (the front end refuses the connection).
@@ -63,7 +64,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +74,7 @@ from echokit_fast.backends.base import Backends, Conversation, Transcription
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, DeviceGone
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
 from echokit_fast.conversation.segmenter import SegmenterFactory
-from echokit_fast.conversation.splitter import SegmentGrouper
+from echokit_fast.conversation.splitter import SegmentGrouper, cut_text
 from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace
 from echokit_fast.turn.detector import TurnDetector, TurnDetectorFactory, TurnEvent
 from echokit_fast.turn.vad_rounds import VadTurnDetectors
@@ -117,19 +117,6 @@ class Settings:
 
 class SessionsFull(Exception):
     """Every one of the ``max_sessions`` sessions has a connection: a new device id is refused."""
-
-
-def cut_text(text: str, max_bytes: int) -> str:
-    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, at the last word boundary (whitespace)
-    within them when there is one."""
-    data = text.encode("utf-8")
-    if len(data) <= max_bytes:
-        return text
-    head = data[:max_bytes].decode("utf-8", errors="ignore")
-    if not data[max_bytes : max_bytes + 1].isspace():
-        # the cut is inside a word: drop that word (unless it is the only one)
-        head = re.sub(r"\S+\Z", "", head) or head
-    return head.rstrip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +366,7 @@ class Session:
         if task is not None and task.done() and not task.cancelled():
             text, exc = task.result()
             if exc is None:
-                interim = text.strip()
+                interim = self._capped_transcript(text).strip()
         utt.cancel_round()
         self._start_round(utt)
         if interim:

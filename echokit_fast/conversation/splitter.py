@@ -11,6 +11,11 @@ Two layers:
   shorter than 50 UTF-8 bytes, at most one segment per network read; at the end of the stream
   the rest (the unterminated tail included) in groups closed as soon as they reach 50 bytes.
 
+No segment is longer than ``MAX_SEGMENT_BYTES`` UTF-8 bytes (ours, the reference has no bound):
+a sentence that grows past it is cut at its last word boundary within it (a word longer than
+that is cut hard, never inside a character), and a group never grows past it. Nothing is lost:
+the rest of the sentence goes on.
+
 Incremental use, one :meth:`SegmentGrouper.feed` per network read (one streamed delta)::
 
     grouper = SegmentGrouper()
@@ -25,15 +30,19 @@ Every released segment is trimmed and never empty; one segment is one TTS reques
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TypeVar
 
 __all__ = [
     "GROUP_MIN_BYTES",
+    "MAX_SEGMENT_BYTES",
     "SegmentGrouper",
     "SentenceSplitter",
+    "cut_text",
     "speakable",
+    "split_at_word",
     "split_segments",
 ]
 
@@ -41,6 +50,34 @@ T = TypeVar("T")
 
 #: a grouped segment grows while it is shorter than this many UTF-8 bytes
 GROUP_MIN_BYTES = 50
+#: no segment (one TTS request, one ``StartAudio`` text) is longer than this many UTF-8 bytes
+MAX_SEGMENT_BYTES = 1024
+
+_LAST_WORD = re.compile(r"\S+\Z")
+
+
+def split_at_word(text: str, max_bytes: int) -> tuple[str, str]:
+    """``text`` as ``(head, rest)``, ``head`` at most ``max_bytes`` UTF-8 bytes: the longest
+    start of ``text`` that ends at a word boundary (before white space, or the end), or, when
+    the first word alone is longer, that word cut hard at ``max_bytes`` (never inside a
+    character). ``head + rest == text``."""
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text, ""
+    head = data[:max_bytes].decode("utf-8", errors="ignore")  # drops a split last character
+    if not text[len(head)].isspace():  # the cut is inside a word: end before it
+        before = _LAST_WORD.sub("", head)
+        if before.strip():
+            head = before
+    return head, text[len(head) :]
+
+
+def cut_text(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes at the last word boundary within them
+    (:func:`split_at_word`), trailing white space dropped."""
+    head, rest = split_at_word(text, max_bytes)
+    return head.rstrip() if rest else text
+
 
 _EN_TERMINATORS = frozenset(".!?;")
 _ZH_TERMINATORS = frozenset("。！？；")
@@ -57,10 +94,12 @@ class SentenceSplitter:
     are never returned.
     """
 
-    __slots__ = ("_buf", "_ect", "_ewt", "_in_quote", "_out", "_prev")
+    __slots__ = ("_buf", "_ect", "_ewt", "_in_quote", "_max", "_out", "_prev", "_size")
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_bytes: int = MAX_SEGMENT_BYTES) -> None:
         self._buf: list[str] = []
+        self._size = 0  # UTF-8 bytes in _buf
+        self._max = max_bytes
         self._in_quote = False
         self._prev = ""
         self._ewt = False  # ended with an English terminator
@@ -70,14 +109,27 @@ class SentenceSplitter:
     def _emit(self) -> None:
         text = "".join(self._buf)
         self._buf.clear()
+        self._size = 0
         if text.strip():
             self._out.append(text)
+
+    def _add(self, c: str) -> None:
+        """Append ``c``; a sentence grown past ``max_bytes`` is cut at a word boundary
+        (:func:`split_at_word`) and goes on with the rest."""
+        self._buf.append(c)
+        self._size += 1 if c < "\x80" else len(c.encode("utf-8"))
+        if self._size > self._max:
+            head, rest = split_at_word("".join(self._buf), self._max)
+            self._buf = list(rest)
+            self._size = len(rest.encode("utf-8"))
+            if head.strip():
+                self._out.append(head)
 
     def _char(self, c: str) -> None:
         # Rule 1: the previous character was an English terminator.
         if self._ewt:
             if c == " ":
-                self._buf.append(c)
+                self._add(c)
                 if not self._in_quote:
                     self._emit()
                 return  # EWT stays set
@@ -96,7 +148,7 @@ class SentenceSplitter:
         if c == '"':
             self._in_quote = not self._in_quote
         # Rule 4.
-        self._buf.append(c)
+        self._add(c)
         # Rule 5: a closing quote ends a quoted sentence.
         if c == '"' and not self._in_quote and (self._ewt or self._ect):
             self._emit()
@@ -126,21 +178,27 @@ class SentenceSplitter:
         """End of stream: the unterminated rest as a sentence (if not blank); resets."""
         self._emit()
         out = self._out
-        self.__init__()
+        self.__init__(max_bytes=self._max)
         return out
 
 
 class SegmentGrouper:
     """The per-response grouping of docs/protocol.md#segments on top of a
-    :class:`SentenceSplitter`."""
+    :class:`SentenceSplitter`; no segment longer than ``max_bytes``."""
 
-    __slots__ = ("_first_done", "_min_bytes", "_queue", "_splitter")
+    __slots__ = ("_first_done", "_max_bytes", "_min_bytes", "_queue", "_splitter")
 
-    def __init__(self, *, min_bytes: int = GROUP_MIN_BYTES) -> None:
-        self._splitter = SentenceSplitter()
+    def __init__(
+        self, *, min_bytes: int = GROUP_MIN_BYTES, max_bytes: int = MAX_SEGMENT_BYTES
+    ) -> None:
+        self._splitter = SentenceSplitter(max_bytes=max_bytes)
         self._queue: deque[str] = deque()
         self._first_done = False
         self._min_bytes = min_bytes
+        self._max_bytes = max_bytes
+
+    def _fits(self, group: str, sentence: str) -> bool:
+        return len((group + sentence).encode("utf-8")) <= self._max_bytes
 
     def feed(self, delta: str) -> list[str]:
         """One network read: push ``delta``; return the segment it releases (0 or 1 items).
@@ -154,7 +212,11 @@ class SegmentGrouper:
             return []
         segment = self._queue.popleft()
         if self._first_done:
-            while self._queue and len(segment.encode()) < self._min_bytes:
+            while (
+                self._queue
+                and len(segment.encode()) < self._min_bytes
+                and self._fits(segment, self._queue[0])
+            ):
                 segment += self._queue.popleft()
         self._first_done = True
         segment = segment.strip()
@@ -167,6 +229,9 @@ class SegmentGrouper:
         out: list[str] = []
         group = ""
         for sentence in self._queue:
+            if group and not self._fits(group, sentence):
+                out.append(group)
+                group = ""
             group += sentence
             if len(group.encode()) >= self._min_bytes:
                 out.append(group)
@@ -178,11 +243,13 @@ class SegmentGrouper:
         return [s for s in (g.strip() for g in out) if s]
 
 
-def split_segments(deltas: list[str] | tuple[str, ...] | str) -> list[str]:
+def split_segments(
+    deltas: list[str] | tuple[str, ...] | str, *, max_bytes: int = MAX_SEGMENT_BYTES
+) -> list[str]:
     """All segments of a whole response given as its sequence of network reads (deltas)."""
     if isinstance(deltas, str):
         deltas = [deltas]
-    grouper = SegmentGrouper()
+    grouper = SegmentGrouper(max_bytes=max_bytes)
     out: list[str] = []
     for delta in deltas:
         out.extend(grouper.feed(delta))

@@ -16,7 +16,8 @@ is closed; nothing is ever written to a socket that is gone. A new device id whi
 ``[limits] max_sessions`` sessions has a connection is refused: a Close ``1013`` (try again
 later) whose reason says so. A text frame longer than any command whose ``input`` fits
 ``[limits] max_text_bytes`` could be (:func:`text_frame_limit`) is not parsed: it is refused as
-an over-long ``Text`` is (the spoken notice).
+an over-long ``Text`` is (the spoken notice). The same cap bounds the text of every event sent
+(``ASR``, ``StartAudio``, ``DisplayText``: cut at a word boundary).
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ class Connection:
     """One device WebSocket: flags, sending, the odd-byte carry of the microphone stream;
     a :class:`~echokit_fast.conversation.device.DeviceConnection`."""
 
-    def __init__(self, ws: Any, flags: Flags, device_id: str) -> None:
+    def __init__(self, ws: Any, flags: Flags, device_id: str, *, max_text_bytes: int) -> None:
         self.ws = ws
         self.flags = flags
         self.device_id = device_id
+        self.max_text_bytes = max_text_bytes  # of the text of each event sent
         self.keep_history = flags.reconnect
         self.server_vad = flags.stream_asr
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
@@ -118,10 +120,10 @@ class Connection:
         await self.send(END_VAD)
 
     async def transcript(self, text: str, *, final: bool) -> None:
-        await self.send(asr(text))
+        await self.send(asr(text, self.max_text_bytes))
 
     async def segment_start(self, text: str) -> None:
-        await self.send(start_audio(text))
+        await self.send(start_audio(text, self.max_text_bytes))
         # a fresh encoder per segment (an encode still running in a worker thread for a
         # cancelled turn keeps the old one)
         self._out = self._new_out()
@@ -143,7 +145,7 @@ class Connection:
         await self.send(END_RESPONSE)
 
     async def notice(self, text: str) -> None:
-        await self.send(display_text(text))
+        await self.send(display_text(text, self.max_text_bytes))
 
 
 async def serve(
@@ -163,7 +165,7 @@ async def serve(
         log.warning("device %s: connection refused: %s", device_id, exc)
         await _close(ws, 1013, SESSIONS_FULL_REASON)
         return
-    conn = Connection(ws, flags, device_id)
+    conn = Connection(ws, flags, device_id, max_text_bytes=manager.settings.max_text_bytes)
     reader: asyncio.Task[None] | None = None
     try:
         if not await session.attach(conn):

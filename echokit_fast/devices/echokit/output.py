@@ -2,7 +2,9 @@
 hello (docs/protocol.md#hello).
 
 Every binary frame is built by :mod:`echokit_fast.devices.echokit.protocol` (``encode_event`` /
-``encode_audio_chunk``), byte-identical to the reference server's.
+``encode_audio_chunk``), byte-identical to the reference server's. The text of a ``StartAudio``,
+``ASR`` or ``DisplayText`` event is at most ``max_bytes`` UTF-8 bytes (the connection's
+``[limits] max_text_bytes``), cut at a word boundary when longer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from echokit_fast.audio import OpusEncoder, float_to_pcm16, is_wav, wav_info
+from echokit_fast.conversation.splitter import cut_text
 from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
 __all__ = [
@@ -42,16 +45,20 @@ END_RESPONSE = encode_event("EndResponse")
 END_VAD = encode_event("EndVad")
 
 
-def start_audio(text: str) -> bytes:
-    return encode_event({"StartAudio": {"text": text}})
+def _text_event(kind: str, text: str, max_bytes: int) -> bytes:
+    return encode_event({kind: {"text": cut_text(text, max_bytes)}})
 
 
-def asr(text: str) -> bytes:
-    return encode_event({"ASR": {"text": text}})
+def start_audio(text: str, max_bytes: int) -> bytes:
+    return _text_event("StartAudio", text, max_bytes)
 
 
-def display_text(text: str) -> bytes:
-    return encode_event({"DisplayText": {"text": text}})
+def asr(text: str, max_bytes: int) -> bytes:
+    return _text_event("ASR", text, max_bytes)
+
+
+def display_text(text: str, max_bytes: int) -> bytes:
+    return _text_event("DisplayText", text, max_bytes)
 
 
 class AudioOut:
