@@ -152,17 +152,31 @@ class RecordConfig(Section):
     dir: str = "record"
 
 
+#: the largest ``data`` chunk of a 16-bit mono WAV: whole samples, its RIFF size (36 + data)
+#: within 32 bits
+MAX_WAV_DATA_BYTES = 0xFFFFFFFF - 37
+
+
 class LimitsConfig(Section):
     """``[limits]`` (ours): the caps on what one request or device may cost (the README's
     limits table). ``max_audio_s``: seconds of audio an uploaded file may decode to (600);
     ``max_text_bytes``: UTF-8 bytes of a device's ``Text`` command or an ASR transcript (4096);
     ``max_history_bytes``: UTF-8 bytes of message text one device's LLM history keeps
-    (65536); ``max_sessions``: device sessions held at once (1000)."""
+    (65536); ``max_sessions``: device sessions held at once (1000); ``device_send_timeout_s``:
+    seconds a frame to a device may wait for the device to read (20); ``max_record_s``,
+    ``max_record_bytes``: how long (3600 s) and how much audio (115 200 000 bytes, an hour)
+    one recording may take; ``max_record_disk_bytes_per_device``: bytes of recordings one
+    device id may keep (1 GiB)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
     max_history_bytes: int = Field(default=65536, ge=1)
     max_sessions: int = Field(default=1000, ge=1)
+    # a device that stops reading, and record mode
+    device_send_timeout_s: float = Field(default=20.0, gt=0, allow_inf_nan=False)
+    max_record_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    max_record_bytes: int = Field(default=115_200_000, ge=2, le=MAX_WAV_DATA_BYTES)
+    max_record_disk_bytes_per_device: int = Field(default=2**30, ge=1)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
