@@ -152,6 +152,11 @@ class RecordConfig(Section):
     dir: str = "record"
 
 
+#: the largest ``data`` chunk of a 16-bit mono WAV: whole samples, its RIFF size (36 + data)
+#: within 32 bits
+MAX_WAV_DATA_BYTES = 0xFFFFFFFF - 37
+
+
 class LimitsConfig(Section):
     """``[limits]`` (ours): the caps on what one request or device may cost (the README's
     limits table). ``max_audio_s``: seconds of audio an uploaded file may decode to (600);
@@ -160,7 +165,10 @@ class LimitsConfig(Section):
     (65536); ``max_sessions``: device sessions held at once (1000); ``tts_streams``,
     ``tts_device_reserve``, ``tts_queue_s``: the embedded TTS engine's admission
     (``echokit_fast.backends.tts.local.admission``); ``http_send_timeout_s``: the HTTP TTS
-    send deadline (``echokit_fast.api.tts``)."""
+    send deadline (``echokit_fast.api.tts``); ``device_send_timeout_s``: seconds a frame to a
+    device may wait for the device to read (120); ``max_record_s``, ``max_record_bytes``: how
+    long (3600 s) and how much audio (115 200 000 bytes, an hour) one recording may take;
+    ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
@@ -184,6 +192,12 @@ class LimitsConfig(Section):
                 f"tts_streams ({self.tts_streams})"
             )
         return self
+
+    # a device that stops reading, and record mode
+    device_send_timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_record_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    max_record_bytes: int = Field(default=115_200_000, ge=2, le=MAX_WAV_DATA_BYTES)
+    max_record_disk_bytes_per_device: int = Field(default=2**30, ge=1)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]

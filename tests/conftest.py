@@ -39,11 +39,12 @@ def data_dir() -> Path:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., str]]:
-    """`serve(app) -> "127.0.0.1:PORT"`; every server started is stopped after the test."""
+    """`serve(app, **kw) -> "127.0.0.1:PORT"` (`kw`: :func:`harness.running_server`'s); every
+    server started is stopped after the test."""
     stack: list = []
 
-    def start(app) -> str:
-        cm = running_server(app)
+    def start(app, **kw) -> str:
+        cm = running_server(app, **kw)
         addr = cm.__enter__()
         stack.append(cm)
         return addr

@@ -14,6 +14,7 @@ import uvicorn
 from echokit_fast.config import Config, parse_config
 from echokit_fast.server.lifecycle import READY_MESSAGE
 from echokit_fast.server.state import AppState
+from echokit_fast.server.websocket import WebSocketProtocol
 
 #: a config without the device pipeline (the ``[gemini]`` layout, which ``serve`` refuses): an
 #: app on it loads nothing at start-up but the Silero VAD and probes no LLM
@@ -30,24 +31,27 @@ def api_state(config: Config | None = None, **kw) -> AppState:
 
 
 @contextmanager
-def running_server(app) -> Iterator[str]:
+def running_server(app, *, sndbuf: int | None = None) -> Iterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1 in a background thread; yield its base URL.
 
     The listening socket is bound here before the server starts, so a client may
     connect at once: the kernel queues the connection until uvicorn accepts it
-    (no readiness polling, no sleeps).
+    (no readiness polling, no sleeps). `sndbuf`: SO_SNDBUF of the listening socket, which
+    the accepted connections inherit (the kernel's send buffer then stays that small).
     """
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto is TCP
     # (proto 0 = "default" is skipped), and Nagle + delayed ACKs stall small frames by ~40 ms.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
         log_level="warning",
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,
         ws_per_message_deflate=False,
         lifespan="on",
     )

@@ -214,13 +214,14 @@ def test_recorder_header_and_odd_bytes(tmp_path):
     rec = Recorder(tmp_path, "dev")
     head = rec.path.read_bytes()
     assert head[4:8] == b"\xff\xff\xff\x7f" and head[40:44] == b"\xff\xff\xff\xff"
-    rec.write(b"\x01\x02\x03")
-    rec.write(b"\x04")
-    rec.write(b"\x05")
+    assert rec.write(b"\x01\x02\x03", 100)
+    assert rec.write(b"\x04", 100)
+    assert rec.write(b"\x05", 100)
+    assert not rec.write(b"\x06\x07\x08\x09", 3)  # room for one sample: the rest is dropped
     rec.close()
     data = rec.path.read_bytes()
-    assert data[44:] == b"\x01\x02\x03\x04"
-    assert int.from_bytes(data[4:8], "little") == 40 and int.from_bytes(data[40:44], "little") == 4
+    assert data[44:] == b"\x01\x02\x03\x04\x05\x06"
+    assert int.from_bytes(data[4:8], "little") == 42 and int.from_bytes(data[40:44], "little") == 6
     second = Recorder(tmp_path, "dev")  # same second: a new name, never overwritten
     second.close()
     assert second.path != rec.path and rec.path.read_bytes() == data

@@ -4,8 +4,10 @@
 The conversation's streamed text goes through a segmenter; each completed segment is
 synthesised as soon as it exists, up to ``max_parallel`` segments at a time *per session*
 (not a global FIFO shared by all devices, docs/compatibility.md#sessions-and-the-tts-queue): a
-segment holds its slot from the start of its synthesis until it has been delivered, so at most
-``max_parallel`` segments of audio wait in memory. Delivery is strictly in order, through the
+segment holds its slot from the start of its synthesis until it has been delivered, and each
+segment's queue holds at most :data:`QUEUE_CHUNKS` of its TTS chunks (the synthesis waits while
+it is full), so what waits in memory is bounded even when the device reads slower than the TTS
+speaks. Delivery is strictly in order, through the
 device's :class:`~echokit_fast.conversation.device.DeviceOutput`: ``segment_start(text)``, the
 segment's audio as its TTS yields it, ``segment_end()``; the next segment's audio (often already
 synthesised) follows at once. A ``SpeakNow`` item ends the text before it (the segmenter is
@@ -83,6 +85,8 @@ def as_pcm(chunk: Any) -> np.ndarray:
 
 
 _END = object()
+#: TTS chunks one segment's queue holds (32 s of the HTTP speakers' 0.5 s chunks)
+QUEUE_CHUNKS = 64
 
 
 class _Job:
@@ -90,7 +94,7 @@ class _Job:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_CHUNKS)
         self.task: asyncio.Task[None] | None = None
 
 
@@ -184,12 +188,12 @@ class ReplyPipeline:
                     pcm = as_pcm(chunk)
                     if len(pcm):
                         self.trace.mark("tts_first")
-                        job.queue.put_nowait(pcm)
-            job.queue.put_nowait(_END)
+                        await job.queue.put(pcm)
+            await job.queue.put(_END)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            job.queue.put_nowait(TurnFailed.of(exc, "tts"))
+            await job.queue.put(TurnFailed.of(exc, "tts"))
 
     # -- delivery ----------------------------------------------------------------------
 

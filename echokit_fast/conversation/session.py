@@ -75,7 +75,7 @@ from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, Devi
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.splitter import SegmentGrouper, cut_text
-from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace
+from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace, printable
 from echokit_fast.turn.detector import TurnDetector, TurnDetectorFactory, TurnEvent
 from echokit_fast.turn.vad_rounds import VadTurnDetectors
 
@@ -183,6 +183,7 @@ class Session:
     def __init__(self, manager: SessionManager, device_id: str) -> None:
         self.manager = manager
         self.id = device_id
+        self.log_id = printable(device_id)  # as log lines write it
         self.conversation: Conversation | None = None
         self.conn: DeviceConnection | None = None
         self.utt: Utterance | None = None
@@ -204,7 +205,7 @@ class Session:
         await self.cancel_turn()
         self._drop_utterance()
         if old is not None:
-            log.info("device %s: new connection pre-empts the previous one", self.id)
+            log.info("device %s: new connection pre-empts the previous one", self.log_id)
             old.disconnect()
         if self.conversation is None:
             self.conversation = self.manager.backends.conversation_factory(self.id)
@@ -230,7 +231,11 @@ class Session:
             task.cancel()
             await asyncio.wait([task], timeout=CANCEL_TIMEOUT)
             if not task.done():
-                log.error("device %s: a cancelled turn did not stop within %ss", self.id, 5)
+                log.error(
+                    "device %s: a cancelled turn did not stop within %ss",
+                    self.log_id,
+                    CANCEL_TIMEOUT,
+                )
 
     def _drop_utterance(self) -> None:
         if self.utt is not None:
@@ -250,7 +255,7 @@ class Session:
         if conn is not self.conn:
             return
         if self.responding:
-            log.info("device %s: StartChat during an answer: cancelling it", self.id)
+            log.info("device %s: StartChat during an answer: cancelling it", self.log_id)
             await self.cancel_turn()
             if conn is not self.conn:
                 return
@@ -301,7 +306,10 @@ class Session:
         ``TEXT_TOO_LONG`` notice; the LLM is not asked."""
         cap = self.manager.settings.max_text_bytes
         log.warning(
-            "device %s: text input of %d bytes refused (max_text_bytes %d)", self.id, size, cap
+            "device %s: text input of %d bytes refused (max_text_bytes %d)",
+            self.log_id,
+            size,
+            cap,
         )
         failure = TurnFailed(TEXT_TOO_LONG, "input", f"text input of {size} bytes over {cap}")
         await self._text_turn(conn, failure=failure)
@@ -337,7 +345,7 @@ class Session:
             if utt.full:
                 return
         if len(utt.pcm) + len(data) > MAX_UTTERANCE_S * BYTES_PER_SECOND:
-            log.warning("device %s: utterance longer than %d s", self.id, MAX_UTTERANCE_S)
+            log.warning("device %s: utterance longer than %d s", self.log_id, MAX_UTTERANCE_S)
             if stream:
                 self._end_voice_turn(conn, utt, whole=True)
             else:
@@ -488,7 +496,7 @@ class Session:
             trace.outcome = "cancelled"
             raise
         except Exception:
-            log.exception("device %s: turn failed", self.id)
+            log.exception("device %s: turn failed", self.log_id)
             trace.outcome = "error"
             with contextlib.suppress(DeviceGone):
                 await conn.response_end()
@@ -503,7 +511,7 @@ class Session:
         if cut != text:
             log.warning(
                 "device %s: transcript of %d bytes cut to %d (max_text_bytes %d)",
-                self.id,
+                self.log_id,
                 len(text.encode("utf-8")),
                 len(cut.encode("utf-8")),
                 cap,
@@ -521,7 +529,7 @@ class Session:
             except DeviceGone:
                 raise
             except (Exception, asyncio.TimeoutError) as exc:
-                log.warning("device %s: could not speak the notice: %r", self.id, exc)
+                log.warning("device %s: could not speak the notice: %r", self.log_id, exc)
         await conn.segment_end()
 
     async def _speak(self, conn: DeviceConnection, text: str) -> None:
@@ -637,7 +645,7 @@ class SessionManager:
         if s.conn is None and self.sessions.get(s.id) is s:
             self._drop(s)
             log.info(
-                "device %s: session dropped after %.0f s idle", s.id, self.settings.session_ttl
+                "device %s: session dropped after %.0f s idle", s.log_id, self.settings.session_ttl
             )
 
     def _make_room(self) -> None:
@@ -648,7 +656,7 @@ class SessionManager:
         oldest = min(detached, key=lambda s: s.detached_at or 0.0)
         self._cancel_evict(oldest)
         self._drop(oldest)
-        log.info("device %s: session dropped for a new one (max_sessions)", oldest.id)
+        log.info("device %s: session dropped for a new one (max_sessions)", oldest.log_id)
 
     def _drop(self, s: Session) -> None:
         del self.sessions[s.id]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["STAGES", "TurnTrace"]
+__all__ = ["STAGES", "TurnTrace", "printable"]
 
 trace_log = logging.getLogger("echokit_fast.trace")
 
@@ -73,6 +73,13 @@ TURNS = Counter(
 )
 SESSIONS = Gauge("echokit_device_sessions", "Device sessions held (attached or keeping history)")
 CONNECTIONS = Gauge("echokit_device_connections", "Device WebSocket connections attached")
+
+
+def printable(text: str) -> str:
+    """``text`` escaped as the trace's JSON lines write a string (CR, LF, NUL and the other
+    control characters as ``\\r``, ``\\n``, ``\\u0000`` ..., quotes and backslashes too), for
+    a log line: what a device chose (its id) can neither break a line nor forge one."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
 @dataclass

@@ -33,6 +33,7 @@ from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.server.state import AppState
+from echokit_fast.server.websocket import WebSocketProtocol
 
 __all__ = [
     "PROBE_TIMEOUT",
@@ -187,7 +188,7 @@ def serve(state: AppState, app: Starlette, host: str, port: int) -> int:
         host=host,
         port=port,
         log_config=None,  # echokit_fast.server.logging configured every logger
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,  # uvicorn's sans-I/O protocol with an abort
         # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
         ws_per_message_deflate=False,
         lifespan="on",

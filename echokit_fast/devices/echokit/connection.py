@@ -18,6 +18,14 @@ later) whose reason says so. A text frame longer than any command whose ``input`
 ``[limits] max_text_bytes`` could be (:func:`text_frame_limit`) is not parsed: it is refused as
 an over-long ``Text`` is (the spoken notice). The same cap bounds the text of every event sent
 (``ASR``, ``StartAudio``, ``DisplayText``: cut at a word boundary).
+an over-long ``Text`` is (the spoken notice).
+
+A device that stops reading: the server's WebSocket ``send`` waits while the socket's write
+buffer is full (:mod:`echokit_fast.server.websocket`), and the TTS waits behind the bounded
+queues of the reply pipeline, so nothing piles up in the process. A frame that still waits
+after ``[limits] device_send_timeout_s`` ends the connection: one WARNING naming the device,
+the socket dropped at once (a Close cannot be written to it), the turn ended as by any
+disconnect; the session keeps its history for a reconnect.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import numpy.typing as npt
 
 from echokit_fast.conversation.device import DeviceGone
 from echokit_fast.conversation.session import Session, SessionManager, SessionsFull
+from echokit_fast.conversation.trace import printable
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.mic import EvenBytes
 from echokit_fast.devices.echokit.output import (
@@ -45,6 +54,7 @@ from echokit_fast.devices.echokit.output import (
     start_audio,
 )
 from echokit_fast.devices.echokit.protocol import parse_client_command
+from echokit_fast.server.websocket import abort
 
 __all__ = ["Connection", "serve"]
 
@@ -70,11 +80,15 @@ class Connection:
     """One device WebSocket: flags, sending, the odd-byte carry of the microphone stream;
     a :class:`~echokit_fast.conversation.device.DeviceConnection`."""
 
-    def __init__(self, ws: Any, flags: Flags, device_id: str, *, max_text_bytes: int) -> None:
+    def __init__(
+        self, ws: Any, flags: Flags, device_id: str, *, max_text_bytes: int, send_timeout: float
+    ) -> None:
         self.ws = ws
         self.flags = flags
         self.device_id = device_id
+        self.log_id = printable(device_id)
         self.max_text_bytes = max_text_bytes  # of the text of each event sent
+        self.send_timeout = send_timeout
         self.keep_history = flags.reconnect
         self.server_vad = flags.stream_asr
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
@@ -91,11 +105,24 @@ class Connection:
         if not self.alive:
             raise DeviceGone()
         try:
-            await self.ws.send_bytes(frame)
-        except Exception as exc:  # ClientDisconnected, RuntimeError after close, OSError ...
-            self.alive = False
-            self.done.set()
+            await asyncio.wait_for(self.ws.send_bytes(frame), self.send_timeout)
+        except asyncio.TimeoutError as exc:
+            log.warning(
+                "device %s: not reading: a frame waited %g s (device_send_timeout_s); "
+                "connection dropped",
+                self.log_id,
+                self.send_timeout,
+            )
+            self._gone()
+            abort(self.ws.scope)
             raise DeviceGone() from exc
+        except Exception as exc:  # ClientDisconnected, RuntimeError after close, OSError ...
+            self._gone()
+            raise DeviceGone() from exc
+
+    def _gone(self) -> None:
+        self.alive = False
+        self.done.set()
 
     async def _send_all(self, frames: list[bytes]) -> int:
         for frame in frames:
@@ -149,23 +176,37 @@ class Connection:
 
 
 async def serve(
-    manager: SessionManager, ws: Any, device_id: str, flags: Flags, *, hello: bytes = b""
+    manager: SessionManager,
+    ws: Any,
+    device_id: str,
+    flags: Flags,
+    *,
+    hello: bytes = b"",
+    send_timeout: float,
 ) -> None:
     """Run an accepted device WebSocket until it closes or is pre-empted; ``hello`` (the
-    hello file's bytes, b"" for none) is sent first on a fresh (not ``reconnect``) one."""
+    hello file's bytes, b"" for none) is sent first on a fresh (not ``reconnect``) one;
+    ``send_timeout``: ``[limits] device_send_timeout_s``."""
+    log_id = printable(device_id)
     try:
         await manager.ensure_ready()
     except Exception:
-        log.exception("device %s: the backends could not be built", device_id)
-        await _close(ws, 1011)
+        log.exception("device %s: the backends could not be built", log_id)
+        await _close(ws, 1011, timeout=send_timeout)
         return
     try:
         session = manager.session(device_id)
     except SessionsFull as exc:
-        log.warning("device %s: connection refused: %s", device_id, exc)
-        await _close(ws, 1013, SESSIONS_FULL_REASON)
+        log.warning("device %s: connection refused: %s", log_id, exc)
+        await _close(ws, 1013, SESSIONS_FULL_REASON, timeout=send_timeout)
         return
-    conn = Connection(ws, flags, device_id, max_text_bytes=manager.settings.max_text_bytes)
+    conn = Connection(
+        ws,
+        flags,
+        device_id,
+        max_text_bytes=manager.settings.max_text_bytes,
+        send_timeout=send_timeout,
+    )
     reader: asyncio.Task[None] | None = None
     try:
         if not await session.attach(conn):
@@ -183,7 +224,7 @@ async def serve(
     except DeviceGone:
         pass
     except Exception:  # e.g. the conversation factory failed: this connection only
-        log.exception("device %s: connection failed", device_id)
+        log.exception("device %s: connection failed", log_id)
     finally:
         try:
             if reader is not None:
@@ -195,7 +236,7 @@ async def serve(
                     await asyncio.wait_for(conn.response_end(), PREEMPT_SEND_TIMEOUT)
             if conn.alive:
                 conn.alive = False
-                await _close(ws, 1000)
+                await _close(ws, 1000, timeout=send_timeout)
         finally:
             conn._ended.set()
 
@@ -217,7 +258,7 @@ async def _read(session: Session, conn: Connection) -> None:
             except DeviceGone:
                 break
             except Exception:
-                log.exception("device %s: error handling a message", session.id)
+                log.exception("device %s: error handling a message", conn.log_id)
     finally:
         conn.done.set()
 
@@ -230,7 +271,7 @@ async def _command(session: Session, conn: Connection, text: str) -> None:
     try:
         cmd = parse_client_command(text)
     except ValueError:
-        log.debug("device %s: ignoring text frame %.80r", session.id, text)
+        log.debug("device %s: ignoring text frame %.80r", conn.log_id, text)
         return
     event = cmd.get("event")
     if event == "StartChat":
@@ -242,6 +283,11 @@ async def _command(session: Session, conn: Connection, text: str) -> None:
     # Select, StartRecord: ignored in chat mode (docs/protocol.md#client-commands)
 
 
-async def _close(ws: Any, code: int, reason: str | None = None) -> None:
-    with contextlib.suppress(Exception):  # already closed or gone
-        await ws.close(code, reason)
+async def _close(ws: Any, code: int, reason: str | None = None, *, timeout: float) -> None:
+    """A Close frame, or the socket dropped when the device does not read it in ``timeout``."""
+    try:
+        await asyncio.wait_for(ws.close(code, reason), timeout)
+    except asyncio.TimeoutError:
+        abort(ws.scope)
+    except Exception:  # already closed or gone
+        pass

@@ -42,7 +42,7 @@ from echokit_fast.conversation.splitter import SegmentGrouper
 from echokit_fast.devices.echokit.connection import serve
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
-from echokit_fast.devices.echokit.record import record_session, resolve_file, safe_name
+from echokit_fast.devices.echokit.record import DiskUse, record_session, resolve_file, safe_name
 from echokit_fast.server.state import AppState
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
 
@@ -86,6 +86,7 @@ def routes(state: AppState) -> list[BaseRoute]:
     )
     root = state.record_dir
     assert root is not None
+    disk = DiskUse()
 
     async def bad_request(ws: WebSocket, message: str) -> None:
         await ws.send_denial_response(PlainTextResponse(message, status_code=400))
@@ -99,6 +100,8 @@ def routes(state: AppState) -> list[BaseRoute]:
             device_id,
             root=root,
             callback_url=state.config.record.callback_url,
+            limits=state.config.limits,
+            disk=disk,
             idle_timeout=state.record_idle_s,
         )
 
@@ -114,7 +117,14 @@ def routes(state: AppState) -> list[BaseRoute]:
             return
         await ws.accept()
         await state.wait_ready()
-        await serve(manager, ws, device_id, flags, hello=state.device_hello or b"")
+        await serve(
+            manager,
+            ws,
+            device_id,
+            flags,
+            hello=state.device_hello or b"",
+            send_timeout=state.config.limits.device_send_timeout_s,
+        )
 
     async def ws_main(ws: WebSocket) -> None:
         await chat(ws, allow_record=True)
