@@ -11,7 +11,7 @@ import json
 
 import pytest
 import websockets
-from device_fakes import Device, FakeSpeaker, FakeTranscriber, name
+from device_fakes import Device, FakeSpeaker, FakeTranscriber, SentenceSegmenter, name
 from standins import ChatServer
 from test_config import PIPELINE
 from test_device import PREROLL, SILENCE, SPEECH, _fixture, build, on_server, run, segments
@@ -193,14 +193,18 @@ def test_limits_defaults_and_values():
     assert cfg.limits.max_sessions == 3
 
 
-def test_a_huge_answer_without_a_sentence_break_is_spoken_in_bounded_segments(serve, tmp_path):
+@pytest.mark.parametrize("segmenter", [None, SentenceSegmenter], ids=["default", "uncapped"])
+def test_a_huge_answer_without_a_sentence_break_is_spoken_in_bounded_segments(
+    serve, tmp_path, segmenter
+):
     words = [f"w{i}" for i in range(300_000)]
     words[1000] = "x" * 5000  # one word longer than a segment: cut hard
     answer = " ".join(words)  # 2.3 MB, not one sentence break
     deltas = [answer[i : i + 4096] for i in range(0, len(answer), 4096)]
     speaker = FakeSpeaker(length=lambda text: 320)
-    # segmenter=None: the server's own (docs/protocol.md#segments)
-    app, _ = build(tmp_path, speaker=speaker, script=lambda _text: deltas, segmenter=None)
+    # None: the server's own (docs/protocol.md#segments); SentenceSegmenter: one that does not
+    # cap segments itself (the pipeline still does)
+    app, _ = build(tmp_path, speaker=speaker, script=lambda _text: deltas, segmenter=segmenter)
     addr = serve(app)
 
     async def main():

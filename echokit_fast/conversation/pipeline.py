@@ -34,6 +34,7 @@ import numpy as np
 from echokit_fast.backends.base import BackendError, Conversation, Speaker, SpeakNow
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceOutput
 from echokit_fast.conversation.segmenter import SegmenterFactory
+from echokit_fast.conversation.splitter import MAX_SEGMENT_BYTES, split_at_word
 from echokit_fast.conversation.trace import TurnTrace
 
 __all__ = ["GENERIC_NOTICE", "ReplyPipeline", "TurnFailed", "aclosing_iter"]
@@ -166,10 +167,16 @@ class ReplyPipeline:
             self._wake.set()
 
     def _schedule(self, text: str) -> None:
-        text = text.strip()
-        if not text:
+        # every segment is one bounded TTS request and StartAudio, whatever made it (a custom
+        # segmenter, a tool's call_mcp_message): a longer one is cut at word boundaries
+        rest = text.strip()
+        if not rest:
             return
-        self._pending.append(text)
+        while rest:
+            head, rest = split_at_word(rest, MAX_SEGMENT_BYTES)
+            rest = rest.lstrip()
+            if head.strip():
+                self._pending.append(head.strip())
         self._fill()
         self._wake.set()
 
