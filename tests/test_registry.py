@@ -42,7 +42,7 @@ REFERENCE = {
         "openai_responses": ("openai_responses", "OpenAIResponses"),
     },
 }
-SCHEMA_ONLY = {("asr", "paraformer_v2")}
+SCHEMA_ONLY: set[tuple[str, str]] = set()  # (every platform has a build now)
 
 SECTIONS = {
     "asr": '[asr]\nplatform = "openai"\nurl = "http://asr.local/v1/audio/transcriptions"\n',

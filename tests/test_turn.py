@@ -1,5 +1,6 @@
-"""The TurnDetector seam: the VAD-round implementation through the interface, and the session
-taking its detectors from the factory in its settings."""
+"""The TurnDetector seam: the VAD-round implementation through the interface, the streaming
+recognizer's detector over a scripted stream, and the session taking its detectors from the
+factory in its settings."""
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ import pytest
 from device_fakes import Device, FakeTranscriber, name
 from test_device import build, run
 
+from echokit_fast.backends.base import BackendError, Heard
 from echokit_fast.backends.vad.silero import SileroVad
 from echokit_fast.conversation.session import Settings
-from echokit_fast.turn.detector import TurnDetector, TurnDetectorFactory, TurnEvent
+from echokit_fast.turn.asr_stream import AsrTurnDetector
+from echokit_fast.turn.detector import (
+    TranscribingDetector,
+    TurnDetector,
+    TurnDetectorFactory,
+    TurnEvent,
+)
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetector, VadTurnDetectors
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -151,3 +159,91 @@ def test_session_takes_its_detectors_from_the_settings_factory(serve, tmp_path):
     assert [d.fed for d in detectors.made] == [3, 3]  # nothing fed after the end of the turn
     # the transcript covers the audio up to the frame that ended the turn
     assert [len(a) for a in f.transcriber.calls] == [3 * FRAME // 2, 3 * FRAME // 2]
+
+
+# --- the streaming recognizer's detector (echokit_fast.turn.asr_stream) ------------------------
+
+
+class ScriptedStream:
+    """An AsrStream whose results the test pushes; records what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.results: asyncio.Queue[Heard | None] = asyncio.Queue()
+        self.finished = self.closed = False
+
+    def send(self, pcm16: bytes) -> None:
+        self.sent.append(pcm16)
+
+    def finish(self) -> None:
+        self.finished = True
+
+    async def result(self) -> Heard | None:
+        return await self.results.get()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FailingStream(ScriptedStream):
+    async def result(self) -> Heard | None:
+        raise BackendError("gone", notice="The speech recognizer is not reachable.")
+
+
+def test_asr_detector_interims_end_at_the_first_sentence_with_text():
+    async def main():
+        stream = ScriptedStream()
+        det = AsrTurnDetector(stream)
+        assert isinstance(det, TranscribingDetector)
+        pieces = [bytes(FRAME), bytes(FRAME), bytes(FRAME)]
+        arrivals = []
+        for p in pieces:
+            before = time.monotonic()
+            assert await det.feed(p) == []
+            arrivals.append((before, time.monotonic()))
+        for heard in [
+            Heard("", final=True),  # an empty sentence (noise) does not end the turn
+            Heard("hi"),
+            Heard("hi"),  # unchanged: no event
+            Heard("hi there", final=True, end_s=0.6),  # 19 200 bytes: in the second piece
+            Heard("hi there, and more", final=True),
+            None,
+        ]:
+            stream.results.put_nowait(heard)
+        events = []
+        async for event in det.events():
+            events.append((event, det.interim))
+        assert events == [(TurnEvent.INTERIM, "hi"), (TurnEvent.END, "hi")]
+        assert det.speech_seen and stream.sent == pieces
+        assert arrivals[1][0] <= det.speech_end <= arrivals[1][1]
+        assert not stream.finished
+        assert await det.transcript() == "hi there, and more"  # what came after the end too
+        assert stream.finished and stream.closed
+
+    asyncio.run(main())
+
+
+def test_asr_detector_ends_the_turn_after_quiet_audio_and_reports_failures():
+    async def main():
+        stream = ScriptedStream()
+        det = AsrTurnDetector(stream, quiet_s=1.0)
+        assert await det.feed(bytes(16000)) == []
+        stream.results.put_nowait(Heard("x"))
+        assert [e async for e in _first(det.events())] == [TurnEvent.INTERIM]
+        assert await det.feed(bytes(16000)) == []  # the text reset the count
+        assert await det.feed(bytes(16000)) == [TurnEvent.END]  # 1 s since the last text
+        assert det.speech_end is None
+        failing = FailingStream()
+        bad = AsrTurnDetector(failing)
+        assert [e async for e in bad.events()] == [TurnEvent.END]
+        with pytest.raises(BackendError, match="gone"):
+            await bad.transcript()
+        assert failing.closed and not failing.finished
+
+    asyncio.run(main())
+
+
+async def _first(events):
+    async for e in events:
+        yield e
+        return

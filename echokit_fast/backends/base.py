@@ -5,7 +5,8 @@ protocols; each has local implementations (embedded engines) and remote ones
 (OpenAI-compatible and EchoKit-ecosystem HTTP/WebSocket services):
 
 * `Transcriber` — speech to text (faster-whisper in-process, or a remote
-  `/v1/audio/transcriptions`), with an optional speculative start;
+  `/v1/audio/transcriptions`), with an optional speculative start; a
+  `StreamingTranscriber` also takes the audio while the user speaks (`AsrStream`);
 * `Speaker` — text to speech, streamed as float32 PCM chunks;
 * `ChatModel` / `Conversation` — the LLM with history, prompts and tools.
 
@@ -64,6 +65,50 @@ class Transcriber(Protocol):
         The device server calls this when the VAD first hears silence and reuses
         the result if no more speech arrives before the end-of-turn silence ends.
         """
+        ...
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A streaming recognizer's result: the transcript so far (the sentences it ended, then the
+    one in progress), whether the recognizer has just ended a sentence (``final``), and where
+    that sentence ends in the audio sent (seconds; None if it did not say)."""
+
+    text: str
+    final: bool = False
+    end_s: float | None = None
+
+
+@runtime_checkable
+class AsrStream(Protocol):
+    """One utterance streamed to a recognizer while the user speaks
+    (:meth:`StreamingTranscriber.stream`). Made in the running event loop; it connects at once.
+    One reader of :meth:`result` at a time."""
+
+    def send(self, pcm16: bytes) -> None:
+        """Queue the next audio (16 kHz mono PCM16); returns at once. Ignored after
+        :meth:`finish`."""
+        ...
+
+    def finish(self) -> None:
+        """No more audio: the recognizer ends what it heard."""
+        ...
+
+    async def result(self) -> Heard | None:
+        """The next result as it comes; None once the recognizer is done (after
+        :meth:`finish`), and from then on. Raises BackendError (and again at every call)."""
+        ...
+
+    def close(self) -> None:
+        """Stop now, whatever the state (the connection is closed in the background).
+        Idempotent."""
+        ...
+
+
+@runtime_checkable
+class StreamingTranscriber(Transcriber, Protocol):
+    def stream(self) -> AsrStream:
+        """A new :class:`AsrStream` for one utterance."""
         ...
 
 

@@ -19,14 +19,18 @@ connection detaches.
 Input (docs/protocol.md#turn-flow):
 
 * ``server_vad``: after :meth:`Session.start_listening` every piece of audio goes through the
-  session's :class:`~echokit_fast.turn.detector.TurnDetector`; at each pause the transcriber
+  session's :class:`~echokit_fast.turn.detector.TurnDetector` (``Settings.stream_detector``
+  when set, else ``turn_detector``); at each pause the transcriber
   is started on everything heard so far (``Transcriber.start``), and cancelled when the user
   keeps talking (then an interim transcript is sent if that transcript was already done). At
   the end of the turn ``end_of_speech`` is sent at once (the reference waits for the
   transcript first), then the final transcript when it is known; an empty transcript ends the
   turn with ``response_end`` only. :meth:`Session.submit` while listening ends the utterance
   like the detector would (the reference kills the session,
-  docs/compatibility.md#listening-and-turns).
+  docs/compatibility.md#listening-and-turns). A
+  :class:`~echokit_fast.turn.detector.TranscribingDetector` (a streaming recognizer) replaces
+  the rounds: its interim transcripts are sent as they come (read by a watcher task while no
+  audio arrives), its end of the turn ends the utterance, and its transcript is the final one.
 * not ``server_vad``: all audio is kept (and run through the detector only to learn whether
   there was speech); :meth:`Session.submit` transcribes the whole buffer, or answers
   ``response_end`` when no speech was heard.
@@ -76,7 +80,12 @@ from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosi
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.splitter import SegmentGrouper, cut_text
 from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace, printable
-from echokit_fast.turn.detector import TurnDetector, TurnDetectorFactory, TurnEvent
+from echokit_fast.turn.detector import (
+    TranscribingDetector,
+    TurnDetector,
+    TurnDetectorFactory,
+    TurnEvent,
+)
 from echokit_fast.turn.vad_rounds import VadTurnDetectors
 
 __all__ = ["TEXT_TOO_LONG", "Backends", "Session", "SessionManager", "SessionsFull", "Settings"]
@@ -105,6 +114,9 @@ TEXT_TOO_LONG = "That message is too long."
 class Settings:
     #: makes the turn detector of each utterance
     turn_detector: TurnDetectorFactory = field(default_factory=VadTurnDetectors)
+    #: when set, makes the detector of each server-VAD utterance instead (a streaming
+    #: recognizer's, ``echokit_fast.turn.asr_stream``)
+    stream_detector: TurnDetectorFactory | None = None
     #: segments synthesised at once per session
     tts_parallel: int = 3
     #: seconds a detached session keeps its history
@@ -151,6 +163,8 @@ class Utterance:
         self.round_tr: Transcription | None = None
         self.round_len = 0
         self.full = False
+        #: reads a transcribing detector's events (None for other detectors)
+        self.watcher: asyncio.Task[None] | None = None
 
     def cancel_round(self) -> None:
         """Cancel the round's transcription if it is still running; forget it."""
@@ -170,6 +184,11 @@ class Utterance:
 
     def release(self) -> None:
         self.cancel_round()
+        if self.watcher is not None and self.watcher is not asyncio.current_task():
+            self.watcher.cancel()
+        self.watcher = None
+        if isinstance(self.detector, TranscribingDetector):
+            self.detector.close()
         self.detector = None
         self.pcm = bytearray()
 
@@ -242,8 +261,16 @@ class Session:
             self.utt.release()
             self.utt = None
 
-    def _new_utterance(self) -> Utterance:
-        return Utterance(self.manager.settings.turn_detector())
+    def _new_utterance(self, conn: DeviceConnection) -> Utterance:
+        settings = self.manager.settings
+        factory = settings.turn_detector
+        if conn.server_vad and settings.stream_detector is not None:
+            factory = settings.stream_detector
+        utt = Utterance(factory())
+        if isinstance(utt.detector, TranscribingDetector):
+            watch = self._watch(conn, utt, utt.detector)
+            utt.watcher = asyncio.create_task(watch, name=f"echokit-device-asr-{self.id}")
+        return utt
 
     @property
     def responding(self) -> bool:
@@ -261,7 +288,7 @@ class Session:
                 return
         # (server VAD; a duplicate start while listening is ignored)
         if conn.server_vad and self.utt is None:
-            self.utt = self._new_utterance()
+            self.utt = self._new_utterance(conn)
 
     async def submit(self, conn: DeviceConnection) -> None:
         if conn is not self.conn:
@@ -341,7 +368,7 @@ class Session:
                 return  # audio outside listening .. end of speech is not part of any utterance
         else:
             if utt is None:
-                utt = self.utt = self._new_utterance()
+                utt = self.utt = self._new_utterance(conn)
             if utt.full:
                 return
         if len(utt.pcm) + len(data) > MAX_UTTERANCE_S * BYTES_PER_SECOND:
@@ -355,16 +382,34 @@ class Session:
         detector = utt.detector
         assert detector is not None
         events = await detector.feed(data)
-        if self.utt is not utt or conn is not self.conn or not stream:
-            return  # the utterance ended (or the session moved on) meanwhile; or no server VAD
-        for event in events:
-            if event is TurnEvent.PAUSE:
-                await self._round_pause(conn, utt)
-                if self.utt is not utt:
+        if stream:  # (else the detector only says whether there was speech)
+            for event in events:
+                if not await self._turn_event(conn, utt, event):
                     return
-            elif event is TurnEvent.END:
-                self._end_voice_turn(conn, utt, whole=False)
-                return
+
+    async def _turn_event(self, conn: DeviceConnection, utt: Utterance, event: TurnEvent) -> bool:
+        """Act on an event of ``utt``'s detector; False once the utterance is over (or the
+        session moved on)."""
+        if self.utt is not utt or conn is not self.conn:
+            return False
+        if event is TurnEvent.PAUSE:
+            await self._round_pause(conn, utt)
+        elif event is TurnEvent.INTERIM and isinstance(utt.detector, TranscribingDetector):
+            await conn.transcript(utt.detector.interim, final=False)
+        elif event is TurnEvent.END:
+            self._end_voice_turn(conn, utt, whole=False)
+        return self.utt is utt
+
+    async def _watch(
+        self, conn: DeviceConnection, utt: Utterance, detector: TranscribingDetector
+    ) -> None:
+        """The events a transcribing detector reports between pieces of audio."""
+        try:
+            async for event in detector.events():
+                if not await self._turn_event(conn, utt, event):
+                    return
+        except DeviceGone:
+            pass
 
     async def _round_pause(self, conn: DeviceConnection, utt: Utterance) -> None:
         """The user paused after enough speech: interim ASR if the round's transcript is done,
@@ -400,14 +445,20 @@ class Session:
         buffer."""
         self.utt = None
         trace = self._trace()
-        speech_end = utt.detector.speech_end if utt.detector is not None else None
+        detector = utt.detector
+        speech_end = detector.speech_end if detector is not None else None
         if speech_end is not None:
             trace.set("speech_end", speech_end)
-        if whole and (utt.round_task is None or utt.round_len != len(utt.pcm)):
-            utt.cancel_round()
-            if utt.speech_seen:
-                self._start_round(utt)
-        task, utt.round_task, utt.round_tr = utt.round_task, None, None
+        if isinstance(detector, TranscribingDetector):
+            utt.detector = None  # the turn's now: it ends the audio and waits for the transcript
+            task = asyncio.create_task(_asr_call(detector.transcript()), name="echokit-device-asr")
+            task.add_done_callback(lambda _: detector.close())  # even if it never ran
+        else:
+            if whole and (utt.round_task is None or utt.round_len != len(utt.pcm)):
+                utt.cancel_round()
+                if utt.speech_seen:
+                    self._start_round(utt)
+            task, utt.round_task, utt.round_tr = utt.round_task, None, None
         utt.release()
         self._start_turn(conn, asr_task=task, end_vad=True, trace=trace)
 
@@ -611,6 +662,8 @@ class SessionManager:
                 self._backends = Backends.of(src)
             if not self._detectors_ready:
                 await asyncio.to_thread(self.settings.turn_detector.prepare)
+                if self.settings.stream_detector is not None:
+                    await asyncio.to_thread(self.settings.stream_detector.prepare)
                 self._detectors_ready = True
 
     # -- registry ------------------------------------------------------------------------

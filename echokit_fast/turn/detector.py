@@ -6,15 +6,19 @@ speculative transcription of everything heard so far) and when the turn is over 
 answers). One detector serves one utterance; the session asks its
 :class:`TurnDetectorFactory` for a new one at every utterance.
 
-The first implementation is the VAD-round logic of :mod:`echokit_fast.turn.vad_rounds`.
+The first implementation is the VAD-round logic of :mod:`echokit_fast.turn.vad_rounds`. A
+:class:`TranscribingDetector` is also the utterance's recognizer (a streaming ASR,
+:mod:`echokit_fast.turn.asr_stream`): its interim transcripts and its end of the turn come from
+the recognizer, with or without new audio.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol, runtime_checkable
 
-__all__ = ["TurnDetector", "TurnDetectorFactory", "TurnEvent"]
+__all__ = ["TranscribingDetector", "TurnDetector", "TurnDetectorFactory", "TurnEvent"]
 
 
 class TurnEvent(enum.Enum):
@@ -24,6 +28,8 @@ class TurnEvent(enum.Enum):
     PAUSE = 1
     #: end of the turn: the current round's transcript is final
     END = 2
+    #: a recognizer's interim transcript changed (:attr:`TranscribingDetector.interim`)
+    INTERIM = 3
 
 
 class TurnDetector(Protocol):
@@ -44,6 +50,33 @@ class TurnDetector(Protocol):
         """Take the next piece of audio; return the :attr:`TurnEvent.PAUSE` and
         :attr:`TurnEvent.END` events it caused, in order (empty if none). May run the work
         in a worker thread; a detector is fed by one caller at a time."""
+        ...
+
+
+@runtime_checkable
+class TranscribingDetector(TurnDetector, Protocol):
+    """A turn detector that transcribes the utterance itself. :meth:`feed` passes the audio on
+    (it returns only an :attr:`TurnEvent.END` of the detector's own limits); :meth:`events`
+    yields what the recognizer reports: :attr:`TurnEvent.INTERIM` as the transcript grows, then
+    :attr:`TurnEvent.END` where the recognizer ends the sentence (or fails). After the end of
+    the turn -- or to end it early -- :meth:`transcript` gives the final transcript."""
+
+    @property
+    def interim(self) -> str:
+        """The transcript so far (what the last :attr:`TurnEvent.INTERIM` reported)."""
+        ...
+
+    def events(self) -> AsyncIterator[TurnEvent]:
+        """The recognizer's events, up to and including the END."""
+        ...
+
+    async def transcript(self) -> str:
+        """End the audio and return the final transcript ("" for no speech); closes the
+        detector. Raises the recognizer's failure (a BackendError)."""
+        ...
+
+    def close(self) -> None:
+        """Stop recognizing (the utterance was dropped). Idempotent."""
         ...
 
 

@@ -30,7 +30,13 @@ from echokit_fast.backends import http, registry
 from echokit_fast.backends.base import Pcm, Transcriber
 from echokit_fast.backends.schema import Section, VadConfig
 
-__all__ = ["OpenAIASR", "RemoteTranscriber", "RemoteTranscription", "clean_transcript"]
+__all__ = [
+    "OpenAIASR",
+    "RemoteTranscriber",
+    "RemoteTranscription",
+    "clean_transcript",
+    "to_simplified",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ _converter: Any = None
 _converter_failed = False
 
 
-def _to_simplified(text: str) -> str:
+def to_simplified(text: str) -> str:
     """Traditional (Taiwan) -> Simplified Chinese with OpenCC ``tw2sp``; unchanged if OpenCC
     is missing (logged once)."""
     global _converter, _converter_failed
@@ -91,7 +97,7 @@ def clean_transcript(text: str) -> str:
     stripped = text.strip()
     if not stripped or stripped.startswith("("):
         return ""
-    return _to_simplified(stripped)
+    return to_simplified(stripped)
 
 
 class RemoteTranscription:

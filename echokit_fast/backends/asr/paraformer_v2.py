@@ -1,16 +1,69 @@
-"""``[asr] platform = "paraformer_v2"`` (alias ``ParaformerV2``): DashScope realtime ASR.
+"""``[asr] platform = "paraformer_v2"`` (alias ``ParaformerV2``): Alibaba DashScope's realtime
+speech recognition (Paraformer) over a WebSocket.
 
-Schema only for now: a config naming it loads, and ``serve`` / ``check-config`` refuse it.
+The wire format, as DashScope documents it and echokit_server speaks it: a WebSocket to ``url``
+with ``Authorization: Bearer <paraformer_token>`` and ``X-DashScope-DataInspection: enable``;
+the client sends ``run-task`` (model ``paraformer-realtime-v2``, ``format`` ``pcm``,
+``sample_rate`` 16000, ``semantic_punctuation_enabled``) and waits for ``task-started``, then
+streams the audio as binary messages (16 kHz mono PCM16) and ``finish-task`` after the last
+of it; the server answers ``result-generated`` events (``payload.output.sentence``: ``text``
+of the sentence in progress, ``sentence_end`` when it is over, ``end_time`` in ms;
+``heartbeat`` ones are skipped) until ``task-finished``; ``task-failed`` (``header.error_code``,
+``error_message``) is a failure. Events for another ``task_id`` are skipped.
+
+:class:`ParaformerTranscriber` is a
+:class:`~echokit_fast.backends.base.StreamingTranscriber`:
+
+* :meth:`~ParaformerTranscriber.stream` -- one task while the user speaks
+  (:class:`ParaformerStream`, semantic punctuation on as the reference streams); the turn
+  detector of :mod:`echokit_fast.turn.asr_stream` uses it for devices whose server ends the
+  turn (EchoKit ``stream_asr``);
+* :meth:`~ParaformerTranscriber.transcribe` -- one task for a recorded utterance, sent at once
+  in 100 ms messages (semantic punctuation off, as the reference's Submit mode).
+
+The transcript is every sentence of the task, joined (with a space between two that do not end
+and begin with Chinese), Traditional -> Simplified (OpenCC ``tw2sp``, as the reference does for
+its other recognizers). Each task has a WebSocket of its own, closed when the task ends.
+``timeout_s`` bounds connecting with the task started, and the wait for ``task-finished``
+after the end of the audio; a connection that fails (not a refused key) is tried 3 times
+within it. Every failure is a BackendError whose notice says what happened (refused key,
+failed task, timeout, connection cut, not reachable).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from typing import Any, Literal
 
-from echokit_fast.backends import registry
+import numpy as np
+from pydantic import Field, field_validator
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from echokit_fast import audio
+from echokit_fast.backends import http, registry
+from echokit_fast.backends.asr.openai import RemoteTranscription, to_simplified
+from echokit_fast.backends.base import BackendError, Heard, Pcm, StreamingTranscriber
 from echokit_fast.backends.schema import Section
 
-__all__ = ["ParaformerV2ASR"]
+__all__ = ["DEFAULT_URL", "ParaformerStream", "ParaformerTranscriber", "ParaformerV2ASR"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+MODEL = "paraformer-realtime-v2"
+RATE = 16000
+#: bytes per binary message of a recorded utterance (100 ms)
+CHUNK = 3200
+CONNECT_ATTEMPTS = 3
+CUT = "The speech recognizer's connection was cut off."
+NOTICES = http.Notices("The speech recognizer", "asr", cut=CUT)
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
 
 
 class ParaformerV2ASR(Section):
@@ -18,9 +71,302 @@ class ParaformerV2ASR(Section):
 
     platform: Literal["paraformer_v2"] = "paraformer_v2"
     paraformer_token: str
-    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+    url: str = DEFAULT_URL
+    # echokit-fast's own (README, Limits): each wait on DashScope, in seconds -- connected with
+    # the task started; task-finished after the end of the audio
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _default_url(cls, url: str) -> str:
+        return url or DEFAULT_URL  # the reference connects to the default for an empty url
 
 
-registry.asr(
+def join_sentences(sentences: list[str]) -> str:
+    """Sentences as one text: a space between two unless one side is Chinese."""
+    out = ""
+    for s in (s.strip() for s in sentences):
+        if out and s and not (_CJK.match(out[-1]) or _CJK.match(s[0])):
+            out += " "
+        out += s
+    return out
+
+
+def _header(action: str, task_id: str) -> dict[str, str]:
+    return {"action": action, "task_id": task_id, "streaming": "duplex"}
+
+
+class ParaformerStream:
+    """One recognition task on a WebSocket of its own (an
+    :class:`~echokit_fast.backends.base.AsrStream`); results carry the whole transcript so
+    far. Made in the running event loop: it connects at once, audio sent before the task has
+    started is queued."""
+
+    def __init__(self, cfg: ParaformerV2ASR, *, semantic_punctuation: bool) -> None:
+        self.cfg = cfg
+        self.task_id = str(uuid.uuid4())
+        self._semantic = semantic_punctuation
+        self._audio: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._results: asyncio.Queue[Heard | BackendError | None] = asyncio.Queue()
+        self._done = False  # the last result was read
+        self._error: BackendError | None = None  # the failure, once read
+        self._finished = False
+        self._closing = False  # the task is over: the connection is being closed
+        self._sentences: list[str] = []
+        self._expiry: asyncio.TimerHandle | None = None
+        self._task = asyncio.create_task(self._run(), name="echokit-paraformer")
+
+    # -- AsrStream ---------------------------------------------------------------------
+
+    def send(self, pcm16: bytes) -> None:
+        if not self._finished and pcm16:
+            self._audio.put_nowait(pcm16)
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._audio.put_nowait(None)
+
+    async def result(self) -> Heard | None:
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            return None
+        item = await self._results.get()
+        if isinstance(item, BackendError):
+            self._error = item
+            raise item
+        self._done = item is None
+        return item
+
+    def close(self) -> None:
+        self._finished = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if not self._closing:  # (else the connection is closing by itself: let it)
+            self._task.cancel()
+
+    # -- the task ----------------------------------------------------------------------
+
+    def _fail(self, exc: BackendError) -> None:
+        self._results.put_nowait(exc)
+
+    def _unexpected(self, exc: Exception) -> BackendError:
+        """``exc`` as the BackendError a reader gets (every failure ends the results)."""
+        if isinstance(exc, BackendError):
+            return exc
+        log.error("paraformer %s: %r", self.cfg.url, exc, exc_info=exc)
+        return NOTICES.error(f"paraformer {self.cfg.url}: {exc!r}", NOTICES.unreachable)
+
+    def _expire(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+            self._fail(
+                NOTICES.error(
+                    f"paraformer {self.cfg.url}: no task-finished within {self.cfg.timeout_s} s "
+                    "after the end of the audio",
+                    NOTICES.timeout,
+                )
+            )
+
+    async def _run(self) -> None:
+        try:
+            ws = await asyncio.wait_for(self._start(), self.cfg.timeout_s)
+        except asyncio.TimeoutError:
+            self._fail(
+                NOTICES.error(
+                    f"paraformer {self.cfg.url}: task not started within {self.cfg.timeout_s} s",
+                    NOTICES.timeout,
+                )
+            )
+            return
+        except Exception as exc:
+            self._fail(self._unexpected(exc))
+            return
+        sender = asyncio.create_task(self._send(ws), name="echokit-paraformer-send")
+        try:
+            await self._receive(ws)
+        except Exception as exc:
+            self._fail(self._unexpected(exc))
+        else:
+            self._results.put_nowait(None)
+        finally:
+            self._closing = True
+            if self._expiry is not None:
+                self._expiry.cancel()
+            sender.cancel()
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _connect(self) -> ClientConnection:
+        url = self.cfg.url
+        headers = {
+            "Authorization": f"Bearer {self.cfg.paraformer_token}",
+            "X-DashScope-DataInspection": "enable",
+        }
+        problems: list[str] = []
+        notice = NOTICES.unreachable
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                return await connect(
+                    url,
+                    additional_headers=headers,
+                    compression=None,
+                    open_timeout=None,  # the caller bounds the whole start
+                    close_timeout=2,
+                )
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                problems.append(f"attempt {attempt}: HTTP {status}")
+                if not http.retryable(status):
+                    detail = f"paraformer {url}: HTTP {status}"
+                    raise NOTICES.error(detail, NOTICES.status(status)) from None
+                notice = NOTICES.failed(status)
+            except (OSError, InvalidHandshake) as exc:
+                problems.append(f"attempt {attempt}: {exc!r}")
+                notice = NOTICES.unreachable
+        raise NOTICES.error(f"paraformer {url}: " + "; ".join(problems), notice)
+
+    async def _start(self) -> ClientConnection:
+        """Connected, ``run-task`` sent and ``task-started`` received."""
+        ws = await self._connect()
+        try:
+            run_task = {
+                "header": _header("run-task", self.task_id),
+                "payload": {
+                    "task_group": "audio",
+                    "task": "asr",
+                    "function": "recognition",
+                    "model": MODEL,
+                    "parameters": {
+                        "format": "pcm",
+                        "sample_rate": RATE,
+                        "semantic_punctuation_enabled": self._semantic,
+                    },
+                    "input": {},
+                },
+            }
+            await ws.send(json.dumps(run_task))
+            while True:
+                event = await self._event(ws)
+                if event is None:
+                    continue
+                name, _ = event
+                if name == "task-started":
+                    return ws
+                raise NOTICES.error(
+                    f"paraformer {self.cfg.url}: {name} before task-started", NOTICES.bad_answer
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            raise
+
+    async def _send(self, ws: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the receiver reports it
+            while (data := await self._audio.get()) is not None:
+                await ws.send(data)
+            finish = {
+                "header": _header("finish-task", self.task_id),
+                "payload": {"task_group": "audio", "input": {}},
+            }
+            await ws.send(json.dumps(finish))
+            loop = asyncio.get_running_loop()
+            self._expiry = loop.call_later(self.cfg.timeout_s, self._expire)
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        """Results into the queue until ``task-finished``."""
+        while True:
+            event = await self._event(ws)
+            if event is None:
+                continue
+            name, msg = event
+            if name == "task-finished":
+                return
+            if name != "result-generated":
+                log.debug("paraformer: ignoring event %s", name)
+                continue
+            output = (msg.get("payload") or {}).get("output") or {}
+            sentence = output.get("sentence") if isinstance(output, dict) else None
+            if not isinstance(sentence, dict) or sentence.get("heartbeat"):
+                continue
+            text = to_simplified(str(sentence.get("text") or "").strip())
+            final = bool(sentence.get("sentence_end"))
+            end_ms = sentence.get("end_time")
+            so_far = join_sentences([*self._sentences, text])
+            if final:
+                self._sentences.append(text)
+            end_s = end_ms / 1000 if final and isinstance(end_ms, int | float) else None
+            self._results.put_nowait(Heard(so_far, final, end_s))
+
+    async def _event(self, ws: ClientConnection) -> tuple[str, dict[str, Any]] | None:
+        """The next event of this task (None for a message to skip); ``task-failed`` and a
+        closed connection raise."""
+        try:
+            raw = await ws.recv()
+        except ConnectionClosed as exc:
+            raise NOTICES.error(
+                f"paraformer {self.cfg.url}: connection closed mid-task ({exc})", CUT
+            ) from None
+        if isinstance(raw, bytes):
+            return None
+        try:
+            msg = json.loads(raw)
+            header = msg["header"]
+            name = str(header["event"])
+        except (ValueError, KeyError, TypeError):
+            raise NOTICES.error(
+                f"paraformer {self.cfg.url}: not a DashScope event: {raw[:200]!r}",
+                NOTICES.bad_answer,
+            ) from None
+        if header.get("task_id") != self.task_id:
+            log.debug("paraformer: skipping an event of task %r", header.get("task_id"))
+            return None
+        if name == "task-failed":
+            code = header.get("error_code") or "unknown error"
+            raise NOTICES.error(
+                f"paraformer {self.cfg.url}: task-failed {code}: {header.get('error_message')}",
+                f"{NOTICES.subject} failed ({code}).",
+            )
+        return name, msg
+
+
+class ParaformerTranscriber:
+    """DashScope Paraformer realtime ASR (a
+    :class:`~echokit_fast.backends.base.StreamingTranscriber`)."""
+
+    def __init__(self, cfg: ParaformerV2ASR) -> None:
+        self.cfg = cfg
+
+    def stream(self) -> ParaformerStream:
+        return ParaformerStream(self.cfg, semantic_punctuation=True)
+
+    async def transcribe(self, audio_in: Pcm, *, sample_rate: int = 16000) -> str:
+        """The text of ``audio_in`` ("" for no speech). Raises BackendError."""
+        x = np.asarray(audio_in, dtype=np.float32).reshape(-1)
+        if sample_rate != RATE:
+            x = audio.resample(x, sample_rate, RATE)
+        pcm = audio.float_to_pcm16(x)
+        stream = ParaformerStream(self.cfg, semantic_punctuation=False)
+        try:
+            for i in range(0, len(pcm), CHUNK):
+                stream.send(pcm[i : i + CHUNK])
+            stream.finish()
+            text = ""
+            while (heard := await stream.result()) is not None:
+                text = heard.text
+            return text
+        finally:
+            stream.close()
+
+    def start(self, audio_in: Pcm, *, sample_rate: int = 16000) -> RemoteTranscription:
+        """Begin transcribing now (an asyncio task); ``result()`` later, or ``cancel()``."""
+        return RemoteTranscription(self.transcribe(audio_in, sample_rate=sample_rate))
+
+
+@registry.asr(
     "paraformer_v2", aliases=["ParaformerV2"], config=ParaformerV2ASR, untagged=["paraformer_token"]
 )
+def build(cfg: ParaformerV2ASR, needs: registry.Needs) -> StreamingTranscriber:
+    return ParaformerTranscriber(cfg)

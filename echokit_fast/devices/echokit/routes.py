@@ -21,9 +21,10 @@ compressed frames (docs/protocol.md#connecting).
 
 State (:class:`~echokit_fast.server.state.AppState`): ``backends`` (built by
 :func:`prepare` at start-up with ``echokit_fast.backends.registry.build_backends(config)``,
-the embedded engines being the state's own), ``device_settings`` (the turn detector: VAD
-from ``[asr.vad]``), ``device_hello`` (the bytes of ``hello_wav``), ``segmenter`` (default:
-the splitter and grouping of ``echokit_fast.conversation.splitter.SegmentGrouper``),
+the embedded engines being the state's own), ``device_settings`` (the turn detectors: VAD
+from ``[asr.vad]``; in stream mode the recognizer's own when the ``[asr]`` platform streams),
+``device_hello`` (the bytes of ``hello_wav``), ``segmenter`` (default: the splitter and
+grouping of ``echokit_fast.conversation.splitter.SegmentGrouper``),
 ``sessions`` (the :class:`SessionManager`), ``record_dir`` and ``record_idle_s``. A device
 that connects while the engines load is accepted and waits for them.
 """
@@ -44,6 +45,7 @@ from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
 from echokit_fast.devices.echokit.record import DiskUse, record_session, resolve_file, safe_name
 from echokit_fast.server.state import AppState
+from echokit_fast.turn.asr_stream import stream_detectors
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
 
 __all__ = ["prepare", "routes"]
@@ -56,19 +58,20 @@ def prepare(state: AppState) -> None:
     cfg = state.config
     if state.device_hello is None:
         state.device_hello = load_hello(cfg.hello_path) or b""
-    if state.device_settings is None:
-        vad = VadParams.from_config(getattr(cfg.asr, "vad", None))
-        detectors = VadTurnDetectors(vad, model=state.vad_model)
-        state.device_settings = Settings(
-            turn_detector=detectors,
-            max_text_bytes=cfg.limits.max_text_bytes,
-            max_sessions=cfg.limits.max_sessions,
-        )
     if state.backends is None:
         state.backends = build_backends(
             state.config,
             local_asr=lambda _cfg: state.asr_engine(),  # the engines the HTTP APIs serve
             local_tts=lambda _cfg: state.tts_engine(),
+        )
+    if state.device_settings is None:
+        vad = VadParams.from_config(getattr(cfg.asr, "vad", None))
+        detectors = VadTurnDetectors(vad, model=state.vad_model)
+        state.device_settings = Settings(
+            turn_detector=detectors,
+            stream_detector=stream_detectors(state.backends.transcriber),
+            max_text_bytes=cfg.limits.max_text_bytes,
+            max_sessions=cfg.limits.max_sessions,
         )
 
 
