@@ -43,7 +43,8 @@ class DeviceOutput(Protocol):
     """What the engine tells a device, in the order of the module docstring."""
 
     async def end_of_speech(self) -> None:
-        """The engine decided the user's turn is over (its VAD, not the device, ended it)."""
+        """The engine decided the user's turn is over (its turn detector, not the device, ended
+        it)."""
         ...
 
     async def transcript(self, text: str, *, final: bool) -> None:

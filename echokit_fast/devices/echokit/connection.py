@@ -9,7 +9,7 @@ only), then the device's frames into the engine: binary frames are microphone PC
 byte is carried to the next frame, docs/protocol.md#microphone-audio), text frames are JSON commands
 (docs/protocol.md#client-commands): ``StartChat``, ``Submit``, ``Text{input}``; ``Select``,
 ``StartRecord`` and anything that is not a command are ignored. The flags map onto the engine's:
-``reconnect`` keeps the history, ``stream_asr`` lets the server's VAD end the utterance.
+``reconnect`` keeps the history, ``stream_asr`` lets the server end the utterance.
 
 Pre-empted by a newer connection for the same device, the socket gets one ``EndResponse`` and
 is closed; nothing is ever written to a socket that is gone. A new device id while every one of

@@ -13,7 +13,8 @@ class Flags:
 
     ``reconnect``: keep the conversation's history and send no hello; ``opus``/``vowel``: the
     audio format (:class:`~echokit_fast.devices.echokit.output.AudioOut`); ``stream_asr``: the
-    server's VAD ends the utterance (else the device's ``Submit``); ``record``: record mode.
+    server ends the utterance (its VAD, or a streaming recognizer; else the device's
+    ``Submit``); ``record``: record mode.
     """
 
     reconnect: bool = False
