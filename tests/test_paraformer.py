@@ -1,5 +1,5 @@
 """``[asr] platform = "paraformer_v2"`` over real sockets: the DashScope wire format against the
-stand-in of tests/paraformer_standin.py, and devices whose turns it recognizes -- streamed while
+stand-in of tests/ws_standins.py, and devices whose turns it recognizes -- streamed while
 the user speaks (``stream_asr``: interim ``ASR`` events, the recognizer's sentence end ends the
 turn) or sent after ``Submit`` -- including every way the recognizer can fail."""
 
@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 from device_fakes import Device, name, tone
-from paraformer_standin import Fail, ParaformerServer
-from standins import ChatServer, TTSServer
+from standins import ChatServer, Fail, TTSServer
 from test_device import build, decode_segment, run, segments
 from vdev import vdev
+from ws_standins import ParaformerServer, VendorError, running_ws_server
 
 from echokit_fast.audio import float_to_pcm16, write_wav
-from echokit_fast.backends import registry
+from echokit_fast.backends import registry, ws
 from echokit_fast.backends.asr.paraformer_v2 import ParaformerTranscriber, ParaformerV2ASR
 from echokit_fast.backends.base import BackendError
 from echokit_fast.config import parse_config
@@ -45,12 +45,22 @@ def _speech() -> bytes:
 
 @pytest.fixture
 def asr():
-    with ParaformerServer(TOKEN) as server:
+    server = ParaformerServer(TOKEN)
+    with running_ws_server(server) as addr:
+        server.url = f"ws://{addr}/api-ws/v1/inference"
         yield server
 
 
 def cfg(asr: ParaformerServer, **kw: Any) -> ParaformerV2ASR:
     return ParaformerV2ASR(paraformer_token=TOKEN, url=asr.url, **kw)
+
+
+def arrange(asr: ParaformerServer, failure: int | Any) -> None:
+    """An HTTP status refuses every handshake; anything else is the next task's script item."""
+    if isinstance(failure, int):
+        asr.refuse = failure
+    else:
+        asr.script.append(failure)
 
 
 async def transcribed(asr: ParaformerServer, cfg: ParaformerV2ASR, x: np.ndarray, **kw: Any):
@@ -79,8 +89,8 @@ def test_transcribe_speaks_the_dashscope_wire_format(asr):
     # every sentence of the task, joined; Traditional -> Simplified
     assert text == "Hello world.软件和鼠标"
     (hs,) = asr.handshakes
-    assert hs["authorization"] == f"Bearer {TOKEN}"
-    assert hs["x-dashscope-datainspection"] == "enable"
+    assert hs.headers["authorization"] == f"Bearer {TOKEN}"
+    assert hs.headers["x-dashscope-datainspection"] == "enable"
     (task,) = asr.tasks
     task_id = task.run_task["header"]["task_id"]
     assert str(uuid.UUID(task_id)) == task_id
@@ -99,11 +109,14 @@ def test_transcribe_speaks_the_dashscope_wire_format(asr):
             "input": {},
         },
     }
+    assert task.raw == ws.dumps(task.run_task)  # as serde_json writes it: compact, keys sorted
     assert bytes(task.audio) == float_to_pcm16(x)
-    assert task.finish_task == {
-        "header": {"action": "finish-task", "task_id": task_id, "streaming": "duplex"},
-        "payload": {"task_group": "audio", "input": {}},
-    }
+    assert task.finish_task == ws.dumps(
+        {
+            "header": {"action": "finish-task", "task_id": task_id, "streaming": "duplex"},
+            "payload": {"task_group": "audio", "input": {}},
+        }
+    )
 
 
 def test_transcribe_resamples_to_16k(asr):
@@ -112,21 +125,18 @@ def test_transcribe_resamples_to_16k(asr):
 
 
 @pytest.mark.parametrize(
-    ("fail", "notice"),
+    ("failure", "notice"),
     [
-        (Fail(status=403), "The speech recognizer refused the API key (HTTP 403)."),
-        (
-            Fail(failed="start", code="InvalidApiKey"),
-            "The speech recognizer failed (InvalidApiKey).",
-        ),
-        (Fail(failed_after=6400), "The speech recognizer failed (InvalidParameter)."),
+        (403, "The speech recognizer refused the API key (HTTP 403)."),
+        (VendorError("Throttling"), "The speech recognizer failed (Throttling)."),
         (Fail(cut_after=6400), "The speech recognizer's connection was cut off."),
-        (Fail(hang=True), "The speech recognizer did not answer in time."),
-        (Fail(no_finish=True), "The speech recognizer did not answer in time."),
+        (Fail(hang=True), "The speech recognizer did not answer in time."),  # no task-started
+        (Fail(delay=30), "The speech recognizer did not answer in time."),  # task-finished late
     ],
+    ids=["refused", "task-failed", "cut", "slow-start", "slow-finish"],
 )
-def test_transcribe_failures_are_notices(asr, fail, notice):
-    asr.fail(fail)
+def test_transcribe_failures_are_notices(asr, failure, notice):
+    arrange(asr, failure)
     with pytest.raises(BackendError) as err:
         run(transcribed(asr, cfg(asr, timeout_s=0.5), tone(16000)))
     assert err.value.notice == notice and err.value.backend == "asr"
@@ -144,10 +154,12 @@ def test_a_wrong_token_and_no_server_are_notices(asr):
     assert err.value.notice == "The speech recognizer is not reachable."
 
 
-def test_a_5xx_handshake_is_retried(asr):
-    asr.fail(Fail(status=503))
-    assert run(transcribed(asr, cfg(asr), tone(16000))) == "hello world"
-    assert len(asr.handshakes) == 2
+def test_a_5xx_handshake_is_tried_3_times(asr):
+    asr.refuse = 503
+    with pytest.raises(BackendError, match="attempt 3") as err:
+        run(transcribed(asr, cfg(asr), tone(16000)))
+    assert err.value.notice == "The speech recognizer failed (HTTP 503)."
+    assert len(asr.handshakes) == 3
 
 
 # --- devices ---------------------------------------------------------------------------------
@@ -239,26 +251,26 @@ def test_submit_mode_sends_the_recorded_utterance(serve, tmp_path, asr):
 
 
 @pytest.mark.parametrize(
-    ("fail", "notice"),
+    ("failure", "notice"),
     [
-        (Fail(status=401), "The speech recognizer refused the API key (HTTP 401)."),
-        (Fail(failed="start"), "The speech recognizer failed (InvalidParameter)."),
-        (Fail(failed_after=FRAME), "The speech recognizer failed (InvalidParameter)."),
+        (401, "The speech recognizer refused the API key (HTTP 401)."),
+        (VendorError(), "The speech recognizer failed (InternalError)."),
         (Fail(cut_after=FRAME), "The speech recognizer's connection was cut off."),
         (Fail(hang=True), "The speech recognizer did not answer in time."),
     ],
-    ids=["auth-refused", "task-failed", "task-failed-mid-stream", "cut-mid-stream", "slow-start"],
+    ids=["auth-refused", "task-failed", "cut-mid-stream", "slow-start"],
 )
-def test_stream_failures_are_spoken_and_the_server_goes_on(serve, tmp_path, asr, fail, notice):
+def test_stream_failures_are_spoken_and_the_server_goes_on(serve, tmp_path, asr, failure, notice):
     app, f = device_app(tmp_path, asr, timeout_s=0.5)
     addr = serve(app)
-    asr.fail(fail)
+    arrange(asr, failure)
 
     async def main():
         d = await Device.open(addr, "pf3", opus=True, stream_asr=True)
         await d.command("StartChat")
         await d.audio(SPOKEN)
         events = await d.until()
+        asr.refuse = None
         await d.command("StartChat")
         await d.audio(SPOKEN)
         again = await d.until()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any, Literal
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -13,12 +13,10 @@ from harness import free_port
 from standins import ASRServer, TTSServer, tone
 
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, write_wav
-from echokit_fast.backends import registry
 from echokit_fast.backends.asr.openai import OpenAIASR, RemoteTranscriber, clean_transcript
 from echokit_fast.backends.base import BackendError, Speaker, Transcriber
 from echokit_fast.backends.llm.openai_chat import OpenAIChat
 from echokit_fast.backends.registry import build_backends
-from echokit_fast.backends.schema import Section
 from echokit_fast.backends.tts.fish import FishSpeaker, FishTTS
 from echokit_fast.backends.tts.gsv import GSVTTS, GSVSpeaker
 from echokit_fast.backends.tts.openai import GroqTTS, OpenAISpeaker, OpenAITTS
@@ -470,32 +468,6 @@ history = 5
     assert text_out == "hello world"
     assert asr.requests[0].part("language") == "auto"
     assert sum(len(c) for c in audio) == round(tts.duration("hello") * 16000)
-
-
-def test_build_backends_rejects_unsupported_platforms():
-    class SchemaOnly(Section):
-        platform: Literal["schema_only"] = "schema_only"
-
-    registry.asr("schema_only", config=SchemaOnly)  # registered without a build
-    try:
-        text = """
-addr = "0.0.0.0:9090"
-[tts]
-platform = "gsv"
-url = "http://x/gsv"
-speaker = "a"
-[asr]
-platform = "schema_only"
-[llm]
-platform = "openai_chat"
-url = "http://x/v1/chat/completions"
-history = 1
-"""
-        config = parse_config(text, log_issues=False).config
-        with pytest.raises(NotImplementedError, match="schema_only"):
-            build_backends(config)
-    finally:
-        registry.unregister("asr", "schema_only")
 
 
 def test_write_wav_is_the_canonical_header():

@@ -1,7 +1,8 @@
-"""Stand-ins for the TTS services that stream over a WebSocket: DashScope CosyVoice and
-ElevenLabs stream-input, each a real ``websockets`` server on a loopback port speaking the
-service's wire format. Same style as ``tests/standins.py``: a script of replies, a record of
-what was received, ``threading.Event`` observations (the server runs in its own thread)::
+"""Stand-ins for the services that stream over a WebSocket: DashScope CosyVoice and ElevenLabs
+stream-input (TTS), DashScope Paraformer (ASR), each a real ``websockets`` server on a loopback
+port speaking the service's wire format. Same style as ``tests/standins.py``: a script of
+replies, a record of what was received, ``threading.Event`` observations (the server runs in its
+own thread)::
 
     cosy = CosyVoiceServer()
     with running_ws_server(cosy) as addr:       # "127.0.0.1:PORT"
@@ -19,8 +20,13 @@ Servers
   messages up to the end of input (``{"text": ""}``), answers JSON messages with base64 PCM at
   the rate of ``output_format`` (``pcm_16000``), then ``{"isFinal": true}`` and a Close (1000).
   A script item is used per connection.
+* :class:`ParaformerServer` -- any path; the handshake needs ``Authorization: Bearer <token>``
+  (else 401). Per ``run-task`` a ``task-started`` event; binary messages are 16 kHz PCM16
+  audio, recognised as it comes (below); ``finish-task`` ends a sentence in progress, then
+  ``task-finished``; the connection stays open for the next task. A script item is used per
+  task: :class:`Say` (its sentences; the default says :data:`SAID`), or a failure.
 
-Each answer is a 440 Hz tone (:func:`standins.tone`) of :meth:`duration` seconds
+Each TTS answer is a 440 Hz tone (:func:`standins.tone`) of :meth:`duration` seconds
 (``seconds_per_char`` x characters), sent in :attr:`chunk`-byte pieces.
 
 Script items: :class:`VendorError` (the service's error message: ``task-failed`` /
@@ -29,6 +35,18 @@ audio, then nothing more), :class:`Drop` (drop the TCP connection as soon as the
 no Close frame), ``Fail(cut_after=N)`` (N pieces of audio, then drop the connection),
 ``Fail(delay=s)`` (wait ``s`` before the first piece), ``Fail(hang=True)`` (never answer).
 ``refuse = STATUS`` answers every handshake with that HTTP status until set back to None.
+For :class:`ParaformerServer`: :class:`VendorError` is ``task-failed`` instead of
+``task-started``, ``Fail(hang=True)`` never answers the ``run-task``, ``Fail(cut_after=N)`` drops
+the connection once N bytes of audio came, ``Fail(delay=s)`` answers ``finish-task`` ``s``
+late.
+
+Paraformer's recognition is driven by the audio's loudness, in 100 ms blocks (whole blocks only,
+however the audio is split into messages): a block with an RMS above :data:`VOICED_RMS` is
+speech. While a sentence is spoken each speech block gives a partial ``result-generated`` (one
+more word of the scripted sentence, or one more character of one without spaces; sent only when
+it changes); ``end_silence_ms`` of quiet after speech ends the sentence (``sentence_end: true``,
+the whole sentence, ``begin_time``/``end_time`` in ms of the task's audio). Speech after the
+scripted sentences is ``"more"``.
 """
 
 from __future__ import annotations
@@ -42,11 +60,12 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
 from standins import Fail, tone
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -55,11 +74,16 @@ from websockets.http11 import Request, Response
 from echokit_fast.audio import float_to_pcm16
 
 __all__ = [
+    "SAID",
+    "VOICED_RMS",
+    "AsrTask",
     "CosyVoiceServer",
     "Drop",
     "ElevenLabsServer",
     "Handshake",
+    "ParaformerServer",
     "Raw",
+    "Say",
     "VendorError",
     "running_ws_server",
 ]
@@ -298,8 +322,193 @@ class ElevenLabsServer(_WSBase):
             self._gone()
 
 
+VOICED_RMS = 500  # PCM16 units (about -36 dBFS)
+ASR_BLOCK = 3200  # 100 ms of 16 kHz PCM16
+SAID = ("hello world",)
+
+
+@dataclass
+class Say:
+    """A Paraformer task's sentences, and how much quiet ends one."""
+
+    sentences: tuple[str, ...] = SAID
+    end_silence_ms: int = 500
+
+
+@dataclass
+class AsrTask:
+    """One Paraformer task as the stand-in saw it."""
+
+    #: the run-task as sent (raw text) and parsed
+    raw: str
+    run_task: dict[str, Any]
+    audio: bytearray = field(default_factory=bytearray)
+    #: the finish-task as sent (raw text), once it came
+    finish_task: str | None = None
+    #: the sentences of the result-generated events sent, in order
+    results: list[dict[str, Any]] = field(default_factory=list)
+    #: bytes of audio received when the first sentence_end was sent
+    audio_at_first_final: int | None = None
+
+
+class _Recognizer:
+    """The loudness-driven sentences of one task (see the module docstring)."""
+
+    def __init__(self, say: Say) -> None:
+        self.say = say
+        self.pending = bytearray()
+        self.blocks = 0  # whole blocks heard
+        self.index = 0  # the sentence being (or next to be) spoken
+        self.voiced = 0  # speech blocks of the current sentence
+        self.quiet_ms = 0
+        self.begin_ms = self.end_ms = 0
+        self.shown = ""
+
+    def _sentence(self) -> str:
+        s = self.say.sentences
+        return s[self.index] if self.index < len(s) else "more"
+
+    def _result(self, text: str, end: bool) -> dict[str, Any]:
+        return {
+            "begin_time": self.begin_ms,
+            "end_time": self.end_ms if end else None,
+            "text": text,
+            "heartbeat": False,
+            "sentence_end": end,
+            "sentence_id": self.index + 1,
+            "words": [],
+        }
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.pending += data
+        out = []
+        while len(self.pending) >= ASR_BLOCK:
+            block = np.frombuffer(bytes(self.pending[:ASR_BLOCK]), "<i2").astype(np.float64)
+            del self.pending[:ASR_BLOCK]
+            self.blocks += 1
+            if float(np.sqrt(np.mean(block**2))) > VOICED_RMS:
+                if self.voiced == 0:
+                    self.begin_ms = (self.blocks - 1) * 100
+                self.voiced += 1
+                self.quiet_ms = 0
+                self.end_ms = self.blocks * 100
+                s = self._sentence()
+                text = " ".join(s.split()[: self.voiced]) if " " in s else s[: self.voiced]
+                if text != self.shown:
+                    self.shown = text
+                    out.append(self._result(text, False))
+            elif self.voiced:
+                self.quiet_ms += 100
+                if self.quiet_ms >= self.say.end_silence_ms:
+                    out.append(self.end())
+        return out
+
+    def end(self) -> dict[str, Any]:
+        result = self._result(self._sentence(), True)
+        self.index += 1
+        self.voiced = 0
+        self.shown = ""
+        return result
+
+
+class ParaformerServer(_WSBase):
+    """DashScope Paraformer realtime ASR stand-in (see the module docstring)."""
+
+    def __init__(self, token: str = "sk-test", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.token = token
+        #: where it is served (``ws://HOST:PORT/...``), for the test to set
+        self.url = ""
+        self.tasks: list[AsrTask] = []
+        #: connections accepted
+        self.connections = 0
+        #: set when audio of a started task arrives
+        self.heard = threading.Event()
+        #: set when a connection ended, for whatever reason
+        self.closed = threading.Event()
+
+    def say(self, *sentences: str, end_silence_ms: int = 500) -> None:
+        """The next task's sentences."""
+        self.script.append(Say(sentences or SAID, end_silence_ms))
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        refused = super()._process_request(conn, request)
+        if refused is None and request.headers.get("Authorization") != f"Bearer {self.token}":
+            return conn.respond(HTTPStatus.UNAUTHORIZED, "Invalid API-key provided.")
+        return refused
+
+    def _event(self, task: AsrTask, event: str, payload: Any = None, **header: Any) -> str:
+        head = {"task_id": task.run_task["header"]["task_id"], "event": event, "attributes": {}}
+        return json.dumps({"header": {**head, **header}, "payload": payload or {}})
+
+    async def handler(self, conn: ServerConnection) -> None:
+        self.connections += 1
+        try:
+            task: AsrTask | None = None
+            item: Any = None
+            rec = _Recognizer(Say())
+            async for msg in conn:
+                if isinstance(msg, bytes):
+                    if task is not None and await self._audio(conn, task, item, rec, msg):
+                        continue
+                    return
+                if json.loads(msg)["header"]["action"] == "run-task":
+                    task = AsrTask(msg, json.loads(msg))
+                    self.tasks.append(task)
+                    self.received.set()
+                    item = self._next()
+                    rec = _Recognizer(item if isinstance(item, Say) else Say())
+                    if isinstance(item, VendorError):
+                        failed = self._event(
+                            task, "task-failed", error_code=item.code, error_message=item.message
+                        )
+                        await conn.send(failed)
+                        await conn.close(1008, item.message)
+                        return
+                    if not (isinstance(item, Fail) and item.hang):
+                        await conn.send(self._event(task, "task-started"))
+                elif task is not None:  # finish-task
+                    task.finish_task = msg
+                    if (
+                        isinstance(item, Fail)
+                        and item.delay
+                        and not await self._pause(conn, item.delay)
+                    ):
+                        self._gone()
+                        return
+                    if rec.voiced:
+                        await self._results(conn, task, [rec.end()])
+                    await conn.send(self._event(task, "task-finished", {"output": {}}))
+                    self.completed += 1
+                    task = None
+        except ConnectionClosed:
+            self._gone()
+        finally:
+            self.closed.set()
+
+    async def _audio(
+        self, conn: ServerConnection, task: AsrTask, item: Any, rec: _Recognizer, data: bytes
+    ) -> bool:
+        """Take a piece of audio; False when the connection was cut."""
+        task.audio += data
+        self.heard.set()
+        cut = item.cut_after if isinstance(item, Fail) else None
+        if cut is not None and len(task.audio) >= cut:
+            conn.transport.abort()
+            return False
+        await self._results(conn, task, rec.feed(data))
+        return True
+
+    async def _results(self, conn: ServerConnection, task: AsrTask, sentences: list[Any]) -> None:
+        for s in sentences:
+            task.results.append(s)
+            await conn.send(self._event(task, "result-generated", {"output": {"sentence": s}}))
+            if s["sentence_end"] and task.audio_at_first_final is None:
+                task.audio_at_first_final = len(task.audio)
+
+
 @contextmanager
-def running_ws_server(standin: CosyVoiceServer | ElevenLabsServer) -> Iterator[str]:
+def running_ws_server(standin: _WSBase) -> Iterator[str]:
     """Serve ``standin`` on 127.0.0.1 in a thread of its own; yield ``"127.0.0.1:PORT"``.
 
     The socket is bound and listening before the server starts, so a client may connect at

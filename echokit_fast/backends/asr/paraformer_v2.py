@@ -9,7 +9,8 @@ streams the audio as binary messages (16 kHz mono PCM16) and ``finish-task`` aft
 of it; the server answers ``result-generated`` events (``payload.output.sentence``: ``text``
 of the sentence in progress, ``sentence_end`` when it is over, ``end_time`` in ms;
 ``heartbeat`` ones are skipped) until ``task-finished``; ``task-failed`` (``header.error_code``,
-``error_message``) is a failure. Events for another ``task_id`` are skipped.
+``error_message``) is a failure. Events for another ``task_id`` are skipped. The JSON is
+written as the reference's ``serde_json`` writes it (``backends/ws.py``: compact, keys sorted).
 
 :class:`ParaformerTranscriber` is a
 :class:`~echokit_fast.backends.base.StreamingTranscriber`:
@@ -42,11 +43,11 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from echokit_fast import audio
-from echokit_fast.backends import http, registry
+from echokit_fast.backends import http, registry, ws
 from echokit_fast.backends.asr.openai import RemoteTranscription, to_simplified
 from echokit_fast.backends.base import BackendError, Heard, Pcm, StreamingTranscriber
 from echokit_fast.backends.schema import Section
@@ -61,8 +62,9 @@ RATE = 16000
 #: bytes per binary message of a recorded utterance (100 ms)
 CHUNK = 3200
 CONNECT_ATTEMPTS = 3
-CUT = "The speech recognizer's connection was cut off."
-NOTICES = http.Notices("The speech recognizer", "asr", cut=CUT)
+NOTICES = http.Notices(
+    "The speech recognizer", "asr", cut="The speech recognizer's connection was cut off."
+)
 _CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
 
 
@@ -78,8 +80,8 @@ class ParaformerV2ASR(Section):
 
     @field_validator("url")
     @classmethod
-    def _default_url(cls, url: str) -> str:
-        return url or DEFAULT_URL  # the reference connects to the default for an empty url
+    def _ws_url(cls, url: str) -> str:
+        return ws.check_url(url, DEFAULT_URL)
 
 
 def join_sentences(sentences: list[str]) -> str:
@@ -114,6 +116,7 @@ class ParaformerStream:
         self._closing = False  # the task is over: the connection is being closed
         self._sentences: list[str] = []
         self._expiry: asyncio.TimerHandle | None = None
+        self._what = f"paraformer {cfg.url}"
         self._task = asyncio.create_task(self._run(), name="echokit-paraformer")
 
     # -- AsrStream ---------------------------------------------------------------------
@@ -156,15 +159,15 @@ class ParaformerStream:
         """``exc`` as the BackendError a reader gets (every failure ends the results)."""
         if isinstance(exc, BackendError):
             return exc
-        log.error("paraformer %s: %r", self.cfg.url, exc, exc_info=exc)
-        return NOTICES.error(f"paraformer {self.cfg.url}: {exc!r}", NOTICES.unreachable)
+        log.error("%s: %r", self._what, exc, exc_info=exc)
+        return NOTICES.error(f"{self._what}: {exc!r}", NOTICES.unreachable)
 
     def _expire(self) -> None:
         if not self._task.done():
             self._task.cancel()
             self._fail(
                 NOTICES.error(
-                    f"paraformer {self.cfg.url}: no task-finished within {self.cfg.timeout_s} s "
+                    f"{self._what}: no task-finished within {self.cfg.timeout_s} s "
                     "after the end of the audio",
                     NOTICES.timeout,
                 )
@@ -172,11 +175,11 @@ class ParaformerStream:
 
     async def _run(self) -> None:
         try:
-            ws = await asyncio.wait_for(self._start(), self.cfg.timeout_s)
+            conn = await asyncio.wait_for(self._start(), self.cfg.timeout_s)
         except asyncio.TimeoutError:
             self._fail(
                 NOTICES.error(
-                    f"paraformer {self.cfg.url}: task not started within {self.cfg.timeout_s} s",
+                    f"{self._what}: task not started within {self.cfg.timeout_s} s",
                     NOTICES.timeout,
                 )
             )
@@ -184,9 +187,9 @@ class ParaformerStream:
         except Exception as exc:
             self._fail(self._unexpected(exc))
             return
-        sender = asyncio.create_task(self._send(ws), name="echokit-paraformer-send")
+        sender = asyncio.create_task(self._send(conn), name="echokit-paraformer-send")
         try:
-            await self._receive(ws)
+            await self._receive(conn)
         except Exception as exc:
             self._fail(self._unexpected(exc))
         else:
@@ -197,40 +200,31 @@ class ParaformerStream:
                 self._expiry.cancel()
             sender.cancel()
             with contextlib.suppress(Exception):
-                await ws.close()
+                await conn.close()
 
     async def _connect(self) -> ClientConnection:
-        url = self.cfg.url
+        """A connection, tried :data:`CONNECT_ATTEMPTS` times unless the handshake is refused
+        for good (a 4xx other than 408/429: the key ...)."""
         headers = {
             "Authorization": f"Bearer {self.cfg.paraformer_token}",
             "X-DashScope-DataInspection": "enable",
         }
-        problems: list[str] = []
-        notice = NOTICES.unreachable
-        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
-                return await connect(
-                    url,
-                    additional_headers=headers,
-                    compression=None,
-                    open_timeout=None,  # the caller bounds the whole start
-                    close_timeout=2,
+                return await ws.connect(self.cfg.url, headers, timeout=self.cfg.timeout_s)
+            except ws.FAILURES as exc:
+                refused = isinstance(exc, InvalidStatus) and not http.retryable(
+                    exc.response.status_code
                 )
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                problems.append(f"attempt {attempt}: HTTP {status}")
-                if not http.retryable(status):
-                    detail = f"paraformer {url}: HTTP {status}"
-                    raise NOTICES.error(detail, NOTICES.status(status)) from None
-                notice = NOTICES.failed(status)
-            except (OSError, InvalidHandshake) as exc:
-                problems.append(f"attempt {attempt}: {exc!r}")
-                notice = NOTICES.unreachable
-        raise NOTICES.error(f"paraformer {url}: " + "; ".join(problems), notice)
+                if refused or attempt == CONNECT_ATTEMPTS:
+                    raise ws.error(NOTICES, f"{self._what} (attempt {attempt})", exc) from None
+                log.info("%s: attempt %d: %r", self._what, attempt, exc)
+                attempt += 1
 
     async def _start(self) -> ClientConnection:
         """Connected, ``run-task`` sent and ``task-started`` received."""
-        ws = await self._connect()
+        conn = await self._connect()
         try:
             run_task = {
                 "header": _header("run-task", self.task_id),
@@ -247,38 +241,35 @@ class ParaformerStream:
                     "input": {},
                 },
             }
-            await ws.send(json.dumps(run_task))
+            await conn.send(ws.dumps(run_task))
             while True:
-                event = await self._event(ws)
+                event = await self._event(conn)
                 if event is None:
                     continue
                 name, _ = event
                 if name == "task-started":
-                    return ws
-                raise NOTICES.error(
-                    f"paraformer {self.cfg.url}: {name} before task-started", NOTICES.bad_answer
-                )
+                    return conn
+                raise NOTICES.error(f"{self._what}: {name} before task-started", NOTICES.bad_answer)
         except BaseException:
-            with contextlib.suppress(Exception):
-                await ws.close()
+            conn.transport.abort()  # no task to end: nothing to wait for (a timeout may be due)
             raise
 
-    async def _send(self, ws: ClientConnection) -> None:
+    async def _send(self, conn: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):  # the receiver reports it
             while (data := await self._audio.get()) is not None:
-                await ws.send(data)
+                await conn.send(data)
             finish = {
                 "header": _header("finish-task", self.task_id),
                 "payload": {"task_group": "audio", "input": {}},
             }
-            await ws.send(json.dumps(finish))
+            await conn.send(ws.dumps(finish))
             loop = asyncio.get_running_loop()
             self._expiry = loop.call_later(self.cfg.timeout_s, self._expire)
 
-    async def _receive(self, ws: ClientConnection) -> None:
+    async def _receive(self, conn: ClientConnection) -> None:
         """Results into the queue until ``task-finished``."""
         while True:
-            event = await self._event(ws)
+            event = await self._event(conn)
             if event is None:
                 continue
             name, msg = event
@@ -300,15 +291,13 @@ class ParaformerStream:
             end_s = end_ms / 1000 if final and isinstance(end_ms, int | float) else None
             self._results.put_nowait(Heard(so_far, final, end_s))
 
-    async def _event(self, ws: ClientConnection) -> tuple[str, dict[str, Any]] | None:
+    async def _event(self, conn: ClientConnection) -> tuple[str, dict[str, Any]] | None:
         """The next event of this task (None for a message to skip); ``task-failed`` and a
         closed connection raise."""
         try:
-            raw = await ws.recv()
+            raw = await conn.recv()
         except ConnectionClosed as exc:
-            raise NOTICES.error(
-                f"paraformer {self.cfg.url}: connection closed mid-task ({exc})", CUT
-            ) from None
+            raise ws.error(NOTICES, f"{self._what}: closed mid-task", exc) from None
         if isinstance(raw, bytes):
             return None
         try:
@@ -317,7 +306,7 @@ class ParaformerStream:
             name = str(header["event"])
         except (ValueError, KeyError, TypeError):
             raise NOTICES.error(
-                f"paraformer {self.cfg.url}: not a DashScope event: {raw[:200]!r}",
+                f"{self._what}: not a DashScope event: {raw[:200]!r}",
                 NOTICES.bad_answer,
             ) from None
         if header.get("task_id") != self.task_id:
@@ -326,7 +315,7 @@ class ParaformerStream:
         if name == "task-failed":
             code = header.get("error_code") or "unknown error"
             raise NOTICES.error(
-                f"paraformer {self.cfg.url}: task-failed {code}: {header.get('error_message')}",
+                f"{self._what}: task-failed {code}: {header.get('error_message')}",
                 f"{NOTICES.subject} failed ({code}).",
             )
         return name, msg
