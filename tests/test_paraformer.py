@@ -378,7 +378,7 @@ history = 5
 
 
 def test_the_reference_alibailian_example_config_is_accepted():
-    path = DATA / "reference_configs" / "alibailian.toml"
+    path = DATA / "configs" / "examples" / "alibailian" / "config.toml"
     config = parse_config(path.read_text(), env={}, log_issues=False).config
     assert isinstance(config.asr, ParaformerV2ASR)
     assert config.asr.url == "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
