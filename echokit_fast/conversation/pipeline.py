@@ -7,9 +7,10 @@ synthesised as soon as it exists, up to ``max_parallel`` segments at a time *per
 segment holds its slot from the start of its synthesis until it has been delivered, so at most
 ``max_parallel`` segments of audio wait in memory. Delivery is strictly in order, through the
 device's :class:`~echokit_fast.conversation.device.DeviceOutput`: ``segment_start(text)``, the
-segment's audio as its TTS yields it, ``segment_end()``; the next segment's audio (often already
-synthesised) follows at once. A ``SpeakNow`` item ends the text before it (the segmenter is
-finished and a fresh one started) and is spoken as its own segment.
+segment's audio as its TTS yields it (at ``sample_rate``, the device's 16 kHz by default),
+``segment_end()``; the next segment's audio (often already synthesised) follows at once. A
+``SpeakNow`` item ends the text before it (the segmenter is finished and a fresh one started)
+and is spoken as its own segment.
 
 Failures: a :class:`~echokit_fast.backends.base.BackendError` of the conversation stops reading
 the answer; the segments already made are still spoken, then :class:`TurnFailed` is raised.
@@ -104,6 +105,7 @@ class ReplyPipeline:
         out: DeviceOutput,
         trace: TurnTrace,
         max_parallel: int = 3,
+        sample_rate: int = SAMPLE_RATE,
     ) -> None:
         self.conversation = conversation
         self.speaker = speaker
@@ -111,6 +113,7 @@ class ReplyPipeline:
         self.out = out
         self.trace = trace
         self.max_parallel = max(1, int(max_parallel))
+        self.sample_rate = sample_rate
         self.segments = 0
         self._pending: deque[str] = deque()
         self._jobs: deque[_Job] = deque()
@@ -179,7 +182,9 @@ class ReplyPipeline:
 
     async def _synth(self, job: _Job) -> None:
         try:
-            async with aclosing_iter(self.speaker.speak(job.text, sample_rate=SAMPLE_RATE)) as it:
+            async with aclosing_iter(
+                self.speaker.speak(job.text, sample_rate=self.sample_rate)
+            ) as it:
                 async for chunk in it:
                     pcm = as_pcm(chunk)
                     if len(pcm):
