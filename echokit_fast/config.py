@@ -157,12 +157,16 @@ class LimitsConfig(Section):
     limits table). ``max_audio_s``: seconds of audio an uploaded file may decode to (600);
     ``max_text_bytes``: UTF-8 bytes of a device's ``Text`` command or an ASR transcript (4096);
     ``max_history_bytes``: UTF-8 bytes of message text one device's LLM history keeps
-    (65536); ``max_sessions``: device sessions held at once (1000)."""
+    (65536); ``max_sessions``: device sessions held at once (1000);
+    ``max_realtime_event_bytes``: bytes of one JSON event a ``/v1/realtime`` client sends
+    (16 MiB, the largest WebSocket message the server reads)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
     max_history_bytes: int = Field(default=65536, ge=1)
     max_sessions: int = Field(default=1000, ge=1)
+    # /v1/realtime: one client event (a larger one is answered with an error event)
+    max_realtime_event_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
