@@ -168,7 +168,9 @@ class LimitsConfig(Section):
     send deadline (``echokit_fast.api.tts``); ``device_send_timeout_s``: seconds a frame to a
     device may wait for the device to read (120); ``max_record_s``, ``max_record_bytes``: how
     long (3600 s) and how much audio (115 200 000 bytes, an hour) one recording may take;
-    ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB)."""
+    ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB);
+    ``max_realtime_event_bytes``: bytes of one JSON event a ``/v1/realtime`` client sends
+    (16 MiB, the largest WebSocket message the server reads)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
@@ -198,6 +200,8 @@ class LimitsConfig(Section):
     max_record_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     max_record_bytes: int = Field(default=115_200_000, ge=2, le=MAX_WAV_DATA_BYTES)
     max_record_disk_bytes_per_device: int = Field(default=2**30, ge=1)
+    # /v1/realtime: one client event (a larger one is answered with an error event)
+    max_realtime_event_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]

@@ -73,7 +73,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -87,6 +87,8 @@ from echokit_fast.audio import AudioTooLong, wav_info
 from echokit_fast.backends.vad.silero import (
     WAV_MAX_RATE,
     WAV_MIN_RATE,
+    BatchedStream,
+    StepResult,
     VadBatcher,
     WavInputError,
     speech_timestamps_from_wav,
@@ -368,25 +370,61 @@ class CompatStreamingVad:
         self.triggered = False
 
 
-class _Conn:
-    """One realtime connection's stream and bookkeeping (lives on the event loop)."""
+class VadListener:
+    """One stream of :class:`RealtimeVad` and its bookkeeping (lives on the event loop).
 
-    def __init__(self, websocket: WebSocket, stream: Any, compat: CompatStreamingVad | None):
-        self.websocket = websocket
+    Subclasses say what the stream's results mean: :meth:`on_result` gets each step's
+    :class:`StepResult` for the stream, in order; :meth:`on_failure` is called once if the
+    model fails while windows of the stream wait (the stream is closed by then). Both run in
+    the service's one stepping task: a slow one holds back every stream.
+    """
+
+    def __init__(self, stream: BatchedStream) -> None:
         self.stream = stream
-        self.compat = compat
         self.carry = bytearray()  # < 1024 bytes: the partial window
         self.pushed = 0  # windows handed to the batcher
         self.done = 0  # windows whose results were delivered
         self.progress = asyncio.Event()
         self.failed = False
-        self.closed = False
         self.stream_open = True
 
     def close_stream(self) -> None:
         if self.stream_open:
             self.stream_open = False
             self.stream.close()
+
+    async def on_result(self, result: StepResult) -> None:
+        raise NotImplementedError
+
+    async def on_failure(self, message: str) -> None:
+        raise NotImplementedError
+
+
+class _Conn(VadListener):
+    """A ``/v1/audio/realtime_vad`` connection: events sent as silero_vad_server's JSON."""
+
+    def __init__(
+        self, websocket: WebSocket, stream: BatchedStream, compat: CompatStreamingVad | None
+    ):
+        super().__init__(stream)
+        self.websocket = websocket
+        self.compat = compat
+        self.closed = False
+
+    async def on_result(self, result: StepResult) -> None:
+        if self.compat is not None:
+            for p in result.probabilities:
+                event = self.compat.step(float(p))
+                if event is not None:
+                    await self.send(START if event == "speech_start" else END)
+        else:
+            for event in result.events:
+                await self.send(START if "start" in event else END)
+
+    async def on_failure(self, message: str) -> None:
+        error = json.dumps({"error": ERROR_EVENT, "message": message}, separators=(",", ":"))
+        await self.send(error)
+        await self.close(1011, ERROR_EVENT)
 
     async def send(self, text: str) -> None:
         if self.closed:
@@ -404,13 +442,17 @@ class _Conn:
             await self.websocket.close(code=code, reason=reason)
 
 
-class RealtimeVad:
-    """The batched engine behind ``WS /v1/audio/realtime_vad`` (one per app).
+L = TypeVar("L", bound=VadListener)
 
-    One :class:`VadBatcher` for every connection; one asyncio task (started with the first
-    connection, ended with the last) runs :meth:`VadBatcher.astep` -- a worker thread --
-    whenever some connection pushed a full window, then sends each stream's events.
-    Pushes made while a step runs are batched into the next one.
+
+class RealtimeVad:
+    """The batched engine behind ``WS /v1/audio/realtime_vad`` and the server VAD of
+    ``/v1/realtime`` (one per app).
+
+    One :class:`VadBatcher` for every stream; one asyncio task (started with the first
+    :class:`VadListener`, ended with the last) runs :meth:`VadBatcher.astep` -- a worker
+    thread -- whenever some listener pushed a full window, then hands each stream's results
+    to its listener. Pushes made while a step runs are batched into the next one.
     """
 
     def __init__(self, model_factory: Callable[[], Any], *, max_windows_per_step: int = 8):
@@ -418,7 +460,7 @@ class RealtimeVad:
         self._max_windows_per_step = max_windows_per_step
         self._batcher: VadBatcher | None = None
         self._batcher_lock = threading.Lock()
-        self._conns: dict[int, _Conn] = {}
+        self._conns: dict[int, VadListener] = {}
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
@@ -519,36 +561,52 @@ class RealtimeVad:
                 conn = self._conns.get(sid)
                 if conn is None or not conn.stream_open:
                     continue
-                if conn.compat is not None:
-                    for p in result.probabilities:
-                        event = conn.compat.step(float(p))
-                        if event is not None:
-                            await conn.send(START if event == "speech_start" else END)
-                else:
-                    for event in result.events:
-                        await conn.send(START if "start" in event else END)
+                await conn.on_result(result)
                 conn.done += len(result.probabilities)
                 self.windows_done += len(result.probabilities)
                 conn.progress.set()
             self._notify()
 
     async def _fail_waiting(self, message: str) -> None:
-        error = json.dumps({"error": ERROR_EVENT, "message": message}, separators=(",", ":"))
         for conn in list(self._conns.values()):
             if conn.pushed > conn.done and not conn.failed:
                 conn.failed = True
                 conn.close_stream()  # its windows must not fail the next steps again
-                await conn.send(error)
-                await conn.close(1011, ERROR_EVENT)
+                await conn.on_failure(message)
                 conn.progress.set()
         self._notify()
 
-    async def _wait_for(self, conn: _Conn, cond: Callable[[], bool]) -> None:
+    async def _wait_for(self, conn: VadListener, cond: Callable[[], bool]) -> None:
         while not cond() and not conn.failed:
             conn.progress.clear()
             await conn.progress.wait()
 
-    async def _push(self, conn: _Conn, data: bytes) -> None:
+    # -- listeners: the WebSocket route's and other services' ------------------------------
+
+    async def open(self, make: Callable[[BatchedStream], L], **params: float) -> L:
+        """A listener (``make(stream)``) on a new stream of the shared batcher, with
+        ``VADIterator`` parameters (:meth:`VadBatcher.open`); the stepping task runs while
+        any listener is open. Loads the model on first use (raises if it cannot be loaded).
+        End it with :meth:`close`."""
+        batcher = await run_in_threadpool(self._get_batcher)  # loads the model once
+        listener = make(batcher.open(**params))
+        self._conns[listener.stream.id] = listener
+        await self._start_stepper()
+        self._notify()
+        return listener
+
+    async def close(self, listener: VadListener) -> None:
+        """The listener's stream is closed; the stepping task ends with the last one."""
+        if self._conns.pop(listener.stream.id, None) is None:
+            return
+        listener.close_stream()
+        self._notify()
+        if not self._conns:
+            await self._stop_stepper()
+
+    async def push(self, conn: VadListener, data: bytes) -> None:
+        """PCM16 LE bytes for the listener's stream (whole windows go to the batcher, the rest
+        waits); waits while more than ``MAX_BACKLOG_WINDOWS`` of its windows are unanswered."""
         carry = conn.carry
         carry += data
         whole = len(carry) // WINDOW_BYTES * WINDOW_BYTES
@@ -573,41 +631,34 @@ class RealtimeVad:
             conn.compat.reset()
 
     async def serve(self, websocket: WebSocket, mode: str, params: Mapping[str, float]) -> None:
-        """Serve one connection (not yet accepted) until the client leaves."""
-        try:
-            batcher = await run_in_threadpool(self._get_batcher)  # loads the model once
-        except Exception as exc:
-            log.exception("the VAD model cannot be loaded")
-            await websocket.accept()
-            await websocket.close(code=1011, reason=f"VAD model unavailable: {exc}"[:120])
-            return
+        """Serve one ``/v1/audio/realtime_vad`` connection (not yet accepted) until the client
+        leaves."""
         threshold = params.get("threshold", 0.5)
-        stream = batcher.open(
-            threshold=threshold,
-            min_silence_duration_ms=params.get("min_silence_duration_ms", 100.0),
-        )
         compat = None
         if mode == "compat":
             compat = CompatStreamingVad(
                 threshold=threshold,
                 min_speech_duration_ms=params.get("min_speech_duration_ms", 250.0),
             )
-        conn = _Conn(websocket, stream, compat)
-        self._conns[stream.id] = conn
         try:
-            await self._start_stepper()
-            self._notify()
+            conn = await self.open(
+                lambda stream: _Conn(websocket, stream, compat),
+                threshold=threshold,
+                min_silence_duration_ms=params.get("min_silence_duration_ms", 100.0),
+            )
+        except Exception as exc:
+            log.exception("the VAD model cannot be loaded")
+            await websocket.accept()
+            await websocket.close(code=1011, reason=f"VAD model unavailable: {exc}"[:120])
+            return
+        try:
             await websocket.accept()
             await self._receive_loop(conn)
         except WebSocketDisconnect:
             pass
         finally:
             conn.closed = True
-            del self._conns[stream.id]
-            conn.close_stream()
-            self._notify()
-            if not self._conns:
-                await self._stop_stepper()
+            await self.close(conn)
 
     async def _receive_loop(self, conn: _Conn) -> None:
         websocket = conn.websocket
@@ -617,7 +668,7 @@ class RealtimeVad:
                 return
             data = message.get("bytes")
             if data is not None:
-                await self._push(conn, data)
+                await self.push(conn, data)
                 continue
             text = message.get("text")
             if text == "reset":

@@ -9,9 +9,10 @@ segment's queue holds at most :data:`QUEUE_CHUNKS` of its TTS chunks (the synthe
 it is full), so what waits in memory is bounded even when the device reads slower than the TTS
 speaks. Delivery is strictly in order, through the
 device's :class:`~echokit_fast.conversation.device.DeviceOutput`: ``segment_start(text)``, the
-segment's audio as its TTS yields it, ``segment_end()``; the next segment's audio (often already
-synthesised) follows at once. A ``SpeakNow`` item ends the text before it (the segmenter is
-finished and a fresh one started) and is spoken as its own segment.
+segment's audio as its TTS yields it (at ``sample_rate``, the device's 16 kHz by default),
+``segment_end()``; the next segment's audio (often already synthesised) follows at once. A
+``SpeakNow`` item ends the text before it (the segmenter is finished and a fresh one started)
+and is spoken as its own segment.
 
 Failures: a :class:`~echokit_fast.backends.base.BackendError` of the conversation stops reading
 the answer; the segments already made are still spoken, then :class:`TurnFailed` is raised.
@@ -109,6 +110,7 @@ class ReplyPipeline:
         out: DeviceOutput,
         trace: TurnTrace,
         max_parallel: int = 3,
+        sample_rate: int = SAMPLE_RATE,
     ) -> None:
         self.conversation = conversation
         self.speaker = speaker
@@ -116,6 +118,7 @@ class ReplyPipeline:
         self.out = out
         self.trace = trace
         self.max_parallel = max(1, int(max_parallel))
+        self.sample_rate = sample_rate
         self.segments = 0
         self._pending: deque[str] = deque()
         self._jobs: deque[_Job] = deque()
@@ -190,7 +193,9 @@ class ReplyPipeline:
 
     async def _synth(self, job: _Job) -> None:
         try:
-            async with aclosing_iter(self.speaker.speak(job.text, sample_rate=SAMPLE_RATE)) as it:
+            async with aclosing_iter(
+                self.speaker.speak(job.text, sample_rate=self.sample_rate)
+            ) as it:
                 async for chunk in it:
                     pcm = as_pcm(chunk)
                     if len(pcm):

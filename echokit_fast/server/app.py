@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast import __version__
-from echokit_fast.api import asr, tts, vad
+from echokit_fast.api import asr, realtime, tts, vad
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
@@ -23,7 +23,7 @@ from echokit_fast.server.state import AppState
 
 __all__ = ["create_app"]
 
-SERVICES = (asr, tts, vad, device)
+SERVICES = (asr, tts, vad, realtime, device)
 
 
 async def version(_request: Request) -> JSONResponse:
