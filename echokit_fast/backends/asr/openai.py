@@ -28,6 +28,7 @@ from pydantic import Field
 from echokit_fast import audio
 from echokit_fast.backends import http, registry
 from echokit_fast.backends.base import Pcm, Transcriber
+from echokit_fast.backends.chinese import to_simplified
 from echokit_fast.backends.schema import Section, VadConfig
 
 __all__ = ["OpenAIASR", "RemoteTranscriber", "RemoteTranscription", "clean_transcript"]
@@ -63,27 +64,6 @@ class OpenAIASR(Section):
                 )
 
 
-_converter: Any = None
-_converter_failed = False
-
-
-def _to_simplified(text: str) -> str:
-    """Traditional (Taiwan) -> Simplified Chinese with OpenCC ``tw2sp``; unchanged if OpenCC
-    is missing (logged once)."""
-    global _converter, _converter_failed
-    if _converter is None and not _converter_failed:
-        try:
-            import opencc
-
-            _converter = opencc.OpenCC("tw2sp")
-        except Exception as exc:  # ImportError, or a build without the tw2sp profile
-            _converter_failed = True
-            log.warning("OpenCC unavailable (%s): transcripts are not converted to Simplified", exc)
-    if _converter is None or not any("\u3400" <= c <= "\u9fff" for c in text):
-        return text
-    return _converter.convert(text)
-
-
 def clean_transcript(text: str) -> str:
     """The reference's post-processing: timestamps, ``(`` filter, tw2sp, stripped."""
     lines = [line.split("] ", 1)[1] if "] " in line else line for line in text.splitlines()]
@@ -91,7 +71,7 @@ def clean_transcript(text: str) -> str:
     stripped = text.strip()
     if not stripped or stripped.startswith("("):
         return ""
-    return _to_simplified(stripped)
+    return to_simplified(stripped)
 
 
 class RemoteTranscription:

@@ -17,6 +17,7 @@ from echokit_fast.audio import OpusEncoder, float_to_pcm16, is_wav, wav_info
 from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
 __all__ = [
+    "BYE_BYE",
     "END_AUDIO",
     "END_RESPONSE",
     "END_VAD",
@@ -40,6 +41,8 @@ EV_START_AUDIO = "StartAudio"
 END_AUDIO = encode_event("EndAudio")
 END_RESPONSE = encode_event("EndResponse")
 END_VAD = encode_event("EndVad")
+#: a live model's service ended the conversation (the reference's answer to Gemini's goAway)
+BYE_BYE = encode_event({"Action": {"action": "ByeBye"}})
 
 
 def start_audio(text: str) -> bytes:
