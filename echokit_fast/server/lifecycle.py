@@ -56,8 +56,9 @@ READY_MESSAGE = "ready: every configured engine is loaded"
 
 async def load_engines(state: AppState) -> None:
     """Load the engines the configuration uses (the Silero VAD always; Whisper and the TTS
-    engine when the device pipeline runs them in-process) in worker threads, then build the
-    device pipeline's clients in this loop; each step logs how long it took. Marks the state
+    engine when a served layout, ``registry.LAYOUTS``, runs them in-process) in worker
+    threads, then build the device server's backend clients in this loop; each step logs how
+    long it took. Marks the state
     ready, or records the failure in ``state.load_error`` (``serve`` then exits 1)."""
     config = state.config
     served = config.layout in registry.LAYOUTS
