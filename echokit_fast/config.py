@@ -84,8 +84,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.gemini import GeminiConfig
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
-from echokit_fast.backends.schema import Message, Section, VadConfig
+from echokit_fast.backends.schema import Section, VadConfig
 from echokit_fast.backends.tts.local import LocalTTS
 
 if sys.version_info >= (3, 11):
@@ -128,14 +129,6 @@ Path_ = tuple[str | int, ...]
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
-
-
-class GeminiConfig(Section):
-    """``[gemini]``: Gemini Live."""
-
-    api_key: str
-    model: str = "models/gemini-2.0-flash-exp"
-    sys_prompts: list[Message] = Field(default_factory=list)
 
 
 class ClaudeConfig(Section):

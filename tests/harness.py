@@ -16,8 +16,8 @@ from echokit_fast.server.lifecycle import READY_MESSAGE
 from echokit_fast.server.state import AppState
 from echokit_fast.server.websocket import WebSocketProtocol
 
-#: a config without the device pipeline (the ``[gemini]`` layout, which ``serve`` refuses): an
-#: app on it loads nothing at start-up but the Silero VAD and probes no LLM
+#: a config without a local engine or an LLM (the ``[gemini]`` layout): an app on it loads
+#: nothing at start-up but the Silero VAD, probes no LLM and opens no socket until a device talks
 API_ONLY = 'addr = "127.0.0.1:0"\n[gemini]\napi_key = "unused"\n'
 
 

@@ -65,13 +65,37 @@ def test_app_in_process_version(serve) -> None:
     assert httpx.get(f"http://{addr}/nope", timeout=10).status_code == 404
 
 
-def test_serve_refuses_a_config_it_cannot_run_yet(data_dir) -> None:
+CLAUDE = """addr = "127.0.0.1:1"
+[claude]
+url = "ws://127.0.0.1:1/"
+[asr]
+platform = "openai"
+url = "http://127.0.0.1:1/v1/audio/transcriptions"
+[tts]
+platform = "stream_gsv"
+url = "http://127.0.0.1:1/v1/audio/stream_speech"
+speaker = "a"
+"""
+
+
+def test_serve_refuses_a_config_it_cannot_run_yet(tmp_path) -> None:
     """A valid echokit_server config whose layout we do not implement yet stops at start-up
     with a message naming it (instead of failing every device connection later)."""
-    gemini = data_dir / "configs" / "examples" / "gemini" / "chat" / "config.toml"
-    out = run_cli("serve", str(gemini), "--listen", "127.0.0.1:1")
+    claude = tmp_path / "config.toml"
+    claude.write_text(CLAUDE)
+    out = run_cli("serve", str(claude), "--listen", "127.0.0.1:1")
     assert out.returncode == 2
-    assert "the gemini layout is not supported yet" in out.stderr
+    assert "the claude layout is not supported yet" in out.stderr
+
+
+def test_check_config_accepts_the_gemini_layouts(data_dir) -> None:
+    """The reference's Gemini Live configs, alone and with a TTS, pass check-config."""
+    configs = data_dir / "configs"
+    examples = configs / "examples" / "gemini"
+    names = ("chat", "live", "singapore", "steve_jobs", "custom_tts")
+    for path in (configs / "config.gemini.toml", *(examples / n / "config.toml" for n in names)):
+        out = run_cli("check-config", str(path))
+        assert out.returncode == 0 and "OK" in out.stdout, (path, out.stderr)
 
 
 def test_check_config_and_serve_agree_on_every_example_config(data_dir) -> None:
@@ -100,9 +124,9 @@ def test_check_config_and_serve_agree_on_every_example_config(data_dir) -> None:
         for problem in problems:
             assert f"echokit-fast serve: {path}: {problem}" in serve.stderr, (path, problem)
         refused += 1
-    # Both kinds are among the examples (the Gemini layouts are refused today; the gaia,
-    # openai, groq and alibailian (paraformer_v2 + cosyvoice) pipelines are served).
-    assert refused >= 4 and accepted >= 10, (refused, accepted)
+    # Every loadable example is served now (what serve refuses for a layout or platform it
+    # cannot run: test_serve_refuses_a_config_it_cannot_run_yet, tests/test_registry.py).
+    assert refused == 0 and accepted >= 25, (refused, accepted)
 
 
 def test_serve_on_port_0_binds_an_ephemeral_port_and_says_which(tmp_path) -> None:

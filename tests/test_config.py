@@ -107,6 +107,15 @@ VALID_EXAMPLES: dict[str, tuple[str, dict[str, Any]]] = {
             "llm.history": 5,
         },
     ),
+    "config.gemini.toml": (
+        "gemini_tts",
+        {
+            "gemini.api_key": "xxxx",
+            "gemini.sys_prompts.0.content": "你叫胡桃，是一个优秀的翻译官。\n",
+            "tts.platform": "gsv",
+            "tts.speaker": "speaker2",
+        },
+    ),
     "docker/server/config.toml": (
         "pipeline",
         {

@@ -8,7 +8,9 @@ protocols; each has local implementations (embedded engines) and remote ones
   `/v1/audio/transcriptions`), with an optional speculative start; a
   `StreamingTranscriber` also takes the audio while the user speaks (`AsrStream`);
 * `Speaker` — text to speech, streamed as float32 PCM chunks;
-* `ChatModel` / `Conversation` — the LLM with history, prompts and tools.
+* `ChatModel` / `Conversation` — the LLM with history, prompts and tools;
+* `LiveConversation` — instead of all three, a live speech-to-speech model (Gemini Live) that
+  hears the user's audio as it is spoken and answers with its own speech or with text.
 
 Every backend failure is raised as `BackendError`, whose `notice` is a short
 sentence fit to show or speak to the user ("The speech recognizer is not
@@ -153,16 +155,85 @@ class Conversation(Protocol):
         ...
 
 
+# --- live (speech to speech) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeardPiece:
+    """A piece of what the user said, as the live model transcribed it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Said:
+    """A piece of the answer's text: the transcript of the model's speech, or (text answers)
+    the answer itself, for the Speaker."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Goodbye:
+    """The live service ends the conversation (Gemini's ``goAway``): the answer stops here and
+    the next turn starts a new conversation."""
+
+
+#: what an answer of a live model yields: transcripts, answer text, speech (16 kHz), goodbye
+LiveEvent = HeardPiece | Said | Goodbye | Pcm
+
+
+@runtime_checkable
+class LiveConversation(Protocol):
+    """One device's conversation with a live model, which keeps the context itself. A turn:
+    ``start``, ``hear`` as the user speaks, ``finish`` (or one ``write``), then ``answer``.
+    Every failure is a BackendError; the next turn tries again on a fresh connection."""
+
+    #: the answers are text for the Speaker to speak (else the model's speech and its
+    #: transcript)
+    text_answers: bool
+
+    async def start(self) -> None:
+        """The user starts speaking (connects first when needed)."""
+        ...
+
+    async def hear(self, pcm16: bytes) -> None:
+        """The user's audio so far: 16 kHz mono PCM16."""
+        ...
+
+    async def finish(self) -> None:
+        """The user has finished speaking: the model answers."""
+        ...
+
+    async def write(self, text: str) -> None:
+        """Typed input: a whole user turn (after any audio of one that was not finished)."""
+        ...
+
+    def answer(self) -> AsyncIterator[LiveEvent]:
+        """The answer to the last finished or written turn, until its end."""
+        ...
+
+    def reset(self) -> None:
+        """A fresh context: the connection is closed now, the next turn opens a new one."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection (in the background); the conversation is not used again."""
+        ...
+
+
 # --- all three -----------------------------------------------------------------
 
 
 class Backends(NamedTuple):
     """What a conversation engine talks to; unpacks as ``(transcriber, speaker, factory)``.
-    ``conversation_factory(device_id)`` gives one device's :class:`Conversation`."""
+    ``conversation_factory(device_id)`` gives one device's :class:`Conversation`, or its
+    :class:`LiveConversation` in the live layouts, where there is no transcriber (the model
+    hears the audio) and a Speaker only for text answers."""
 
-    transcriber: Transcriber
-    speaker: Speaker
-    conversation_factory: Callable[[str], Conversation]
+    transcriber: Transcriber | None
+    speaker: Speaker | None
+    conversation_factory: Callable[[str], Conversation | LiveConversation]
 
     @classmethod
     def of(cls, value: Any) -> Backends:

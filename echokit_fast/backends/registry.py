@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "LAYOUTS",
     "MODULES",
     "Needs",
     "Platform",
@@ -62,6 +63,14 @@ MODULES: dict[Kind, tuple[str, ...]] = {
         for m in ("openai", "gsv", "stream_gsv", "fish", "cosyvoice", "elevenlabs", "local")
     ),
     "llm": tuple(f"echokit_fast.backends.llm.{m}" for m in ("openai_chat", "openai_responses")),
+}
+
+
+#: the layouts this server runs, each with the tagged sections it builds
+LAYOUTS: dict[str, tuple[Kind, ...]] = {
+    "pipeline": KINDS,
+    "gemini_tts": ("tts",),
+    "gemini": (),
 }
 
 
@@ -201,13 +210,14 @@ def import_engine(module: str, attr: str, what: str) -> Any:
 def unsupported(config: Config) -> list[str]:
     """What in ``config`` this server cannot run yet (empty when everything is supported):
     one sentence per problem, naming the section and the platform."""
-    if config.layout != "pipeline":
+    kinds = LAYOUTS.get(config.layout)
+    if kinds is None:
         return [
             f"the {config.layout} layout is not supported yet (only [asr] + [llm] + [tts] "
-            "pipelines are)"
+            "pipelines and the Gemini Live layouts are)"
         ]
     problems = []
-    for kind in KINDS:
+    for kind in kinds:
         name = getattr(getattr(config, kind), "platform", None)
         runnable = [p.name for p in platforms(kind) if p.runnable]
         if name not in runnable:
@@ -231,7 +241,9 @@ def build_backends(
     local_asr: Callable[[Any], Transcriber] | None = None,
     local_tts: Callable[[Any], Speaker] | None = None,
 ) -> Backends:
-    """``(transcriber, speaker, conversation_factory)`` for a pipeline config.
+    """``(transcriber, speaker, conversation_factory)`` for a config of :data:`LAYOUTS`: the
+    pipeline's three, or the Gemini Live layouts' ``(None, speaker or None, the devices'
+    Gemini Live conversations)``; no connection is opened here.
 
     Call inside the server's event loop (the HTTP clients belong to it); ``aclose()`` the
     result at shutdown. MCP tools are listed on the first reply (the LLM backends load them
@@ -239,13 +251,19 @@ def build_backends(
     RuntimeError naming it (``local_asr``/``local_tts`` supply shared engines instead, e.g. the
     app's). Platforms registered without a build raise NotImplementedError.
     """
-    if config.asr is None or config.tts is None or config.llm is None:
-        raise ValueError(f"build_backends needs [asr], [tts] and [llm] (layout {config.layout})")
     needs = Needs(
         local_asr=local_asr,
         local_tts=local_tts,
         max_history_bytes=config.limits.max_history_bytes,
     )
+    if config.layout in ("gemini", "gemini_tts") and config.gemini is not None:
+        from echokit_fast.backends.gemini.client import GeminiLive
+
+        speaker = None if config.tts is None else _build("tts", config.tts, needs)
+        live = GeminiLive(config.gemini, text_answers=speaker is not None)
+        return Backends(None, speaker, live.conversation)
+    if config.asr is None or config.tts is None or config.llm is None:
+        raise ValueError(f"build_backends needs [asr], [tts] and [llm] (layout {config.layout})")
     return Backends(
         _build("asr", config.asr, needs),
         _build("tts", config.tts, needs),

@@ -14,6 +14,7 @@ A turn, as the engine emits it::
     [end_of_speech]  transcript(final=False)*  transcript(final=True)
     (segment_start  audio*  segment_end)*
     [notice  segment_start  audio*  segment_end]        (a failure: the notice, also spoken)
+    [goodbye]                                           (a live model ended the conversation)
     response_end
 
 ``response_end`` ends every turn exactly once, an empty transcript included (then it comes
@@ -72,6 +73,10 @@ class DeviceOutput(Protocol):
 
     async def notice(self, text: str) -> None:
         """A failure, in words fit for the user (the engine then speaks it as a segment)."""
+        ...
+
+    async def goodbye(self) -> None:
+        """The live model's service ended the conversation (the next turn starts a new one)."""
         ...
 
 

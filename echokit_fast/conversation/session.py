@@ -35,6 +35,10 @@ Input (docs/protocol.md#turn-flow):
   there was speech); :meth:`Session.submit` transcribes the whole buffer, or answers
   ``response_end`` when no speech was heard.
 * :meth:`Session.text_input` is the user's utterance, without ASR (echoed as the transcript).
+* the live layouts (the conversation is a :class:`~echokit_fast.backends.base.LiveConversation`):
+  listening is the same, but each utterance's audio is streamed to the model as it is heard
+  (:class:`~echokit_fast.conversation.live.LiveInput`; no ASR rounds), and the turn is the
+  model's answer (:func:`~echokit_fast.conversation.live.answer`).
 
 Input caps (``Settings``, the README's limits table): a text input over ``max_text_bytes``
 (UTF-8) is refused -- the turn is a failure notice (``TEXT_TOO_LONG``) and nothing reaches the
@@ -74,7 +78,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echokit_fast.audio import pcm16_to_float
-from echokit_fast.backends.base import Backends, Conversation, Transcription
+from echokit_fast.backends.base import Backends, Conversation, LiveConversation, Transcription
+from echokit_fast.conversation import live as live_turn
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, DeviceGone
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
 from echokit_fast.conversation.segmenter import SegmenterFactory
@@ -156,8 +161,10 @@ async def _asr_call(coro: Any) -> tuple[str, BaseException | None]:
 
 
 class Utterance:
-    def __init__(self, detector: TurnDetector) -> None:
+    def __init__(self, detector: TurnDetector, live: live_turn.LiveInput | None = None) -> None:
         self.pcm = bytearray()
+        #: the live layouts: where the audio goes as it is heard (no ASR rounds then)
+        self.live = live
         self.detector: TurnDetector | None = detector  # this utterance's own
         self.round_task: asyncio.Task[tuple[str, BaseException | None]] | None = None
         self.round_tr: Transcription | None = None
@@ -189,6 +196,9 @@ class Utterance:
         self.watcher = None
         if isinstance(self.detector, TranscribingDetector):
             self.detector.close()
+        if self.live is not None:
+            self.live.cancel()
+            self.live = None
         self.detector = None
         self.pcm = bytearray()
 
@@ -203,7 +213,7 @@ class Session:
         self.manager = manager
         self.id = device_id
         self.log_id = printable(device_id)  # as log lines write it
-        self.conversation: Conversation | None = None
+        self.conversation: Conversation | LiveConversation | None = None
         self.conn: DeviceConnection | None = None
         self.utt: Utterance | None = None
         self.turn: asyncio.Task[None] | None = None
@@ -263,6 +273,9 @@ class Session:
 
     def _new_utterance(self, conn: DeviceConnection) -> Utterance:
         settings = self.manager.settings
+        conv = self.conversation
+        if isinstance(conv, LiveConversation):  # the audio goes to the model as it is heard
+            return Utterance(settings.turn_detector(), live_turn.LiveInput(conv))
         factory = settings.turn_detector
         if conn.server_vad and settings.stream_detector is not None:
             factory = settings.stream_detector
@@ -307,6 +320,9 @@ class Session:
             if conn is not self.conn:
                 return
         utt, self.utt = self.utt, None
+        if utt is not None and utt.live is not None:  # the model decides whether it heard speech
+            self._end_live_utterance(conn, utt)
+            return
         if utt is None or not utt.speech_seen or not utt.pcm:
             if utt is not None:
                 utt.release()
@@ -379,6 +395,8 @@ class Session:
                 utt.full = True
             return
         utt.pcm += data
+        if utt.live is not None:
+            utt.live.push(data)
         detector = utt.detector
         assert detector is not None
         events = await detector.feed(data)
@@ -413,7 +431,9 @@ class Session:
 
     async def _round_pause(self, conn: DeviceConnection, utt: Utterance) -> None:
         """The user paused after enough speech: interim ASR if the round's transcript is done,
-        then a new round transcribing everything heard so far."""
+        then a new round transcribing everything heard so far (not in the live layouts)."""
+        if utt.live is not None:
+            return
         task = utt.round_task
         interim = ""
         if task is not None and task.done() and not task.cancelled():
@@ -449,6 +469,9 @@ class Session:
         speech_end = detector.speech_end if detector is not None else None
         if speech_end is not None:
             trace.set("speech_end", speech_end)
+        if utt.live is not None:
+            self._end_live_utterance(conn, utt, end_vad=True, trace=trace)
+            return
         if isinstance(detector, TranscribingDetector):
             utt.detector = None  # the turn's now: it ends the audio and waits for the transcript
             task = asyncio.create_task(_asr_call(detector.transcript()), name="echokit-device-asr")
@@ -461,6 +484,21 @@ class Session:
             task, utt.round_task, utt.round_tr = utt.round_task, None, None
         utt.release()
         self._start_turn(conn, asr_task=task, end_vad=True, trace=trace)
+
+    def _end_live_utterance(
+        self,
+        conn: DeviceConnection,
+        utt: Utterance,
+        *,
+        end_vad: bool = False,
+        trace: TurnTrace | None = None,
+    ) -> None:
+        """The end of an utterance in the live layouts: the model answers what it heard."""
+        live, utt.live = utt.live, None
+        assert live is not None
+        utt.release()
+        live.finish()
+        self._start_turn(conn, live=live, end_vad=end_vad, trace=trace)
 
     # -- the turn ------------------------------------------------------------------------
 
@@ -477,10 +515,11 @@ class Session:
         end_vad: bool = False,
         trace: TurnTrace | None = None,
         failure: TurnFailed | None = None,
+        live: live_turn.LiveInput | None = None,
     ) -> None:
         trace = trace or self._trace()
         coro = self._run_turn(
-            conn, trace, text=text, asr_task=asr_task, end_vad=end_vad, failure=failure
+            conn, trace, text=text, asr_task=asr_task, end_vad=end_vad, failure=failure, live=live
         )
         task = asyncio.create_task(coro, name=f"echokit-device-turn-{self.id}")
         self.turn = task
@@ -500,6 +539,7 @@ class Session:
         asr_task: asyncio.Task[tuple[str, BaseException | None]] | None,
         end_vad: bool,
         failure: TurnFailed | None = None,
+        live: live_turn.LiveInput | None = None,
     ) -> None:
         backends = self.manager.backends
         try:
@@ -508,6 +548,10 @@ class Session:
                 trace.mark("end_vad")
             if failure is not None:
                 raise failure
+            if live is not None:
+                trace.detail["segments"] = await self._live_answer(conn, trace, heard=live)
+                await conn.response_end()
+                return
             if text is None:
                 text = ""
                 if asr_task is not None:
@@ -523,15 +567,18 @@ class Session:
                 return
             await conn.transcript(text, final=True)
             assert self.conversation is not None
-            pipeline = ReplyPipeline(
-                conversation=self.conversation,
-                speaker=backends.speaker,
-                segmenter_factory=self.manager.segmenter_factory(),
-                out=conn,
-                trace=trace,
-                max_parallel=self.manager.settings.tts_parallel,
-            )
-            trace.detail["segments"] = await pipeline.run(text)
+            if isinstance(self.conversation, LiveConversation):
+                trace.detail["segments"] = await self._live_answer(conn, trace, text=text)
+            else:
+                pipeline = ReplyPipeline(
+                    conversation=self.conversation,
+                    speaker=backends.speaker,
+                    segmenter_factory=self.manager.segmenter_factory(),
+                    out=conn,
+                    trace=trace,
+                    max_parallel=self.manager.settings.tts_parallel,
+                )
+                trace.detail["segments"] = await pipeline.run(text)
             await conn.response_end()
         except TurnFailed as failure:
             trace.outcome = "error"
@@ -556,6 +603,26 @@ class Session:
                 asr_task.cancel()
             trace.finish()
 
+    async def _live_answer(
+        self,
+        conn: DeviceConnection,
+        trace: TurnTrace,
+        *,
+        heard: live_turn.LiveInput | None = None,
+        text: str = "",
+    ) -> int:
+        assert isinstance(self.conversation, LiveConversation)
+        return await live_turn.answer(
+            self.conversation,
+            conn,
+            trace,
+            heard=heard,
+            text=text,
+            speaker=self.manager.backends.speaker,
+            segmenter_factory=self.manager.segmenter_factory(),
+            max_parallel=self.manager.settings.tts_parallel,
+        )
+
     def _capped_transcript(self, text: str) -> str:
         cap = self.manager.settings.max_text_bytes
         cut = cut_text(text, cap)
@@ -574,7 +641,7 @@ class Session:
         notice = failure.notice
         await conn.notice(notice)
         await conn.segment_start(notice)
-        if failure.stage != "tts":
+        if failure.stage != "tts" and self.manager.backends.speaker is not None:
             try:
                 await asyncio.wait_for(self._speak(conn, notice), NOTICE_TTS_TIMEOUT)
             except DeviceGone:
@@ -714,7 +781,9 @@ class SessionManager:
     def _drop(self, s: Session) -> None:
         del self.sessions[s.id]
         SESSIONS.dec()
-        s.conversation = None
+        conversation, s.conversation = s.conversation, None
+        if isinstance(conversation, LiveConversation):
+            conversation.close()
         self._notify_changed()
 
     def _notify_changed(self) -> None:

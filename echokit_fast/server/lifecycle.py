@@ -26,6 +26,7 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
+from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
 from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM
@@ -56,12 +57,13 @@ READY_MESSAGE = "ready: every configured engine is loaded"
 
 async def load_engines(state: AppState) -> None:
     """Load the engines the configuration uses (the Silero VAD always; Whisper and the TTS
-    engine when the device pipeline runs them in-process) in worker threads, then build the
-    device pipeline's clients in this loop; each step logs how long it took. Marks the state
+    engine when a served layout, ``registry.LAYOUTS``, runs them in-process) in worker
+    threads, then build the device server's backend clients in this loop; each step logs how
+    long it took. Marks the state
     ready, or records the failure in ``state.load_error`` (``serve`` then exits 1)."""
     config = state.config
-    pipeline = config.layout == "pipeline"
-    local = pipeline and state.backends is None  # installed backends need no local engine
+    served = config.layout in registry.LAYOUTS
+    local = served and state.backends is None  # installed backends need no local engine
     steps: list[tuple[str, Callable[[], Any]]] = [("Silero VAD", state.vad_model)]
     if local and isinstance(config.asr, LocalASR):
         steps.append(("Whisper ASR", state.asr_engine))
@@ -72,7 +74,7 @@ async def load_engines(state: AppState) -> None:
             t0 = time.perf_counter()
             await asyncio.to_thread(build)
             log.info("%s ready in %.2f s", what, time.perf_counter() - t0)
-        if pipeline:
+        if served:
             t0 = time.perf_counter()
             device.prepare(state)
             log.info("device pipeline ready in %.2f s", time.perf_counter() - t0)

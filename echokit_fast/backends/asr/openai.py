@@ -28,6 +28,7 @@ from pydantic import Field
 from echokit_fast import audio
 from echokit_fast.backends import http, registry
 from echokit_fast.backends.base import Pcm, Transcriber
+from echokit_fast.backends.chinese import to_simplified
 from echokit_fast.backends.schema import Section, VadConfig
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "RemoteTranscriber",
     "RemoteTranscription",
     "clean_transcript",
-    "to_simplified",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,27 +67,6 @@ class OpenAIASR(Section):
                         "not needed, the embedded Silero VAD detects speech; the setting is ignored"
                     ),
                 )
-
-
-_converter: Any = None
-_converter_failed = False
-
-
-def to_simplified(text: str) -> str:
-    """Traditional (Taiwan) -> Simplified Chinese with OpenCC ``tw2sp``; unchanged if OpenCC
-    is missing (logged once)."""
-    global _converter, _converter_failed
-    if _converter is None and not _converter_failed:
-        try:
-            import opencc
-
-            _converter = opencc.OpenCC("tw2sp")
-        except Exception as exc:  # ImportError, or a build without the tw2sp profile
-            _converter_failed = True
-            log.warning("OpenCC unavailable (%s): transcripts are not converted to Simplified", exc)
-    if _converter is None or not any("\u3400" <= c <= "\u9fff" for c in text):
-        return text
-    return _converter.convert(text)
 
 
 def clean_transcript(text: str) -> str:

@@ -48,8 +48,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from echokit_fast import audio
 from echokit_fast.backends import http, registry, ws
-from echokit_fast.backends.asr.openai import RemoteTranscription, to_simplified
+from echokit_fast.backends.asr.openai import RemoteTranscription
 from echokit_fast.backends.base import BackendError, Heard, Pcm, StreamingTranscriber
+from echokit_fast.backends.chinese import to_simplified
 from echokit_fast.backends.schema import Section
 
 __all__ = ["DEFAULT_URL", "ParaformerStream", "ParaformerTranscriber", "ParaformerV2ASR"]

@@ -4,8 +4,9 @@
 (:mod:`.output`): end of speech ``EndVad``, transcripts ``ASR{text}`` (interim and final alike),
 a segment ``StartAudio{text}`` .. audio frames .. ``EndAudio``, ``EndResponse``, a notice
 ``DisplayText{text}`` (the firmware cannot decode it, docs/protocol.md#what-the-firmware-does; the
-engine also shows it as a segment). :func:`serve` runs the connection: the hello (a fresh connection
-only), then the device's frames into the engine: binary frames are microphone PCM16 (an odd trailing
+engine also shows it as a segment), the end of a live model's conversation ``Action{"ByeBye"}``.
+:func:`serve` runs the connection: the hello (a fresh connection only), then the device's
+frames into the engine: binary frames are microphone PCM16 (an odd trailing
 byte is carried to the next frame, docs/protocol.md#microphone-audio), text frames are JSON commands
 (docs/protocol.md#client-commands): ``StartChat``, ``Submit``, ``Text{input}``; ``Select``,
 ``StartRecord`` and anything that is not a command are ignored. The flags map onto the engine's:
@@ -44,6 +45,7 @@ from echokit_fast.conversation.trace import printable
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.mic import EvenBytes
 from echokit_fast.devices.echokit.output import (
+    BYE_BYE,
     END_AUDIO,
     END_RESPONSE,
     END_VAD,
@@ -173,6 +175,9 @@ class Connection:
 
     async def notice(self, text: str) -> None:
         await self.send(display_text(text, self.max_text_bytes))
+
+    async def goodbye(self) -> None:
+        await self.send(BYE_BYE)
 
 
 async def serve(

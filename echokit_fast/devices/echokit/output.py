@@ -20,6 +20,7 @@ from echokit_fast.conversation.splitter import cut_text
 from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
 __all__ = [
+    "BYE_BYE",
     "END_AUDIO",
     "END_RESPONSE",
     "END_VAD",
@@ -43,6 +44,8 @@ EV_START_AUDIO = "StartAudio"
 END_AUDIO = encode_event("EndAudio")
 END_RESPONSE = encode_event("EndResponse")
 END_VAD = encode_event("EndVad")
+#: a live model's service ended the conversation (the reference's answer to Gemini's goAway)
+BYE_BYE = encode_event({"Action": {"action": "ByeBye"}})
 
 
 def _text_event(kind: str, text: str, max_bytes: int) -> bytes:
