@@ -793,7 +793,10 @@ def parse_config(
     for path, name in unset:
         ld.error(
             path,
-            f"environment variable {name} is not set (write ${{{name}:-default}} for a fallback)",
+            f"environment variable {name} is not set: set it where the server starts "
+            f"({name}=... echokit-fast serve, or Environment={name}=... in a systemd unit), "
+            f"or write ${{{name}:-default}} for a fallback (echokit_server would send the "
+            f"text ${{{name}}} as is)",
         )
 
     for key in data:

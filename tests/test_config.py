@@ -853,7 +853,8 @@ def test_unset_variable_is_an_error_naming_variable_key_and_line() -> None:
     (issue,) = errors_of(text)
     assert issue.path == "llm.sys_prompts[1].content"
     assert issue.line == line_of(text, "${WHO}")
-    assert "environment variable WHO is not set" in issue.message
+    assert "environment variable WHO is not set: set it where the server starts" in issue.message
+    assert "WHO=... echokit-fast serve" in issue.message and "${WHO:-default}" in issue.message
 
 
 def test_env_expanded_value_is_then_type_checked() -> None:
