@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -38,21 +37,6 @@ ANSWER = "Sure. Here is a short answer for you, spoken in two parts."
 #: device boots are spread over this long (about one turn), as real users do not talk in
 #: lockstep; every device then holds its turns back to back
 SPREAD_S = 5.0
-
-
-@pytest.fixture(scope="module")
-def question(tmp_path_factory) -> Path:
-    """Real speech (the VAD fixture), cut right after its last word: the frame carrying the
-    last WAV sample is the last speech frame."""
-    with wave.open(str(TESTS / "data" / "vad_fixture_hello16k.wav")) as w:
-        pcm = w.readframes(w.getnframes())
-    path = tmp_path_factory.mktemp("load") / "question.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm[: 2 * 70624])
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import wave
+from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -14,6 +18,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ.get("ECHOKIT_LOAD_DEVICES", "20")),
         help="virtual devices in benches/bench_load.py (default 20, or $ECHOKIT_LOAD_DEVICES)",
     )
+    soak = parser.getgroup("soak", "benches/bench_soak.py (skipped unless --soak or --soak-quick)")
+    soak.addoption("--soak", action="store_true", help="run the soak: 5 minutes by default")
+    soak.addoption("--soak-quick", action="store_true", help="run a short soak (30 s)")
+    soak.addoption("--soak-duration", type=float, default=None, help="seconds of soak")
+    soak.addoption("--soak-devices", type=int, default=100, help="virtual devices (100)")
+    soak.addoption("--soak-seed", type=int, default=1, help="the fuzzers' random seed (1)")
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +32,19 @@ def load_devices(request: pytest.FixtureRequest) -> int:
     if n < 1:
         raise pytest.UsageError(f"--load-devices must be >= 1, got {n}")
     return n
+
+
+@pytest.fixture(scope="session")
+def question(tmp_path_factory) -> Path:
+    """What the virtual devices say (bench_load, bench_soak): real speech (the VAD fixture),
+    cut right after its last word, so the frame carrying the last WAV sample is the last
+    speech frame."""
+    with wave.open(str(TESTS / "data" / "vad_fixture_hello16k.wav")) as w:
+        pcm = w.readframes(w.getnframes())
+    path = tmp_path_factory.mktemp("load") / "question.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm[: 2 * 70624])
+    return path

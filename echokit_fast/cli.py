@@ -335,7 +335,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.warning("--llm-url is ignored: %s sets the LLM", path)
         source = path
     else:
-        config = default_config(llm_url=args.llm_url)
+        try:
+            config = default_config(llm_url=args.llm_url)
+        except ConfigError as exc:
+            print(f"echokit-fast serve: {exc}", file=sys.stderr)
+            return 2
         source = "embedded default"
     if args.listen:  # the summary names the address really listened on
         host, port = args.listen

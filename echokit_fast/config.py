@@ -59,7 +59,13 @@ Where we differ from the reference (on purpose)
   an error that says so.
 * The OpenAI TTS default model is ``gpt-4o-mini-tts`` (the reference's ``gpt-4o-tts`` is not an
   OpenAI model); ``[gsv] timeout_sec`` must be > 0; ``[asr.vad] threshold`` and
-  ``neg_threshold`` must lie in [0, 1] (then capped/floored as in the reference).
+  ``neg_threshold`` must lie in [0, 1] (then capped/floored as in the reference), and
+  ``neg_threshold`` must not be above ``threshold``.
+* Every URL key is checked at load (:data:`~echokit_fast.backends.schema.HttpUrl`,
+  :data:`~echokit_fast.backends.schema.WsUrl`): a scheme the client speaks and a host. An
+  integer beyond TOML's 64 bits, and a document nested deeper than the TOML parser can follow,
+  are errors (tomllib accepts the one and crashes on the other). The embedded engines' voice,
+  compute type and languages are checked against their names without loading them.
 * When ``[llm]``, ``[tts]`` and ``[asr]`` are all present the pipeline layout is used and its
   errors reported, even if a ``[gemini]`` section would also have matched (the reference would
   silently fall back to it).
@@ -78,15 +84,15 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.gemini import GeminiConfig
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
-from echokit_fast.backends.schema import Section, VadConfig
+from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, url_check
 from echokit_fast.backends.tts.local import LocalTTS
 
 if sys.version_info >= (3, 11):
@@ -132,16 +138,16 @@ Path_ = tuple[str | int, ...]
 
 
 class ClaudeConfig(Section):
-    """``[claude]``: the EchoKit-CC bridge."""
+    """``[claude]``: the EchoKit-CC bridge (WebSocket or HTTP: the layout is not served yet)."""
 
-    url: str
+    url: Annotated[str, AfterValidator(url_check("ws", "wss", "http", "https"))]
 
 
 class RecordConfig(Section):
     """``[record]``. ``dir`` (ours): the folder recordings go to (``record``, relative to the
     current directory like the reference's ``./record``)."""
 
-    callback_url: str | None = None
+    callback_url: HttpUrl | None = None
     dir: str = "record"
 
 
@@ -510,6 +516,22 @@ def _expand_tree(data: Any, path: Path_, env: Mapping[str, str], out: list[tuple
     return data
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _outside_int64(data: Any, path: Path_) -> Iterator[tuple[Path_, int]]:
+    """The integers TOML does not allow (it has 64-bit ones; tomllib accepts any size)."""
+    if isinstance(data, int) and not isinstance(data, bool):
+        if not -_INT64_MAX - 1 <= data <= _INT64_MAX:
+            yield path, data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            yield from _outside_int64(v, (*path, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _outside_int64(v, (*path, i))
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
@@ -731,12 +753,6 @@ class _Loader:
                 neg = given.get("neg_threshold")
                 if isinstance(neg, (int, float)) and neg < 0.05:
                     self.note((*path, "neg_threshold"), f"{neg} raised to the floor 0.05")
-                if model.neg_threshold is not None and model.neg_threshold > model.threshold:
-                    self.warn(
-                        (*path, "neg_threshold"),
-                        f"{model.neg_threshold} is above threshold {model.threshold}: "
-                        "speech ends as soon as the probability drops below threshold",
-                    )
         if isinstance(obj, Section):
             for key, message in obj.load_notes():
                 self.note((name, key), message)
@@ -786,6 +802,12 @@ def parse_config(
         m = re.search(r"at line (\d+)", str(exc))
         where = f"{filename}:{m.group(1)}" if m else filename
         raise ConfigError([ConfigIssue(where, None, "", f"invalid TOML: {exc}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        problem = "arrays or inline tables nested too deeply"
+        raise ConfigError([ConfigIssue(filename, None, "", f"invalid TOML: {problem}")]) from None
+    except ValueError as exc:  # an integer of more digits than int() converts (4300)
+        problem = str(exc).split(";")[0]
+        raise ConfigError([ConfigIssue(filename, None, "", f"invalid TOML: {problem}")]) from None
 
     ld = _Loader(filename, text, env)
     unset: list[tuple[Path_, str]] = []
@@ -797,6 +819,10 @@ def parse_config(
             f"({name}=... echokit-fast serve, or Environment={name}=... in a systemd unit), "
             f"or write ${{{name}:-default}} for a fallback (echokit_server would send the "
             f"text ${{{name}}} as is)",
+        )
+    for path, value in _outside_int64(data, ()):
+        ld.error(
+            path, f"{_short(value)} is outside TOML's integer range (64-bit, at most {_INT64_MAX})"
         )
 
     for key in data:
@@ -905,6 +931,8 @@ def default_config(
     ``http://localhost:9091/v1``) with ``/chat/completions`` appended (unless already there),
     key ``api_key`` / ``OPENAI_API_KEY`` (a ``Bearer `` prefix is dropped), model ``model`` /
     ``OPENAI_MODEL`` (empty = omitted), history 5 and a short system prompt for spoken replies.
+    A bad URL is a :class:`ConfigError` naming where it came from (``--llm-url`` or
+    ``$OPENAI_BASE_URL``).
     """
     env = os.environ if env is None else env
     base = (llm_url or env.get("OPENAI_BASE_URL") or DEFAULT_LLM_BASE_URL).rstrip("/")
@@ -912,15 +940,21 @@ def default_config(
     key = api_key if api_key is not None else env.get("OPENAI_API_KEY")
     if key:
         key = re.sub(r"^\s*[Bb][Ee][Aa][Rr][Ee][Rr]\s+", "", key).strip()
-    llm = OpenAIChatLLM.model_validate(
-        {
-            "url": url,
-            "api_key": key or None,
-            "model": model if model is not None else env.get("OPENAI_MODEL", ""),
-            "history": 5,
-            "sys_prompts": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}],
-        }
-    )
+    try:
+        llm = OpenAIChatLLM.model_validate(
+            {
+                "url": url,
+                "api_key": key or None,
+                "model": model if model is not None else env.get("OPENAI_MODEL", ""),
+                "history": 5,
+                "sys_prompts": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}],
+            }
+        )
+    except ValidationError as exc:
+        where = "--llm-url" if llm_url else "$OPENAI_BASE_URL"
+        raise ConfigError(
+            [ConfigIssue(where, None, "", _describe(e, ("llm", *e["loc"]))) for e in exc.errors()]
+        ) from None
     split_host_port(addr)
     return Config(addr=addr, layout="pipeline", llm=llm, tts=LocalTTS(), asr=LocalASR())
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import uvicorn
 
@@ -78,15 +80,17 @@ READY_LIMIT_S = 120
 
 
 @contextmanager
-def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
+def serve_process(
+    *args: str, env: dict[str, str] | None = None, log: BinaryIO | None = None
+) -> Iterator[ServeProcess]:
     """Run `python -m echokit_fast serve *args` in a child process until the server logs
     that it is ready (it listens earlier, while the engines load); yield the process and
     everything it printed so far; stop it afterwards (SIGTERM: it drains and exits).
+    Everything it prints is also written to `log` when given.
 
     Waiting on the readiness line (not a sleep) is the synchronisation; a server that exits
     or never gets ready fails with its output.
     """
-    import os
     import sys
 
     proc = subprocess.Popen(
@@ -111,12 +115,21 @@ def serve_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Ser
             raise AssertionError(f"serve {what}:\n{seen.decode(errors='replace')}")
         watchdog.cancel()
         # keep draining its output so a chatty server never blocks on a full pipe
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        if log is not None:
+            log.write(seen)
+        threading.Thread(target=_drain, args=(proc.stdout, log), daemon=True).start()
         yield ServeProcess(proc, seen)
     finally:
         watchdog.cancel()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _drain(stream: BinaryIO, log: BinaryIO | None) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
+        if log is not None:
+            log.write(chunk)
+            log.flush()
 
 
 @dataclass
@@ -125,13 +138,24 @@ class ServeProcess:
     #: what the server printed up to its readiness line
     output: bytes
 
-    def rss_bytes(self) -> int:
-        """The server's resident set size now (Linux /proc)."""
+    def _status(self, key: str) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmRSS for pid {self.proc.pid}")
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no {key} for pid {self.proc.pid}")
+
+    def rss_bytes(self) -> int:
+        """The server's resident set size now (Linux /proc)."""
+        return self._status("VmRSS") * 1024
+
+    def threads(self) -> int:
+        """The server's thread count now."""
+        return self._status("Threads")
+
+    def open_fds(self) -> int:
+        """The server's open file descriptors now (sockets included)."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
 
 @contextmanager

@@ -435,15 +435,17 @@ ALIASES = [
 
 # Enough keys for any platform of the section; the unused ones only produce warnings.
 EVERYTHING = {
-    "llm": 'url = "http://x"\nhistory = 1',
-    "tts": 'url = "http://x"\nspeaker = "s"\napi_key = "k"\nvoice = "v"\ntoken = "t"',
-    "asr": 'url = "http://x"\nparaformer_token = "p"',
+    "llm": "history = 1",
+    "tts": 'speaker = "s"\napi_key = "k"\nvoice = "v"\ntoken = "t"',
+    "asr": 'paraformer_token = "p"',
 }
+WEBSOCKET_PLATFORMS = {"cosyvoice", "elevenlabs", "paraformer_v2"}
 
 
 @pytest.mark.parametrize(("section", "spelling", "canonical"), ALIASES)
 def test_platform_aliases(section: str, spelling: str, canonical: str) -> None:
-    keys = "" if canonical == "local" else EVERYTHING[section]
+    url = "ws://x" if canonical in WEBSOCKET_PLATFORMS else "http://x"
+    keys = "" if canonical == "local" else f'url = "{url}"\n{EVERYTHING[section]}'
     body = f'[{section}]\nplatform = "{spelling}"\n{keys}'
     cfg = parse(with_section(section, body)).config
     assert getattr(cfg, section).platform == canonical
@@ -488,7 +490,7 @@ def test_untagged_section_without_a_telling_key_is_an_error() -> None:
 
 def test_openai_chat_defaults_and_required_keys() -> None:
     llm = parse(PIPELINE).config.llm
-    assert (llm.api_key, llm.model, llm.prompts_url, llm.extra) == (None, "", "", None)
+    assert (llm.api_key, llm.model, llm.prompts_url, llm.extra) == (None, "", None, None)
     assert llm.sys_prompts == [] and llm.dynamic_prompts == [] and llm.mcp_server == []
     text = with_section("llm", '[llm]\nplatform = "openai_chat"\nmodel = "m"')
     issues = {i.path: i for i in errors_of(text)}
@@ -575,7 +577,7 @@ def test_tts_defaults(body: str, expected: dict[str, Any]) -> None:
         ('platform = "openai"', {"tts.api_key"}),
         ('platform = "groq"\napi_key = "k"', {"tts.voice"}),
         ('platform = "gsv"', {"tts.url", "tts.speaker"}),
-        ('platform = "stream_gsv"\nurl = "u"', {"tts.speaker"}),
+        ('platform = "stream_gsv"\nurl = "http://u"', {"tts.speaker"}),
         ('platform = "fish"\napi_key = "k"', {"tts.speaker"}),
         ('platform = "cosyvoice"', {"tts.token"}),
         ('platform = "elevenlabs"\ntoken = "t"', {"tts.voice"}),
@@ -642,7 +644,8 @@ def test_mcp_server_defaults_and_type() -> None:
     assert (mcp.type, mcp.call_mcp_message, mcp.api_key) == ("http_streamable", "", "")
     text = (
         PIPELINE
-        + '[[llm.mcp_server]]\nserver = "a"\n[[llm.mcp_server]]\nserver = "b"\ntype = "ws"\n'
+        + '[[llm.mcp_server]]\nserver = "http://a"\n[[llm.mcp_server]]\nserver = "http://b"\n'
+        + 'type = "ws"\n'
     )
     (issue,) = errors_of(text)
     assert issue.path == "llm.mcp_server[1].type"
@@ -695,9 +698,13 @@ def test_vad_out_of_range_and_wrong_types() -> None:
     assert vad_of("threshold = 1").config.asr.vad.threshold == 0.95  # an integer is a number
 
 
-def test_vad_neg_above_threshold_is_warned() -> None:
-    loaded = vad_of("threshold = 0.4\nneg_threshold = 0.6")
-    assert any(w.path == "asr.vad.neg_threshold" for w in loaded.warnings)
+def test_vad_neg_above_threshold_is_an_error() -> None:
+    text = PIPELINE + "[asr.vad]\nthreshold = 0.4\nneg_threshold = 0.6\n"
+    (issue,) = errors_of(text)
+    assert issue.path == "asr.vad.neg_threshold"
+    assert issue.line == line_of(text, "neg_threshold = 0.6")
+    assert "0.6 is above threshold 0.4" in issue.message
+    assert vad_of("threshold = 0.4\nneg_threshold = 0.4").config.asr.vad.neg_threshold == 0.4
 
 
 # ---------------------------------------------------------------------------------------------

@@ -305,8 +305,8 @@ def test_from_config_maps_settings_and_logs_the_load_time(caplog):
         assert any("voice 'heart' loaded in" in r.getMessage() for r in caplog.records)
     finally:
         engine.close()
-    with pytest.raises(tts.UnknownVoice, match="'nobody'"):
-        tts.from_config(LocalTTS(voice="nobody"))
+    with pytest.raises(ValueError, match="unknown voice 'nobody' for the hibari engine"):
+        LocalTTS(voice="nobody")  # refused as the config loads, before any engine
     with pytest.raises(ValueError, match="unknown TTS engine 'espeak'"):
         tts.create("espeak")
 

@@ -327,7 +327,7 @@ def test_url_is_validated(platform, extra, default):
     with pytest.raises(ConfigError) as ei:
         tts("ftp://h/x")
     (issue,) = ei.value.issues
-    assert issue.path == "tts.url" and "not a WebSocket URL" in issue.message
+    assert issue.path == "tts.url" and "expected a WebSocket URL (ws://, wss://" in issue.message
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
-"""What every platform's config model is built from: the strict :class:`Section` base and the
-small tables several platforms share (chat messages, ``[asr.vad]``, ``[tts.text_optimization]``).
+"""What every platform's config model is built from: the strict :class:`Section` base, the URL
+types every ``url``-like key uses (:data:`HttpUrl`, :data:`WsUrl`, both :func:`url_check`) and
+the small tables several platforms share (chat messages, ``[asr.vad]``,
+``[tts.text_optimization]``).
 
 Each platform module (``backends/asr/openai.py`` ...) defines its own section model on
 :class:`Section`; :mod:`echokit_fast.config` validates a file's sections against them.
@@ -8,12 +10,35 @@ Each platform module (``backends/asr/openai.py`` ...) defines its own section mo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    UrlConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-__all__ = ["Message", "Section", "TextOptimization", "VadConfig", "choices"]
+__all__ = [
+    "HttpUrl",
+    "Message",
+    "Section",
+    "TextOptimization",
+    "VadConfig",
+    "WsUrl",
+    "choices",
+    "url_check",
+]
 
 
 class Section(BaseModel):
@@ -48,6 +73,54 @@ def choices(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def url_check(*schemes: str, what: str = "URL") -> Callable[[str], str]:
+    """The validator of a URL key: a URL with one of ``schemes`` and a host (kept as written,
+    not normalised). Every URL key of every section uses one (through :data:`HttpUrl` and
+    :data:`WsUrl`, or ``Annotated[str, AfterValidator(url_check(...))]``)."""
+    parser = TypeAdapter(
+        Annotated[AnyUrl, UrlConstraints(allowed_schemes=list(schemes), host_required=True)]
+    )
+    wanted = f"{what} (" + ", ".join(f"{s}://" for s in schemes[:-1]) + f" or {schemes[-1]}://)"
+
+    def check(url: str) -> str:
+        shown = repr(url if len(url) <= 80 else url[:77] + "...")
+        if not url:
+            raise ValueError(f"expected a {wanted}, got an empty string")
+        if url != url.strip():
+            raise ValueError(f"expected a {wanted}, got {shown} (spaces around it)")
+        try:
+            parser.validate_python(url)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            if err["type"] == "url_scheme":
+                reason = f"scheme {urlsplit(url).scheme or 'missing'}"
+            else:
+                reason = err["msg"].removeprefix("Input should be a valid URL, ")
+            raise ValueError(f"expected a {wanted}, got {shown} ({reason})") from None
+        # The WHATWG parser repairs "http:/x" and "http:///x" into a host; HTTP clients do not.
+        if not urlsplit(url).hostname:
+            raise ValueError(f"expected a {wanted}, got {shown} (no host)")
+        return url
+
+    return check
+
+
+def _websocket_scheme(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower()) + "://" + rest
+
+
+#: an HTTP endpoint (``http://`` or ``https://``)
+HttpUrl = Annotated[str, AfterValidator(url_check("http", "https"))]
+#: a WebSocket endpoint: ``ws://`` or ``wss://``; ``http(s)://`` is taken as ``ws(s)://``, as
+#: the reference's WebSocket client does (the scheme is stored lower-case)
+WsUrl = Annotated[
+    str,
+    AfterValidator(url_check("ws", "wss", "http", "https", what="WebSocket URL")),
+    AfterValidator(_websocket_scheme),
+]
+
+
 class Message(Section):
     """A chat message (``sys_prompts``, ``dynamic_prompts``, ``prompts``)."""
 
@@ -58,7 +131,7 @@ class Message(Section):
 class TextOptimization(Section):
     """``[tts.text_optimization]``: rewrite each segment through a chat-completions endpoint."""
 
-    url: str
+    url: HttpUrl
     api_key: str = ""
     model: str = ""
     prompts: list[Message] | None = None
@@ -77,13 +150,26 @@ class TextOptimization(Section):
 
 class VadConfig(Section):
     """``[asr.vad]``. After validation ``threshold`` is capped at 0.95 and ``neg_threshold`` is
-    set (default ``threshold - 0.15``) and floored at 0.05, as in the reference."""
+    set (default ``threshold - 0.15``) and floored at 0.05, as in the reference. A
+    ``neg_threshold`` above ``threshold`` (as written) is an error: speech would end as soon as
+    it started."""
 
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     neg_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     min_speech_duration_ms: int = Field(default=400, ge=0)
     max_silence_duration_ms: int = Field(default=200, ge=0)
     hangover_ms: int = Field(default=500, ge=0)
+
+    @field_validator("neg_threshold")
+    @classmethod
+    def _below_threshold(cls, neg: float | None, info: ValidationInfo) -> float | None:
+        threshold = info.data.get("threshold")
+        if neg is not None and threshold is not None and neg > threshold:
+            raise ValueError(
+                f"{neg} is above threshold {threshold}: speech would end as soon as it started "
+                "(neg_threshold is where speech ends, at or below threshold)"
+            )
+        return neg
 
     @model_validator(mode="after")
     def _effective(self) -> VadConfig:

@@ -1,8 +1,6 @@
 """The WebSocket plumbing of the remote backends that stream over a WebSocket (``cosyvoice``,
 ``elevenlabs``): opening a connection, receiving with a deadline, failures as notices.
 
-* :func:`check_url` -- for a config validator: ``ws://`` / ``wss://`` (``http(s)://`` is taken
-  as ``ws(s)://``, as the reference's client does); ``""`` is the platform's default.
 * :func:`connect` -- a client connection with the given headers and an opening deadline, without
   compression (the reference's client offers none; audio does not compress).
 * :func:`recv` -- the next message, or :class:`TimeoutError` after ``timeout`` seconds.
@@ -28,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from echokit_fast.backends.base import BackendError
 from echokit_fast.backends.http import Notices
 
-__all__ = ["FAILURES", "MAX_MESSAGE", "check_url", "connect", "dumps", "error", "recv"]
+__all__ = ["FAILURES", "MAX_MESSAGE", "connect", "dumps", "error", "recv"]
 
 #: The largest message accepted (websockets' default is 1 MiB; a vendor may send the audio of a
 #: long sentence as one base64 JSON message).
@@ -37,18 +35,6 @@ MAX_MESSAGE = 16 * 2**20
 #: A refused or broken connection, a timeout, a protocol violation (TimeoutError is an OSError;
 #: asyncio's is another class before Python 3.11).
 FAILURES = (OSError, asyncio.TimeoutError, WebSocketException)
-
-_SCHEMES = {"ws://": "ws://", "wss://": "wss://", "http://": "ws://", "https://": "wss://"}
-
-
-def check_url(url: str, default: str) -> str:
-    """``url`` as a WebSocket URL (``""``: ``default``); any other scheme is a ValueError."""
-    if not url:
-        return default
-    for scheme, ws_scheme in _SCHEMES.items():
-        if url[: len(scheme)].lower() == scheme:
-            return ws_scheme + url[len(scheme) :]
-    raise ValueError(f"{url!r} is not a WebSocket URL (ws:// or wss://)")
 
 
 async def connect(url: str, headers: Mapping[str, str], *, timeout: float) -> ClientConnection:

@@ -29,7 +29,7 @@ from echokit_fast import audio
 from echokit_fast.backends import http, registry
 from echokit_fast.backends.base import Pcm, Transcriber
 from echokit_fast.backends.chinese import to_simplified
-from echokit_fast.backends.schema import Section, VadConfig
+from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, WsUrl
 
 __all__ = [
     "OpenAIASR",
@@ -48,14 +48,14 @@ class OpenAIASR(Section):
     """``[asr] platform = "openai"`` (aliases ``whisper``, ``Whisper``, ``OpenAI``)."""
 
     platform: Literal["openai"] = "openai"
-    url: str
+    url: HttpUrl
     api_key: str = ""
     lang: str = ""
     model: str = ""
     prompt: str = ""
     vad: VadConfig = Field(default_factory=VadConfig)
-    vad_url: str | None = None
-    vad_realtime_url: str | None = None
+    vad_url: HttpUrl | None = None
+    vad_realtime_url: WsUrl | None = None
 
     def load_notes(self) -> Iterator[tuple[str, str]]:
         for key in ("vad_url", "vad_realtime_url"):

@@ -51,7 +51,7 @@ from echokit_fast.backends import http, registry, ws
 from echokit_fast.backends.asr.openai import RemoteTranscription
 from echokit_fast.backends.base import BackendError, Heard, Pcm, StreamingTranscriber
 from echokit_fast.backends.chinese import to_simplified
-from echokit_fast.backends.schema import Section
+from echokit_fast.backends.schema import Section, WsUrl
 
 __all__ = ["DEFAULT_URL", "ParaformerStream", "ParaformerTranscriber", "ParaformerV2ASR"]
 
@@ -74,15 +74,15 @@ class ParaformerV2ASR(Section):
 
     platform: Literal["paraformer_v2"] = "paraformer_v2"
     paraformer_token: str
-    url: str = DEFAULT_URL
+    url: WsUrl = DEFAULT_URL
     # echokit-fast's own (README, Limits): each wait on DashScope, in seconds -- connected with
     # the task started; task-finished after the end of the audio
     timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("url")
+    @field_validator("url", mode="before")
     @classmethod
-    def _ws_url(cls, url: str) -> str:
-        return ws.check_url(url, DEFAULT_URL)
+    def _empty_is_default(cls, url: object) -> object:
+        return DEFAULT_URL if url == "" else url  # as in the reference
 
 
 def join_sentences(sentences: list[str]) -> str:

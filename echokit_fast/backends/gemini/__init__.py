@@ -9,9 +9,9 @@ and ``reply_timeout_s`` (to the first message of an answer, and between its mess
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from echokit_fast.backends.schema import Message, Section
+from echokit_fast.backends.schema import Message, Section, WsUrl
 
 __all__ = ["GEMINI_LIVE_URL", "GeminiConfig"]
 
@@ -30,13 +30,6 @@ class GeminiConfig(Section):
     model: str = "models/gemini-2.0-flash-exp"
     sys_prompts: list[Message] = Field(default_factory=list)
     # ours: the endpoint and the timeouts (the reference has none)
-    url: str = GEMINI_LIVE_URL
+    url: WsUrl = GEMINI_LIVE_URL
     connect_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     reply_timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
-
-    @field_validator("url")
-    @classmethod
-    def _websocket(cls, url: str) -> str:
-        if not url.lower().startswith(("ws://", "wss://")):
-            raise ValueError(f"{url!r} is not a WebSocket URL (ws:// or wss://)")
-        return url

@@ -14,7 +14,7 @@ import anyio
 
 from echokit_fast.backends.base import BackendError
 from echokit_fast.backends.llm.prompts import Msg
-from echokit_fast.backends.schema import Section
+from echokit_fast.backends.schema import HttpUrl, Section
 
 __all__ = ["MCPServer", "MCPTool", "MCPTools"]
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class MCPServer(Section):
     """One ``[[llm.mcp_server]]``. ``api_key`` is accepted but, as in the reference, unused."""
 
-    server: str
+    server: HttpUrl
     type: Literal["http_streamable", "sse"] = "http_streamable"
     call_mcp_message: str = ""
     api_key: str = ""

@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.base import Conversation, SpeakNow
@@ -58,7 +58,7 @@ from echokit_fast.backends.llm.errors import tool_loop_error
 from echokit_fast.backends.llm.mcp import MCPServer
 from echokit_fast.backends.llm.prompts import Msg, as_msg, load_prompts
 from echokit_fast.backends.llm.tools import ToolCallAssembler
-from echokit_fast.backends.schema import Message, Section, choices
+from echokit_fast.backends.schema import HttpUrl, Message, Section, choices
 
 __all__ = ["ChatBackend", "OpenAIChat", "OpenAIChatLLM"]
 
@@ -67,15 +67,21 @@ class OpenAIChatLLM(Section):
     """``[llm] platform = "openai_chat"``: an OpenAI Chat Completions compatible endpoint."""
 
     platform: Literal["openai_chat"] = "openai_chat"
-    url: str = Field(validation_alias=choices("url", "llm_chat_url"))
+    url: HttpUrl = Field(validation_alias=choices("url", "llm_chat_url"))
     api_key: str | None = None
     model: str = ""
     history: int = Field(ge=0)
     sys_prompts: list[Message] = Field(default_factory=list)
     dynamic_prompts: list[Message] = Field(default_factory=list)
-    prompts_url: str = ""
+    #: None (or written ``""``): no remote prompts
+    prompts_url: HttpUrl | None = None
     mcp_server: list[MCPServer] = Field(default_factory=list)
     extra: dict[str, Any] | None = None
+
+    @field_validator("prompts_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, url: Any) -> Any:
+        return None if url == "" else url
 
 
 class ChatBackend(OpenAIBackend):

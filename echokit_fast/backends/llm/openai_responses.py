@@ -23,7 +23,7 @@ from echokit_fast.backends.llm.client import MAX_TOOL_ROUNDS, OpenAIBackend, str
 from echokit_fast.backends.llm.errors import NOTICE_FAILED, NOTICES, tool_loop_error
 from echokit_fast.backends.llm.mcp import MCPServer
 from echokit_fast.backends.llm.prompts import Msg, load_instructions
-from echokit_fast.backends.schema import Message, Section, choices
+from echokit_fast.backends.schema import HttpUrl, Message, Section, choices
 
 __all__ = ["OpenAIResponses", "OpenAIResponsesLLM", "ResponsesBackend"]
 
@@ -34,7 +34,7 @@ class OpenAIResponsesLLM(Section):
     """``[llm] platform = "openai_responses"``: the OpenAI Responses API."""
 
     platform: Literal["openai_responses"] = "openai_responses"
-    url: str = Field(
+    url: HttpUrl = Field(
         default="https://api.openai.com/v1/responses",
         validation_alias=choices("url", "llm_responses_url"),
     )

@@ -34,7 +34,7 @@ from websockets.protocol import State
 
 from echokit_fast.backends import registry, ws
 from echokit_fast.backends.base import BackendError, Pcm, Speaker
-from echokit_fast.backends.schema import Section
+from echokit_fast.backends.schema import Section, WsUrl
 from echokit_fast.backends.tts.speaker import NOTICE_REPORTED, NOTICES, PcmStream
 
 __all__ = ["COSYVOICE_RATE", "DEFAULT_URL", "CosyVoiceSpeaker", "CosyVoiceTTS"]
@@ -53,12 +53,12 @@ class CosyVoiceTTS(Section):
     token: str
     speaker: str | None = None
     version: Literal["V1", "V2"] = "V2"
-    url: str = DEFAULT_URL
+    url: WsUrl = DEFAULT_URL
 
-    @field_validator("url")
+    @field_validator("url", mode="before")
     @classmethod
-    def _ws_url(cls, url: str) -> str:
-        return ws.check_url(url, DEFAULT_URL)
+    def _empty_is_default(cls, url: object) -> object:
+        return DEFAULT_URL if url == "" else url  # as in the reference
 
     @property
     def voice(self) -> str:

@@ -25,7 +25,7 @@ from pydantic import field_validator
 
 from echokit_fast.backends import registry, ws
 from echokit_fast.backends.base import Pcm, Speaker
-from echokit_fast.backends.schema import Section
+from echokit_fast.backends.schema import Section, WsUrl
 from echokit_fast.backends.tts.speaker import NOTICE_REPORTED, NOTICES, PcmStream
 
 __all__ = ["DEFAULT_URL", "ELEVENLABS_RATE", "ElevenLabsSpeaker", "ElevenLabsTTS"]
@@ -43,12 +43,12 @@ class ElevenLabsTTS(Section):
     voice: str
     model_id: str = ""
     language_code: str = ""
-    url: str = DEFAULT_URL
+    url: WsUrl = DEFAULT_URL
 
-    @field_validator("url")
+    @field_validator("url", mode="before")
     @classmethod
-    def _ws_url(cls, url: str) -> str:
-        return ws.check_url(url, DEFAULT_URL)
+    def _empty_is_default(cls, url: object) -> object:
+        return DEFAULT_URL if url == "" else url  # as in the reference
 
     @property
     def effective_model_id(self) -> str:

@@ -10,7 +10,7 @@ import msgpack
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.base import Pcm, Speaker
-from echokit_fast.backends.schema import Section
+from echokit_fast.backends.schema import HttpUrl, Section
 from echokit_fast.backends.tts.speaker import HTTPSpeaker
 
 __all__ = ["FishSpeaker", "FishTTS"]
@@ -22,7 +22,7 @@ class FishTTS(Section):
     platform: Literal["fish"] = "fish"
     api_key: str
     speaker: str
-    url: str = "https://api.fish.audio/v1/tts"
+    url: HttpUrl = "https://api.fish.audio/v1/tts"
 
 
 class FishSpeaker(HTTPSpeaker):

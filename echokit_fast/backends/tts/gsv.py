@@ -16,7 +16,7 @@ from pydantic import Field
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.base import Pcm, Speaker
-from echokit_fast.backends.schema import Section, TextOptimization
+from echokit_fast.backends.schema import HttpUrl, Section, TextOptimization
 from echokit_fast.backends.tts.speaker import HTTPSpeaker, tts_error
 from echokit_fast.backends.tts.text_optimization import with_text_optimization
 
@@ -31,7 +31,7 @@ class GSVTTS(Section):
     """``[tts] platform = "gsv"`` (aliases ``GSV``, ``Stable``): GPT-SoVITS, whole WAV."""
 
     platform: Literal["gsv"] = "gsv"
-    url: str
+    url: HttpUrl
     speaker: str
     api_key: str = ""
     timeout_sec: int = Field(default=15, gt=0)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.base import Pcm, Speaker
-from echokit_fast.backends.schema import Section
+from echokit_fast.backends.schema import HttpUrl, Section
 from echokit_fast.backends.tts.speaker import HTTPSpeaker
 
 __all__ = ["GroqTTS", "OpenAISpeaker", "OpenAITTS"]
@@ -23,7 +23,7 @@ class OpenAITTS(Section):
     api_key: str
     model: str = "gpt-4o-mini-tts"
     voice: str = "alloy"
-    url: str = "https://api.openai.com/v1/audio/speech"
+    url: HttpUrl = "https://api.openai.com/v1/audio/speech"
 
 
 class GroqTTS(Section):
@@ -33,7 +33,7 @@ class GroqTTS(Section):
     api_key: str
     voice: str
     model: str = "playai-tts"
-    url: str = "https://api.groq.com/openai/v1/audio/speech"
+    url: HttpUrl = "https://api.groq.com/openai/v1/audio/speech"
 
 
 class OpenAISpeaker(HTTPSpeaker):

