@@ -13,7 +13,7 @@ Schema (as echokit_server 0.3.2)
 -------------------------------
 Top level: ``addr`` (``HOST:PORT``, required in a file; ``serve --listen`` overrides it),
 ``hello_wav`` (optional), ``[record] callback_url`` (optional), ``[limits]`` (ours, optional:
-``max_audio_s``, see :class:`LimitsConfig`). The AI *layout* is chosen by the
+``max_audio_s`` ..., see :class:`LimitsConfig`). The AI *layout* is chosen by the
 sections present, in the reference's order: ``pipeline`` (``[llm]`` + ``[tts]`` + ``[asr]``),
 ``claude`` (``[claude]`` + ``[asr]`` + ``[tts]``), ``gemini_tts`` (``[gemini]`` + ``[tts]``),
 ``gemini`` (``[gemini]``). ``[llm]``, ``[tts]`` and ``[asr]`` are tagged by ``platform``; every
@@ -157,12 +157,24 @@ class LimitsConfig(Section):
     limits table). ``max_audio_s``: seconds of audio an uploaded file may decode to (600);
     ``max_text_bytes``: UTF-8 bytes of a device's ``Text`` command or an ASR transcript (4096);
     ``max_history_bytes``: UTF-8 bytes of message text one device's LLM history keeps
-    (65536); ``max_sessions``: device sessions held at once (1000)."""
+    (65536); ``max_sessions``: device sessions held at once (1000); then the connection
+    edge's timeouts and connection caps."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
     max_history_bytes: int = Field(default=65536, ge=1)
     max_sessions: int = Field(default=1000, ge=1)
+    # The connection edge (echokit_fast/server/edge.py): seconds a request head may take from
+    # the connection's opening or its first byte, seconds an upload may stall, seconds an idle
+    # keep-alive connection is kept, seconds a WebSocket may send no message (0: never
+    # closed), the bytes a request head may hold, connections open at once and per client IP.
+    header_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    keep_alive_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    ws_idle_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
+    max_head_bytes: int = Field(default=16384, ge=1024)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=100, ge=1)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
@@ -194,7 +206,10 @@ class Config(BaseModel):
 
 
 _PLAIN: dict[str, type[Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
-_TOP_KEYS = {"addr", "hello_wav", "record", "limits", "llm", "tts", "asr", "gemini", "claude"}
+_TOP_KEYS = {
+    *("addr", "hello_wav", "record", "limits"),
+    *("llm", "tts", "asr", "gemini", "claude"),
+}
 _SECRET_KEYS = ("api_key", "token", "paraformer_token")
 
 
