@@ -13,7 +13,8 @@ Schema (as echokit_server 0.3.2)
 -------------------------------
 Top level: ``addr`` (``HOST:PORT``, required in a file; ``serve --listen`` overrides it),
 ``hello_wav`` (optional), ``[record] callback_url`` (optional), ``[limits]`` (ours, optional:
-``max_audio_s`` ..., see :class:`LimitsConfig`). The AI *layout* is chosen by the
+``max_audio_s`` ..., see :class:`LimitsConfig`), ``[server]`` (ours, optional: allowed origins
+and the API key, see :class:`ServerConfig`). The AI *layout* is chosen by the
 sections present, in the reference's order: ``pipeline`` (``[llm]`` + ``[tts]`` + ``[asr]``),
 ``claude`` (``[claude]`` + ``[asr]`` + ``[tts]``), ``gemini_tts`` (``[gemini]`` + ``[tts]``),
 ``gemini`` (``[gemini]``). ``[llm]``, ``[tts]`` and ``[asr]`` are tagged by ``platform``; every
@@ -79,8 +80,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
@@ -102,9 +104,11 @@ __all__ = [
     "LimitsConfig",
     "LoadedConfig",
     "RecordConfig",
+    "ServerConfig",
     "default_config",
     "expand_env",
     "load_config",
+    "normalize_origin",
     "parse_config",
     "split_host_port",
     "summary",
@@ -177,6 +181,45 @@ class LimitsConfig(Section):
     max_connections_per_ip: int = Field(default=100, ge=1)
 
 
+class ServerConfig(Section):
+    """``[server]`` (ours): who may use the server. ``allowed_origins``: the web origins
+    (``scheme://host[:port]``, or ``"*"`` for any) whose pages may open its WebSockets and send
+    it state-changing requests, besides requests without an ``Origin`` (devices, curl) and
+    same-origin ones; ``api_key``: when set, ``/downloads/*`` needs ``Authorization: Bearer
+    <api_key>`` (``$ECHOKIT_API_KEY`` beats it). See echokit_fast/server/security.py."""
+
+    allowed_origins: list[str] = Field(default_factory=list)
+    api_key: str | None = None
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for v in value:
+            origin = v if v == "*" else normalize_origin(v)
+            if origin is None:
+                raise ValueError(f"expected an origin such as 'http://host:port' or '*', got {v!r}")
+            out.append(origin)
+        return out
+
+
+def normalize_origin(value: str) -> str | None:
+    """An origin (``scheme://host[:port]``, http or https) as browsers serialise it: lower
+    case, without its scheme's default port. None when `value` is not one."""
+    try:
+        parts = urlsplit(value.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return None
+    default = 80 if parts.scheme == "http" else 443
+    netloc = parts.netloc.rsplit(":", 1)[0] if port == default else parts.netloc
+    return f"{parts.scheme}://{netloc}"
+
+
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
 
 
@@ -189,6 +232,7 @@ class Config(BaseModel):
     hello_wav: str | None = None
     record: RecordConfig = Field(default_factory=RecordConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     layout: Layout
     #: the ``[llm]``, ``[tts]`` and ``[asr]`` sections: each a registered platform's model
     llm: Section | None = None
@@ -207,7 +251,7 @@ class Config(BaseModel):
 
 _PLAIN: dict[str, type[Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
 _TOP_KEYS = {
-    *("addr", "hello_wav", "record", "limits"),
+    *("addr", "hello_wav", "record", "limits", "server"),
     *("llm", "tts", "asr", "gemini", "claude"),
 }
 _SECRET_KEYS = ("api_key", "token", "paraformer_token")
@@ -790,6 +834,11 @@ def parse_config(
         if limits is not None:
             ld.finish_section(limits, "limits", data)
             top["limits"] = limits
+    if "server" in data:
+        server = ld.validate(ServerConfig, data["server"], ("server",))
+        if server is not None:
+            ld.finish_section(server, "server", data)
+            top["server"] = server
 
     layout = ld.layout(data)
     if layout is not None:
