@@ -187,13 +187,15 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def uvicorn_config(app: Starlette, state: AppState, **kw: Any) -> uvicorn.Config:
-    """uvicorn's configuration of `app` as ``serve`` runs it (`kw`: the address ...): the
-    protocols of :mod:`echokit_fast.server.edge` and uvicorn's own knobs for the ``[limits]``
-    it has one for. Not ``limit_concurrency``: the edge's caps replace it (why: edge.py)."""
+def uvicorn_config(app: Starlette, state: AppState, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration of `app` as ``serve`` runs it: the protocols of
+    :mod:`echokit_fast.server.edge` and uvicorn's own knobs for the ``[limits]`` it has one
+    for. Not ``limit_concurrency``: the edge's caps replace it (why: edge.py)."""
     limits = state.config.limits
     return uvicorn.Config(
         app,
+        host=host,
+        port=port,
         log_config=None,  # echokit_fast.server.logging configured every logger
         http=edge.EdgeHTTP,
         ws=edge.EdgeWebSocket,
@@ -202,12 +204,11 @@ def uvicorn_config(app: Starlette, state: AppState, **kw: Any) -> uvicorn.Config
         lifespan="on",
         timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  # a float works
         h11_max_incomplete_event_size=limits.max_head_bytes,
-        **kw,
     )
 
 
 def serve(state: AppState, app: Starlette, host: str, port: int) -> int:
     """Run `app` until a signal (drained: exit status 0) or a failed start-up (1)."""
-    server = Server(uvicorn_config(app, state, host=host, port=port), state)
+    server = Server(uvicorn_config(app, state, host, port), state)
     server.run()
     return 1 if state.load_error is not None else 0
