@@ -40,7 +40,7 @@ SPREAD_S = 5.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, load_devices):
     chat, stt, speech = ChatServer(), ASRServer("hello there"), TTSServer()
     chat.default.deltas = [ANSWER]
     with (
@@ -67,6 +67,10 @@ speaker = "load"
 platform = "openai_chat"
 url = "http://{chat_addr}/v1/chat/completions"
 history = 5
+
+[limits]  # every device connects from 127.0.0.1, two sockets each while one takes over
+max_connections = {max(1000, 4 * load_devices)}
+max_connections_per_ip = {max(1000, 4 * load_devices)}
 """
         )
         with serve_process(str(cfg)) as proc:

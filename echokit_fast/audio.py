@@ -150,7 +150,8 @@ def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, int]:
     "read to the end", and a truncated trailing partial frame is then dropped; any
     other data size that overruns the file, or that is not a whole number of
     frames, is a ValueError, as is every malformed or unsupported header (the
-    message names what is wrong).
+    message names what is wrong) and a float sample that is NaN or infinite
+    (the message names the first one).
     """
     return _native.read_wav(_wav_bytes(data, "read_wav"))
 

@@ -286,7 +286,8 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
 def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
     """`args` with the serve settings a flag left unset taken from the environment
     (``ECHOKIT_LISTEN``, ``ECHOKIT_LOG_LEVEL``, ``ECHOKIT_LOG_FORMAT``, ``ECHOKIT_CONFIG``,
-    then ``CONFIG_PATH``): a flag beats its variable. SettingError for a bad value."""
+    then ``CONFIG_PATH``): a flag beats its variable; ``api_key`` is ``ECHOKIT_API_KEY``
+    (it beats the config's ``[server] api_key``). SettingError for a bad value."""
     out = argparse.Namespace(**vars(args))
     if out.listen is None:
         out.listen = _from_env("ECHOKIT_LISTEN", _host_port, env)
@@ -299,6 +300,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse
     out.config_path = (
         args.config or args.config_pos or env.get("ECHOKIT_CONFIG") or env.get("CONFIG_PATH")
     ) or None
+    out.api_key = env.get("ECHOKIT_API_KEY", "").strip() or None
     return out
 
 
@@ -344,6 +346,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.listen:  # the summary names the address really listened on
         host, port = args.listen
         config = config.model_copy(update={"addr": f"{host}:{port}"})
+    if args.api_key:
+        server = config.server.model_copy(update={"api_key": args.api_key})
+        config = config.model_copy(update={"server": server})
     log.info("config: %s\n%s", source, summary(config))
 
     problems = unsupported(config)

@@ -13,7 +13,8 @@ Schema (as echokit_server 0.3.2)
 -------------------------------
 Top level: ``addr`` (``HOST:PORT``, required in a file; ``serve --listen`` overrides it),
 ``hello_wav`` (optional), ``[record] callback_url`` (optional), ``[limits]`` (ours, optional:
-``max_audio_s``, see :class:`LimitsConfig`). The AI *layout* is chosen by the
+``max_audio_s`` ..., see :class:`LimitsConfig`), ``[server]`` (ours, optional: allowed origins
+and the API key, see :class:`ServerConfig`). The AI *layout* is chosen by the
 sections present, in the reference's order: ``pipeline`` (``[llm]`` + ``[tts]`` + ``[asr]``),
 ``claude`` (``[claude]`` + ``[asr]`` + ``[tts]``), ``gemini_tts`` (``[gemini]`` + ``[tts]``),
 ``gemini`` (``[gemini]``). ``[llm]``, ``[tts]`` and ``[asr]`` are tagged by ``platform``; every
@@ -85,8 +86,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
@@ -109,9 +119,11 @@ __all__ = [
     "LimitsConfig",
     "LoadedConfig",
     "RecordConfig",
+    "ServerConfig",
     "default_config",
     "expand_env",
     "load_config",
+    "normalize_origin",
     "parse_config",
     "split_host_port",
     "summary",
@@ -169,7 +181,8 @@ class LimitsConfig(Section):
     long (3600 s) and how much audio (115 200 000 bytes, an hour) one recording may take;
     ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB);
     ``max_realtime_event_bytes``: bytes of one JSON event a ``/v1/realtime`` client sends
-    (16 MiB, the largest WebSocket message the server reads)."""
+    (16 MiB, the largest WebSocket message the server reads); then the connection edge's
+    timeouts and connection caps."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
@@ -201,6 +214,56 @@ class LimitsConfig(Section):
     max_record_disk_bytes_per_device: int = Field(default=2**30, ge=1)
     # /v1/realtime: one client event (a larger one is answered with an error event)
     max_realtime_event_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # The connection edge (echokit_fast/server/edge.py): seconds a request head may take from
+    # the connection's opening or its first byte, seconds an upload may stall, seconds an idle
+    # keep-alive connection is kept, seconds a WebSocket may send no message (0: never
+    # closed), the bytes a request head may hold, connections open at once and per client IP.
+    header_timeout_s: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    keep_alive_s: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    ws_idle_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
+    max_head_bytes: int = Field(default=16384, ge=1024)
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=100, ge=1)
+
+
+class ServerConfig(Section):
+    """``[server]`` (ours): who may use the server. ``allowed_origins``: the web origins
+    (``scheme://host[:port]``, or ``"*"`` for any) whose pages may open its WebSockets and send
+    it state-changing requests, besides requests without an ``Origin`` (devices, curl) and
+    same-origin ones; ``api_key``: when set, ``/downloads/*`` needs ``Authorization: Bearer
+    <api_key>`` (``$ECHOKIT_API_KEY`` beats it). See echokit_fast/server/security.py."""
+
+    allowed_origins: list[str] = Field(default_factory=list)
+    api_key: str | None = None
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for v in value:
+            origin = v if v == "*" else normalize_origin(v)
+            if origin is None:
+                raise ValueError(f"expected an origin such as 'http://host:port' or '*', got {v!r}")
+            out.append(origin)
+        return out
+
+
+def normalize_origin(value: str) -> str | None:
+    """An origin (``scheme://host[:port]``, http or https) as browsers serialise it: lower
+    case, without its scheme's default port. None when `value` is not one."""
+    try:
+        parts = urlsplit(value.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return None
+    default = 80 if parts.scheme == "http" else 443
+    netloc = parts.netloc.rsplit(":", 1)[0] if port == default else parts.netloc
+    return f"{parts.scheme}://{netloc}"
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
@@ -215,6 +278,7 @@ class Config(BaseModel):
     hello_wav: str | None = None
     record: RecordConfig = Field(default_factory=RecordConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     layout: Layout
     #: the ``[llm]``, ``[tts]`` and ``[asr]`` sections: each a registered platform's model
     llm: Section | None = None
@@ -232,7 +296,10 @@ class Config(BaseModel):
 
 
 _PLAIN: dict[str, type[Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
-_TOP_KEYS = {"addr", "hello_wav", "record", "limits", "llm", "tts", "asr", "gemini", "claude"}
+_TOP_KEYS = {
+    *("addr", "hello_wav", "record", "limits", "server"),
+    *("llm", "tts", "asr", "gemini", "claude"),
+}
 _SECRET_KEYS = ("api_key", "token", "paraformer_token")
 
 
@@ -856,6 +923,11 @@ def parse_config(
         if limits is not None:
             ld.finish_section(limits, "limits", data)
             top["limits"] = limits
+    if "server" in data:
+        server = ld.validate(ServerConfig, data["server"], ("server",))
+        if server is not None:
+            ld.finish_section(server, "server", data)
+            top["server"] = server
 
     layout = ld.layout(data)
     if layout is not None:

@@ -4,7 +4,7 @@ an audio-length refusal."""
 from __future__ import annotations
 
 from starlette.datastructures import FormData
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from echokit_fast.audio import AudioTooLong
 
@@ -15,22 +15,31 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+class BodyIncomplete(ValueError):
+    """The client left (or stalled past ``[limits] body_timeout_s``) before the whole body
+    came: whatever the route answers goes nowhere."""
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (BodyTooLarge) as soon as it passes `limit` bytes.
 
     A declared Content-Length over the limit is refused before reading; a chunked
     body is counted while it streams, so an oversized upload never sits in memory.
+    BodyIncomplete when the client disconnects first.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BodyIncomplete("the client disconnected before sending the whole body") from None
     body = b"".join(chunks)
     request._body = body  # Starlette's cache: request.form() now parses these bytes
     return body

@@ -55,7 +55,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Send
 
-from echokit_fast.api.common import BodyTooLarge, read_body
+from echokit_fast.api.common import BodyIncomplete, BodyTooLarge, read_body
 from echokit_fast.audio import float_to_pcm16, wav_header, write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.backends.tts.local import engine as tts
@@ -119,10 +119,14 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
         raw = await read_body(request, limit)
     except BodyTooLarge as exc:
         raise _Invalid(413, str(exc)) from None
+    except BodyIncomplete as exc:
+        raise _Invalid(400, str(exc)) from None
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _Invalid(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # json's C parser recurses once per nesting level
+        raise _Invalid(400, "the body is not valid JSON: it is nested too deeply") from None
     if not isinstance(body, dict):
         raise _Invalid(400, f"the body must be a JSON object, got {type(body).__name__}")
     return body

@@ -2,7 +2,8 @@
 
 `create_app` assembles the routes of every service module (`echokit_fast.api.*` and the
 EchoKit device front end; each exposes `routes(state) -> list[BaseRoute]`) around one
-:class:`~echokit_fast.server.state.AppState`, and runs the start-up and shutdown of
+:class:`~echokit_fast.server.state.AppState`, behind the origin check and CORS of
+:mod:`echokit_fast.server.security`, and runs the start-up and shutdown of
 :mod:`echokit_fast.server.lifecycle` as its lifespan.
 """
 
@@ -18,6 +19,7 @@ from echokit_fast.api import asr, realtime, tts, vad
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
+from echokit_fast.server import security
 from echokit_fast.server.lifecycle import lifespan
 from echokit_fast.server.state import AppState
 
@@ -54,6 +56,8 @@ def create_app(config: Config | None = None, *, state: AppState | None = None) -
     ]
     for module in SERVICES:
         routes.extend(module.routes(state))
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, middleware=security.middleware(state.config.server), lifespan=lifespan
+    )
     app.state.echokit = state
     return app

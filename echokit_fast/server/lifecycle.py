@@ -8,7 +8,9 @@ SIGINT drain and shutdown.
 * :class:`Server` (what ``echokit-fast serve`` runs): uvicorn's server, whose first SIGTERM or
   SIGINT drains instead of dropping everything: stop accepting connections, let running turns
   finish (``AppState.drain_timeout``, 10 s), send every device ``EndResponse`` and a Close
-  frame, then uvicorn's own shutdown. A second signal is uvicorn's (SIGINT: exit now).
+  frame, then uvicorn's own shutdown. A second signal is uvicorn's (SIGINT: exit now). Its
+  connections go through :mod:`echokit_fast.server.edge` (the ``[limits]`` timeouts and
+  connection caps), with the uvicorn settings of :func:`uvicorn_config`.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM
 from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
+from echokit_fast.server import edge
 from echokit_fast.server.state import AppState
-from echokit_fast.server.websocket import WebSocketProtocol
 
 __all__ = [
     "PROBE_TIMEOUT",
@@ -45,6 +47,7 @@ __all__ = [
     "load_engines",
     "probe_llm",
     "serve",
+    "uvicorn_config",
 ]
 
 log = logging.getLogger("echokit_fast.server")
@@ -146,12 +149,15 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
         self.state = state
+        self.server_state = self.edge = edge.EdgeState(state.config.limits)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._drain_task: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
+        edge.fit_open_files(self.edge)
+        edge.report_accept_errors(self._loop, self.edge)
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -183,18 +189,28 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(state: AppState, app: Starlette, host: str, port: int) -> int:
-    """Run `app` until a signal (drained: exit status 0) or a failed start-up (1)."""
-    config = uvicorn.Config(
+def uvicorn_config(app: Starlette, state: AppState, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's configuration of `app` as ``serve`` runs it: the protocols of
+    :mod:`echokit_fast.server.edge` and uvicorn's own knobs for the ``[limits]`` it has one
+    for. Not ``limit_concurrency``: the edge's caps replace it (why: edge.py)."""
+    limits = state.config.limits
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,  # echokit_fast.server.logging configured every logger
-        ws=WebSocketProtocol,  # uvicorn's sans-I/O protocol with an abort
+        http=edge.EdgeHTTP,
+        ws=edge.EdgeWebSocket,
         # permessage-deflate must stay off: the EchoKit firmware rejects compressed frames.
         ws_per_message_deflate=False,
         lifespan="on",
+        timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  # a float works
+        h11_max_incomplete_event_size=limits.max_head_bytes,
     )
-    server = Server(config, state)
+
+
+def serve(state: AppState, app: Starlette, host: str, port: int) -> int:
+    """Run `app` until a signal (drained: exit status 0) or a failed start-up (1)."""
+    server = Server(uvicorn_config(app, state, host, port), state)
     server.run()
     return 1 if state.load_error is not None else 0

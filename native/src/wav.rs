@@ -29,6 +29,9 @@
 //!   writer may be cut mid-frame).
 //! * `byte_rate` is redundant and not checked; `block_align` must equal
 //!   `channels * bits / 8`.
+//! * Float samples must be finite: a NaN or an infinity (a 64-bit value beyond
+//!   the f32 range included) is an error naming the first one, so no consumer
+//!   (Whisper, the VAD, the resampler) is ever fed one.
 //!
 //! # Writing
 //! 16-bit PCM: the canonical 44-byte header (`fmt ` size 16, format 1), as the
@@ -437,7 +440,30 @@ pub fn decode_into(buf: &[u8], info: &WavInfo, dst: &mut [f32]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    match info.format {
+        SampleFormat::F32 | SampleFormat::F64 => check_finite(dst, info.channels),
+        _ => Ok(()), // integer samples always map into [-1, 1)
+    }
+}
+
+/// An error naming the first sample that is NaN or infinite.
+fn check_finite(samples: &[f32], channels: usize) -> Result<()> {
+    // The branch-free fold vectorises; the position is only looked for on failure.
+    if samples.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return Ok(());
+    }
+    let i = samples.iter().position(|v| !v.is_finite()).unwrap_or(0);
+    let what = if samples[i].is_nan() {
+        "NaN"
+    } else {
+        "infinite"
+    };
+    Err(invalid!(
+        "sample {} (frame {}, channel {}) is {what}: float WAV samples must be finite",
+        i,
+        i / channels.max(1),
+        i % channels.max(1)
+    ))
 }
 
 /// Reads a whole WAV file: interleaved float samples and the header info.
@@ -652,6 +678,29 @@ mod tests {
             (b"data", 0.25f64.to_le_bytes().to_vec(), None),
         ]);
         assert_eq!(read_wav(&w).unwrap().0, vec![0.25]);
+    }
+
+    #[test]
+    fn non_finite_float_samples_are_refused() {
+        let f32s = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let stereo = |data| riff(&[(b"fmt ", fmt(3, 2, 8000, 32), None), (b"data", data, None)]);
+        let msg = |w: &[u8]| read_wav(w).unwrap_err().to_string();
+        assert_eq!(
+            msg(&stereo(f32s(&[0.0, 0.5, 0.25, f32::NAN]))),
+            "sample 3 (frame 1, channel 1) is NaN: float WAV samples must be finite"
+        );
+        assert!(msg(&stereo(f32s(&[f32::NEG_INFINITY, 0.0])))
+            .contains("sample 0 (frame 0, channel 0) is infinite"));
+        // a finite f64 beyond the f32 range becomes an infinity
+        let w = riff(&[
+            (b"fmt ", fmt(3, 1, 8000, 64), None),
+            (b"data", 1e300f64.to_le_bytes().to_vec(), None),
+        ]);
+        assert!(msg(&w).contains("is infinite"));
+        assert_eq!(
+            read_wav(&stereo(f32s(&[1.5, -2.0]))).unwrap().0,
+            vec![1.5, -2.0]
+        );
     }
 
     #[test]

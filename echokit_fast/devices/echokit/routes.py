@@ -12,6 +12,9 @@ metrics.
   (the reference answers 500);
 * ``GET /metrics`` -- Prometheus metrics (the per-turn stage histograms among them).
 
+With ``[server] api_key`` set (or ``$ECHOKIT_API_KEY``), both download routes answer 401
+unless the request carries ``Authorization: Bearer <api_key>``.
+
 Query flags are strict booleans: anything but ``true``/``false`` (or a flag given twice) is
 refused with HTTP 400 before the upgrade. A device id or file name that is not a safe path
 component is refused with 400 on the record and download paths (chat ids are never used in
@@ -44,6 +47,7 @@ from echokit_fast.devices.echokit.connection import serve
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
 from echokit_fast.devices.echokit.record import DiskUse, record_session, resolve_file, safe_name
+from echokit_fast.server.security import authorized
 from echokit_fast.server.state import AppState
 from echokit_fast.turn.asr_stream import stream_detectors
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
@@ -138,7 +142,16 @@ def routes(state: AppState) -> list[BaseRoute]:
     async def ws_record(ws: WebSocket) -> None:
         await record(ws, ws.path_params["id"])
 
+    def unauthorized() -> Response:
+        return PlainTextResponse(
+            "Unauthorized: send Authorization: Bearer <the server's api_key>",
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
     async def download(request: Request) -> Response:
+        if not authorized(request, state.config.server.api_key):
+            return unauthorized()
         device_id, file = request.path_params["id"], request.path_params["file"]
         if not safe_name(device_id) or not safe_name(file):
             return PlainTextResponse("Bad request", status_code=400)
@@ -149,6 +162,8 @@ def routes(state: AppState) -> list[BaseRoute]:
         return FileResponse(path, media_type=media)
 
     async def listing(request: Request) -> Response:
+        if not authorized(request, state.config.server.api_key):
+            return unauthorized()
         device_id = request.path_params["id"]
         if not safe_name(device_id):
             return JSONResponse([], status_code=400)
