@@ -42,6 +42,7 @@ import numpy.typing as npt
 from echokit_fast.conversation.device import DeviceGone
 from echokit_fast.conversation.session import Session, SessionManager, SessionsFull
 from echokit_fast.conversation.trace import printable
+from echokit_fast.devices import socket
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.mic import EvenBytes
 from echokit_fast.devices.echokit.output import (
@@ -56,7 +57,6 @@ from echokit_fast.devices.echokit.output import (
     start_audio,
 )
 from echokit_fast.devices.echokit.protocol import parse_client_command
-from echokit_fast.server.websocket import abort
 
 __all__ = ["Connection", "serve"]
 
@@ -93,6 +93,7 @@ class Connection:
         self.send_timeout = send_timeout
         self.keep_history = flags.reconnect
         self.server_vad = flags.stream_asr
+        self.continuous_listening = False  # StartChat starts each utterance
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
         self.alive = True
         self.preempted = False  # disconnect() was called: EndResponse, then close
@@ -107,20 +108,10 @@ class Connection:
         if not self.alive:
             raise DeviceGone()
         try:
-            await asyncio.wait_for(self.ws.send_bytes(frame), self.send_timeout)
-        except asyncio.TimeoutError as exc:
-            log.warning(
-                "device %s: not reading: a frame waited %g s (device_send_timeout_s); "
-                "connection dropped",
-                self.log_id,
-                self.send_timeout,
-            )
+            await socket.send(self.ws, frame, timeout=self.send_timeout, log_id=self.log_id)
+        except DeviceGone:
             self._gone()
-            abort(self.ws.scope)
-            raise DeviceGone() from exc
-        except Exception as exc:  # ClientDisconnected, RuntimeError after close, OSError ...
-            self._gone()
-            raise DeviceGone() from exc
+            raise
 
     def _gone(self) -> None:
         self.alive = False
@@ -197,13 +188,13 @@ async def serve(
         await manager.ensure_ready()
     except Exception:
         log.exception("device %s: the backends could not be built", log_id)
-        await _close(ws, 1011, timeout=send_timeout)
+        await socket.close(ws, 1011, timeout=send_timeout)
         return
     try:
         session = manager.session(device_id)
     except SessionsFull as exc:
         log.warning("device %s: connection refused: %s", log_id, exc)
-        await _close(ws, 1013, SESSIONS_FULL_REASON, timeout=send_timeout)
+        await socket.close(ws, 1013, SESSIONS_FULL_REASON, timeout=send_timeout)
         return
     conn = Connection(
         ws,
@@ -241,7 +232,7 @@ async def serve(
                     await asyncio.wait_for(conn.response_end(), PREEMPT_SEND_TIMEOUT)
             if conn.alive:
                 conn.alive = False
-                await _close(ws, 1000, timeout=send_timeout)
+                await socket.close(ws, 1000, timeout=send_timeout)
         finally:
             conn._ended.set()
 
@@ -286,13 +277,3 @@ async def _command(session: Session, conn: Connection, text: str) -> None:
     elif event == "Text":
         await session.text_input(conn, str(cmd.get("input", "")))
     # Select, StartRecord: ignored in chat mode (docs/protocol.md#client-commands)
-
-
-async def _close(ws: Any, code: int, reason: str | None = None, *, timeout: float) -> None:
-    """A Close frame, or the socket dropped when the device does not read it in ``timeout``."""
-    try:
-        await asyncio.wait_for(ws.close(code, reason), timeout)
-    except asyncio.TimeoutError:
-        abort(ws.scope)
-    except Exception:  # already closed or gone
-        pass
