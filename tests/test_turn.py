@@ -124,7 +124,7 @@ class ScriptedDetectors:
     def prepare(self) -> None:
         self.prepared += 1
 
-    def __call__(self) -> ScriptedDetector:
+    def __call__(self, *, wait_for_speech: bool = False) -> ScriptedDetector:
         d = ScriptedDetector(self)
         self.made.append(d)
         return d

@@ -7,9 +7,9 @@ the recognizer's results are the interim transcripts, and the first sentence it 
 text is the end of the turn (no VAD of ours is involved; an empty sentence -- noise -- does
 not end it). One more limit is the detector's own: after ``quiet_s`` seconds of audio (5 s,
 the reference's) without any text from the recognizer the turn ends too (nobody spoke, or the
-recognizer stalled). The final transcript is what the
-recognizer holds once the audio is ended, the sentence that ended the turn and anything after
-it included.
+recognizer stalled); with ``wait_for_speech`` only once the recognizer has heard some text.
+The final transcript is what the recognizer holds once the audio is ended, the sentence that
+ended the turn and anything after it included.
 
 :class:`AsrTurnDetectors` is the factory (one stream per utterance);
 :func:`stream_detectors` gives one for a transcriber that can stream, else None.
@@ -40,8 +40,11 @@ BYTES_PER_SECOND = 32000  # 16 kHz PCM16
 class AsrTurnDetector:
     """One utterance streamed to a recognizer (see the module docstring)."""
 
-    def __init__(self, stream: AsrStream, *, quiet_s: float = QUIET_S) -> None:
+    def __init__(
+        self, stream: AsrStream, *, quiet_s: float = QUIET_S, wait_for_speech: bool = False
+    ) -> None:
         self._stream = stream
+        self._wait = wait_for_speech
         self._quiet = int(quiet_s * BYTES_PER_SECOND)
         self._unanswered = 0  # bytes fed since the recognizer's last text
         self._fed: list[int] = []  # bytes fed up to and including each piece
@@ -59,7 +62,8 @@ class AsrTurnDetector:
         self._fed.append((self._fed[-1] if self._fed else 0) + len(pcm16))
         self._arrived.append(time.monotonic())
         self._unanswered += len(pcm16)
-        if self._unanswered >= self._quiet and not self._over:
+        waited = self._unanswered >= self._quiet and (self.speech_seen or not self._wait)
+        if waited and not self._over:
             self._over = True
             return [TurnEvent.END]
         return []
@@ -131,8 +135,10 @@ class AsrTurnDetectors:
     def prepare(self) -> None:
         """Nothing to load (the recognizer is remote)."""
 
-    def __call__(self) -> AsrTurnDetector:
-        return AsrTurnDetector(self.transcriber.stream(), quiet_s=self.quiet_s)
+    def __call__(self, *, wait_for_speech: bool = False) -> AsrTurnDetector:
+        return AsrTurnDetector(
+            self.transcriber.stream(), quiet_s=self.quiet_s, wait_for_speech=wait_for_speech
+        )
 
 
 def stream_detectors(transcriber: Transcriber) -> AsrTurnDetectors | None:

@@ -88,6 +88,8 @@ class TurnDetectorFactory(Protocol):
         thread, before the first detector is made."""
         ...
 
-    def __call__(self) -> TurnDetector:
-        """A new detector for one utterance."""
+    def __call__(self, *, wait_for_speech: bool = False) -> TurnDetector:
+        """A new detector for one utterance. ``wait_for_speech``: the device streams its
+        microphone before anyone speaks, so what the detector hears before the user's first
+        speech (silence, noise without words) must not end the turn."""
         ...

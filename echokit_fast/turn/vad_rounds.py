@@ -12,7 +12,9 @@ is its factory (the shared Silero model, loaded once). The round logic itself is
 * :class:`RoundTracker` -- the rounds of docs/protocol.md#stream-mode: per window
   ``speech_ms``/``silence_ms``; a non-speech window after at least ``min_speech_duration_ms`` of
   speech ends the round ("speech ended": a pause, the speculative ASR restarts on the grown buffer),
-  more than ``hangover_ms`` of silence ends the turn.
+  more than ``hangover_ms`` of silence ends the turn -- once the user has spoken, with
+  ``wait_for_speech`` (a device that streams its microphone before anyone speaks, the xiaozhi
+  firmware's auto mode): the silence before the first speech window then never ends it.
 
 Difference from the reference: after a round ends inside a frame, the rest of that frame is
 still run through the VAD and counted in the next round (the reference skips it), so the end
@@ -99,15 +101,26 @@ class RoundTracker:
 
     ``window(p)`` returns what the window did; ``speech_seen`` says whether any window of
     this utterance was speech; ``released`` is True exactly on the window where speech ended
-    (hysteresis release), for the trace.
+    (hysteresis release), for the trace. ``wait_for_speech``: silence before the first speech
+    window does not end the turn.
     """
 
-    __slots__ = ("_hang", "_min", "hyst", "released", "silence_ms", "speech_ms", "speech_seen")
+    __slots__ = (
+        "_hang",
+        "_min",
+        "_wait",
+        "hyst",
+        "released",
+        "silence_ms",
+        "speech_ms",
+        "speech_seen",
+    )
 
-    def __init__(self, params: VadParams) -> None:
+    def __init__(self, params: VadParams, *, wait_for_speech: bool = False) -> None:
         self.hyst = Hysteresis(params)
         self._min = params.min_speech_duration_ms
         self._hang = params.hangover_ms
+        self._wait = wait_for_speech
         self.speech_ms = 0
         self.silence_ms = 0
         self.speech_seen = False
@@ -132,7 +145,7 @@ class RoundTracker:
             pause = self.speech_ms > self._min
             self.speech_ms = self.silence_ms = 0
             return TurnEvent.PAUSE if pause else TurnEvent.END
-        if self.silence_ms > self._hang:
+        if self.silence_ms > self._hang and (self.speech_seen or not self._wait):
             return TurnEvent.END
         return TurnEvent.NONE
 
@@ -144,9 +157,9 @@ class VadTurnDetector:
 
     __slots__ = ("_tracker", "_vad", "speech_end")
 
-    def __init__(self, vad: VadStream, params: VadParams) -> None:
+    def __init__(self, vad: VadStream, params: VadParams, *, wait_for_speech: bool = False) -> None:
         self._vad = vad
-        self._tracker = RoundTracker(params)
+        self._tracker = RoundTracker(params, wait_for_speech=wait_for_speech)
         self.speech_end: float | None = None
 
     @property
@@ -189,9 +202,9 @@ class VadTurnDetectors:
         if self._model is None:
             self._model = self._load()
 
-    def __call__(self) -> VadTurnDetector:
+    def __call__(self, *, wait_for_speech: bool = False) -> VadTurnDetector:
         if self._model is None:
             raise RuntimeError("VadTurnDetectors.prepare() was not called")
         p = self.params
         stream = VadStream(self._model, threshold=p.threshold, neg_threshold=p.neg_threshold)
-        return VadTurnDetector(stream, p)
+        return VadTurnDetector(stream, p, wait_for_speech=wait_for_speech)
