@@ -88,6 +88,12 @@ class DeviceConnection(DeviceOutput, Protocol):
     #: the engine's turn detector ends the user's utterance; else only the device does
     #: (:meth:`DeviceInput.submit`) and all audio since the last turn is the utterance
     server_vad: bool
+    #: (with ``server_vad``) the device streams its microphone from the start of listening,
+    #: silence included, and keeps listening after each answer (the xiaozhi firmware's auto
+    #: and realtime modes): silence before the user speaks never ends an utterance (only its
+    #: last :data:`~.session.PREROLL_S` seconds are kept), and each turn that ends (not
+    #: cancelled) starts the next utterance without a :meth:`DeviceInput.start_listening`
+    continuous_listening: bool
 
     def disconnect(self) -> None:
         """End this connection from the server's side (a newer connection for the device took

@@ -31,6 +31,10 @@ Input (docs/protocol.md#turn-flow):
   :class:`~echokit_fast.turn.detector.TranscribingDetector` (a streaming recognizer) replaces
   the rounds: its interim transcripts are sent as they come (read by a watcher task while no
   audio arrives), its end of the turn ends the utterance, and its transcript is the final one.
+* ``continuous_listening`` (with ``server_vad``): the device streams its microphone before
+  anyone speaks. Each detector is made with ``wait_for_speech`` (silence before the first speech
+  never ends the utterance), only the last ``PREROLL_S`` of the audio before the first speech is
+  kept, and a turn that ends (not cancelled) starts the next utterance at once.
 * not ``server_vad``: all audio is kept (and run through the detector only to learn whether
   there was speech); :meth:`Session.submit` transcribes the whole buffer, or answers
   ``response_end`` when no speech was heard.
@@ -100,6 +104,9 @@ log = logging.getLogger("echokit_fast.device")
 BYTES_PER_SECOND = 2 * SAMPLE_RATE
 #: an utterance longer than this ends (stream mode) or stops growing (Submit mode)
 MAX_UTTERANCE_S = 60
+#: a continuously listening device: the seconds of audio kept before the user's first speech
+PREROLL_S = 1.0
+PREROLL_BYTES = int(PREROLL_S * BYTES_PER_SECOND)
 #: how long to wait for a cancelled turn to finish before moving on
 CANCEL_TIMEOUT = 5.0
 #: at shutdown, how long a front end may take to say goodbye after its turn is cancelled
@@ -275,15 +282,22 @@ class Session:
         settings = self.manager.settings
         conv = self.conversation
         if isinstance(conv, LiveConversation):  # the audio goes to the model as it is heard
-            return Utterance(settings.turn_detector(), live_turn.LiveInput(conv))
+            detector = settings.turn_detector(wait_for_speech=conn.continuous_listening)
+            return Utterance(detector, live_turn.LiveInput(conv))
         factory = settings.turn_detector
         if conn.server_vad and settings.stream_detector is not None:
             factory = settings.stream_detector
-        utt = Utterance(factory())
+        utt = Utterance(factory(wait_for_speech=conn.continuous_listening))
         if isinstance(utt.detector, TranscribingDetector):
             watch = self._watch(conn, utt, utt.detector)
             utt.watcher = asyncio.create_task(watch, name=f"echokit-device-asr-{self.id}")
         return utt
+
+    def _listens_on(self, conn: DeviceConnection) -> bool:
+        """After a turn: whether ``conn`` listens for the next utterance by itself."""
+        return (
+            conn is self.conn and conn.server_vad and conn.continuous_listening and self.utt is None
+        )
 
     @property
     def responding(self) -> bool:
@@ -400,6 +414,8 @@ class Session:
         detector = utt.detector
         assert detector is not None
         events = await detector.feed(data)
+        if conn.continuous_listening and not detector.speech_seen:
+            del utt.pcm[:-PREROLL_BYTES]  # nobody spoke yet: keep only the pre-roll
         if stream:  # (else the detector only says whether there was speech)
             for event in events:
                 if not await self._turn_event(conn, utt, event):
@@ -527,6 +543,8 @@ class Session:
         def done(t: asyncio.Task[None]) -> None:
             if self.turn is t:
                 self.turn = None
+                if not t.cancelled() and self._listens_on(conn):
+                    self.utt = self._new_utterance(conn)
 
         task.add_done_callback(done)
 
