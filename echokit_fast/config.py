@@ -14,7 +14,8 @@ Schema (as echokit_server 0.3.2)
 Top level: ``addr`` (``HOST:PORT``, required in a file; ``serve --listen`` overrides it),
 ``hello_wav`` (optional), ``[record] callback_url`` (optional), ``[limits]`` (ours, optional:
 ``max_audio_s`` ..., see :class:`LimitsConfig`), ``[server]`` (ours, optional: allowed origins
-and the API key, see :class:`ServerConfig`). The AI *layout* is chosen by the
+and the API key, see :class:`ServerConfig`), ``[xiaozhi]`` (ours, optional: the xiaozhi-esp32
+front end, see :class:`XiaozhiConfig`). The AI *layout* is chosen by the
 sections present, in the reference's order: ``pipeline`` (``[llm]`` + ``[tts]`` + ``[asr]``),
 ``claude`` (``[claude]`` + ``[asr]`` + ``[tts]``), ``gemini_tts`` (``[gemini]`` + ``[tts]``),
 ``gemini`` (``[gemini]``). ``[llm]``, ``[tts]`` and ``[asr]`` are tagged by ``platform``; every
@@ -102,7 +103,7 @@ from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.gemini import GeminiConfig
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
-from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, url_check
+from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, WsUrl, url_check
 from echokit_fast.backends.tts.local import LocalTTS
 
 if sys.version_info >= (3, 11):
@@ -120,6 +121,7 @@ __all__ = [
     "LoadedConfig",
     "RecordConfig",
     "ServerConfig",
+    "XiaozhiConfig",
     "default_config",
     "expand_env",
     "load_config",
@@ -266,6 +268,53 @@ def normalize_origin(value: str) -> str | None:
     return f"{parts.scheme}://{netloc}"
 
 
+#: the rates an Opus stream (and the xiaozhi firmware's decoder) can run at
+OpusRate = Literal[8000, 12000, 16000, 24000, 48000]
+
+
+class XiaozhiConfig(Section):
+    """``[xiaozhi]`` (ours): the xiaozhi-esp32 front end (``echokit_fast/devices/xiaozhi/``,
+    docs/xiaozhi.md). ``enabled``: serve ``/xiaozhi/v1/`` and ``/xiaozhi/ota/`` (true);
+    ``websocket_url``: the URL the OTA reply hands the boards (default: this server's
+    ``/xiaozhi/v1/`` at the host the OTA request was sent to); ``tokens``, ``auth_key``,
+    ``token_expire_s``, ``allowed_devices``: who may connect (any of them set turns the check
+    on; see ``echokit_fast/devices/xiaozhi/auth.py``); ``downlink_sample_rate``: the rate of
+    the speech sent to the boards (24000); ``timezone_offset_min``: the offset from UTC the
+    OTA reply gives the boards' clocks (default: the server's own); ``firmware_version`` and
+    ``firmware_url``: a firmware image to offer (none by default; both or neither);
+    ``idle_close_s``: a connection with no turn for this long is closed, as the firmware
+    expects a server to end a conversation (120; 0: never); ``mcp_call_timeout_s``: how long
+    a call of one of the device's own tools may take (30)."""
+
+    enabled: bool = True
+    websocket_url: WsUrl | None = None
+    # who may connect: static tokens, the HMAC tokens signed with auth_key (the OTA reply
+    # issues them) and how long they hold, the devices (Device-Id) let in without a token
+    tokens: list[str] = Field(default_factory=list)
+    auth_key: str | None = Field(default=None, min_length=1)
+    token_expire_s: int = Field(default=30 * 24 * 3600, ge=1)
+    allowed_devices: list[str] = Field(default_factory=list)
+    downlink_sample_rate: OpusRate = 24000
+    timezone_offset_min: int | None = Field(default=None, ge=-720, le=840)
+    firmware_version: str | None = None
+    firmware_url: HttpUrl | None = None
+    idle_close_s: float = Field(default=120.0, ge=0, allow_inf_nan=False)
+    mcp_call_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, value: list[str]) -> list[str]:
+        if any(not t.strip() for t in value):
+            raise ValueError("a token must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _firmware(self) -> XiaozhiConfig:
+        if (self.firmware_version is None) != (self.firmware_url is None):
+            raise ValueError("firmware_version and firmware_url go together: give both or neither")
+        return self
+
+
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
 
 
@@ -279,6 +328,7 @@ class Config(BaseModel):
     record: RecordConfig = Field(default_factory=RecordConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    xiaozhi: XiaozhiConfig = Field(default_factory=XiaozhiConfig)
     layout: Layout
     #: the ``[llm]``, ``[tts]`` and ``[asr]`` sections: each a registered platform's model
     llm: Section | None = None
@@ -297,7 +347,7 @@ class Config(BaseModel):
 
 _PLAIN: dict[str, type[Section]] = {"gemini": GeminiConfig, "claude": ClaudeConfig}
 _TOP_KEYS = {
-    *("addr", "hello_wav", "record", "limits", "server"),
+    *("addr", "hello_wav", "record", "limits", "server", "xiaozhi"),
     *("llm", "tts", "asr", "gemini", "claude"),
 }
 _SECRET_KEYS = ("api_key", "token", "paraformer_token")
@@ -913,21 +963,17 @@ def parse_config(
         ld.error(("hello_wav",), f"expected a string (a WAV file path), got {_got(hello)}")
     elif hello is not None:
         top["hello_wav"] = hello
-    if "record" in data:
-        record = ld.validate(RecordConfig, data["record"], ("record",))
-        if record is not None:
-            ld.finish_section(record, "record", data)
-            top["record"] = record
-    if "limits" in data:
-        limits = ld.validate(LimitsConfig, data["limits"], ("limits",))
-        if limits is not None:
-            ld.finish_section(limits, "limits", data)
-            top["limits"] = limits
-    if "server" in data:
-        server = ld.validate(ServerConfig, data["server"], ("server",))
-        if server is not None:
-            ld.finish_section(server, "server", data)
-            top["server"] = server
+    for name, model in (
+        ("record", RecordConfig),
+        ("limits", LimitsConfig),
+        ("server", ServerConfig),
+        ("xiaozhi", XiaozhiConfig),
+    ):
+        if name in data:
+            obj = ld.validate(model, data[name], (name,))
+            if obj is not None:
+                ld.finish_section(obj, name, data)
+                top[name] = obj
 
     layout = ld.layout(data)
     if layout is not None:
