@@ -1,7 +1,7 @@
 """The HTTP/WebSocket application served by `echokit-fast serve`.
 
 `create_app` assembles the routes of every service module (`echokit_fast.api.*` and the
-EchoKit device front end; each exposes `routes(state) -> list[BaseRoute]`) around one
+EchoKit and xiaozhi device front ends; each exposes `routes(state) -> list[BaseRoute]`) around one
 :class:`~echokit_fast.server.state.AppState`, behind the origin check and CORS of
 :mod:`echokit_fast.server.security`, and runs the start-up and shutdown of
 :mod:`echokit_fast.server.lifecycle` as its lifespan.
@@ -19,13 +19,15 @@ from echokit_fast.api import asr, realtime, tts, vad
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
+from echokit_fast.devices.xiaozhi import routes as xiaozhi
 from echokit_fast.server import security
 from echokit_fast.server.lifecycle import lifespan
 from echokit_fast.server.state import AppState
 
 __all__ = ["create_app"]
 
-SERVICES = (asr, tts, vad, realtime, device)
+#: (the xiaozhi front end after the EchoKit one: it shares the EchoKit routes' sessions)
+SERVICES = (asr, tts, vad, realtime, device, xiaozhi)
 
 
 async def version(_request: Request) -> JSONResponse:

@@ -1,0 +1,1 @@
+"""echokit_fast.devices.xiaozhi"""
