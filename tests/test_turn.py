@@ -77,6 +77,16 @@ def test_vad_detector_silence_only_ends_the_turn_without_speech():
     assert not det.speech_seen and det.speech_end is None
 
 
+def test_vad_detector_waiting_for_speech_is_not_ended_by_silence():
+    factory = VadTurnDetectors()
+    factory.prepare()
+    det = factory(wait_for_speech=True)
+    assert asyncio.run(_feed_all(det, bytes(2 * 3 * 16000))) == []  # 3 s: the turn waits
+    assert not det.speech_seen
+    events = asyncio.run(_feed_all(det, _speech() + bytes(2 * 16000)))
+    assert [e for _, e, _, _ in events][:2] == [TurnEvent.PAUSE, TurnEvent.END]
+
+
 def test_vad_detector_params_change_the_rounds():
     # a minimum speech longer than the fixture's speech: no pause, only the end of the turn
     det = _detector(VadParams(min_speech_duration_ms=60_000))
@@ -233,6 +243,8 @@ def test_asr_detector_ends_the_turn_after_quiet_audio_and_reports_failures():
         assert await det.feed(bytes(16000)) == []  # the text reset the count
         assert await det.feed(bytes(16000)) == [TurnEvent.END]  # 1 s since the last text
         assert det.speech_end is None
+        waiting = AsrTurnDetector(ScriptedStream(), quiet_s=1.0, wait_for_speech=True)
+        assert await waiting.feed(bytes(5 * 32000)) == []  # no text yet: no end either
         failing = FailingStream()
         bad = AsrTurnDetector(failing)
         assert [e async for e in bad.events()] == [TurnEvent.END]
