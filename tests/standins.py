@@ -542,7 +542,8 @@ class MCPStandin:
 class FakeTools(MCPTools):
     """MCP tools without a server: one ``weather`` tool (``call_mcp_message`` "Checking.")
     whose calls are recorded in ``calls`` and answered locally with ``{"temp": 21}``; any
-    other name goes through the real lookup (the "tool not found" answer, no network)."""
+    other name goes through the real lookup (a device's tool, or the "tool not found" answer;
+    no network)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -551,9 +552,11 @@ class FakeTools(MCPTools):
         )
         self.calls: list[tuple[str, str]] = []
 
-    async def call(self, name: str, arguments: str, *, timeout: float | None = 60.0) -> list[str]:
+    async def call(
+        self, name: str, arguments: str, *, device: Any = None, timeout: float | None = 60.0
+    ) -> list[str]:
         if name not in self.tools:
-            return await super().call(name, arguments, timeout=timeout)
+            return await super().call(name, arguments, device=device, timeout=timeout)
         self.calls.append((name, arguments))
         return [json.dumps({"temp": 21})]
 

@@ -8,7 +8,8 @@ protocols; each has local implementations (embedded engines) and remote ones
   `/v1/audio/transcriptions`), with an optional speculative start; a
   `StreamingTranscriber` also takes the audio while the user speaks (`AsrStream`);
 * `Speaker` — text to speech, streamed as float32 PCM chunks;
-* `ChatModel` / `Conversation` — the LLM with history, prompts and tools;
+* `ChatModel` / `Conversation` — the LLM with history, prompts and tools (a
+  `ToolConversation` also offers the tools of a `ToolBox`, the device's own);
 * `LiveConversation` — instead of all three, a live speech-to-speech model (Gemini Live) that
   hears the user's audio as it is spoken and answers with its own speech or with text.
 
@@ -137,6 +138,29 @@ class SpeakNow:
     text: str
 
 
+@dataclass(frozen=True)
+class Tool:
+    """A tool the LLM may call: its name, what it does, its JSON-schema ``parameters``."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ToolBox(Protocol):
+    """Tools a device offers its conversation (the xiaozhi firmware's own MCP server),
+    listed to the LLM beside the configured MCP servers' tools."""
+
+    def tools(self) -> list[Tool]:
+        """The tools known now (the list may grow as the device announces them)."""
+        ...
+
+    async def call(self, name: str, arguments: str) -> list[str]:
+        """Run tool ``name`` with its JSON ``arguments``; the tool message contents (a failure
+        of the tool, a timeout included, is told in them)."""
+        ...
+
+
 @runtime_checkable
 class Conversation(Protocol):
     """One device's LLM conversation: prompts, history, tools."""
@@ -152,6 +176,15 @@ class Conversation(Protocol):
 
     def reset(self) -> None:
         """Back to the configured prompts (a non-reconnect connection)."""
+        ...
+
+
+@runtime_checkable
+class ToolConversation(Conversation, Protocol):
+    """A conversation that can offer a device's tools too."""
+
+    def use_tools(self, tools: ToolBox | None) -> None:
+        """Offer ``tools`` (the device's, None: none) from the next request on."""
         ...
 
 

@@ -1,5 +1,7 @@
 """MCP tools of ``[[llm.mcp_server]]``: the config table, listing (``tools/list``) and calling
-(``tools/call``) through the ``mcp`` package, one short session per request."""
+(``tools/call``) through the ``mcp`` package, one short session per request; offered to the LLM
+with a device's own tools (a :class:`~echokit_fast.backends.base.ToolBox`), the configured ones
+first, and calls of the device's routed to it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any, Literal
 
 import anyio
 
-from echokit_fast.backends.base import BackendError
+from echokit_fast.backends.base import BackendError, Tool, ToolBox
 from echokit_fast.backends.llm.prompts import Msg
 from echokit_fast.backends.schema import HttpUrl, Section
 
@@ -81,7 +83,14 @@ class MCPTools:
                 log.warning("MCP server %s: cannot list tools: %s", srv.server, exc)
         return out
 
-    def responses_tools(self) -> list[Msg]:
+    def offered(self, device: ToolBox | None = None) -> list[Tool]:
+        """The configured tools, then the ``device``'s whose names are not taken."""
+        out = [Tool(t.name, t.description, t.parameters) for t in self.tools.values()]
+        if device is not None:
+            out += [t for t in device.tools() if t.name not in self.tools]
+        return out
+
+    def responses_tools(self, device: ToolBox | None = None) -> list[Msg]:
         """The tools in the Responses API's function-tool shape (flat, no ``function`` key)."""
         return [
             {
@@ -90,10 +99,10 @@ class MCPTools:
                 "description": t.description,
                 "parameters": t.parameters,
             }
-            for t in self.tools.values()
+            for t in self.offered(device)
         ]
 
-    def openai_tools(self) -> list[Msg]:
+    def openai_tools(self, device: ToolBox | None = None) -> list[Msg]:
         return [
             {
                 "type": "function",
@@ -103,13 +112,22 @@ class MCPTools:
                     "parameters": t.parameters,
                 },
             }
-            for t in self.tools.values()
+            for t in self.offered(device)
         ]
 
-    async def call(self, name: str, arguments: str, *, timeout: float | None = 60.0) -> list[str]:
-        """Run tool ``name``; the ``tool`` message contents. A transport failure raises
-        BackendError."""
+    async def call(
+        self,
+        name: str,
+        arguments: str,
+        *,
+        device: ToolBox | None = None,
+        timeout: float | None = 60.0,
+    ) -> list[str]:
+        """Run tool ``name`` (a configured one, else one of the ``device``'s); the ``tool``
+        message contents. A transport failure raises BackendError."""
         tool = self.tools.get(name)
+        if tool is None and device is not None and any(t.name == name for t in device.tools()):
+            return await device.call(name, arguments)
         if tool is None:
             return [f"Tool call {name} failed, tool not found"]
         try:

@@ -36,7 +36,8 @@ History (with the reference's ``history = 0`` bug fixed):
 Prompts (:mod:`.prompts`) are (re)loaded lazily on the first reply after creation or
 :meth:`OpenAIChat.reset` (or eagerly with :meth:`OpenAIChat.load_prompts`).
 
-Tool calls (:mod:`.tools`, :mod:`.mcp`): while a tool with a ``call_mcp_message`` runs, that
+Tool calls (:mod:`.tools`, :mod:`.mcp`; a device's own tools too, :meth:`OpenAIChat.use_tools`):
+while a tool with a ``call_mcp_message`` runs, that
 message is yielded as :class:`~echokit_fast.backends.base.SpeakNow`. The text before the calls
 is kept as the content of the assistant ``tool_calls`` message (the reference stored ``""`` and
 lost it).
@@ -52,7 +53,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from echokit_fast.backends import registry
-from echokit_fast.backends.base import Conversation, SpeakNow
+from echokit_fast.backends.base import Conversation, SpeakNow, ToolBox
 from echokit_fast.backends.llm.client import MAX_TOOL_ROUNDS, OpenAIBackend, stream
 from echokit_fast.backends.llm.errors import tool_loop_error
 from echokit_fast.backends.llm.mcp import MCPServer
@@ -97,9 +98,10 @@ class ChatBackend(OpenAIBackend):
     def conversation(self, device_id: str | None = None) -> OpenAIChat:
         return OpenAIChat(self)
 
-    def body(self, messages: list[Msg]) -> Msg:
-        """The request body for ``messages``, keys in the reference's order."""
-        extra = self.extra_with_tools(self.tools.openai_tools())
+    def body(self, messages: list[Msg], device: ToolBox | None = None) -> Msg:
+        """The request body for ``messages`` (the ``device``'s tools offered too), keys in
+        the reference's order."""
+        extra = self.extra_with_tools(self.tools.openai_tools(device))
         body: Msg = {"stream": True, **extra, "messages": messages}
         if self.cfg.model:
             body["model"] = self.cfg.model
@@ -120,6 +122,11 @@ class OpenAIChat:
         self._dynamic: list[Msg] = [as_msg(m) for m in backend.cfg.dynamic_prompts]
         self._history: list[Msg] = copy.deepcopy(self._dynamic)
         self._loaded = False
+        self._device: ToolBox | None = None
+
+    def use_tools(self, tools: ToolBox | None) -> None:
+        """Offer the device's ``tools`` too (``backends.base.ToolConversation``)."""
+        self._device = tools
 
     # -- prompts and history -----------------------------------------------------------------
 
@@ -206,7 +213,8 @@ class OpenAIChat:
                     tool = self.backend.tools.tools.get(name)
                     if tool is not None and tool.call_message:
                         yield SpeakNow(tool.call_message)
-                    contents = await self.backend.tools.call(name, call["function"]["arguments"])
+                    args = call["function"]["arguments"]
+                    contents = await self.backend.tools.call(name, args, device=self._device)
                     for content in contents:
                         self._history.append(
                             {"role": "tool", "content": content, "tool_call_id": call["id"]}
@@ -228,7 +236,7 @@ class OpenAIChat:
     async def _complete(self, tools: ToolCallAssembler) -> AsyncIterator[str]:
         """One streamed completion over the current history: yields content deltas, collects
         tool-call fragments into ``tools``."""
-        body = self.backend.body(self._sys + self._history)
+        body = self.backend.body(self._sys + self._history, self._device)
         async with aclosing(stream(self.backend, body)) as chunks:
             async for chunk in chunks:
                 choices = chunk.get("choices")

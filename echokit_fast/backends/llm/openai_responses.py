@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from echokit_fast.backends import registry
-from echokit_fast.backends.base import BackendError, Conversation, SpeakNow
+from echokit_fast.backends.base import BackendError, Conversation, SpeakNow, ToolBox
 from echokit_fast.backends.llm.client import MAX_TOOL_ROUNDS, OpenAIBackend, stream
 from echokit_fast.backends.llm.errors import NOTICE_FAILED, NOTICES, tool_loop_error
 from echokit_fast.backends.llm.mcp import MCPServer
@@ -57,7 +57,13 @@ class ResponsesBackend(OpenAIBackend):
     def conversation(self, device_id: str | None = None) -> OpenAIResponses:
         return OpenAIResponses(self)
 
-    def responses_body(self, previous_id: str | None, instructions: str, input_: Any) -> Msg:
+    def responses_body(
+        self,
+        previous_id: str | None,
+        instructions: str,
+        input_: Any,
+        device: ToolBox | None = None,
+    ) -> Msg:
         """``{model, previous_response_id?, instructions?, input, ...extra, stream}`` plus
         ``tools`` (the ``extra`` tools, then the MCP tools) and ``tool_choice: "auto"`` when
         there are tools (merged as for ``openai_chat``, in the Responses function-tool shape)."""
@@ -69,7 +75,7 @@ class ResponsesBackend(OpenAIBackend):
         if instructions:
             body["instructions"] = instructions
         body["input"] = input_
-        body.update(self.extra_with_tools(self.tools.responses_tools()))
+        body.update(self.extra_with_tools(self.tools.responses_tools(device)))
         body["stream"] = True
         return body
 
@@ -113,6 +119,11 @@ class OpenAIResponses:
         self.previous_id: str | None = None
         self.instructions = ""
         self._loaded = False
+        self._device: ToolBox | None = None
+
+    def use_tools(self, tools: ToolBox | None) -> None:
+        """Offer the device's ``tools`` too (``backends.base.ToolConversation``)."""
+        self._device = tools
 
     def reset(self) -> None:
         """Start a new chain: the next turn sends the instructions (reloaded) again."""
@@ -137,7 +148,7 @@ class OpenAIResponses:
         input_: Any = user_text
         for _round in range(MAX_TOOL_ROUNDS + 1):
             turn = _Turn()
-            body = be.responses_body(previous, instructions, input_)
+            body = be.responses_body(previous, instructions, input_, self._device)
             async with aclosing(self._respond(body, turn)) as deltas:
                 async for delta in deltas:
                     yield delta
@@ -149,7 +160,7 @@ class OpenAIResponses:
                 tool = be.tools.tools.get(call["name"])
                 if tool is not None and tool.call_message:
                     yield SpeakNow(tool.call_message)
-                contents = await be.tools.call(call["name"], call["arguments"])
+                contents = await be.tools.call(call["name"], call["arguments"], device=self._device)
                 outputs.append(
                     {
                         "type": "function_call_output",
