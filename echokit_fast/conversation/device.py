@@ -30,6 +30,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from echokit_fast.backends.base import ToolBox
+
 __all__ = ["SAMPLE_RATE", "DeviceConnection", "DeviceGone", "DeviceInput", "DeviceOutput"]
 
 #: the engine's audio rate, both ways (microphone in, speech out)
@@ -94,6 +96,9 @@ class DeviceConnection(DeviceOutput, Protocol):
     #: last :data:`~.session.PREROLL_S` seconds are kept), and each turn that ends (not
     #: cancelled) starts the next utterance without a :meth:`DeviceInput.start_listening`
     continuous_listening: bool
+    #: the device's own tools, offered to its conversation's LLM while this connection is the
+    #: session's (None: none)
+    tools: ToolBox | None
 
     def disconnect(self) -> None:
         """End this connection from the server's side (a newer connection for the device took

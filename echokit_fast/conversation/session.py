@@ -8,7 +8,9 @@ the :class:`~echokit_fast.conversation.device.DeviceConnection` a device front e
 :class:`~echokit_fast.conversation.device.DeviceInput` methods. A new connection for the same
 id *pre-empts* the old one: the turn in flight is cancelled (LLM stream, TTS synthesis,
 delivery), the old connection is told to end (:meth:`DeviceConnection.disconnect`), and the
-session carries on with the new one.
+session carries on with the new one. The connection's own ``tools`` (a device's, such as the
+xiaozhi firmware's MCP server) are offered to a
+:class:`~echokit_fast.backends.base.ToolConversation` while it is the session's connection.
 
 Tasks, per connection: the front end's (reading the device: microphone frames are read and run
 through the turn detector while the answer plays, docs/compatibility.md#listening-and-turns), and
@@ -82,7 +84,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echokit_fast.audio import pcm16_to_float
-from echokit_fast.backends.base import Backends, Conversation, LiveConversation, Transcription
+from echokit_fast.backends.base import (
+    Backends,
+    Conversation,
+    LiveConversation,
+    ToolBox,
+    ToolConversation,
+    Transcription,
+)
 from echokit_fast.conversation import live as live_turn
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, DeviceGone
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
@@ -249,6 +258,7 @@ class Session:
             result = self.conversation.reset()
             if inspect.isawaitable(result):
                 await result
+        self._use_tools(conn.tools)
         return self.conn is conn
 
     async def detach(self, conn: DeviceConnection) -> None:
@@ -258,8 +268,13 @@ class Session:
         CONNECTIONS.dec()
         await self.cancel_turn()
         self._drop_utterance()
+        self._use_tools(None)
         self.detached_at = time.monotonic()
         self.manager._schedule_evict(self)
+
+    def _use_tools(self, tools: ToolBox | None) -> None:
+        if isinstance(self.conversation, ToolConversation):
+            self.conversation.use_tools(tools)
 
     async def cancel_turn(self) -> None:
         task, self.turn = self.turn, None

@@ -94,6 +94,7 @@ class Connection:
         self.keep_history = flags.reconnect
         self.server_vad = flags.stream_asr
         self.continuous_listening = False  # StartChat starts each utterance
+        self.tools = None  # the firmware has none of its own
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
         self.alive = True
         self.preempted = False  # disconnect() was called: EndResponse, then close
