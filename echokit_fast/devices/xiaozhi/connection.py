@@ -48,6 +48,7 @@ from echokit_fast.conversation.trace import printable
 from echokit_fast.devices import socket
 from echokit_fast.devices.xiaozhi import protocol
 from echokit_fast.devices.xiaozhi.emotion import emotion_of, without_emoji
+from echokit_fast.devices.xiaozhi.mcp import DeviceTools
 from echokit_fast.devices.xiaozhi.speech import Pacer, Speech
 
 __all__ = ["MODES", "Connection", "serve"]
@@ -95,6 +96,8 @@ class Connection:
         self.server_vad = True
         self.continuous_listening = False
         self.speaking = False  # tts start sent, tts stop not yet
+        #: the board's own MCP server (when its hello says it has one)
+        self.tools: DeviceTools | None = None
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
         self.alive = True
         self.preempted = False
@@ -256,7 +259,15 @@ async def serve(
         max_text_bytes=limits.max_text_bytes,
         send_timeout=send_timeout,
     )
+    features = hello.get("features")
+    if isinstance(features, dict) and features.get("mcp") is True:
+
+        async def send_mcp(payload: dict[str, Any]) -> None:
+            await conn.send(protocol.mcp(payload, conn.session_id))
+
+        conn.tools = DeviceTools(send_mcp, timeout=cfg.mcp_call_timeout_s, log_id=log_id)
     reader: asyncio.Task[None] | None = None
+    listing: asyncio.Task[None] | None = None
     session: Session | None = None
     try:
         await conn.send(
@@ -282,6 +293,8 @@ async def serve(
         if not await session.attach(conn):
             return
         reader = asyncio.create_task(_read(session, conn), name=f"xiaozhi-read-{device_id}")
+        if conn.tools is not None:
+            listing = asyncio.create_task(conn.tools.start(), name=f"xiaozhi-mcp-{device_id}")
         await _until_done(session, conn, cfg.idle_close_s)
     except DeviceGone:
         pass
@@ -289,9 +302,11 @@ async def serve(
         log.exception("device %s: connection failed", log_id)
     finally:
         try:
-            if reader is not None:
-                reader.cancel()
-                await asyncio.wait([reader])
+            tasks = [t for t in (reader, listing) if t is not None]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
             if session is not None:
                 await session.detach(conn)
             if conn.alive:
@@ -374,6 +389,9 @@ async def _message(session: Session, conn: Connection, text: str) -> None:
         await session.submit(conn)
     elif kind == "listen" and state == "detect":
         log.info("device %s: wake word %.80r", conn.log_id, msg.get("text"))
+    elif kind == "mcp":
+        if conn.tools is not None:
+            conn.tools.receive(msg.get("payload"))
     elif kind == "abort":
         if session.conn is conn:
             await session.cancel_turn()
