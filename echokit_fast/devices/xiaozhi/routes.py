@@ -16,6 +16,11 @@
   ``activation`` (it would wait for a pairing code). 400 without ``Device-Id``.
 * ``GET /xiaozhi/ota/`` -- a line of text naming the WebSocket URL (a health check);
   ``POST /xiaozhi/ota/activate`` -- 200 (there is no pairing; a board polling it stops).
+* ``POST /xiaozhi/devices/{Device-Id}/message`` -- push an ``alert`` (``status``, ``message``,
+  ``emotion``: shown with a vibration sound) or a ``system`` command (``reboot``) to a
+  connected board; JSON body as the message itself. Needs ``[server] api_key`` (403 without
+  one: it can reboot boards) and ``Authorization: Bearer <api_key>`` (401); 404 when no board
+  with that Device-Id is connected, 400 for another body.
 
 ``/xiaozhi/v1`` and ``/xiaozhi/ota`` (without the trailing slash) answer too.
 """
@@ -33,11 +38,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from echokit_fast.conversation.device import DeviceGone
 from echokit_fast.conversation.trace import printable
 from echokit_fast.devices import socket
 from echokit_fast.devices.xiaozhi import protocol
 from echokit_fast.devices.xiaozhi.auth import Auth
-from echokit_fast.devices.xiaozhi.connection import serve
+from echokit_fast.devices.xiaozhi.connection import Connection, serve
+from echokit_fast.server.security import authorized
 from echokit_fast.server.state import AppState
 
 __all__ = ["AUTH_FAILED", "WS_PATH", "routes"]
@@ -48,10 +55,14 @@ WS_PATH = "/xiaozhi/v1/"
 OTA_PATH = "/xiaozhi/ota/"
 #: the text frame a refused device gets before the Close
 AUTH_FAILED = "认证失败"
-#: the largest OTA request body read (the firmware's system info is a few KiB)
-MAX_OTA_BODY = 64 * 1024
+#: the largest request body read (the firmware's system info is a few KiB)
+MAX_BODY = 64 * 1024
 #: the longest Device-Id taken
 MAX_ID_CHARS = 128
+PUSH_SHAPES = (
+    'expected {"type":"alert","status":S,"message":M,"emotion":E} '
+    'or {"type":"system","command":"reboot"}'
+)
 
 
 def _utc_offset_min() -> int:
@@ -118,11 +129,9 @@ def routes(state: AppState) -> list[BaseRoute]:
         device_id = request.headers.get("device-id")
         if not device_id:
             return JSONResponse({"error": "a Device-Id header is required"}, status_code=400)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_OTA_BODY:
-                return JSONResponse({"error": "request body too large"}, status_code=413)
+        body = await _body(request)
+        if body is None:
+            return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, 413)
         try:
             info = json.loads(body) if body else {}
         except ValueError:
@@ -157,8 +166,58 @@ def routes(state: AppState) -> list[BaseRoute]:
     async def activate(_request: Request) -> Response:
         return PlainTextResponse("success")
 
+    async def push(request: Request) -> Response:
+        key = state.config.server.api_key
+        if key is None:
+            return JSONResponse({"error": "set [server] api_key to push messages"}, 403)
+        if not authorized(request, key):
+            return JSONResponse({"error": "send Authorization: Bearer <api_key>"}, 401)
+        body = await _body(request)
+        if body is None:
+            return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, 413)
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            msg = None
+        frame = _pushed(msg)
+        if frame is None:
+            return JSONResponse({"error": PUSH_SHAPES}, 400)
+        session = state.sessions.sessions.get(request.path_params["id"]) if state.sessions else None
+        conn = session.conn if session is not None else None
+        if not isinstance(conn, Connection):
+            return JSONResponse({"error": "no xiaozhi board connected with that Device-Id"}, 404)
+        try:
+            await conn.send(frame)
+        except DeviceGone:
+            return JSONResponse({"error": "the board went away"}, 404)
+        return JSONResponse({"sent": msg["type"]})
+
     return [
         *(WebSocketRoute(p, conversation) for p in (WS_PATH, WS_PATH.rstrip("/"))),
         *(Route(p, ota, methods=["GET", "POST"]) for p in (OTA_PATH, OTA_PATH.rstrip("/"))),
         Route(f"{OTA_PATH}activate", activate, methods=["POST"]),
+        Route("/xiaozhi/devices/{id}/message", push, methods=["POST"]),
     ]
+
+
+async def _body(request: Request) -> bytes | None:
+    """The request body, None past :data:`MAX_BODY`."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
+
+
+def _pushed(msg: Any) -> str | None:
+    """The frame for a pushed ``alert`` or ``system`` message, None if it is neither."""
+    if not isinstance(msg, dict):
+        return None
+    if msg.get("type") == "alert":
+        fields = [msg.get(k) for k in ("status", "message", "emotion")]
+        if all(isinstance(v, str) for v in fields):
+            return protocol.alert(*fields)
+    elif msg.get("type") == "system" and isinstance(msg.get("command"), str):
+        return protocol.system(msg["command"])
+    return None
