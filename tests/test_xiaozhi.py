@@ -32,7 +32,13 @@ from xiaozhi_client import (
     silence,
 )
 
-from echokit_fast.config import ConfigError, XiaozhiConfig, default_config, parse_config
+from echokit_fast.config import (
+    ConfigError,
+    ServerConfig,
+    XiaozhiConfig,
+    default_config,
+    parse_config,
+)
 from echokit_fast.conversation.session import PREROLL_S
 from echokit_fast.devices.xiaozhi.auth import sign
 from echokit_fast.devices.xiaozhi.speech import LEAD_FRAMES
@@ -324,10 +330,47 @@ def test_ota_without_device_id_get_and_activate(serve, tmp_path):
         assert client.post("/xiaozhi/ota/", json={}).status_code == 400
         assert "wss://voice.example/xiaozhi/v1/" in client.get("/xiaozhi/ota/").text
         assert client.post("/xiaozhi/ota/activate").status_code == 200
+        pushed = {"type": "system", "command": "reboot"}
+        push = client.post(f"/xiaozhi/devices/{DEVICE_ID}/message", json=pushed)
+        assert push.status_code == 403  # no [server] api_key: nobody may push
         reply = client.post("/xiaozhi/ota", headers={"Device-Id": DEVICE_ID}, content=b"{")
     assert reply.status_code == 200
     assert reply.json()["websocket"]["url"] == "wss://voice.example/xiaozhi/v1/"
     assert "firmware" not in reply.json()  # no version from the board, none configured
+
+
+def test_alert_and_system_messages_pushed_to_a_board(serve, tmp_path):
+    config = default_config().model_copy(update={"server": ServerConfig(api_key="adm1n")})
+    app, _ = build(tmp_path, config=config)
+    addr = serve(app)
+    url = f"http://{addr}/xiaozhi/devices/{DEVICE_ID}/message"
+    auth = {"Authorization": "Bearer adm1n"}
+    alert = {"type": "alert", "status": "Warning", "message": "Battery low", "emotion": "sad"}
+
+    async def main():
+        board = await Board.open(addr)
+        await asyncio.wait_for(board.listed.wait(), 20)  # attached to its session
+        async with httpx.AsyncClient() as client:
+            codes = [
+                (await client.post(url, json=alert)).status_code,  # no key
+                (await client.post(url, json={"type": "alert"}, headers=auth)).status_code,
+                (
+                    await client.post(url.replace("a0:", "ff:"), json=alert, headers=auth)
+                ).status_code,
+                (await client.post(url, json=alert, headers=auth)).status_code,
+                (
+                    await client.post(
+                        url, json={"type": "system", "command": "reboot"}, headers=auth
+                    )
+                ).status_code,
+            ]
+        got = [(await board.recv()).message, (await board.recv()).message]
+        await board.close()
+        return codes, got
+
+    codes, got = run(main())
+    assert codes == [401, 400, 404, 200, 200]
+    assert got == [alert, {"type": "system", "command": "reboot"}]
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,13 +5,13 @@ the firmware does (numeric ids, pages cut with ``nextCursor``, errors without a 
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 from standins import ChatServer, FakeTools, tool_call
 from test_device import build, run
 from test_xiaozhi import FIXTURE
-from xiaozhi_client import Board, Received, messages, silence
+from xiaozhi_client import Board, messages, silence
 
 from echokit_fast.backends.base import Backends
 from echokit_fast.backends.llm.openai_chat import ChatBackend, OpenAIChatLLM
@@ -47,7 +47,6 @@ class FirmwareMcp:
     def __init__(self, calls: dict[str, Any]) -> None:
         self.calls = calls
         self.requests: list[dict[str, Any]] = []
-        self.listed = False
 
     def answer(self, req: dict[str, Any]) -> dict[str, Any] | None:
         self.requests.append(req)
@@ -62,7 +61,6 @@ class FirmwareMcp:
             result: dict[str, Any] = {"tools": PAGES[page]}
             if page == 0:
                 result["nextCursor"] = PAGES[1][0]["name"]
-            self.listed = page == 1
             return {"jsonrpc": "2.0", "id": rid, "result": result}
         scripted = self.calls[params["name"]]
         if scripted is None:
@@ -70,26 +68,6 @@ class FirmwareMcp:
         if isinstance(scripted, str):
             return {"jsonrpc": "2.0", "id": rid, "error": {"message": scripted}}
         return {"jsonrpc": "2.0", "id": rid, "result": scripted}
-
-
-async def serving(board: Board, mcp: FirmwareMcp, done: Any) -> list[Received]:
-    """Read what the server sends, answering its MCP requests, until ``done(item)``."""
-    got = []
-    while True:
-        item = await board.recv()
-        msg = item.message
-        if msg is not None and msg["type"] == "mcp":
-            reply = mcp.answer(msg["payload"])
-            if reply is not None:
-                await board.send(
-                    json.dumps({"session_id": board.session_id, "type": "mcp", "payload": reply})
-                )
-            if done(item):
-                return got
-            continue
-        got.append(item)
-        if done(item):
-            return got
 
 
 def test_device_tools_offered_called_and_failures_told(serve, tmp_path):
@@ -116,8 +94,8 @@ def test_device_tools_offered_called_and_failures_told(serve, tmp_path):
     mcp = FirmwareMcp({"self.audio_speaker.set_volume": ok})
 
     async def main():
-        board = await Board.open(addr)
-        await serving(board, mcp, lambda _item: mcp.listed)
+        board = await Board.open(addr, mcp=mcp.answer)
+        await asyncio.wait_for(board.listed.wait(), 20)  # (before the first question)
         turns = []
         for calls in (
             {"self.audio_speaker.set_volume": ok},
@@ -126,7 +104,7 @@ def test_device_tools_offered_called_and_failures_told(serve, tmp_path):
             mcp.calls = calls
             await board.listen_start("auto")
             await board.speak(QUESTION)
-            turns.append(await serving(board, mcp, lambda item: item.is_tts("stop")))
+            turns.append(await board.until("stop"))
         await board.close()
         return turns
 

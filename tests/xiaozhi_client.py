@@ -7,7 +7,9 @@ first); the microphone is 16 kHz mono Opus in 60 ms packets (the project's own e
 packet per binary frame in the connection's binary protocol version, silence sent as DTX
 packets (the TOC byte alone) as the firmware's encoder does with DTX on. What the server
 sends is kept in order as :class:`Received` items (JSON messages and audio frames with the
-time each arrived); downlink audio is decoded at the rate the server hello announced.
+time each arrived); the server's MCP requests are answered at once by the board's
+:attr:`Board.mcp` (by default the firmware's MCP server with no tools) and kept in
+:attr:`Board.mcp_requests`; downlink audio is decoded at the rate the server hello announced.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +87,22 @@ async def ota(addr: str, device_id: str = DEVICE_ID, client_id: str = "") -> htt
         return await client.post(f"http://{addr}/xiaozhi/ota/", json=body, headers=headers)
 
 
+def no_tools(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The firmware's MCP server with no tools: ``initialize``, an empty ``tools/list``, and
+    the firmware's error (no ``code``) for anything else."""
+    rid, method = request["id"], request["method"]
+    if method == "initialize":
+        result = {
+            "protocolVersion": "2024-11-05",
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "bread-compact-wifi", "version": FIRMWARE_VERSION},
+        }
+        return {"jsonrpc": "2.0", "id": rid, "result": result}
+    if method == "tools/list":
+        return {"jsonrpc": "2.0", "id": rid, "result": {"tools": []}}
+    return {"jsonrpc": "2.0", "id": rid, "error": {"message": f"Unknown tool: {method}"}}
+
+
 @dataclass
 class Received:
     """One frame from the server: a JSON message or an audio packet."""
@@ -100,7 +119,13 @@ class Received:
 class Board:
     """A xiaozhi board on one WebSocket (after the hello exchange)."""
 
-    def __init__(self, ws: ClientConnection, server_hello: dict[str, Any], version: int) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        server_hello: dict[str, Any],
+        version: int,
+        mcp: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+    ) -> None:
         self.ws = ws
         self.server_hello = server_hello
         self.version = version
@@ -109,6 +134,10 @@ class Board:
         self.rate = params.get("sample_rate", 24000)
         self._enc = OpusEncoder(SR, 60)
         self._got: asyncio.Queue[Received | BaseException] = asyncio.Queue()
+        #: the board's MCP server: a JSON-RPC request -> the reply (None: no reply at all)
+        self.mcp = mcp or no_tools
+        self.mcp_requests: list[dict[str, Any]] = []
+        self.listed = asyncio.Event()  # the last page of tools/list was answered
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -119,8 +148,12 @@ class Board:
                 at = time.monotonic()
                 if isinstance(data, bytes):
                     self._got.put_nowait(Received(at, packet=unframe(data, self.version)))
+                    continue
+                msg = json.loads(data)
+                if msg.get("type") == "mcp":  # answered at once, as the firmware does
+                    await self._mcp(msg["payload"])
                 else:
-                    self._got.put_nowait(Received(at, message=json.loads(data)))
+                    self._got.put_nowait(Received(at, message=msg))
         except Exception as exc:  # (for recv to raise)
             self._got.put_nowait(exc)
 
@@ -144,11 +177,27 @@ class Board:
         )
 
     @classmethod
-    async def open(cls, addr: str, *, version: int = 1, **kw: Any) -> Board:
+    async def open(
+        cls,
+        addr: str,
+        *,
+        version: int = 1,
+        mcp: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+        **kw: Any,
+    ) -> Board:
         ws = await cls.connect(addr, version=version, **kw)
         await ws.send(hello(version))
         reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        return cls(ws, reply, version)
+        return cls(ws, reply, version, mcp)
+
+    async def _mcp(self, request: dict[str, Any]) -> None:
+        self.mcp_requests.append(request)
+        reply = self.mcp(request)
+        if reply is not None:
+            await self.send(self._msg('"type":"mcp","payload":' + json.dumps(reply)))
+        result = reply.get("result") if reply is not None else None
+        if request.get("method") == "tools/list" and "nextCursor" not in (result or {}):
+            self.listed.set()
 
     async def send(self, text: str) -> None:
         await self.ws.send(text)
