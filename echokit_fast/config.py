@@ -80,9 +80,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from echokit_fast.backends import registry
+from echokit_fast.backends import registry, ws
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
 from echokit_fast.backends.schema import Message, Section, VadConfig
@@ -139,9 +146,17 @@ class GeminiConfig(Section):
 
 
 class ClaudeConfig(Section):
-    """``[claude]``: the EchoKit-CC bridge."""
+    """``[claude]``: the EchoKit-CC bridge. ``url``: its WebSocket (``ws://``, ``wss://``;
+    ``http(s)://`` is taken as ``ws(s)://``), to which each device's session id is appended."""
 
     url: str
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, url: str) -> str:
+        if not url:
+            raise ValueError("an EchoKit-CC WebSocket URL is required")
+        return ws.check_url(url, url)
 
 
 class RecordConfig(Section):
@@ -168,7 +183,8 @@ class LimitsConfig(Section):
     send deadline (``echokit_fast.api.tts``); ``device_send_timeout_s``: seconds a frame to a
     device may wait for the device to read (120); ``max_record_s``, ``max_record_bytes``: how
     long (3600 s) and how much audio (115 200 000 bytes, an hour) one recording may take;
-    ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB)."""
+    ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB);
+    ``claude_timeout_s``: how long a turn of the claude layout waits for Claude Code (120)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
@@ -198,6 +214,8 @@ class LimitsConfig(Section):
     max_record_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     max_record_bytes: int = Field(default=115_200_000, ge=2, le=MAX_WAV_DATA_BYTES)
     max_record_disk_bytes_per_device: int = Field(default=2**30, ge=1)
+    # the claude layout: how long a turn waits for the next message of Claude Code (EchoKit-CC)
+    claude_timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]

@@ -16,8 +16,8 @@ result to a function gives it a build. A platform without a build is refused by 
 :data:`MODULES` names every platform module, in the order a section's platforms are listed
 ("expected one of ..."); :func:`load` imports them (:mod:`echokit_fast.config` does, once), so
 registration is explicit and complete. The config loader reads the platform tables from here,
-and :func:`build_backends` builds a pipeline from them. The embedded engines' packages are
-light: loading them does not import faster-whisper or ONNX.
+and :func:`build_backends` builds the device backends of a layout of :data:`LAYOUTS` from them.
+The embedded engines' packages are light: loading them does not import faster-whisper or ONNX.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "LAYOUTS",
     "MODULES",
     "Needs",
     "Platform",
@@ -62,6 +63,13 @@ MODULES: dict[Kind, tuple[str, ...]] = {
         for m in ("openai", "gsv", "stream_gsv", "fish", "cosyvoice", "elevenlabs", "local")
     ),
     "llm": tuple(f"echokit_fast.backends.llm.{m}" for m in ("openai_chat", "openai_responses")),
+}
+
+
+#: the layouts this server runs, each with the sections whose platforms it builds
+LAYOUTS: dict[str, tuple[Kind, ...]] = {
+    "pipeline": ("asr", "tts", "llm"),
+    "claude": ("asr", "tts"),  # the conversation is the [claude] bridge
 }
 
 
@@ -201,13 +209,13 @@ def import_engine(module: str, attr: str, what: str) -> Any:
 def unsupported(config: Config) -> list[str]:
     """What in ``config`` this server cannot run yet (empty when everything is supported):
     one sentence per problem, naming the section and the platform."""
-    if config.layout != "pipeline":
+    kinds = LAYOUTS.get(config.layout)
+    if kinds is None:
         return [
-            f"the {config.layout} layout is not supported yet (only [asr] + [llm] + [tts] "
-            "pipelines are)"
+            f"the {config.layout} layout is not supported yet (supported: {', '.join(LAYOUTS)})"
         ]
     problems = []
-    for kind in KINDS:
+    for kind in kinds:
         name = getattr(getattr(config, kind), "platform", None)
         runnable = [p.name for p in platforms(kind) if p.runnable]
         if name not in runnable:
@@ -231,7 +239,8 @@ def build_backends(
     local_asr: Callable[[Any], Transcriber] | None = None,
     local_tts: Callable[[Any], Speaker] | None = None,
 ) -> Backends:
-    """``(transcriber, speaker, conversation_factory)`` for a pipeline config.
+    """``(transcriber, speaker, conversation_factory)`` for a config of a layout of
+    :data:`LAYOUTS` (the conversations: ``[llm]``'s, or the ``[claude]`` bridges).
 
     Call inside the server's event loop (the HTTP clients belong to it); ``aclose()`` the
     result at shutdown. MCP tools are listed on the first reply (the LLM backends load them
@@ -239,15 +248,23 @@ def build_backends(
     RuntimeError naming it (``local_asr``/``local_tts`` supply shared engines instead, e.g. the
     app's). Platforms registered without a build raise NotImplementedError.
     """
-    if config.asr is None or config.tts is None or config.llm is None:
-        raise ValueError(f"build_backends needs [asr], [tts] and [llm] (layout {config.layout})")
+    kinds = LAYOUTS.get(config.layout, ())
+    if not kinds or any(getattr(config, kind) is None for kind in kinds):
+        raise ValueError(f"build_backends cannot build the {config.layout} layout")
     needs = Needs(
         local_asr=local_asr,
         local_tts=local_tts,
         max_history_bytes=config.limits.max_history_bytes,
     )
+    if config.layout == "claude":
+        from echokit_fast.backends.claude import ClaudeBridges
+
+        assert config.claude is not None
+        conversations = ClaudeBridges(config.claude.url, timeout=config.limits.claude_timeout_s)
+    else:
+        conversations = _build("llm", config.llm, needs)
     return Backends(
         _build("asr", config.asr, needs),
         _build("tts", config.tts, needs),
-        _build("llm", config.llm, needs),
+        conversations,
     )

@@ -26,6 +26,7 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
+from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
 from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM
@@ -60,7 +61,7 @@ async def load_engines(state: AppState) -> None:
     device pipeline's clients in this loop; each step logs how long it took. Marks the state
     ready, or records the failure in ``state.load_error`` (``serve`` then exits 1)."""
     config = state.config
-    pipeline = config.layout == "pipeline"
+    pipeline = config.layout in registry.LAYOUTS  # the layout serves devices
     local = pipeline and state.backends is None  # installed backends need no local engine
     steps: list[tuple[str, Callable[[], Any]]] = [("Silero VAD", state.vad_model)]
     if local and isinstance(config.asr, LocalASR):
