@@ -85,11 +85,10 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -102,7 +101,7 @@ from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.gemini import GeminiConfig
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
-from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, url_check
+from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, WsUrl
 from echokit_fast.backends.tts.local import LocalTTS
 
 if sys.version_info >= (3, 11):
@@ -150,9 +149,10 @@ Path_ = tuple[str | int, ...]
 
 
 class ClaudeConfig(Section):
-    """``[claude]``: the EchoKit-CC bridge (WebSocket or HTTP: the layout is not served yet)."""
+    """``[claude]``: the EchoKit-CC bridge. ``url``: its WebSocket (``ws://``, ``wss://``;
+    ``http(s)://`` is taken as ``ws(s)://``), to which each device's session id is appended."""
 
-    url: Annotated[str, AfterValidator(url_check("ws", "wss", "http", "https"))]
+    url: WsUrl
 
 
 class RecordConfig(Section):
@@ -181,7 +181,8 @@ class LimitsConfig(Section):
     long (3600 s) and how much audio (115 200 000 bytes, an hour) one recording may take;
     ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB);
     ``max_realtime_event_bytes``: bytes of one JSON event a ``/v1/realtime`` client sends
-    (16 MiB, the largest WebSocket message the server reads); then the connection edge's
+    (16 MiB, the largest WebSocket message the server reads); ``claude_timeout_s``: how long a
+    turn of the claude layout waits for Claude Code (120); then the connection edge's
     timeouts and connection caps."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
@@ -214,6 +215,8 @@ class LimitsConfig(Section):
     max_record_disk_bytes_per_device: int = Field(default=2**30, ge=1)
     # /v1/realtime: one client event (a larger one is answered with an error event)
     max_realtime_event_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # the claude layout: how long a turn waits for the next message of Claude Code (EchoKit-CC)
+    claude_timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     # The connection edge (echokit_fast/server/edge.py): seconds a request head may take from
     # the connection's opening or its first byte, seconds an upload may stall, seconds an idle
     # keep-alive connection is kept, seconds a WebSocket may send no message (0: never

@@ -12,7 +12,9 @@ device's :class:`~echokit_fast.conversation.device.DeviceOutput`: ``segment_star
 segment's audio as its TTS yields it (at ``sample_rate``, the device's 16 kHz by default),
 ``segment_end()``; the next segment's audio (often already synthesised) follows at once. A
 ``SpeakNow`` item ends the text before it (the segmenter is finished and a fresh one started)
-and is spoken as its own segment.
+and is spoken as its own segment. ``Display``, ``Notify`` and ``Choose`` items end the text
+before them too and reach the device in their place among the segments (``display``,
+``notify``, ``choose``: its answer is set on the item).
 
 Failures: a :class:`~echokit_fast.backends.base.BackendError` of the conversation stops reading
 the answer; the segments already made are still spoken, then :class:`TurnFailed` is raised.
@@ -32,7 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from echokit_fast.backends.base import BackendError, Conversation, Speaker, SpeakNow
+from echokit_fast.backends.base import (
+    BackendError,
+    Choose,
+    Conversation,
+    Display,
+    Notify,
+    Reply,
+    Speaker,
+    SpeakNow,
+)
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceOutput
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.splitter import MAX_SEGMENT_BYTES, split_at_word
@@ -91,11 +102,16 @@ _END = object()
 QUEUE_CHUNKS = 64
 
 
-class _Job:
-    __slots__ = ("queue", "task", "text")
+#: reply items shown in their place among the segments, not spoken
+Shown = Display | Notify | Choose
 
-    def __init__(self, text: str) -> None:
+
+class _Job:
+    __slots__ = ("queue", "shown", "task", "text")
+
+    def __init__(self, text: str, shown: Shown | None = None) -> None:
         self.text = text
+        self.shown = shown
         self.queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_CHUNKS)
         self.task: asyncio.Task[None] | None = None
 
@@ -120,7 +136,7 @@ class ReplyPipeline:
         self.max_parallel = max(1, int(max_parallel))
         self.sample_rate = sample_rate
         self.segments = 0
-        self._pending: deque[str] = deque()
+        self._pending: deque[str | Shown] = deque()
         self._jobs: deque[_Job] = deque()
         self._llm_done = False
         self._error: TurnFailed | None = None
@@ -128,7 +144,12 @@ class ReplyPipeline:
 
     async def run(self, user_text: str) -> int:
         """Speak the answer to ``user_text``; returns the number of segments spoken."""
-        producer = asyncio.create_task(self._produce(user_text), name="echokit-device-llm")
+        return await self.run_items(self.conversation.reply(user_text))
+
+    async def run_items(self, items: AsyncIterator[Reply]) -> int:
+        """Deliver a reply's ``items`` (the answer to the user, or a turn of the conversation's
+        own); returns the number of segments spoken."""
+        producer = asyncio.create_task(self._produce(items), name="echokit-device-llm")
         try:
             await self._deliver()
             await producer
@@ -143,17 +164,21 @@ class ReplyPipeline:
 
     # -- LLM -> segments ---------------------------------------------------------------
 
-    async def _produce(self, user_text: str) -> None:
+    async def _produce(self, items: AsyncIterator[Reply]) -> None:
         seg = self.segmenter_factory()
         try:
-            async with aclosing_iter(self.conversation.reply(user_text)) as stream:
+            async with aclosing_iter(items) as stream:
                 async for item in stream:
-                    if isinstance(item, SpeakNow):
+                    if isinstance(item, SpeakNow | Shown):
                         self.trace.mark("llm_first")
                         for s in seg.finish():
                             self._schedule(s)
                         seg = self.segmenter_factory()
-                        if item.text.strip():
+                        if isinstance(item, Shown):
+                            self._pending.append(item)
+                            self._fill()
+                            self._wake.set()
+                        elif item.text.strip():
                             self._schedule(item.text.strip())
                     elif item:
                         self.trace.mark("llm_first")
@@ -185,8 +210,12 @@ class ReplyPipeline:
 
     def _fill(self) -> None:
         while self._pending and len(self._jobs) < self.max_parallel:
-            job = _Job(self._pending.popleft())
-            job.task = asyncio.create_task(self._synth(job), name="echokit-device-tts")
+            item = self._pending.popleft()
+            if isinstance(item, str):
+                job = _Job(item)
+                job.task = asyncio.create_task(self._synth(job), name="echokit-device-tts")
+            else:
+                job = _Job("", item)
             self._jobs.append(job)
 
     # -- TTS ---------------------------------------------------------------------------
@@ -223,6 +252,9 @@ class ReplyPipeline:
 
     async def _play(self, job: _Job) -> None:
         out = self.out
+        if job.shown is not None:
+            await self._show(job.shown)
+            return
         await out.segment_start(job.text)
         self.segments += 1
         while True:
@@ -234,6 +266,16 @@ class ReplyPipeline:
                 raise item
             self._sent(await out.audio(item))
         self._sent(await out.segment_end())
+
+    async def _show(self, item: Shown) -> None:
+        if isinstance(item, Display):
+            await self.out.display(item.text)
+        elif isinstance(item, Notify):
+            await self.out.notify(item.text)
+        else:
+            index = await self.out.choose(item.message, list(item.items))
+            if not item.answer.done():
+                item.answer.set_result(index)
 
     def _sent(self, packets: int) -> None:
         if packets:

@@ -61,6 +61,12 @@ Speaker unless the Speaker is what failed (bounded by ``NOTICE_TTS_TIMEOUT``),
 Exactly one ``response_end`` ends each turn, and nothing is ever sent to a connection that is
 gone (the reference sends an extra one, docs/compatibility.md#listening-and-turns).
 
+A :class:`~echokit_fast.backends.base.Proactive` conversation (a service that acts on its own)
+also gets turns of its own: while a connection is attached, whenever it has something for the
+user and no turn runs, a turn presents it (``unprompted``; an utterance being heard is dropped,
+with ``end_of_speech`` when the engine's VAD was listening). Those turns end with one
+``response_end`` too.
+
 After the last connection of a session detaches, the session keeps only its conversation
 (history, for a later connection with ``keep_history``) for ``session_ttl`` seconds; then it is
 dropped.
@@ -73,12 +79,19 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from echokit_fast.audio import pcm16_to_float
-from echokit_fast.backends.base import Backends, Conversation, LiveConversation, Transcription
+from echokit_fast.backends.base import (
+    Backends,
+    Conversation,
+    LiveConversation,
+    Proactive,
+    Reply,
+    Transcription,
+)
 from echokit_fast.conversation import live as live_turn
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, DeviceGone
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
@@ -216,7 +229,8 @@ class Session:
         self.conversation: Conversation | LiveConversation | None = None
         self.conn: DeviceConnection | None = None
         self.utt: Utterance | None = None
-        self.turn: asyncio.Task[None] | None = None
+        self.turn: asyncio.Task[str] | None = None
+        self._unprompted: asyncio.Task[None] | None = None  # a Proactive conversation's
         self.turns = 0
         self.detached_at: float | None = None
         self._evict: asyncio.TimerHandle | None = None
@@ -242,13 +256,22 @@ class Session:
             result = self.conversation.reset()
             if inspect.isawaitable(result):
                 await result
-        return self.conn is conn
+        if self.conn is not conn:
+            return False
+        self._stop_unprompted()
+        if isinstance(self.conversation, Proactive):
+            self.conversation.attached()
+            self._unprompted = asyncio.create_task(
+                self._run_unprompted(conn, self.conversation), name=f"echokit-unprompted-{self.id}"
+            )
+        return True
 
     async def detach(self, conn: DeviceConnection) -> None:
         if self.conn is not conn:
             return
         self.conn = None
         CONNECTIONS.dec()
+        self._stop_unprompted()
         await self.cancel_turn()
         self._drop_utterance()
         self.detached_at = time.monotonic()
@@ -265,6 +288,28 @@ class Session:
                     self.log_id,
                     CANCEL_TIMEOUT,
                 )
+
+    def _stop_unprompted(self) -> None:
+        task, self._unprompted = self._unprompted, None
+        if task is not None:
+            task.cancel()
+
+    async def _run_unprompted(self, conn: DeviceConnection, conversation: Proactive) -> None:
+        """The turns of ``conversation``'s own while ``conn`` is attached: one whenever it has
+        something for the user and no turn runs (a turn of the user's presents it itself)."""
+        while conn is self.conn:
+            turn = self.turn
+            if turn is not None and not turn.done():
+                await asyncio.wait([turn])
+                if turn.cancelled() or turn.result() != "disconnected":
+                    continue
+                return
+            await conversation.wait_unprompted()
+            if conn is not self.conn or self.responding:
+                continue
+            end_vad = self.utt is not None and conn.server_vad  # the device stops streaming
+            self._drop_utterance()
+            self._start_turn(conn, items=conversation.unprompted(), end_vad=end_vad)
 
     def _drop_utterance(self) -> None:
         if self.utt is not None:
@@ -516,15 +561,23 @@ class Session:
         trace: TurnTrace | None = None,
         failure: TurnFailed | None = None,
         live: live_turn.LiveInput | None = None,
+        items: AsyncIterator[Reply] | None = None,
     ) -> None:
         trace = trace or self._trace()
         coro = self._run_turn(
-            conn, trace, text=text, asr_task=asr_task, end_vad=end_vad, failure=failure, live=live
+            conn,
+            trace,
+            text=text,
+            asr_task=asr_task,
+            end_vad=end_vad,
+            failure=failure,
+            live=live,
+            items=items,
         )
         task = asyncio.create_task(coro, name=f"echokit-device-turn-{self.id}")
         self.turn = task
 
-        def done(t: asyncio.Task[None]) -> None:
+        def done(t: asyncio.Task[str]) -> None:
             if self.turn is t:
                 self.turn = None
 
@@ -540,7 +593,10 @@ class Session:
         end_vad: bool,
         failure: TurnFailed | None = None,
         live: live_turn.LiveInput | None = None,
-    ) -> None:
+        items: AsyncIterator[Reply] | None = None,
+    ) -> str:
+        """The turn; returns its outcome (``trace.outcome``). ``live``: a live layout's
+        utterance; ``items``: a turn of the conversation's own, without user input."""
         backends = self.manager.backends
         try:
             if end_vad:
@@ -551,8 +607,8 @@ class Session:
             if live is not None:
                 trace.detail["segments"] = await self._live_answer(conn, trace, heard=live)
                 await conn.response_end()
-                return
-            if text is None:
+                return trace.outcome
+            if text is None and items is None:
                 text = ""
                 if asr_task is not None:
                     text, exc = await asr_task
@@ -560,13 +616,14 @@ class Session:
                         raise TurnFailed.of(exc, "asr")
                     text = self._capped_transcript(text)
                 trace.mark("asr_done")
-            text = text.strip()
-            if not text:
+            text = (text or "").strip()
+            if items is None and not text:
                 trace.outcome = "empty"
                 await conn.response_end()
-                return
-            await conn.transcript(text, final=True)
+                return trace.outcome
             assert self.conversation is not None
+            if items is None:
+                await conn.transcript(text, final=True)
             if isinstance(self.conversation, LiveConversation):
                 trace.detail["segments"] = await self._live_answer(conn, trace, text=text)
             else:
@@ -578,7 +635,9 @@ class Session:
                     trace=trace,
                     max_parallel=self.manager.settings.tts_parallel,
                 )
-                trace.detail["segments"] = await pipeline.run(text)
+                if items is None:
+                    items = self.conversation.reply(text)
+                trace.detail["segments"] = await pipeline.run_items(items)
             await conn.response_end()
         except TurnFailed as failure:
             trace.outcome = "error"
@@ -602,6 +661,7 @@ class Session:
             if asr_task is not None and not asr_task.done():
                 asr_task.cancel()
             trace.finish()
+        return trace.outcome
 
     async def _live_answer(
         self,

@@ -10,6 +10,9 @@ metrics.
   recordings, ``download_url`` being the download path above (the reference's is wrong,
   docs/compatibility.md#record-mode-and-downloads); 404 with ``[]`` for a device without recordings
   (the reference answers 500);
+* ``GET /proxy/state/{id}`` -- ``{"has_notification": bool}``: whether the conversation's
+  service has something for the device that has not reached it (the claude layout's Claude
+  Code); 404 ``Not found`` when the conversations keep no such state (the other layouts);
 * ``GET /metrics`` -- Prometheus metrics (the per-turn stage histograms among them).
 
 With ``[server] api_key`` set (or ``$ECHOKIT_API_KEY``), both download routes answer 401
@@ -40,6 +43,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from echokit_fast.backends.base import Notifications
 from echokit_fast.backends.registry import build_backends
 from echokit_fast.conversation.session import SessionManager, Settings
 from echokit_fast.conversation.splitter import SegmentGrouper
@@ -178,6 +182,15 @@ def routes(state: AppState) -> list[BaseRoute]:
             ]
         )
 
+    async def proxy_state(request: Request) -> Response:
+        await state.wait_ready()
+        factory = state.backends.conversation_factory if state.backends is not None else None
+        if not isinstance(factory, Notifications):
+            return PlainTextResponse("Not found", status_code=404)
+        return JSONResponse(
+            {"has_notification": factory.has_notification(request.path_params["id"])}
+        )
+
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -187,5 +200,6 @@ def routes(state: AppState) -> list[BaseRoute]:
         WebSocketRoute("/v1/record/{id}", ws_record),
         Route("/downloads/download/{id}/{file}", download, methods=["GET"]),
         Route("/downloads/list/{id}", listing, methods=["GET"]),
+        Route("/proxy/state/{id}", proxy_state, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
