@@ -94,6 +94,8 @@ class Connection:
     #: what the client sent, raw, with the arrival times (time.monotonic)
     texts: list[str] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
+    #: the connection has ended (either side closed it)
+    ended: bool = False
 
     def types(self) -> list[str]:
         return [json.loads(t)["type"] for t in self.texts]
@@ -133,6 +135,16 @@ class ClaudeCC:
 
         with self._seen:
             assert self._seen.wait_for(enough, timeout), f"{count} x {kind} never received"
+
+    def wait_ended(self, path_suffix: str, timeout: float = 20) -> None:
+        """Wait until every connection whose path ends with ``path_suffix`` has ended."""
+
+        def ended() -> bool:
+            mine = [c for c in self.connections if c.path.endswith(path_suffix)]
+            return bool(mine) and all(c.ended for c in mine)
+
+        with self._seen:
+            assert self._seen.wait_for(ended, timeout), f"{path_suffix}: still connected"
 
     def push(self, message: dict[str, Any]) -> None:
         """Send ``message`` to the newest connection (waits until it is written)."""
@@ -180,6 +192,9 @@ class ClaudeCC:
         finally:
             if player is not None:
                 player.cancel()
+            with self._seen:
+                record.ended = True
+                self._seen.notify_all()
 
     async def _play(self, record: Connection, steps: list[Any]) -> None:
         conn = record.conn

@@ -55,7 +55,9 @@ def cc() -> Iterator[tuple[ClaudeCC, str]]:
 class Stack:
     """The server on the claude layout, with its stand-ins."""
 
-    def __init__(self, serve: Any, tmp_path: Path, cc_url: str, *, timeout: float = 60) -> None:
+    def __init__(
+        self, serve: Any, tmp_path: Path, cc_url: str, *, timeout: float = 60, limits: str = ""
+    ) -> None:
         self.asr, self.tts = ASRServer(), TTSServer()
         asr, tts = serve(self.asr.app), serve(self.tts.app)
         text = (
@@ -64,7 +66,7 @@ class Stack:
             f'[asr]\nplatform = "openai"\nurl = "http://{asr}/v1/audio/transcriptions"\n'
             f'[tts]\nplatform = "stream_gsv"\nurl = "http://{tts}/v1/audio/stream_speech"\n'
             'speaker = "cooper"\n'
-            f"[limits]\nclaude_timeout_s = {timeout}\n"
+            f"[limits]\nclaude_timeout_s = {timeout}\n{limits}"
         )
         self.state = AppState(parse_config(text, log_issues=False).config)
         self.state.record_dir = tmp_path / "record"
@@ -400,6 +402,27 @@ def test_words_while_claude_code_works_are_not_sent(serve, tmp_path, cc) -> None
         "EndResponse",
     ]
     assert standin.messages() == ["CreateSession", "Input", "Confirm"]
+
+
+def test_a_dropped_session_closes_its_bridge(serve, tmp_path, cc) -> None:
+    """The bridges are bounded by the sessions: when a device's session is dropped (here
+    evicted by max_sessions), its EchoKit-CC socket is closed and the bridge forgotten."""
+    standin, addr = cc
+    stack = Stack(serve, tmp_path, f"ws://{addr}", limits="max_sessions = 1\n")
+
+    async def main() -> None:
+        first = await stack.device("aa0000000001")
+        await asyncio.to_thread(standin.wait_messages, "CreateSession", 1)
+        await first.close()
+        second = await stack.device("bb0000000002")  # the first's session is evicted
+        await asyncio.to_thread(standin.wait_ended, session_id("aa0000000001"))
+        await asyncio.to_thread(standin.wait_messages, "CreateSession", 2)
+        await second.close()
+
+    run(main())
+    assert stack.state.backends is not None
+    bridges = stack.state.backends.conversation_factory.bridges
+    assert "aa0000000001" not in bridges and "bb0000000002" in bridges
 
 
 def test_proxy_state_is_only_served_by_the_claude_layout(serve) -> None:

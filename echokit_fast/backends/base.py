@@ -174,7 +174,9 @@ Reply = str | SpeakNow | Display | Notify | Choose
 
 @runtime_checkable
 class Conversation(Protocol):
-    """One device's LLM conversation: prompts, history, tools."""
+    """One device's LLM conversation: prompts, history, tools. One that holds a connection of
+    its own (the Claude Code bridge) also has ``close()``, called when the device's session is
+    dropped."""
 
     def reply(self, user_text: str) -> AsyncIterator[Reply]:
         """Stream the answer to `user_text` as text deltas (and the other Reply items).

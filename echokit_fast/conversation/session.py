@@ -842,8 +842,9 @@ class SessionManager:
         del self.sessions[s.id]
         SESSIONS.dec()
         conversation, s.conversation = s.conversation, None
-        if isinstance(conversation, LiveConversation):
-            conversation.close()
+        close = getattr(conversation, "close", None)  # one holding a connection of its own
+        if callable(close):
+            close()
         self._notify_changed()
 
     def _notify_changed(self) -> None:

@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: bridges closing in the background (kept referenced until they are done)
+_CLOSING: set[asyncio.Task[None]] = set()
 
 #: seconds between ``Input`` and ``Confirm`` (the reference's)
 CONFIRM_PAUSE_S = 0.3
@@ -73,8 +75,16 @@ KEPT_CHANGES = 64
 class ClaudeBridge:
     """One device's Claude Code session (see the module docstring)."""
 
-    def __init__(self, url: str, device_id: str, *, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        device_id: str,
+        *,
+        timeout: float,
+        forget: Callable[[], object] | None = None,
+    ) -> None:
         self.url = wire.bridge_url(url, device_id)
+        self._forget = forget  # drops this bridge from its factory
         self.session = wire.session_id(device_id)  # names the bridge in logs
         self.timeout = timeout
         self.state: dict[str, Any] | None = None  # as EchoKit-CC sent it; None: not yet
@@ -201,6 +211,16 @@ class ClaudeBridge:
             raise NOTICES.error(f"EchoKit-CC error {self._error}", REFUSED)
         if not ready():
             raise self._closed()
+
+    def close(self) -> None:
+        """The device's session is dropped (detached too long, or evicted): the bridge is
+        forgotten and its socket closed in the background; a later connection of the device
+        gets a new one (Claude Code's session lives on at EchoKit-CC)."""
+        if self._forget is not None:
+            self._forget()
+        task = asyncio.get_running_loop().create_task(self.aclose())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -338,7 +358,7 @@ class ClaudeBridge:
 
 class ClaudeBridges:
     """The conversation factory of the claude layout: one :class:`ClaudeBridge` per device id,
-    kept for the life of the server (its socket across the device's connections)."""
+    kept as long as the device's session (its socket across the device's connections)."""
 
     def __init__(self, url: str, *, timeout: float) -> None:
         self.url = url
@@ -349,7 +369,10 @@ class ClaudeBridges:
         bridge = self.bridges.get(device_id)
         if bridge is None:
             bridge = self.bridges[device_id] = ClaudeBridge(
-                self.url, device_id, timeout=self.timeout
+                self.url,
+                device_id,
+                timeout=self.timeout,
+                forget=lambda: self.bridges.pop(device_id, None),
             )
         return bridge
 
