@@ -235,10 +235,23 @@ class ServerConfig(Section):
     (``scheme://host[:port]``, or ``"*"`` for any) whose pages may open its WebSockets and send
     it state-changing requests, besides requests without an ``Origin`` (devices, curl) and
     same-origin ones; ``api_key``: when set, ``/downloads/*`` needs ``Authorization: Bearer
-    <api_key>`` (``$ECHOKIT_API_KEY`` beats it). See echokit_fast/server/security.py."""
+    <api_key>`` (``$ECHOKIT_API_KEY`` beats it); ``devices``: when set, the only device ids
+    (case-insensitive) the device WebSockets accept, the others refused with 403 before the
+    upgrade. See echokit_fast/server/security.py."""
 
     allowed_origins: list[str] = Field(default_factory=list)
     api_key: str | None = None
+    devices: list[str] | None = None
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        ids = [v.strip().lower() for v in value]
+        if not ids or not all(ids):
+            raise ValueError("expected a non-empty list of device ids (omit the key to allow any)")
+        return ids
 
     @field_validator("allowed_origins")
     @classmethod

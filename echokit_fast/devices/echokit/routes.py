@@ -37,6 +37,8 @@ that connects while the engines load is accepted and waits for them.
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -47,16 +49,19 @@ from echokit_fast.backends.base import Notifications
 from echokit_fast.backends.registry import build_backends
 from echokit_fast.conversation.session import SessionManager, Settings
 from echokit_fast.conversation.splitter import SegmentGrouper
+from echokit_fast.conversation.trace import printable
 from echokit_fast.devices.echokit.connection import serve
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
 from echokit_fast.devices.echokit.record import DiskUse, record_session, resolve_file, safe_name
-from echokit_fast.server.security import authorized
+from echokit_fast.server.security import authorized, device_allowed
 from echokit_fast.server.state import AppState
 from echokit_fast.turn.asr_stream import stream_detectors
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
 
 __all__ = ["prepare", "routes"]
+
+log = logging.getLogger(__name__)
 
 
 def prepare(state: AppState) -> None:
@@ -102,7 +107,18 @@ def routes(state: AppState) -> list[BaseRoute]:
     async def bad_request(ws: WebSocket, message: str) -> None:
         await ws.send_denial_response(PlainTextResponse(message, status_code=400))
 
+    async def refused(ws: WebSocket, device_id: str) -> bool:
+        """403 before the upgrade for a device id not in ``[server] devices``."""
+        if device_allowed(state.config.server, device_id):
+            return False
+        log.info("device %s: refused, not in [server] devices", printable(device_id))
+        message = "Forbidden: this device id is not in the server's [server] devices"
+        await ws.send_denial_response(PlainTextResponse(message, status_code=403))
+        return True
+
     async def record(ws: WebSocket, device_id: str) -> None:
+        if await refused(ws, device_id):
+            return
         if not safe_name(device_id):
             await bad_request(ws, f"invalid device id for a recording: {device_id!r}")
             return
@@ -118,6 +134,8 @@ def routes(state: AppState) -> list[BaseRoute]:
 
     async def chat(ws: WebSocket, *, allow_record: bool) -> None:
         device_id = ws.path_params["id"]
+        if await refused(ws, device_id):
+            return
         try:
             flags = Flags.parse(ws.query_params.multi_items(), allow_record=allow_record)
         except ValueError as exc:
