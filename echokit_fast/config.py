@@ -157,12 +157,26 @@ class LimitsConfig(Section):
     limits table). ``max_audio_s``: seconds of audio an uploaded file may decode to (600);
     ``max_text_bytes``: UTF-8 bytes of a device's ``Text`` command or an ASR transcript (4096);
     ``max_history_bytes``: UTF-8 bytes of message text one device's LLM history keeps
-    (65536); ``max_sessions``: device sessions held at once (1000)."""
+    (65536); ``max_sessions``: device sessions held at once (1000). The backend caps and
+    deadlines below them are described in the README's table."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
     max_history_bytes: int = Field(default=65536, ge=1)
     max_sessions: int = Field(default=1000, ge=1)
+    # What a backend may send and how long each stage of a turn may take (README "Limits"):
+    # bytes of a JSON answer (ASR, a non-streamed LLM answer) and of one TTS answer's audio;
+    # seconds for the transcript, the LLM's first content, a gap without content, the whole
+    # answer, one segment's synthesis and the whole turn; characters of one answer.
+    max_json_bytes: int = Field(default=1 << 20, ge=1)
+    max_tts_bytes: int = Field(default=64 << 20, ge=1)
+    asr_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    llm_first_token_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    llm_stall_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    llm_answer_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_answer_chars: int = Field(default=16384, ge=1)
+    tts_segment_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    turn_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
 
 
 Layout = Literal["pipeline", "claude", "gemini_tts", "gemini"]
