@@ -49,6 +49,11 @@ then the notice as a segment of its own -- ``segment_start(notice)``, the notice
 Speaker unless the Speaker is what failed (bounded by ``NOTICE_TTS_TIMEOUT``),
 ``segment_end`` -- and ``response_end``. The session and every other session go on.
 
+Deadlines (``Settings``, the README's limits table), each such a failure: the transcript must
+be known ``asr_timeout_s`` after the end of the utterance, and the whole turn (transcript and
+answer, its playback included) may take ``turn_s`` (then :data:`TURN_TOO_LONG`); the answer's
+own bounds are the pipeline's (:mod:`.pipeline`).
+
 Exactly one ``response_end`` ends each turn, and nothing is ever sent to a connection that is
 gone (the reference sends an extra one, docs/compatibility.md#listening-and-turns).
 
@@ -70,6 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echokit_fast.audio import pcm16_to_float
+from echokit_fast.backends import http
 from echokit_fast.backends.base import Backends, Conversation, Transcription
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, DeviceGone
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
@@ -79,7 +85,15 @@ from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace
 from echokit_fast.turn.detector import TurnDetector, TurnDetectorFactory, TurnEvent
 from echokit_fast.turn.vad_rounds import VadTurnDetectors
 
-__all__ = ["TEXT_TOO_LONG", "Backends", "Session", "SessionManager", "SessionsFull", "Settings"]
+__all__ = [
+    "TEXT_TOO_LONG",
+    "TURN_TOO_LONG",
+    "Backends",
+    "Session",
+    "SessionManager",
+    "SessionsFull",
+    "Settings",
+]
 
 log = logging.getLogger("echokit_fast.device")
 
@@ -94,6 +108,8 @@ DRAIN_CLOSE_TIMEOUT = 3.0
 NOTICE_TTS_TIMEOUT = 10.0
 #: the notice for a text input over ``Settings.max_text_bytes``
 TEXT_TOO_LONG = "That message is too long."
+#: the notice for a turn over ``Settings.turn_s``
+TURN_TOO_LONG = "Sorry, that took too long, so I stopped."
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +129,15 @@ class Settings:
     max_text_bytes: int = 4096
     #: sessions held at once
     max_sessions: int = 1000
+    #: seconds from the end of the utterance to its transcript
+    asr_timeout_s: float | None = 30.0
+    #: seconds to read the whole answer, and its characters (:class:`ReplyPipeline`)
+    llm_answer_s: float | None = 120.0
+    max_answer_chars: int | None = 16384
+    #: seconds one segment's synthesis may keep the answer waiting
+    tts_segment_s: float | None = 60.0
+    #: seconds of one whole turn
+    turn_s: float | None = 300.0
 
 
 class SessionsFull(Exception):
@@ -455,38 +480,14 @@ class Session:
         end_vad: bool,
         failure: TurnFailed | None = None,
     ) -> None:
-        backends = self.manager.backends
+        turn_s = self.manager.settings.turn_s
         try:
-            if end_vad:
-                await conn.end_of_speech()
-                trace.mark("end_vad")
-            if failure is not None:
-                raise failure
-            if text is None:
-                text = ""
-                if asr_task is not None:
-                    text, exc = await asr_task
-                    if exc is not None:
-                        raise TurnFailed.of(exc, "asr")
-                    text = self._capped_transcript(text)
-                trace.mark("asr_done")
-            text = text.strip()
-            if not text:
-                trace.outcome = "empty"
-                await conn.response_end()
-                return
-            await conn.transcript(text, final=True)
-            assert self.conversation is not None
-            pipeline = ReplyPipeline(
-                conversation=self.conversation,
-                speaker=backends.speaker,
-                segmenter_factory=self.manager.segmenter_factory(),
-                out=conn,
-                trace=trace,
-                max_parallel=self.manager.settings.tts_parallel,
-            )
-            trace.detail["segments"] = await pipeline.run(text)
-            await conn.response_end()
+            try:
+                await asyncio.wait_for(
+                    self._turn(conn, trace, text, asr_task, end_vad, failure), turn_s
+                )
+            except asyncio.TimeoutError:
+                raise TurnFailed(TURN_TOO_LONG, "turn", f"the turn took over {turn_s} s") from None
         except TurnFailed as failure:
             trace.outcome = "error"
             trace.detail["failed"] = failure.stage
@@ -510,6 +511,59 @@ class Session:
                 asr_task.cancel()
             trace.finish()
 
+    async def _turn(
+        self,
+        conn: DeviceConnection,
+        trace: TurnTrace,
+        text: str | None,
+        asr_task: asyncio.Task[tuple[str, BaseException | None]] | None,
+        end_vad: bool,
+        failure: TurnFailed | None,
+    ) -> None:
+        """The turn up to its ``response_end`` (failures raised, for :meth:`_run_turn`)."""
+        backends = self.manager.backends
+        settings = self.manager.settings
+        if end_vad:
+            await conn.end_of_speech()
+            trace.mark("end_vad")
+        if failure is not None:
+            raise failure
+        if text is None:
+            text = ""
+            if asr_task is not None:
+                done, _ = await asyncio.wait([asr_task], timeout=settings.asr_timeout_s)
+                if not done:
+                    raise TurnFailed(
+                        http.ASR.timeout,
+                        "asr",
+                        f"no transcript within {settings.asr_timeout_s} s",
+                    )
+                text, exc = asr_task.result()
+                if exc is not None:
+                    raise TurnFailed.of(exc, "asr")
+                text = self._capped_transcript(text)
+            trace.mark("asr_done")
+        text = text.strip()
+        if not text:
+            trace.outcome = "empty"
+            await conn.response_end()
+            return
+        await conn.transcript(text, final=True)
+        assert self.conversation is not None
+        pipeline = ReplyPipeline(
+            conversation=self.conversation,
+            speaker=backends.speaker,
+            segmenter_factory=self.manager.segmenter_factory(),
+            out=conn,
+            trace=trace,
+            max_parallel=settings.tts_parallel,
+            answer_s=settings.llm_answer_s,
+            max_answer_chars=settings.max_answer_chars,
+            segment_s=settings.tts_segment_s,
+        )
+        trace.detail["segments"] = await pipeline.run(text)
+        await conn.response_end()
+
     def _capped_transcript(self, text: str) -> str:
         cap = self.manager.settings.max_text_bytes
         cut = cut_text(text, cap)
@@ -528,7 +582,7 @@ class Session:
         notice = failure.notice
         await conn.notice(notice)
         await conn.segment_start(notice)
-        if failure.stage != "tts":
+        if failure.spoken:
             try:
                 await asyncio.wait_for(self._speak(conn, notice), NOTICE_TTS_TIMEOUT)
             except DeviceGone:
