@@ -183,7 +183,8 @@ class LimitsConfig(Section):
     ``max_realtime_event_bytes``: bytes of one JSON event a ``/v1/realtime`` client sends
     (16 MiB, the largest WebSocket message the server reads); ``claude_timeout_s``: how long a
     turn of the claude layout waits for Claude Code (120); then the connection edge's
-    timeouts and connection caps."""
+    timeouts and connection caps, and the backend caps and stage deadlines of a turn (the
+    README's table)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
@@ -228,6 +229,19 @@ class LimitsConfig(Section):
     max_head_bytes: int = Field(default=16384, ge=1024)
     max_connections: int = Field(default=1000, ge=1)
     max_connections_per_ip: int = Field(default=100, ge=1)
+    # What a backend may send and how long each stage of a turn may take (README "Limits"):
+    # bytes of a JSON answer (ASR, a non-streamed LLM answer) and of one TTS answer's audio;
+    # seconds for the transcript, the LLM's first content, a gap without content, the whole
+    # answer, one segment's synthesis and the whole turn; characters of one answer.
+    max_json_bytes: int = Field(default=1 << 20, ge=1)
+    max_tts_bytes: int = Field(default=64 << 20, ge=1)
+    asr_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    llm_first_token_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    llm_stall_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    llm_answer_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_answer_chars: int = Field(default=16384, ge=1)
+    tts_segment_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    turn_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
 
 
 class ServerConfig(Section):

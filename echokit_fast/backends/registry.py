@@ -78,12 +78,18 @@ LAYOUTS: dict[str, tuple[Kind, ...]] = {
 @dataclass(frozen=True)
 class Needs:
     """What a build may use besides its config section: the engines the application shares
-    (``local_asr(cfg)`` / ``local_tts(cfg)``; None: the platform loads its own), and the
-    ``[limits] max_history_bytes`` of a conversation's history (None: unbounded)."""
+    (``local_asr(cfg)`` / ``local_tts(cfg)``; None: the platform loads its own), the
+    ``[limits] max_history_bytes`` of a conversation's history (None: unbounded), and the
+    ``[limits]`` caps on what a remote backend may send and on the LLM's stream (the defaults
+    are those of ``[limits]``)."""
 
     local_asr: Callable[[Any], Transcriber] | None = None
     local_tts: Callable[[Any], Speaker] | None = None
     max_history_bytes: int | None = None
+    max_json_bytes: int = 1 << 20
+    max_tts_bytes: int = 64 << 20
+    llm_first_token_s: float = 60.0
+    llm_stall_s: float = 30.0
 
 
 #: ``build(section, needs)``: a Transcriber ([asr]), a Speaker ([tts]) or a zero/one-argument
@@ -259,6 +265,10 @@ def build_backends(
         local_asr=local_asr,
         local_tts=local_tts,
         max_history_bytes=config.limits.max_history_bytes,
+        max_json_bytes=config.limits.max_json_bytes,
+        max_tts_bytes=config.limits.max_tts_bytes,
+        llm_first_token_s=config.limits.llm_first_token_s,
+        llm_stall_s=config.limits.llm_stall_s,
     )
     if config.layout in ("gemini", "gemini_tts"):
         from echokit_fast.backends.gemini.client import GeminiLive

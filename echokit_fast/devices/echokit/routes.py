@@ -85,6 +85,11 @@ def prepare(state: AppState) -> None:
             stream_detector=stream_detectors(state.backends.transcriber),
             max_text_bytes=cfg.limits.max_text_bytes,
             max_sessions=cfg.limits.max_sessions,
+            asr_timeout_s=cfg.limits.asr_timeout_s,
+            llm_answer_s=cfg.limits.llm_answer_s,
+            max_answer_chars=cfg.limits.max_answer_chars,
+            tts_segment_s=cfg.limits.tts_segment_s,
+            turn_s=cfg.limits.turn_s,
         )
 
 
