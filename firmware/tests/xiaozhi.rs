@@ -679,3 +679,20 @@ async fn ota_failures_are_connect_errors() {
         assert!(e.message.contains(want), "{e:?}");
     }
 }
+
+#[tokio::test]
+async fn a_close_after_the_last_tts_stop_ends_the_run_normally() {
+    let sum = failing(&[], async |c| {
+        c.hello("S", 16_000, 60).await;
+        c.frames_until(10).await;
+        c.tts("start").await;
+        for p in opus_packets(10, 16_000, 60) {
+            c.binary(p).await;
+        }
+        c.tts("stop").await;
+        c.ws.send(Message::close(None, "")).await.unwrap();
+    })
+    .await;
+    assert!(sum.ok, "{sum:?}");
+    assert_eq!(sum.devices[0].turns[0].reply_samples, 10 * 960);
+}

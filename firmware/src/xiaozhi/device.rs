@@ -389,7 +389,12 @@ impl Device {
                     }
                     Some(Ok(msg)) if msg.is_binary() => self.on_audio(msg.as_payload())?,
                     Some(Ok(msg)) if !msg.is_close() => {} // Ping / Pong: the library answers.
-                    other => return Err(self.closed(other)),
+                    other => {
+                        let err = self.closed(other);
+                        // After the last turn's tts stop the conversation is complete.
+                        let finished = self.drained_at.is_some() && self.turn == self.inputs.len();
+                        return if finished { Ok(()) } else { Err(err) };
+                    }
                 },
                 _ = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                     self.on_timers().await?;
