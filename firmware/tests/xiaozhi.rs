@@ -162,7 +162,9 @@ async fn auto_turn_over_ota_with_the_firmware_headers_pacing_and_tcp_drop() {
     let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
     assert!(pos("ota_request") < pos("connect") && pos("hello") < pos("listen_start"));
     assert!(pos("tts_stop") < pos("playback_done") && pos("playback_done") < pos("close"));
-    let (pcm, info) = read_wav(&std::fs::read(t.reply_wav.as_ref().unwrap()).unwrap()).unwrap();
+    let reply = t.reply_wav.as_ref().unwrap();
+    assert_eq!(reply, &s(&out.join("02ec00000001/reply-1.wav")));
+    let (pcm, info) = read_wav(&std::fs::read(reply).unwrap()).unwrap();
     assert_eq!((info.sample_rate, pcm.len()), (24_000, 15 * 1440));
 }
 

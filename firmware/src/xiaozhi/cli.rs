@@ -84,7 +84,7 @@ pub struct Cli {
     /// Log and drop what the firmware would drop; by default that is a protocol violation.
     #[arg(long)]
     pub lenient: bool,
-    /// Write events.jsonl, summary.json and DIR/<mac>/reply-<turn>.wav.
+    /// Write events.jsonl, summary.json and DIR/<mac digits>/reply-<turn>.wav.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// No progress lines on stderr.

@@ -174,11 +174,9 @@ impl Device {
             self.log("close", json!({"reason": "TCP dropped by the device"}));
         }
         let mut error = result.err();
-        let dir = self
-            .cfg
-            .out
-            .as_ref()
-            .map(|d| d.join(&self.cfg.identity.mac));
+        // The MAC's digits: no colons in a path.
+        let mac_digits = self.cfg.identity.mac.replace(':', "");
+        let dir = self.cfg.out.as_ref().map(|d| d.join(&mac_digits));
         if let Some(d) = &dir {
             if let Err(e) = std::fs::create_dir_all(d) {
                 error.get_or_insert(dev_err(
