@@ -316,15 +316,56 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Protocol);
     }
 
-    #[test]
-    fn system_info_keeps_the_firmware_key_order() {
-        let id = Identity {
+    fn identity() -> Identity {
+        Identity {
             mac: "02:ec:00:00:00:01".into(),
             uuid: "u".into(),
             board: "bread-compact-wifi".into(),
             version: "2.4.2".into(),
             language: "zh-CN".into(),
-        };
+        }
+    }
+
+    /// The request as bytes on the wire: header names in the firmware's capitalisation.
+    #[tokio::test]
+    async fn the_request_head_is_written_like_the_firmwares() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&req).contains(r#""board""#) {
+                let n = tcp.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8(req).unwrap()
+        });
+        let url = format!("http://127.0.0.1:{port}/xiaozhi/ota/");
+        let (status, body) = post(&url, &identity()).await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"{}"[..]));
+        let req = server.await.unwrap();
+        assert!(req.starts_with("POST /xiaozhi/ota/ HTTP/1.1\r\n"), "{req}");
+        for line in [
+            format!("Host: 127.0.0.1:{port}"),
+            "Activation-Version: 1".into(),
+            "Device-Id: 02:ec:00:00:00:01".into(),
+            "Client-Id: u".into(),
+            "User-Agent: bread-compact-wifi/2.4.2".into(),
+            "Accept-Language: zh-CN".into(),
+            "Content-Type: application/json".into(),
+        ] {
+            assert!(req.contains(&format!("\r\n{line}\r\n")), "{line}: {req}");
+        }
+    }
+
+    #[test]
+    fn system_info_keeps_the_firmware_key_order() {
+        let id = identity();
         let text = id.system_info().to_string();
         assert!(
             text.starts_with(r#"{"version":2,"language":"zh-CN","flash_size":16777216,"minimum_free_heap_size":"8318916","mac_address":"02:ec:00:00:00:01","uuid":"u","chip_model_name":"esp32s3","#),
