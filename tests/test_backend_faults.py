@@ -29,7 +29,7 @@ from echokit_fast.backends.base import BackendError
 from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM, ResponsesBackend
 from echokit_fast.backends.tts.openai import OpenAISpeaker, OpenAITTS
 from echokit_fast.config import ConfigError, parse_config
-from echokit_fast.conversation.pipeline import ANSWER_TOO_LONG, NO_AUDIO
+from echokit_fast.conversation.pipeline import ANSWER_TOO_LONG, NO_ANSWER, NO_AUDIO
 from echokit_fast.conversation.session import TURN_TOO_LONG
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
@@ -219,6 +219,7 @@ CASES = {
         spoken=False,
     ),
     "tts-empty-200": Case({}, lambda st: st.tts.fail(200, body=b""), NO_AUDIO, before=["OK."]),
+    "llm-empty-answer": Case({}, lambda st: st.chat.reply([""]), NO_ANSWER, before=[]),
 }
 
 

@@ -28,7 +28,8 @@ characters (what fits is spoken, then :data:`ANSWER_TOO_LONG`); one segment's sy
 the pipeline waiting ``segment_s`` in all (the time spent waiting for the TTS's next chunk,
 whatever it sends; time the delivery holds it back is not counted). An answer none of whose
 segments produced any audio (a voice that cannot say the text, a TTS answering an empty body) is
-the failure :data:`NO_AUDIO`, spoken like other notices.
+the failure :data:`NO_AUDIO`, spoken like other notices; an answer that brought nothing at all
+(no text, no item: an LLM's empty completion) is :data:`NO_ANSWER`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from echokit_fast.conversation.trace import TurnTrace
 __all__ = [
     "ANSWER_TOO_LONG",
     "GENERIC_NOTICE",
+    "NO_ANSWER",
     "NO_AUDIO",
     "ReplyPipeline",
     "TurnFailed",
@@ -75,6 +77,8 @@ GENERIC_NOTICE = "Sorry, something went wrong. Please try again."
 ANSWER_TOO_LONG = "The answer is too long to say in full."
 #: an answer whose segments all produced no audio
 NO_AUDIO = "The speech synthesizer produced no audio."
+#: an answer without any text or item
+NO_ANSWER = "The language model gave no answer. Please try again."
 
 
 class TurnFailed(Exception):
@@ -169,6 +173,7 @@ class ReplyPipeline:
         self.segment_s = segment_s
         self.segments = 0
         self._heard = False  # some audio of the answer was delivered
+        self._shown = 0  # items shown (Display, Notify, Choose)
         self._seg = segmenter_factory()
         self._pending: deque[str | Shown] = deque()
         self._jobs: deque[_Job] = deque()
@@ -196,6 +201,8 @@ class ReplyPipeline:
             raise self._error
         if self.segments and not self._heard:
             raise TurnFailed(NO_AUDIO, "tts", "no segment of the answer had audio", spoken=True)
+        if not self.segments and not self._shown:
+            raise TurnFailed(NO_ANSWER, "llm", "the answer was empty")
         return self.segments
 
     # -- LLM -> segments ---------------------------------------------------------------
@@ -329,6 +336,7 @@ class ReplyPipeline:
         self._sent(await out.segment_end())
 
     async def _show(self, item: Shown) -> None:
+        self._shown += 1
         if isinstance(item, Display):
             await self.out.display(item.text)
         elif isinstance(item, Notify):
