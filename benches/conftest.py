@@ -18,7 +18,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ.get("ECHOKIT_LOAD_DEVICES", "20")),
         help="virtual devices in benches/bench_load.py (default 20, or $ECHOKIT_LOAD_DEVICES)",
     )
-    soak = parser.getgroup("soak", "benches/bench_soak.py (skipped unless --soak or --soak-quick)")
+    soak = parser.getgroup("soak", "benches/bench_soak.py (5 s unless --soak or --soak-quick)")
     soak.addoption("--soak", action="store_true", help="run the soak: 5 minutes by default")
     soak.addoption("--soak-quick", action="store_true", help="run a short soak (30 s)")
     soak.addoption("--soak-duration", type=float, default=None, help="seconds of soak")

@@ -86,11 +86,10 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -103,7 +102,7 @@ from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.gemini import GeminiConfig
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
-from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, WsUrl, url_check
+from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, WsUrl
 from echokit_fast.backends.tts.local import LocalTTS
 
 if sys.version_info >= (3, 11):
@@ -152,9 +151,10 @@ Path_ = tuple[str | int, ...]
 
 
 class ClaudeConfig(Section):
-    """``[claude]``: the EchoKit-CC bridge (WebSocket or HTTP: the layout is not served yet)."""
+    """``[claude]``: the EchoKit-CC bridge. ``url``: its WebSocket (``ws://``, ``wss://``;
+    ``http(s)://`` is taken as ``ws(s)://``), to which each device's session id is appended."""
 
-    url: Annotated[str, AfterValidator(url_check("ws", "wss", "http", "https"))]
+    url: WsUrl
 
 
 class RecordConfig(Section):
@@ -183,8 +183,10 @@ class LimitsConfig(Section):
     long (3600 s) and how much audio (115 200 000 bytes, an hour) one recording may take;
     ``max_record_disk_bytes_per_device``: bytes of recordings one device id may keep (1 GiB);
     ``max_realtime_event_bytes``: bytes of one JSON event a ``/v1/realtime`` client sends
-    (16 MiB, the largest WebSocket message the server reads); then the connection edge's
-    timeouts and connection caps."""
+    (16 MiB, the largest WebSocket message the server reads); ``claude_timeout_s``: how long a
+    turn of the claude layout waits for Claude Code (120); then the connection edge's
+    timeouts and connection caps, and the backend caps and stage deadlines of a turn (the
+    README's table)."""
 
     max_audio_s: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     max_text_bytes: int = Field(default=4096, ge=1)
@@ -216,6 +218,8 @@ class LimitsConfig(Section):
     max_record_disk_bytes_per_device: int = Field(default=2**30, ge=1)
     # /v1/realtime: one client event (a larger one is answered with an error event)
     max_realtime_event_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # the claude layout: how long a turn waits for the next message of Claude Code (EchoKit-CC)
+    claude_timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     # The connection edge (echokit_fast/server/edge.py): seconds a request head may take from
     # the connection's opening or its first byte, seconds an upload may stall, seconds an idle
     # keep-alive connection is kept, seconds a WebSocket may send no message (0: never
@@ -227,6 +231,19 @@ class LimitsConfig(Section):
     max_head_bytes: int = Field(default=16384, ge=1024)
     max_connections: int = Field(default=1000, ge=1)
     max_connections_per_ip: int = Field(default=100, ge=1)
+    # What a backend may send and how long each stage of a turn may take (README "Limits"):
+    # bytes of a JSON answer (ASR, a non-streamed LLM answer) and of one TTS answer's audio;
+    # seconds for the transcript, the LLM's first content, a gap without content, the whole
+    # answer, one segment's synthesis and the whole turn; characters of one answer.
+    max_json_bytes: int = Field(default=1 << 20, ge=1)
+    max_tts_bytes: int = Field(default=64 << 20, ge=1)
+    asr_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    llm_first_token_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    llm_stall_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    llm_answer_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_answer_chars: int = Field(default=16384, ge=1)
+    tts_segment_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    turn_s: float = Field(default=300.0, gt=0, allow_inf_nan=False)
 
 
 class ServerConfig(Section):
@@ -234,10 +251,23 @@ class ServerConfig(Section):
     (``scheme://host[:port]``, or ``"*"`` for any) whose pages may open its WebSockets and send
     it state-changing requests, besides requests without an ``Origin`` (devices, curl) and
     same-origin ones; ``api_key``: when set, ``/downloads/*`` needs ``Authorization: Bearer
-    <api_key>`` (``$ECHOKIT_API_KEY`` beats it). See echokit_fast/server/security.py."""
+    <api_key>`` (``$ECHOKIT_API_KEY`` beats it); ``devices``: when set, the only device ids
+    (case-insensitive) the device WebSockets accept, the others refused with 403 before the
+    upgrade. See echokit_fast/server/security.py."""
 
     allowed_origins: list[str] = Field(default_factory=list)
     api_key: str | None = None
+    devices: list[str] | None = None
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        ids = [v.strip().lower() for v in value]
+        if not ids or not all(ids):
+            raise ValueError("expected a non-empty list of device ids (omit the key to allow any)")
+        return ids
 
     @field_validator("allowed_origins")
     @classmethod

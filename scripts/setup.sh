@@ -55,8 +55,8 @@ if ! .venv/bin/maturin "${args[@]}" >"$log" 2>&1; then
 fi
 rm -f "$log"
 
-# The virtual device (firmware/, binary firmware/target/release/echokit-vdev),
-# used by the end-to-end tests and the load bench.
+# The virtual devices (firmware/, binaries firmware/target/release/echokit-vdev and
+# xiaozhi-vdev), used by the end-to-end tests and the load bench.
 log=$(mktemp)
 if ! cargo build --release --quiet --manifest-path firmware/Cargo.toml >"$log" 2>&1; then
     cat "$log" >&2; rm -f "$log"
@@ -66,4 +66,5 @@ fi
 rm -f "$log"
 # On the virtualenv's PATH too, beside echokit-fast.
 ln -sf ../../firmware/target/release/echokit-vdev .venv/bin/echokit-vdev
+ln -sf ../../firmware/target/release/xiaozhi-vdev .venv/bin/xiaozhi-vdev
 .venv/bin/python -c "import echokit_fast; print('setup: echokit-fast', echokit_fast.__version__, 'ready')"

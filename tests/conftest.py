@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import running_server
+from harness import LoopbackServer
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -41,14 +41,14 @@ def data_dir() -> Path:
 def serve() -> Iterator[Callable[..., str]]:
     """`serve(app, **kw) -> "127.0.0.1:PORT"` (`kw`: :func:`harness.running_server`'s); every
     server started is stopped after the test."""
-    stack: list = []
+    servers: list[LoopbackServer] = []
 
     def start(app, **kw) -> str:
-        cm = running_server(app, **kw)
-        addr = cm.__enter__()
-        stack.append(cm)
-        return addr
+        servers.append(LoopbackServer(app, **kw))
+        return servers[-1].addr
 
     yield start
-    while stack:
-        stack.pop().__exit__(None, None, None)
+    for server in servers:  # all told at once, then waited for: their shutdowns overlap
+        server.signal()
+    for server in servers:
+        server.join()

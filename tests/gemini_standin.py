@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-import socket
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -46,9 +44,10 @@ from typing import Any
 
 import numpy as np
 from standins import Fail, tone
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from ws_standins import running_ws_server
 
 from echokit_fast.audio import float_to_pcm16
 
@@ -206,39 +205,7 @@ def _content(**content: Any) -> bytes:
 
 @contextmanager
 def running_gemini(standin: GeminiServer) -> Iterator[str]:
-    """Serve ``standin`` on 127.0.0.1 in a thread of its own; yield its endpoint URL.
-
-    The socket is bound and listening before the server starts, so a client may connect at
-    once (no readiness polling)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    ready = threading.Event()
-
-    async def main() -> None:
-        async with serve(
-            standin.handler,
-            sock=sock,
-            process_request=standin._process_request,
-            compression=None,
-            max_size=None,
-        ):
-            ready.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(30), "the Gemini stand-in did not start"
-        yield f"ws://127.0.0.1:{port}{PATH}"
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=30)
-        if thread.is_alive():
-            raise RuntimeError("the Gemini stand-in did not stop within 30 s")
-        with contextlib.suppress(Exception):
-            loop.close()
-        sock.close()
+    """Serve ``standin`` on 127.0.0.1 (:func:`ws_standins.running_ws_server`); yield its
+    endpoint URL."""
+    with running_ws_server(standin) as addr:
+        yield f"ws://{addr}{PATH}"

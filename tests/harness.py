@@ -32,6 +32,49 @@ def api_state(config: Config | None = None, **kw) -> AppState:
     return AppState(config, **kw)
 
 
+class LoopbackServer:
+    """A uvicorn server for `app` on 127.0.0.1 in a background thread (see
+    :func:`running_server`); :meth:`stop` is :meth:`signal` then :meth:`join`, so that several
+    can be told to stop at once and then waited for together."""
+
+    def __init__(self, app, *, sndbuf: int | None = None) -> None:
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto is TCP
+        # (proto 0 = "default" is skipped), and Nagle + delayed ACKs stall small frames by ~40 ms.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sndbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        self.sock = sock
+        self.addr = f"127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            ws=WebSocketProtocol,
+            ws_per_message_deflate=False,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self.thread.start()
+
+    def signal(self) -> None:
+        self.server.should_exit = True
+
+    def join(self) -> None:
+        self.thread.join(timeout=30)
+        self.sock.close()
+        if self.thread.is_alive():
+            raise RuntimeError("the test server did not stop within 30 s")
+
+    def stop(self) -> None:
+        self.signal()
+        self.join()
+
+
 @contextmanager
 def running_server(app, *, sndbuf: int | None = None) -> Iterator[str]:
     """Serve `app` with uvicorn on 127.0.0.1 in a background thread; yield its base URL.
@@ -41,33 +84,11 @@ def running_server(app, *, sndbuf: int | None = None) -> Iterator[str]:
     (no readiness polling, no sleeps). `sndbuf`: SO_SNDBUF of the listening socket, which
     the accepted connections inherit (the kernel's send buffer then stays that small).
     """
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto is TCP
-    # (proto 0 = "default" is skipped), and Nagle + delayed ACKs stall small frames by ~40 ms.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if sndbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        ws=WebSocketProtocol,
-        ws_per_message_deflate=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
+    server = LoopbackServer(app, sndbuf=sndbuf)
     try:
-        yield f"127.0.0.1:{port}"
+        yield server.addr
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        if thread.is_alive():
-            raise RuntimeError("the test server did not stop within 30 s")
+        server.stop()
 
 
 def free_port() -> int:

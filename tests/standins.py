@@ -42,9 +42,14 @@ Servers
   a 440 Hz tone lasting :meth:`TTSServer.duration` (``seconds_per_char`` x characters).
 
 Failure items (for every server's ``fail``/script): ``Fail(status=500)`` (JSON error body),
+``Fail(status=200, body=...)`` (that body, JSON for a dict: a wrong answer with a 200),
 ``Fail(hang=True)`` (never answer; the handler returns when the client goes away),
 ``Fail(cut_after=N)`` (send the status line and N body bytes, then drop the connection),
-``Fail(delay=s)`` (answer normally after ``s`` seconds).
+``Fail(delay=s)`` (answer normally after ``s`` seconds), ``Fail(flood=chunk, every=s)`` (a 200
+whose body never ends: ``body`` (bytes) first, then ``chunk`` every ``s`` seconds until the
+client goes away: a trickle with one byte every few seconds, an endless or huge body with big
+chunks at once; the bytes sent are counted in ``sent``). A :class:`ChatReply` can also go on
+forever (``forever``: one more delta every ``delay`` seconds, e.g. ``""`` for empty deltas).
 """
 
 from __future__ import annotations
@@ -113,6 +118,8 @@ class Fail:
     cut_after: int | None = None
     delay: float = 0.0
     body: Any = None
+    flood: bytes | None = None
+    every: float = 0.0
 
 
 class _Base:
@@ -124,6 +131,8 @@ class _Base:
         self.disconnects = 0
         #: set when a request arrived (after recording it)
         self.received = threading.Event()
+        #: body bytes sent by ``Fail(flood=...)`` answers
+        self.sent = 0
 
     def fail(self, status: int | None = None, **kw: Any) -> None:
         """Queue a failure for the next request: ``fail(500)``, ``fail(hang=True)``, ..."""
@@ -172,6 +181,8 @@ class _Base:
             return Response(status_code=499)
         if fail.cut_after is not None:
             return _Cut(fail.cut_after, self)
+        if fail.flood is not None:
+            return _Flood(fail, self)
         if fail.status is not None:
             body = (
                 fail.body if fail.body is not None else {"error": {"message": "scripted failure"}}
@@ -197,6 +208,29 @@ class _Cut(Response):
             {"type": "http.response.body", "body": self.payload[: self.n], "more_body": True}
         )
         # Returning without completing the body makes uvicorn drop the connection.
+
+
+class _Flood(Response):
+    """Status 200 and a body that never ends (see :class:`Fail`)."""
+
+    def __init__(self, fail: Fail, owner: _Base) -> None:
+        super().__init__(status_code=200)
+        self.fail = fail
+        self.owner = owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watch = _Watch(receive, self.owner)
+        chunks = [self.fail.body or b""]
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            while not watch.gone:
+                for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self.owner.sent += len(chunk)
+                await watch.sleep(self.fail.every)
+                chunks = [self.fail.flood or b""]
+        finally:
+            watch.stop()
 
 
 class _Watch:
@@ -242,7 +276,8 @@ class ChatReply:
     """One scripted streamed answer. ``deltas`` items: a str (content delta) or a dict (a raw
     ``delta`` object, e.g. from :func:`tool_call`). ``cut_after``: drop the connection after
     that many deltas. ``finish_reason`` None -> "tool_calls" if any dict delta has tool calls,
-    else "stop". ``done``: send ``data: [DONE]``."""
+    else "stop". ``done``: send ``data: [DONE]``. ``forever``: after the deltas, send this one
+    every ``delay`` seconds until the client goes away (the answer never ends)."""
 
     deltas: list[str | dict[str, Any]]
     first_delay: float = 0.0
@@ -250,6 +285,7 @@ class ChatReply:
     cut_after: int | None = None
     finish_reason: str | None = None
     done: bool = True
+    forever: str | dict[str, Any] | None = None
 
 
 def tool_call(
@@ -364,6 +400,14 @@ class _SSE(Response):
                     delta = {"role": "assistant", **delta}
                 await send({"type": "http.response.body", "body": _chunk(delta), "more_body": True})
             if r.cut_after is not None:
+                return
+            if r.forever is not None:
+                delta = {"content": r.forever} if isinstance(r.forever, str) else r.forever
+                while not watch.gone:
+                    await watch.sleep(r.delay)
+                    await send(
+                        {"type": "http.response.body", "body": _chunk(delta), "more_body": True}
+                    )
                 return
             finish = r.finish_reason or ("tool_calls" if has_tools else "stop")
             tail = _chunk({}, finish) + (b"data: [DONE]\n\n" if r.done else b"")

@@ -65,29 +65,6 @@ def test_app_in_process_version(serve) -> None:
     assert httpx.get(f"http://{addr}/nope", timeout=10).status_code == 404
 
 
-CLAUDE = """addr = "127.0.0.1:1"
-[claude]
-url = "ws://127.0.0.1:1/"
-[asr]
-platform = "openai"
-url = "http://127.0.0.1:1/v1/audio/transcriptions"
-[tts]
-platform = "stream_gsv"
-url = "http://127.0.0.1:1/v1/audio/stream_speech"
-speaker = "a"
-"""
-
-
-def test_serve_refuses_a_config_it_cannot_run_yet(tmp_path) -> None:
-    """A valid echokit_server config whose layout we do not implement yet stops at start-up
-    with a message naming it (instead of failing every device connection later)."""
-    claude = tmp_path / "config.toml"
-    claude.write_text(CLAUDE)
-    out = run_cli("serve", str(claude), "--listen", "127.0.0.1:1")
-    assert out.returncode == 2
-    assert "the claude layout is not supported yet" in out.stderr
-
-
 def test_check_config_accepts_the_gemini_layouts(data_dir) -> None:
     """The reference's Gemini Live configs, alone and with a TTS, pass check-config."""
     configs = data_dir / "configs"

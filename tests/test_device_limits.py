@@ -204,7 +204,15 @@ def test_a_huge_answer_without_a_sentence_break_is_spoken_in_bounded_segments(
     speaker = FakeSpeaker(length=lambda text: 320)
     # None: the server's own (docs/protocol.md#segments); SentenceSegmenter: one that does not
     # cap segments itself (the pipeline still does)
-    app, _ = build(tmp_path, speaker=speaker, script=lambda _text: deltas, segmenter=segmenter)
+    # no answer cap (max_answer_chars: tests/test_backend_faults.py): the segmenting is tested
+    settings = Settings(max_answer_chars=None, llm_answer_s=None, turn_s=None)
+    app, _ = build(
+        tmp_path,
+        speaker=speaker,
+        script=lambda _text: deltas,
+        segmenter=segmenter,
+        settings=settings,
+    )
     addr = serve(app)
 
     async def main():

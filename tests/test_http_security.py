@@ -129,3 +129,38 @@ def test_allowed_origins_are_validated_at_load() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(API_ONLY + '[server]\nallowed_origins = ["evil.example"]\n', log_issues=False)
     assert "server.allowed_origins: expected an origin such as 'http://host:port'" in str(err.value)
+
+
+def _device_upgrade(url: str) -> int:
+    """101 when the device WebSocket is accepted, else the refusal's status."""
+
+    async def run() -> int:
+        try:
+            async with websockets.connect(url, open_timeout=30):
+                return 101
+        except InvalidStatus as exc:
+            assert b"[server] devices" in exc.response.body
+            return exc.response.status_code
+
+    return asyncio.run(run())
+
+
+def test_only_the_listed_device_ids_may_connect(serve, tmp_path) -> None:
+    config = parse_config(
+        API_ONLY
+        + f'[record]\ndir = "{tmp_path / "rec"}"\n'
+        + '[server]\ndevices = ["A0B1C2D3E4F5", "kitchen"]\n',
+        log_issues=False,
+    ).config
+    addr = serve(create_app(state=api_state(config)))
+    paths = ["/ws/a0b1c2d3e4f5", "/v2/stable_ws/kitchen", "/v1/record/kitchen"]
+    assert [_device_upgrade(f"ws://{addr}{p}") for p in paths] == [101, 101, 101]
+    refused = ["/ws/a0b1c2d3e4f6", "/v2/stable_ws/other", "/v1/record/other", "/ws/x?record=true"]
+    assert [_device_upgrade(f"ws://{addr}{p}") for p in refused] == [403] * 4
+
+
+def test_device_allow_list_is_validated_at_load() -> None:
+    for value in ("[]", '["ok", " "]'):
+        with pytest.raises(ConfigError) as err:
+            parse_config(API_ONLY + f"[server]\ndevices = {value}\n", log_issues=False)
+        assert "server.devices: expected a non-empty list of device ids" in str(err.value)

@@ -508,8 +508,9 @@ class ParaformerServer(_WSBase):
 
 
 @contextmanager
-def running_ws_server(standin: _WSBase) -> Iterator[str]:
-    """Serve ``standin`` on 127.0.0.1 in a thread of its own; yield ``"127.0.0.1:PORT"``.
+def running_ws_server(standin: Any) -> Iterator[str]:
+    """Serve ``standin`` (a stand-in here, or any object with a ``handler`` and a
+    ``_process_request``) on 127.0.0.1 in a thread of its own; yield ``"127.0.0.1:PORT"``.
 
     The socket is bound and listening before the server starts, so a client may connect at
     once (no readiness polling)."""

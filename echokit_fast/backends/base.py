@@ -9,7 +9,8 @@ protocols; each has local implementations (embedded engines) and remote ones
   `StreamingTranscriber` also takes the audio while the user speaks (`AsrStream`);
 * `Speaker` — text to speech, streamed as float32 PCM chunks;
 * `ChatModel` / `Conversation` — the LLM with history, prompts and tools (a
-  `ToolConversation` also offers the tools of a `ToolBox`, the device's own);
+  `ToolConversation` also offers the tools of a `ToolBox`, the device's own; or a service
+  that acts on its own, `Proactive`: the Claude Code bridge);
 * `LiveConversation` — instead of all three, a live speech-to-speech model (Gemini Live) that
   hears the user's audio as it is spoken and answers with its own speech or with text.
 
@@ -21,8 +22,9 @@ must propagate promptly and leave nothing running.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -139,6 +141,39 @@ class SpeakNow:
 
 
 @dataclass(frozen=True)
+class Display:
+    """Text to show the user without speaking it, in order with the reply."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    """A notification for the user (shown, not spoken), in order with the reply."""
+
+    text: str
+
+
+def _future() -> asyncio.Future[int]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(frozen=True)
+class Choose:
+    """A question for the user: ``message`` and the ``items`` to pick from, in order with the
+    reply. Make it in the running loop; the engine sets ``answer`` to the index the user
+    picked (awaiting it holds the reply until then)."""
+
+    message: str
+    items: tuple[str, ...]
+    answer: asyncio.Future[int] = field(default_factory=_future, compare=False)
+
+
+#: what a reply streams: text deltas to speak, and the items above
+Reply = str | SpeakNow | Display | Notify | Choose
+
+
+@dataclass(frozen=True)
 class Tool:
     """A tool the LLM may call: its name, what it does, its JSON-schema ``parameters``."""
 
@@ -163,10 +198,12 @@ class ToolBox(Protocol):
 
 @runtime_checkable
 class Conversation(Protocol):
-    """One device's LLM conversation: prompts, history, tools."""
+    """One device's LLM conversation: prompts, history, tools. One that holds a connection of
+    its own (the Claude Code bridge) also has ``close()``, called when the device's session is
+    dropped."""
 
-    def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
-        """Stream the answer to `user_text` as text deltas (and SpeakNow items).
+    def reply(self, user_text: str) -> AsyncIterator[Reply]:
+        """Stream the answer to `user_text` as text deltas (and the other Reply items).
 
         History is updated as echokit_server does: the user message is
         added first; the assistant message only when the stream completes.
@@ -255,6 +292,32 @@ class LiveConversation(Protocol):
         ...
 
 
+@runtime_checkable
+class Proactive(Protocol):
+    """A Conversation whose service also acts on its own (the Claude Code bridge: Claude works
+    on after the user's words and asks for permissions). While a device is attached and no
+    turn runs, the engine gives it a turn of its own whenever it has something for the user."""
+
+    def attached(self) -> None:
+        """A device connection was attached: what the service said last is for it too."""
+        ...
+
+    async def wait_unprompted(self) -> None:
+        """Return once the service has something for the user that no turn presented."""
+        ...
+
+    def unprompted(self) -> AsyncIterator[Reply]:
+        """A turn of the service's own: what it has for the user. Raises BackendError."""
+        ...
+
+
+@runtime_checkable
+class Notifications(Protocol):
+    """A conversation factory that knows which devices have something waiting for them."""
+
+    def has_notification(self, device_id: str) -> bool: ...
+
+
 # --- all three -----------------------------------------------------------------
 
 
@@ -278,7 +341,8 @@ class Backends(NamedTuple):
 
     async def aclose(self) -> None:
         """Close the HTTP clients of the remote backends."""
-        owner = getattr(self.conversation_factory, "__self__", None)
+        factory = self.conversation_factory
+        owner = getattr(factory, "__self__", factory)  # a bound method's object, or itself
         for obj in (self.transcriber, self.speaker, owner):
             close = getattr(obj, "aclose", None)
             if close is not None:

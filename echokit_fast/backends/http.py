@@ -8,17 +8,35 @@
   conversation speaks.
 * :func:`retryable` -- whether a status is worth another attempt (5xx, 408, 429), for the
   clients that retry (the OpenAI-compatible ASR).
+* :func:`read_body` -- a streamed response's body, at most ``cap`` bytes (``[limits]
+  max_json_bytes`` / ``max_tts_bytes``): a body is never read whole before it is measured;
+  :func:`error_text` -- the start of an error body, for the log.
+* :data:`ASR`, :data:`LLM`, :data:`TTS` -- the notices of each stage, used by its backends and by
+  the turn's own deadlines (``conversation/``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from echokit_fast.backends.base import BackendError
 
-__all__ = ["LIMITS", "RETRY_STATUS", "USER_AGENT", "Notices", "client", "retryable"]
+__all__ = [
+    "ASR",
+    "LIMITS",
+    "LLM",
+    "RETRY_STATUS",
+    "TTS",
+    "USER_AGENT",
+    "Notices",
+    "client",
+    "error_text",
+    "read_body",
+    "retryable",
+]
 
 #: Connection pool of each backend client. httpx's default (100 connections, 20 kept alive) is
 #: a browser-like client's: with a few hundred devices a TTS stream is held open while its device
@@ -68,6 +86,10 @@ class Notices:
     def bad_answer(self) -> str:
         return f"{self.subject} sent a bad answer."
 
+    @property
+    def too_large(self) -> str:
+        return f"{self.subject} sent an answer that is too large."
+
     def failed(self, status: int) -> str:
         return f"{self.subject} failed (HTTP {status})."
 
@@ -92,3 +114,35 @@ class Notices:
     def error(self, detail: str, notice: str) -> BackendError:
         """``BackendError(detail)`` carrying ``notice`` for the user."""
         return BackendError(detail, notice=notice, backend=self.backend)
+
+
+ASR = Notices("The speech recognizer", "asr")
+LLM = Notices(
+    "The language model", "llm", cut="The language model's answer was cut off.", busy=True
+)
+TTS = Notices("The speech synthesizer", "tts", cut="The speech synthesizer's audio was cut off.")
+
+
+async def read_body(resp: Any, cap: int, notices: Notices, where: str) -> bytes:
+    """The (decoded) body of the streamed response ``resp`` (an httpx one, or the openai SDK's),
+    read while it stays within ``cap`` bytes; past it ``notices.too_large`` (the connection is
+    dropped when the caller leaves the stream)."""
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise notices.error(f"{where}: a body of {declared} bytes (cap {cap})", notices.too_large)
+    body = bytearray()
+    async for chunk in resp.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            raise notices.error(f"{where}: a body over {cap} bytes", notices.too_large)
+    return bytes(body)
+
+
+async def error_text(resp: Any, limit: int = 300) -> str:
+    """The first ``limit`` bytes of a streamed error body, decoded (the rest is not read)."""
+    head = bytearray()
+    async for chunk in resp.aiter_bytes():
+        head += chunk
+        if len(head) >= limit:
+            break
+    return head[:limit].decode("utf-8", "replace")

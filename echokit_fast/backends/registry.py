@@ -16,8 +16,8 @@ result to a function gives it a build. A platform without a build is refused by 
 :data:`MODULES` names every platform module, in the order a section's platforms are listed
 ("expected one of ..."); :func:`load` imports them (:mod:`echokit_fast.config` does, once), so
 registration is explicit and complete. The config loader reads the platform tables from here,
-and :func:`build_backends` builds a pipeline from them. The embedded engines' packages are
-light: loading them does not import faster-whisper or ONNX.
+and :func:`build_backends` builds the device backends of a layout of :data:`LAYOUTS` from them.
+The embedded engines' packages are light: loading them does not import faster-whisper or ONNX.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ MODULES: dict[Kind, tuple[str, ...]] = {
 #: the layouts this server runs, each with the tagged sections it builds
 LAYOUTS: dict[str, tuple[Kind, ...]] = {
     "pipeline": KINDS,
+    "claude": ("asr", "tts"),  # the conversation is the [claude] bridge
     "gemini_tts": ("tts",),
     "gemini": (),
 }
@@ -77,12 +78,18 @@ LAYOUTS: dict[str, tuple[Kind, ...]] = {
 @dataclass(frozen=True)
 class Needs:
     """What a build may use besides its config section: the engines the application shares
-    (``local_asr(cfg)`` / ``local_tts(cfg)``; None: the platform loads its own), and the
-    ``[limits] max_history_bytes`` of a conversation's history (None: unbounded)."""
+    (``local_asr(cfg)`` / ``local_tts(cfg)``; None: the platform loads its own), the
+    ``[limits] max_history_bytes`` of a conversation's history (None: unbounded), and the
+    ``[limits]`` caps on what a remote backend may send and on the LLM's stream (the defaults
+    are those of ``[limits]``)."""
 
     local_asr: Callable[[Any], Transcriber] | None = None
     local_tts: Callable[[Any], Speaker] | None = None
     max_history_bytes: int | None = None
+    max_json_bytes: int = 1 << 20
+    max_tts_bytes: int = 64 << 20
+    llm_first_token_s: float = 60.0
+    llm_stall_s: float = 30.0
 
 
 #: ``build(section, needs)``: a Transcriber ([asr]), a Speaker ([tts]) or a zero/one-argument
@@ -213,8 +220,7 @@ def unsupported(config: Config) -> list[str]:
     kinds = LAYOUTS.get(config.layout)
     if kinds is None:
         return [
-            f"the {config.layout} layout is not supported yet (only [asr] + [llm] + [tts] "
-            "pipelines and the Gemini Live layouts are)"
+            f"the {config.layout} layout is not supported yet (supported: {', '.join(LAYOUTS)})"
         ]
     problems = []
     for kind in kinds:
@@ -242,8 +248,9 @@ def build_backends(
     local_tts: Callable[[Any], Speaker] | None = None,
 ) -> Backends:
     """``(transcriber, speaker, conversation_factory)`` for a config of :data:`LAYOUTS`: the
-    pipeline's three, or the Gemini Live layouts' ``(None, speaker or None, the devices'
-    Gemini Live conversations)``; no connection is opened here.
+    pipeline's three; the claude layout's ASR and TTS with the ``[claude]`` bridges; or the
+    Gemini Live layouts' ``(None, speaker or None, the devices' Gemini Live conversations)``.
+    No connection is opened here.
 
     Call inside the server's event loop (the HTTP clients belong to it); ``aclose()`` the
     result at shutdown. MCP tools are listed on the first reply (the LLM backends load them
@@ -251,21 +258,34 @@ def build_backends(
     RuntimeError naming it (``local_asr``/``local_tts`` supply shared engines instead, e.g. the
     app's). Platforms registered without a build raise NotImplementedError.
     """
+    kinds = LAYOUTS.get(config.layout)
+    if kinds is None or any(getattr(config, kind) is None for kind in kinds):
+        raise ValueError(f"build_backends cannot build the {config.layout} layout")
     needs = Needs(
         local_asr=local_asr,
         local_tts=local_tts,
         max_history_bytes=config.limits.max_history_bytes,
+        max_json_bytes=config.limits.max_json_bytes,
+        max_tts_bytes=config.limits.max_tts_bytes,
+        llm_first_token_s=config.limits.llm_first_token_s,
+        llm_stall_s=config.limits.llm_stall_s,
     )
-    if config.layout in ("gemini", "gemini_tts") and config.gemini is not None:
+    if config.layout in ("gemini", "gemini_tts"):
         from echokit_fast.backends.gemini.client import GeminiLive
 
+        assert config.gemini is not None
         speaker = None if config.tts is None else _build("tts", config.tts, needs)
         live = GeminiLive(config.gemini, text_answers=speaker is not None)
         return Backends(None, speaker, live.conversation)
-    if config.asr is None or config.tts is None or config.llm is None:
-        raise ValueError(f"build_backends needs [asr], [tts] and [llm] (layout {config.layout})")
+    if config.layout == "claude":
+        from echokit_fast.backends.claude import ClaudeBridges
+
+        assert config.claude is not None
+        conversations = ClaudeBridges(config.claude.url, timeout=config.limits.claude_timeout_s)
+    else:
+        conversations = _build("llm", config.llm, needs)
     return Backends(
         _build("asr", config.asr, needs),
         _build("tts", config.tts, needs),
-        _build("llm", config.llm, needs),
+        conversations,
     )

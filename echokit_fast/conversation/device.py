@@ -3,8 +3,9 @@
 The engine (:mod:`.session`, :mod:`.pipeline`) knows nothing of any wire format. A device
 front end (``echokit_fast/devices/<protocol>/``) gives it one :class:`DeviceConnection` per
 connected device, the engine's side of that connection: what the engine tells the device
-(:class:`DeviceOutput`: end of speech, transcripts, the spoken segments of the answer, the end
-of the response, failure notices) and two facts about how the device talks. The front end
+(:class:`DeviceOutput`: end of speech, transcripts, the spoken segments of the answer, what
+is shown without being spoken, notifications and questions, the end of the response, failure
+notices) and two facts about how the device talks. The front end
 drives the engine through the :class:`DeviceInput` methods of the device's
 :class:`~echokit_fast.conversation.session.Session`: attach/detach, start listening,
 microphone audio, submit, typed text, cancel the turn.
@@ -12,13 +13,14 @@ microphone audio, submit, typed text, cancel the turn.
 A turn, as the engine emits it::
 
     [end_of_speech]  transcript(final=False)*  transcript(final=True)
-    (segment_start  audio*  segment_end)*
+    ((segment_start  audio*  segment_end) | display | notify | choose)*
     [notice  segment_start  audio*  segment_end]        (a failure: the notice, also spoken)
     [goodbye]                                           (a live model ended the conversation)
     response_end
 
 ``response_end`` ends every turn exactly once, an empty transcript included (then it comes
-right after ``end_of_speech``), except a turn cancelled by new input from the device.
+right after ``end_of_speech``), except a turn cancelled by new input from the device. A turn
+of the conversation's own (:class:`~echokit_fast.backends.base.Proactive`) has no transcript.
 Audio is float32 mono PCM at :data:`SAMPLE_RATE`; how it is encoded, framed and paced is the
 front end's business. Once the connection is gone every method raises :class:`DeviceGone`.
 """
@@ -67,6 +69,20 @@ class DeviceOutput(Protocol):
     async def segment_end(self) -> int:
         """The segment is complete (or cut short by a failure): the rest of its audio goes out.
         Returns how many audio packets that was."""
+        ...
+
+    async def display(self, text: str) -> None:
+        """Show ``text`` without speaking it."""
+        ...
+
+    async def notify(self, text: str) -> None:
+        """A notification for the user (shown, not spoken)."""
+        ...
+
+    async def choose(self, message: str, items: list[str]) -> int:
+        """Ask the user to pick one of ``items``; return the index picked (as the device
+        sent it). Waits as long as the user takes: the turn is cancelled by new input or a
+        disconnection meanwhile."""
         ...
 
     async def response_end(self) -> None:

@@ -64,8 +64,19 @@ then the notice as a segment of its own -- ``segment_start(notice)``, the notice
 Speaker unless the Speaker is what failed (bounded by ``NOTICE_TTS_TIMEOUT``),
 ``segment_end`` -- and ``response_end``. The session and every other session go on.
 
+Deadlines (``Settings``, the README's limits table), each such a failure: the transcript must
+be known ``asr_timeout_s`` after the end of the utterance, and the whole turn (transcript and
+answer, its playback included) may take ``turn_s`` (then :data:`TURN_TOO_LONG`); the answer's
+own bounds are the pipeline's (:mod:`.pipeline`).
+
 Exactly one ``response_end`` ends each turn, and nothing is ever sent to a connection that is
 gone (the reference sends an extra one, docs/compatibility.md#listening-and-turns).
+
+A :class:`~echokit_fast.backends.base.Proactive` conversation (a service that acts on its own)
+also gets turns of its own: while a connection is attached, whenever it has something for the
+user and no turn runs, a turn presents it (``unprompted``; an utterance being heard is dropped,
+with ``end_of_speech`` when the engine's VAD was listening). Those turns end with one
+``response_end`` too.
 
 After the last connection of a session detaches, the session keeps only its conversation
 (history, for a later connection with ``keep_history``) for ``session_ttl`` seconds; then it is
@@ -79,15 +90,18 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from echokit_fast.audio import pcm16_to_float
+from echokit_fast.backends import http
 from echokit_fast.backends.base import (
     Backends,
     Conversation,
     LiveConversation,
+    Proactive,
+    Reply,
     ToolBox,
     ToolConversation,
     Transcription,
@@ -106,7 +120,15 @@ from echokit_fast.turn.detector import (
 )
 from echokit_fast.turn.vad_rounds import VadTurnDetectors
 
-__all__ = ["TEXT_TOO_LONG", "Backends", "Session", "SessionManager", "SessionsFull", "Settings"]
+__all__ = [
+    "TEXT_TOO_LONG",
+    "TURN_TOO_LONG",
+    "Backends",
+    "Session",
+    "SessionManager",
+    "SessionsFull",
+    "Settings",
+]
 
 log = logging.getLogger("echokit_fast.device")
 
@@ -124,6 +146,8 @@ DRAIN_CLOSE_TIMEOUT = 3.0
 NOTICE_TTS_TIMEOUT = 10.0
 #: the notice for a text input over ``Settings.max_text_bytes``
 TEXT_TOO_LONG = "That message is too long."
+#: the notice for a turn over ``Settings.turn_s``
+TURN_TOO_LONG = "Sorry, that took too long, so I stopped."
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +170,15 @@ class Settings:
     max_text_bytes: int = 4096
     #: sessions held at once
     max_sessions: int = 1000
+    #: seconds from the end of the utterance to its transcript
+    asr_timeout_s: float | None = 30.0
+    #: seconds to read the whole answer, and its characters (:class:`ReplyPipeline`)
+    llm_answer_s: float | None = 120.0
+    max_answer_chars: int | None = 16384
+    #: seconds one segment's synthesis may keep the answer waiting
+    tts_segment_s: float | None = 60.0
+    #: seconds of one whole turn
+    turn_s: float | None = 300.0
 
 
 class SessionsFull(Exception):
@@ -232,7 +265,8 @@ class Session:
         self.conversation: Conversation | LiveConversation | None = None
         self.conn: DeviceConnection | None = None
         self.utt: Utterance | None = None
-        self.turn: asyncio.Task[None] | None = None
+        self.turn: asyncio.Task[str] | None = None
+        self._unprompted: asyncio.Task[None] | None = None  # a Proactive conversation's
         self.turns = 0
         self.detached_at: float | None = None
         self._evict: asyncio.TimerHandle | None = None
@@ -259,13 +293,22 @@ class Session:
             if inspect.isawaitable(result):
                 await result
         self._use_tools(conn.tools)
-        return self.conn is conn
+        if self.conn is not conn:
+            return False
+        self._stop_unprompted()
+        if isinstance(self.conversation, Proactive):
+            self.conversation.attached()
+            self._unprompted = asyncio.create_task(
+                self._run_unprompted(conn, self.conversation), name=f"echokit-unprompted-{self.id}"
+            )
+        return True
 
     async def detach(self, conn: DeviceConnection) -> None:
         if self.conn is not conn:
             return
         self.conn = None
         CONNECTIONS.dec()
+        self._stop_unprompted()
         await self.cancel_turn()
         self._drop_utterance()
         self._use_tools(None)
@@ -287,6 +330,28 @@ class Session:
                     self.log_id,
                     CANCEL_TIMEOUT,
                 )
+
+    def _stop_unprompted(self) -> None:
+        task, self._unprompted = self._unprompted, None
+        if task is not None:
+            task.cancel()
+
+    async def _run_unprompted(self, conn: DeviceConnection, conversation: Proactive) -> None:
+        """The turns of ``conversation``'s own while ``conn`` is attached: one whenever it has
+        something for the user and no turn runs (a turn of the user's presents it itself)."""
+        while conn is self.conn:
+            turn = self.turn
+            if turn is not None and not turn.done():
+                await asyncio.wait([turn])
+                if turn.cancelled() or turn.result() != "disconnected":
+                    continue
+                return
+            await conversation.wait_unprompted()
+            if conn is not self.conn or self.responding:
+                continue
+            end_vad = self.utt is not None and conn.server_vad  # the device stops streaming
+            self._drop_utterance()
+            self._start_turn(conn, items=conversation.unprompted(), end_vad=end_vad)
 
     def _drop_utterance(self) -> None:
         if self.utt is not None:
@@ -547,15 +612,23 @@ class Session:
         trace: TurnTrace | None = None,
         failure: TurnFailed | None = None,
         live: live_turn.LiveInput | None = None,
+        items: AsyncIterator[Reply] | None = None,
     ) -> None:
         trace = trace or self._trace()
         coro = self._run_turn(
-            conn, trace, text=text, asr_task=asr_task, end_vad=end_vad, failure=failure, live=live
+            conn,
+            trace,
+            text=text,
+            asr_task=asr_task,
+            end_vad=end_vad,
+            failure=failure,
+            live=live,
+            items=items,
         )
         task = asyncio.create_task(coro, name=f"echokit-device-turn-{self.id}")
         self.turn = task
 
-        def done(t: asyncio.Task[None]) -> None:
+        def done(t: asyncio.Task[str]) -> None:
             if self.turn is t:
                 self.turn = None
                 if not t.cancelled() and self._listens_on(conn):
@@ -573,46 +646,18 @@ class Session:
         end_vad: bool,
         failure: TurnFailed | None = None,
         live: live_turn.LiveInput | None = None,
-    ) -> None:
-        backends = self.manager.backends
+        items: AsyncIterator[Reply] | None = None,
+    ) -> str:
+        """The turn; returns its outcome (``trace.outcome``). ``live``: a live layout's
+        utterance; ``items``: a turn of the conversation's own, without user input. The whole
+        turn may take ``turn_s`` (then :data:`TURN_TOO_LONG`)."""
+        turn_s = self.manager.settings.turn_s
         try:
-            if end_vad:
-                await conn.end_of_speech()
-                trace.mark("end_vad")
-            if failure is not None:
-                raise failure
-            if live is not None:
-                trace.detail["segments"] = await self._live_answer(conn, trace, heard=live)
-                await conn.response_end()
-                return
-            if text is None:
-                text = ""
-                if asr_task is not None:
-                    text, exc = await asr_task
-                    if exc is not None:
-                        raise TurnFailed.of(exc, "asr")
-                    text = self._capped_transcript(text)
-                trace.mark("asr_done")
-            text = text.strip()
-            if not text:
-                trace.outcome = "empty"
-                await conn.response_end()
-                return
-            await conn.transcript(text, final=True)
-            assert self.conversation is not None
-            if isinstance(self.conversation, LiveConversation):
-                trace.detail["segments"] = await self._live_answer(conn, trace, text=text)
-            else:
-                pipeline = ReplyPipeline(
-                    conversation=self.conversation,
-                    speaker=backends.speaker,
-                    segmenter_factory=self.manager.segmenter_factory(),
-                    out=conn,
-                    trace=trace,
-                    max_parallel=self.manager.settings.tts_parallel,
-                )
-                trace.detail["segments"] = await pipeline.run(text)
-            await conn.response_end()
+            try:
+                turn = self._turn(conn, trace, text, asr_task, end_vad, failure, live, items)
+                await asyncio.wait_for(turn, turn_s)
+            except asyncio.TimeoutError:
+                raise TurnFailed(TURN_TOO_LONG, "turn", f"the turn took over {turn_s} s") from None
         except TurnFailed as failure:
             trace.outcome = "error"
             trace.detail["failed"] = failure.stage
@@ -635,6 +680,72 @@ class Session:
             if asr_task is not None and not asr_task.done():
                 asr_task.cancel()
             trace.finish()
+        return trace.outcome
+
+    async def _turn(
+        self,
+        conn: DeviceConnection,
+        trace: TurnTrace,
+        text: str | None,
+        asr_task: asyncio.Task[tuple[str, BaseException | None]] | None,
+        end_vad: bool,
+        failure: TurnFailed | None,
+        live: live_turn.LiveInput | None,
+        items: AsyncIterator[Reply] | None,
+    ) -> None:
+        """The turn up to its ``response_end`` (failures raised, for :meth:`_run_turn`)."""
+        backends = self.manager.backends
+        settings = self.manager.settings
+        if end_vad:
+            await conn.end_of_speech()
+            trace.mark("end_vad")
+        if failure is not None:
+            raise failure
+        if live is not None:
+            trace.detail["segments"] = await self._live_answer(conn, trace, heard=live)
+            await conn.response_end()
+            return
+        if text is None and items is None:
+            text = ""
+            if asr_task is not None:
+                done, _ = await asyncio.wait([asr_task], timeout=settings.asr_timeout_s)
+                if not done:
+                    raise TurnFailed(
+                        http.ASR.timeout,
+                        "asr",
+                        f"no transcript within {settings.asr_timeout_s} s",
+                    )
+                text, exc = asr_task.result()
+                if exc is not None:
+                    raise TurnFailed.of(exc, "asr")
+                text = self._capped_transcript(text)
+            trace.mark("asr_done")
+        text = (text or "").strip()
+        if items is None and not text:
+            trace.outcome = "empty"
+            await conn.response_end()
+            return
+        assert self.conversation is not None
+        if items is None:
+            await conn.transcript(text, final=True)
+        if isinstance(self.conversation, LiveConversation):
+            trace.detail["segments"] = await self._live_answer(conn, trace, text=text)
+        else:
+            pipeline = ReplyPipeline(
+                conversation=self.conversation,
+                speaker=backends.speaker,
+                segmenter_factory=self.manager.segmenter_factory(),
+                out=conn,
+                trace=trace,
+                max_parallel=settings.tts_parallel,
+                answer_s=settings.llm_answer_s,
+                max_answer_chars=settings.max_answer_chars,
+                segment_s=settings.tts_segment_s,
+            )
+            if items is None:
+                items = self.conversation.reply(text)
+            trace.detail["segments"] = await pipeline.run_items(items)
+        await conn.response_end()
 
     async def _live_answer(
         self,
@@ -674,7 +785,7 @@ class Session:
         notice = failure.notice
         await conn.notice(notice)
         await conn.segment_start(notice)
-        if failure.stage != "tts" and self.manager.backends.speaker is not None:
+        if failure.spoken and self.manager.backends.speaker is not None:
             try:
                 await asyncio.wait_for(self._speak(conn, notice), NOTICE_TTS_TIMEOUT)
             except DeviceGone:
@@ -815,8 +926,9 @@ class SessionManager:
         del self.sessions[s.id]
         SESSIONS.dec()
         conversation, s.conversation = s.conversation, None
-        if isinstance(conversation, LiveConversation):
-            conversation.close()
+        close = getattr(conversation, "close", None)  # one holding a connection of its own
+        if callable(close):
+            close()
         self._notify_changed()
 
     def _notify_changed(self) -> None:

@@ -15,6 +15,7 @@ Same-origin is judged against ``Host``, which a DNS-rebinding page controls: the
 pages of other sites, not a page that made its own name resolve to this server.
 
 ``[server] api_key`` (or ``$ECHOKIT_API_KEY``) guards the recordings: :func:`authorized`.
+``[server] devices`` is the allow-list of device ids: :func:`device_allowed`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from echokit_fast.config import ServerConfig, normalize_origin
 
-__all__ = ["OriginCheck", "authorized", "middleware"]
+__all__ = ["OriginCheck", "authorized", "device_allowed", "middleware"]
 
 #: methods a cross-origin page may send without being refused (they change nothing here)
 SAFE_METHODS = frozenset({"GET", "HEAD"})
@@ -104,3 +105,9 @@ def authorized(request: Request, api_key: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(
         token.strip().encode(), api_key.encode()
     )
+
+
+def device_allowed(cfg: ServerConfig, device_id: str) -> bool:
+    """Whether ``device_id`` may connect: any id without ``[server] devices``, else a listed
+    one (case-insensitive: the firmware's ids are hex digits)."""
+    return cfg.devices is None or device_id.strip().lower() in cfg.devices

@@ -46,14 +46,14 @@ pub fn load_wav(path: &Path) -> Result<Vec<i16>, String> {
     Ok(samples)
 }
 
-/// A 16 kHz mono PCM16 WAV file.
-pub fn wav_bytes(samples: &[i16]) -> Vec<u8> {
+/// A mono PCM16 WAV file at `rate` Hz.
+pub fn wav_bytes(samples: &[i16], rate: u32) -> Vec<u8> {
     let f: Vec<f32> = samples
         .iter()
         .map(|&s| s as f32 * pcm::PCM16_SCALE)
         .collect();
     // Only fails beyond 4 GiB of audio, which a turn cannot reach.
-    wav::write_wav(&f, 1, RATE as u32, 16).expect("reply WAV under 4 GiB")
+    wav::write_wav(&f, 1, rate, 16).expect("reply WAV under 4 GiB")
 }
 
 /// The device's Opus decoder (16 kHz mono, 1920-sample buffer).
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn reply_wav_round_trips() {
         let s: Vec<i16> = vec![0, 1, -1, 32767, -32768, 1234];
-        let bytes = wav_bytes(&s);
+        let bytes = wav_bytes(&s, RATE as u32);
         assert_eq!(bytes.len(), 44 + 12);
         assert_eq!(wav_to_16k_mono(&bytes).unwrap(), s);
     }

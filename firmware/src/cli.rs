@@ -1,10 +1,11 @@
 //! Command line (firmware/README.md is the contract) and the run of N devices.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::audio::load_wav;
@@ -74,11 +75,11 @@ pub struct Cli {
     pub quiet: bool,
 }
 
-fn usage(msg: impl Into<String>) -> DeviceError {
+pub fn usage(msg: impl Into<String>) -> DeviceError {
     DeviceError::new(ErrorKind::Usage, msg)
 }
 
-fn check_secs(name: &str, v: f64, positive: bool) -> Result<(), DeviceError> {
+pub fn check_secs(name: &str, v: f64, positive: bool) -> Result<(), DeviceError> {
     if !v.is_finite() || v < 0.0 || (positive && v == 0.0) || v > 1e6 {
         let want = if positive { "> 0" } else { ">= 0" };
         return Err(usage(format!(
@@ -238,12 +239,33 @@ async fn run_inner(cli: Cli, t0: Instant) -> Result<Summary, DeviceError> {
     log.finish().map_err(local)?;
     let summary = Summary::of(devices);
     if let Some(dir) = &cli.out {
-        let p = dir.join("summary.json");
-        let doc = serde_json::to_string_pretty(&summary).expect("summary serialises");
-        std::fs::write(&p, doc + "\n")
-            .map_err(|e| local(format!("cannot write {}: {e}", p.display())))?;
+        write_summary(dir, &summary)?;
     }
     Ok(summary)
+}
+
+/// `DIR/summary.json`.
+pub fn write_summary<D: Serialize>(dir: &Path, summary: &Summary<D>) -> Result<(), DeviceError> {
+    let p = dir.join("summary.json");
+    let doc = serde_json::to_string_pretty(summary).expect("summary serialises");
+    std::fs::write(&p, doc + "\n").map_err(|e| {
+        DeviceError::new(
+            ErrorKind::Local,
+            format!("cannot write {}: {e}", p.display()),
+        )
+    })
+}
+
+/// Prints the summary (and its error on stderr); the exit code.
+pub fn report<D: Serialize>(program: &str, summary: &Summary<D>) -> i32 {
+    if let Some(e) = &summary.error {
+        eprintln!("{program}: {}", e.message);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(summary).expect("summary serialises")
+    );
+    summary.exit_code
 }
 
 /// The whole program: parse, run, print the summary; the exit code.
@@ -260,15 +282,7 @@ where
             return code;
         }
     };
-    let summary = run(cli).await;
-    if let Some(e) = &summary.error {
-        eprintln!("echokit-vdev: {}", e.message);
-    }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&summary).expect("summary serialises")
-    );
-    summary.exit_code
+    report("echokit-vdev", &run(cli).await)
 }
 
 #[cfg(test)]

@@ -287,7 +287,7 @@ impl Device {
             }
             if let (Some(dir), Some(_)) = (&self.dir, rec.t_start_chat) {
                 let path = dir.join(format!("reply-{}.wav", rec.turn));
-                match std::fs::write(&path, wav_bytes(&self.replies[i])) {
+                match std::fs::write(&path, wav_bytes(&self.replies[i], crate::mic::RATE as u32)) {
                     Ok(()) => rec.reply_wav = Some(path.display().to_string()),
                     Err(e) => {
                         error.get_or_insert(dev_err(

@@ -1,4 +1,5 @@
-//! echokit-vdev: a virtual EchoKit device (see firmware/README.md).
+//! echokit-vdev: a virtual EchoKit device, and xiaozhi-vdev: a virtual xiaozhi device (see
+//! firmware/README.md).
 
 pub mod audio;
 pub mod cli;
@@ -8,3 +9,4 @@ pub mod log;
 pub mod mic;
 pub mod player;
 pub mod summary;
+pub mod xiaozhi;

@@ -76,7 +76,7 @@ impl Logger {
                 unreachable!()
             };
             for k in ["t", "device", "conn", "turn", "event"] {
-                m.remove(k);
+                m.shift_remove(k);
             }
             let rest = if m.is_empty() {
                 String::new()

@@ -113,22 +113,33 @@ pub struct DeviceSummary {
     pub turns: Vec<TurnSummary>,
 }
 
+/// What the run summary needs of one device's summary (EchoKit's or xiaozhi's).
+pub trait DeviceOutcome {
+    fn exit_code(&self) -> i32;
+}
+
+impl DeviceOutcome for DeviceSummary {
+    fn exit_code(&self) -> i32 {
+        self.exit_code
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Summary {
+pub struct Summary<D = DeviceSummary> {
     pub ok: bool,
     pub exit_code: i32,
-    pub devices: Vec<DeviceSummary>,
+    pub devices: Vec<D>,
     /// Only for a failure before any device ran (usage / local errors).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
 }
 
-impl Summary {
+impl<D: DeviceOutcome> Summary<D> {
     /// The exit code is that of the first failing device (by id).
-    pub fn of(devices: Vec<DeviceSummary>) -> Summary {
+    pub fn of(devices: Vec<D>) -> Summary<D> {
         let exit_code = devices
             .iter()
-            .map(|d| d.exit_code)
+            .map(|d| d.exit_code())
             .find(|&c| c != 0)
             .unwrap_or(0);
         Summary {
@@ -139,7 +150,7 @@ impl Summary {
         }
     }
 
-    pub fn failed(e: &DeviceError) -> Summary {
+    pub fn failed(e: &DeviceError) -> Summary<D> {
         Summary {
             ok: false,
             exit_code: e.kind.exit_code(),

@@ -4,10 +4,13 @@ OpenAI-compatible ``/v1/audio/transcriptions``.
 :class:`RemoteTranscriber` posts exactly as echokit_server does: multipart fields ``file``
 (``audio.wav``, the canonical 44-byte-header 16 kHz WAV), then ``language``, ``model``,
 ``prompt`` (each only if non-empty); with an ``api_key`` ``Authorization: Bearer <key>`` and
-``User-Agent: curl/7.81.0``, without one neither; up to 3 attempts of 10 s each. Unlike the
-reference (which ignores the HTTP status) a non-2xx answer is an error: 5xx (and 408/429),
-timeouts, transport errors and unparsable bodies are retried; other 4xx are not. When every
-attempt failed, ``BackendError``. A 2xx JSON body without ``text`` is an empty transcript.
+``User-Agent: curl/7.81.0``, without one neither; up to 3 attempts of 10 s each, the answer's
+body included (a server trickling its answer is cut at 10 s). Unlike the reference (which
+ignores the HTTP status) a non-2xx answer is an error: 5xx (and 408/429), timeouts, transport
+errors and bad answers (not JSON, not an object, a ``text`` that is not a string) are retried;
+other 4xx are not, nor a body over ``max_json_bytes`` (``[limits]``; it is never read whole
+first). When every attempt failed, ``BackendError``. A 2xx JSON object without ``text`` is an
+empty transcript.
 Post-processing (:func:`clean_transcript`): per line, what follows the first ``"] "`` (Whisper
 timestamps); empty text or text starting with ``(`` (``(music)``) is no speech; then
 Traditional -> Simplified Chinese with OpenCC ``tw2sp`` (the reference uses hanconv ``tw2sp``;
@@ -17,6 +20,7 @@ a no-op for other text); the result is stripped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -41,7 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ASR_RATE = 16000
-NOTICES = http.Notices("The speech recognizer", "asr")
+NOTICES = http.ASR
 
 
 class OpenAIASR(Section):
@@ -95,6 +99,16 @@ class RemoteTranscription:
         return await self._task
 
 
+class _Retry(Exception):
+    """An attempt that failed in a way worth another one: ``problem`` for the log, ``notice``
+    for the user should it be the last."""
+
+    def __init__(self, problem: str, notice: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.notice = notice
+
+
 class RemoteTranscriber:
     """OpenAI-compatible ``/v1/audio/transcriptions`` client (a
     :class:`~echokit_fast.backends.base.Transcriber`)."""
@@ -106,11 +120,13 @@ class RemoteTranscriber:
         attempts: int = 3,
         attempt_timeout: float = 10.0,
         retry_delay: float = 0.0,
+        max_json_bytes: int = 1 << 20,
     ) -> None:
         self.cfg = cfg
         self.attempts = attempts
         self.attempt_timeout = attempt_timeout
         self.retry_delay = retry_delay
+        self.max_json_bytes = max_json_bytes
         self.headers: dict[str, str] = {}
         if cfg.api_key:
             self.headers = {
@@ -139,43 +155,51 @@ class RemoteTranscriber:
         if sample_rate != ASR_RATE:
             x = audio.resample(x, sample_rate, ASR_RATE)
         wav = audio.write_wav(x, ASR_RATE)
-        url = self.cfg.url
         problems: list[str] = []
         notice = ""
         for attempt in range(1, self.attempts + 1):
             try:
-                resp = await self.http.post(
-                    url, files=self._parts(wav), headers=self.headers, timeout=self.attempt_timeout
-                )
-            except httpx.TimeoutException as exc:
+                text = await asyncio.wait_for(self._attempt(wav), self.attempt_timeout)
+            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
                 problems.append(f"attempt {attempt}: timeout ({type(exc).__name__})")
                 notice = NOTICES.timeout
             except httpx.HTTPError as exc:
                 problems.append(f"attempt {attempt}: {exc!r}")
                 notice = NOTICES.unreachable
+            except _Retry as exc:
+                problems.append(f"attempt {attempt}: {exc.problem}")
+                notice = exc.notice
             else:
-                status = resp.status_code
-                if 200 <= status < 300:
-                    try:
-                        data = resp.json()
-                    except ValueError:
-                        problems.append(f"attempt {attempt}: not JSON: {resp.text[:200]!r}")
-                        notice = NOTICES.bad_answer
-                    else:
-                        text = data.get("text") if isinstance(data, dict) else None
-                        return clean_transcript(text if isinstance(text, str) else "")
-                else:
-                    problems.append(f"attempt {attempt}: HTTP {status}: {resp.text[:300]}")
-                    if not http.retryable(status):
-                        raise NOTICES.error(
-                            f"ASR {url}: " + "; ".join(problems), NOTICES.status(status)
-                        )
-                    notice = NOTICES.failed(status)
+                return clean_transcript(text)
             if attempt < self.attempts and self.retry_delay:
                 await asyncio.sleep(self.retry_delay)
         raise NOTICES.error(
-            f"ASR {url}: all {self.attempts} attempts failed: " + "; ".join(problems), notice
+            f"ASR {self.cfg.url}: all {self.attempts} attempts failed: " + "; ".join(problems),
+            notice,
         )
+
+    async def _attempt(self, wav: bytes) -> str:
+        """One request: the raw ``text`` of a 2xx answer. Raises :class:`_Retry`, httpx errors,
+        or BackendError for what another attempt would not mend."""
+        url = self.cfg.url
+        async with self.http.stream(
+            "POST", url, files=self._parts(wav), headers=self.headers
+        ) as resp:
+            status = resp.status_code
+            if not 200 <= status < 300:
+                problem = f"HTTP {status}: {await http.error_text(resp)}"
+                if not http.retryable(status):
+                    raise NOTICES.error(f"ASR {url}: {problem}", NOTICES.status(status))
+                raise _Retry(problem, NOTICES.failed(status))
+            body = await http.read_body(resp, self.max_json_bytes, NOTICES, f"ASR {url}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _Retry(f"not JSON: {body[:200]!r}", NOTICES.bad_answer) from None
+        text = data.get("text", "") if isinstance(data, dict) else None
+        if not isinstance(text, str):
+            raise _Retry(f"no text string in {body[:200]!r}", NOTICES.bad_answer)
+        return text
 
     def start(self, audio_in: Pcm, *, sample_rate: int = 16000) -> RemoteTranscription:
         """Begin transcribing now (an asyncio task); ``result()`` later, or ``cancel()``."""
@@ -186,4 +210,4 @@ class RemoteTranscriber:
     "openai", aliases=["whisper", "Whisper", "OpenAI"], config=OpenAIASR, untagged=["url"]
 )
 def build(cfg: OpenAIASR, needs: registry.Needs) -> Transcriber:
-    return RemoteTranscriber(cfg)
+    return RemoteTranscriber(cfg, max_json_bytes=needs.max_json_bytes)

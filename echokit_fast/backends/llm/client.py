@@ -5,15 +5,21 @@ BackendError with a notice).
 Requests go through the ``openai`` SDK's raw ``post`` to ``llm.url`` (the full endpoint, used as
 is), ``User-Agent: curl/7.81.0``, ``Authorization: Bearer <api_key>`` only with a key (exactly one
 ``Bearer``: the config loader strips a ``Bearer `` prefix). Timeouts (the reference has none):
-connecting ``connect_timeout`` (10 s), the first event ``first_token_timeout`` (60 s: local
-servers may load a model first), each later one ``idle_timeout`` (60 s). ``None`` disables one.
+connecting ``connect_timeout`` (10 s), the first content ``first_token_timeout`` (``[limits]
+llm_first_token_s``, 60 s: local servers may load a model first), each later content within
+``idle_timeout`` of the one before (``[limits] llm_stall_s``, 30 s). Only content counts (text,
+reasoning or tool-call pieces, as each platform's ``progress`` says): a server that keeps
+sending empty deltas or keep-alive events stalls all the same. ``None`` disables one.
+A server that answers ``stream: true`` with one JSON body (a non-streamed answer) is read too:
+at most ``max_json_bytes`` (``[limits]``), within the first-content deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -21,7 +27,7 @@ import httpx
 
 from echokit_fast.backends import http
 from echokit_fast.backends.base import BackendError, Conversation
-from echokit_fast.backends.llm.errors import NOTICES, status_error
+from echokit_fast.backends.llm.errors import NOTICE_FAILED, NOTICES, status_error
 from echokit_fast.backends.llm.includes import IncludeCache
 from echokit_fast.backends.llm.mcp import MCPTools
 from echokit_fast.backends.llm.prompts import Msg
@@ -47,9 +53,10 @@ class OpenAIBackend:
         tools: MCPTools | None = None,
         connect_timeout: float | None = 10.0,
         first_token_timeout: float | None = 60.0,
-        idle_timeout: float | None = 60.0,
+        idle_timeout: float | None = 30.0,
         include_cache: IncludeCache | None = None,
         prompt_timeout: float = 10.0,
+        max_json_bytes: int = 1 << 20,
     ) -> None:
         self.cfg = cfg
         self.tools = tools if tools is not None else MCPTools()
@@ -58,6 +65,7 @@ class OpenAIBackend:
         self._tools_lock: asyncio.Lock | None = None
         self.first_token_timeout = first_token_timeout
         self.idle_timeout = idle_timeout
+        self.max_json_bytes = max_json_bytes
         self.include_cache = include_cache if include_cache is not None else IncludeCache()
         self.http = http.client(prompt_timeout, follow_redirects=True)
         self.key = (cfg.api_key or "").strip()
@@ -118,20 +126,40 @@ class OpenAIBackend:
         return extra
 
 
-async def stream(be: OpenAIBackend, body: Msg) -> AsyncIterator[Msg]:
+async def stream(
+    be: OpenAIBackend,
+    body: Msg,
+    *,
+    progress: Callable[[Msg], bool],
+    whole: Callable[[Msg], list[Msg]],
+) -> AsyncIterator[Msg]:
     """POST ``body`` to ``be.cfg.url`` and yield the JSON objects of the SSE stream (parsed by
-    the openai SDK's SSE decoder; non-object data is skipped), with the backend's timeouts:
-    one deadline covers the response headers and the first event, ``idle_timeout`` each later
-    one. Every failure is a BackendError with a notice."""
+    the openai SDK's SSE decoder; non-object data is skipped), with the backend's deadlines:
+    the response headers and the first object with content (``progress(obj)``) within
+    ``first_token_timeout``, each later one with content within ``idle_timeout`` of the one
+    before. An answer that is one JSON body instead of a stream is yielded as the objects
+    ``whole(body)`` makes of it. Every failure is a BackendError with a notice."""
     import openai  # loaded by OpenAIBackend already (see there)
 
+    url = be.cfg.url
     headers: dict[str, Any] = {} if be.key else {"Authorization": openai.omit}
-    t0 = anyio.current_time()
-    first_deadline = None if be.first_token_timeout is None else t0 + be.first_token_timeout
+    first = True
+    limit = be.first_token_timeout
+    deadline = None if limit is None else anyio.current_time() + limit
+
+    def left() -> float | None:
+        return None if deadline is None else deadline - anyio.current_time()
+
+    def late() -> BackendError:
+        what = "first token" if first else "next token"
+        return BackendError(
+            f"LLM {url}: no {what} within {limit} s", notice=NOTICES.timeout, backend="llm"
+        )
+
     try:
-        with anyio.fail_after(be.first_token_timeout):
+        with anyio.fail_after(left()):
             stream = await be.client.post(
-                be.cfg.url,
+                url,
                 cast_to=object,
                 body=body,
                 options={"headers": headers},
@@ -140,7 +168,7 @@ async def stream(be: OpenAIBackend, body: Msg) -> AsyncIterator[Msg]:
             )
     except TimeoutError as exc:
         raise BackendError(
-            f"LLM {be.cfg.url}: no response within {be.first_token_timeout} s",
+            f"LLM {url}: no response within {be.first_token_timeout} s",
             notice=NOTICES.timeout,
             backend="llm",
         ) from exc
@@ -148,55 +176,91 @@ async def stream(be: OpenAIBackend, body: Msg) -> AsyncIterator[Msg]:
         raise status_error(exc) from exc
     except openai.APITimeoutError as exc:
         raise BackendError(
-            f"LLM {be.cfg.url}: connect timeout", notice=NOTICES.unreachable, backend="llm"
+            f"LLM {url}: connect timeout", notice=NOTICES.unreachable, backend="llm"
         ) from exc
     except openai.APIConnectionError as exc:
         raise BackendError(
-            f"LLM {be.cfg.url}: {exc.__cause__ or exc}",
-            notice=NOTICES.unreachable,
-            backend="llm",
+            f"LLM {url}: {exc.__cause__ or exc}", notice=NOTICES.unreachable, backend="llm"
         ) from exc
     try:
-        first = True
+        if _is_json(stream.response):
+            for obj in whole(await _read_json(be, stream.response, left(), late)):
+                yield obj
+            return
         it = stream.__aiter__()
         while True:
-            if first:
-                limit = be.first_token_timeout
-                left = None if first_deadline is None else first_deadline - anyio.current_time()
-            else:
-                limit = left = be.idle_timeout
             try:
-                with anyio.fail_after(left):
+                with anyio.fail_after(left()):
                     chunk = await it.__anext__()
             except StopAsyncIteration:
                 break
             except TimeoutError as exc:
-                what = "first token" if first else "next token"
-                raise BackendError(
-                    f"LLM {be.cfg.url}: no {what} within {limit} s",
-                    notice=NOTICES.timeout,
-                    backend="llm",
-                ) from exc
-            first = False
+                raise late() from exc
             if isinstance(chunk, dict):
+                if progress(chunk):
+                    first = False
+                    limit = be.idle_timeout
+                    deadline = None if limit is None else anyio.current_time() + limit
                 yield chunk
     except openai.APITimeoutError as exc:
         raise BackendError(
-            f"LLM {be.cfg.url}: read timeout", notice=NOTICES.timeout, backend="llm"
+            f"LLM {url}: read timeout", notice=NOTICES.timeout, backend="llm"
         ) from exc
     except openai.APIConnectionError as exc:
         raise BackendError(
-            f"LLM {be.cfg.url}: stream broken: {exc.__cause__ or exc}",
+            f"LLM {url}: stream broken: {exc.__cause__ or exc}",
             notice=NOTICES.cut,
             backend="llm",
         ) from exc
     except openai.APIError as exc:  # an {"error": ...} event inside the stream
         raise BackendError(
-            f"LLM {be.cfg.url}: error in stream: {exc}", notice=NOTICES.cut, backend="llm"
+            f"LLM {url}: error in stream: {exc}", notice=NOTICES.cut, backend="llm"
         ) from exc
     except ValueError as exc:  # unparsable JSON in a data line
         raise BackendError(
-            f"LLM {be.cfg.url}: bad stream data: {exc}", notice=NOTICES.cut, backend="llm"
+            f"LLM {url}: bad stream data: {exc}", notice=NOTICES.cut, backend="llm"
         ) from exc
     finally:
         await stream.close()
+
+
+def _is_json(response: Any) -> bool:
+    """Whether the answer is a JSON body (``application/json`` ...) rather than a stream."""
+    media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media.endswith("json")
+
+
+async def _read_json(
+    be: OpenAIBackend, response: Any, left: float | None, late: Callable[[], BackendError]
+) -> Msg:
+    """A non-streamed answer: its JSON object (at most ``max_json_bytes``, within ``left``
+    seconds)."""
+    url = be.cfg.url
+    try:
+        with anyio.fail_after(left):
+            raw = await http.read_body(response, be.max_json_bytes, NOTICES, f"LLM {url}")
+    except TimeoutError as exc:
+        raise late() from exc
+    except BackendError:
+        raise
+    except Exception as exc:  # the SDK's HTTP client's transport errors (httpx2)
+        raise BackendError(
+            f"LLM {url}: answer broken: {exc!r}", notice=NOTICES.cut, backend="llm"
+        ) from exc
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise BackendError(
+            f"LLM {url}: not a JSON object: {raw[:200]!r}",
+            notice=NOTICES.bad_answer,
+            backend="llm",
+        )
+    if data.get("error"):
+        raise BackendError(
+            f"LLM {url}: error answer: {str(data['error'])[:300]}",
+            notice=NOTICE_FAILED,
+            backend="llm",
+        )
+    return data

@@ -12,9 +12,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NOTICES", "NOTICE_FAILED", "NOTICE_TOOL_LOOP", "status_error", "tool_loop_error"]
 
-NOTICES = http.Notices(
-    "The language model", "llm", cut="The language model's answer was cut off.", busy=True
-)
+NOTICES = http.LLM
 #: a response the provider itself reports as failed
 NOTICE_FAILED = "The language model could not answer."
 NOTICE_TOOL_LOOP = "The assistant got stuck calling tools."

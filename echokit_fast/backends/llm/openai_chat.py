@@ -237,18 +237,45 @@ class OpenAIChat:
         """One streamed completion over the current history: yields content deltas, collects
         tool-call fragments into ``tools``."""
         body = self.backend.body(self._sys + self._history, self._device)
-        async with aclosing(stream(self.backend, body)) as chunks:
+        async with aclosing(
+            stream(self.backend, body, progress=_has_content, whole=_as_chunks)
+        ) as chunks:
             async for chunk in chunks:
-                choices = chunk.get("choices")
-                if not choices or not isinstance(choices[0], dict):
-                    continue
-                delta = choices[0].get("delta") or {}
+                delta = _delta(chunk)
                 content = delta.get("content")
                 if isinstance(content, str) and content:
                     yield content
                 fragments = delta.get("tool_calls")
                 if isinstance(fragments, list) and fragments:
                     tools.add(fragments)
+
+
+def _delta(chunk: Msg) -> Msg:
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return {}
+    delta = choices[0].get("delta")
+    return delta if isinstance(delta, dict) else {}
+
+
+def _has_content(chunk: Msg) -> bool:
+    """Whether a chunk carries content: text, reasoning (``reasoning_content`` /
+    ``reasoning``, as reasoning models stream it before their answer) or tool-call pieces; an
+    empty delta or a keep-alive chunk does not."""
+    delta = _delta(chunk)
+    texts = (delta.get(k) for k in ("content", "reasoning_content", "reasoning"))
+    return any(isinstance(t, str) and t for t in texts) or bool(delta.get("tool_calls"))
+
+
+def _as_chunks(completion: Msg) -> list[Msg]:
+    """A non-streamed ``chat.completion`` (the answer of a server that ignores ``stream``) as
+    the chunk a stream would have carried: its first choice's message as the delta."""
+    choices = completion.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        if isinstance(message, dict):
+            return [{"choices": [{"index": 0, "delta": message}]}]
+    return [completion]
 
 
 def _text_bytes(msg: Msg) -> int:
@@ -263,6 +290,11 @@ def _text_bytes(msg: Msg) -> int:
     untagged=["llm_chat_url", "url"],
 )
 def build(cfg: OpenAIChatLLM, needs: registry.Needs) -> Callable[..., Conversation]:
-    backend = ChatBackend(cfg)
+    backend = ChatBackend(
+        cfg,
+        first_token_timeout=needs.llm_first_token_s,
+        idle_timeout=needs.llm_stall_s,
+        max_json_bytes=needs.max_json_bytes,
+    )
     backend.max_history_bytes = needs.max_history_bytes
     return backend.conversation

@@ -177,7 +177,9 @@ class OpenAIResponses:
         """One streamed response: yields ``response.output_text.delta`` texts, records the
         function calls and the completed response's id in ``turn``."""
         url = self.backend.cfg.url
-        async with aclosing(stream(self.backend, body)) as events:
+        async with aclosing(
+            stream(self.backend, body, progress=_has_content, whole=_as_events)
+        ) as events:
             async for ev in events:
                 kind = ev.get("type")
                 if kind == "response.output_text.delta":
@@ -224,6 +226,45 @@ class OpenAIResponses:
             )
 
 
+def _has_content(event: Msg) -> bool:
+    """Whether an event carries content: a non-empty ``*.delta`` (text, reasoning, function
+    arguments) or a finished output item; ``response.in_progress`` and the like do not."""
+    kind = event.get("type")
+    if not isinstance(kind, str):
+        return False
+    delta = event.get("delta")
+    return (kind.endswith(".delta") and isinstance(delta, str) and bool(delta)) or (
+        kind == "response.output_item.done"
+    )
+
+
+def _as_events(response: Msg) -> list[Msg]:
+    """A non-streamed response object (the answer of a server that ignores ``stream``) as the
+    events a stream would have carried: its output text, its function calls, then
+    ``response.<status>`` (completed, incomplete or failed)."""
+    events: list[Msg] = []
+    output = response.get("output")
+    for item in output if isinstance(output, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            events.append({"type": "response.output_item.done", "item": item})
+        elif item.get("type") == "message" and isinstance(item.get("content"), list):
+            for part in item["content"]:
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    events.append({"type": "response.output_text.delta", "delta": part.get("text")})
+    status = response.get("status")
+    end = status if status in ("incomplete", "failed") else "completed"
+    events.append({"type": f"response.{end}", "response": response})
+    return events
+
+
 @registry.llm("openai_responses", aliases=["OpenAIResponses"], config=OpenAIResponsesLLM)
 def build(cfg: OpenAIResponsesLLM, needs: registry.Needs) -> Callable[..., Conversation]:
-    return ResponsesBackend(cfg).conversation
+    backend = ResponsesBackend(
+        cfg,
+        first_token_timeout=needs.llm_first_token_s,
+        idle_timeout=needs.llm_stall_s,
+        max_json_bytes=needs.max_json_bytes,
+    )
+    return backend.conversation

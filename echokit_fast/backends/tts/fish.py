@@ -50,11 +50,11 @@ class FishSpeaker(HTTPSpeaker):
             "model": "s1",
             "authorization": f"Bearer {self.cfg.api_key}",
         }
-        body = await self._post_wav(text, content=payload, headers=headers)
+        body = await self._post_wav(content=payload, headers=headers)
         async for chunk in self._speak_wav(body, sample_rate):
             yield chunk
 
 
 @registry.tts("fish", aliases=["Fish"], config=FishTTS)
 def build(cfg: FishTTS, needs: registry.Needs) -> Speaker:
-    return FishSpeaker(cfg)
+    return FishSpeaker(cfg, max_bytes=needs.max_tts_bytes)

@@ -52,13 +52,13 @@ class OpenAISpeaker(HTTPSpeaker):
             "input": text,
             "response_format": "wav",
         }
-        body = await self._post_wav(text, json=payload, headers=self.headers)
+        body = await self._post_wav(json=payload, headers=self.headers)
         async for chunk in self._speak_wav(body, sample_rate):
             yield chunk
 
 
 def build(cfg: OpenAITTS | GroqTTS, needs: registry.Needs) -> Speaker:
-    return OpenAISpeaker(cfg)
+    return OpenAISpeaker(cfg, max_bytes=needs.max_tts_bytes)
 
 
 registry.tts("openai", aliases=["Openai", "OpenAI"], config=OpenAITTS)(build)

@@ -4,11 +4,15 @@ notices, WAV replies decoded, mixed to mono, resampled to the asked rate with
 (:class:`PcmStream`) s16le PCM pieces of any size to float32 at the asked rate.
 
 Timeouts where the reference has none (stream_gsv, openai, groq, fish): connecting 10 s, and
-``read_timeout`` (60 s) without any data.
+``read_timeout`` (60 s) without any data; the whole segment is bounded by the turn's
+``[limits] tts_segment_s`` (``conversation/pipeline.py``). A reply's audio may be at most
+``max_bytes`` (``[limits] max_tts_bytes``): a WAV body is measured while it is read, never read
+whole first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,9 +28,7 @@ __all__ = ["NOTICES", "NOTICE_REPORTED", "HTTPSpeaker", "PcmStream", "tts_error"
 
 log = logging.getLogger(__name__)
 
-NOTICES = http.Notices(
-    "The speech synthesizer", "tts", cut="The speech synthesizer's audio was cut off."
-)
+NOTICES = http.TTS
 #: the service itself reports that it failed (an error message of its protocol)
 NOTICE_REPORTED = "The speech synthesizer reported an error."
 
@@ -91,24 +93,59 @@ class HTTPSpeaker:
 
     name = "tts"
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0, read_timeout: float = 60.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_bytes: int = 64 << 20,
+    ):
         self.url = url
+        self.max_bytes = max_bytes
         self.http = http.client(httpx.Timeout(read_timeout, connect=connect_timeout))
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _post_wav(self, text: str, **request: Any) -> bytes:
-        try:
-            resp = await self.http.post(self.url, **request)
-        except httpx.HTTPError as exc:
-            raise tts_error(f"TTS {self.name} {self.url}: {exc!r}", exc) from exc
+    @property
+    def where(self) -> str:
+        return f"TTS {self.name} {self.url}"
+
+    async def _status(self, resp: httpx.Response) -> None:
+        """A BackendError for a status other than 200 (the start of its body logged)."""
         if resp.status_code != 200:
+            detail = await http.error_text(resp)
             raise tts_error(
-                f"TTS {self.name} {self.url}: HTTP {resp.status_code}: {resp.text[:300]}",
-                status=resp.status_code,
+                f"{self.where}: HTTP {resp.status_code}: {detail}", status=resp.status_code
             )
-        return resp.content
+
+    async def _post_wav(
+        self, *, attempts: int = 1, timeout: float | None = None, **request: Any
+    ) -> bytes:
+        """POST ``request``; the 200 answer's body (at most ``max_bytes``). ``timeout``: the
+        seconds one attempt may take, its body included; a timed-out attempt is retried, up
+        to ``attempts`` in all."""
+        options = {} if timeout is None else {"timeout": timeout}
+        attempt = 1
+        while True:
+            try:
+                return await asyncio.wait_for(self._fetch(request | options), timeout)
+            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+                if attempt >= attempts:
+                    raise NOTICES.error(
+                        f"{self.where}: {attempts} attempt(s) of {timeout} s timed out",
+                        NOTICES.timeout,
+                    ) from exc
+                log.info("%s: attempt %d timed out; retrying", self.where, attempt)
+                attempt += 1
+            except httpx.HTTPError as exc:
+                raise tts_error(f"{self.where}: {exc!r}", exc) from exc
+
+    async def _fetch(self, request: dict[str, Any]) -> bytes:
+        async with self.http.stream("POST", self.url, **request) as resp:
+            await self._status(resp)
+            return await http.read_body(resp, self.max_bytes, NOTICES, self.where)
 
     async def _speak_wav(self, body: bytes, sample_rate: int) -> AsyncIterator[Pcm]:
         pcm = wav_to_rate(body, sample_rate, f"{self.name} {self.url}")

@@ -1,9 +1,9 @@
 """``[tts] platform = "stream_gsv"`` (alias ``StreamGSV``): GPT-SoVITS, streamed PCM.
 
 JSON ``{speaker, input, sample_rate: 16000}`` -> s16le PCM at 16 kHz as it is synthesised (the
-response's ``rate=`` label is ignored), re-chunked to 0.5 s and resampled to the asked rate.
-``[tts.text_optimization]``: each segment is first rewritten for speech by an LLM
-(:mod:`.text_optimization`).
+response's ``rate=`` label is ignored), re-chunked to 0.5 s and resampled to the asked rate; a
+stream over ``max_tts_bytes`` (``[limits]``) is an error. ``[tts.text_optimization]``: each
+segment is first rewritten for speech by an LLM (:mod:`.text_optimization`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from echokit_fast.backends import registry
 from echokit_fast.backends.base import Pcm, Speaker
 from echokit_fast.backends.schema import HttpUrl, Section, TextOptimization
 from echokit_fast.backends.tts.gsv import GSV_RATE
-from echokit_fast.backends.tts.speaker import HTTPSpeaker, tts_error
+from echokit_fast.backends.tts.speaker import NOTICES, HTTPSpeaker, tts_error
 from echokit_fast.backends.tts.text_optimization import with_text_optimization
 
 __all__ = ["StreamGSVSpeaker", "StreamGSVTTS"]
@@ -53,16 +53,18 @@ class StreamGSVSpeaker(HTTPSpeaker):
     async def speak(self, text: str, *, sample_rate: int = 16000) -> AsyncIterator[Pcm]:
         payload = {"speaker": self.cfg.speaker, "input": text, "sample_rate": GSV_RATE}
         resampler = audio.Resampler(GSV_RATE, sample_rate) if sample_rate != GSV_RATE else None
-        where = f"TTS stream_gsv {self.url}"
+        where = self.where
         try:
             async with self.http.stream("POST", self.url, json=payload) as resp:
-                if resp.status_code != 200:
-                    detail = (await resp.aread())[:300].decode("utf-8", "replace")
-                    raise tts_error(
-                        f"{where}: HTTP {resp.status_code}: {detail}", status=resp.status_code
-                    )
+                await self._status(resp)
                 buf = bytearray()
+                total = 0
                 async for data in resp.aiter_bytes():
+                    total += len(data)
+                    if total > self.max_bytes:
+                        raise NOTICES.error(
+                            f"{where}: a stream over {self.max_bytes} bytes", NOTICES.too_large
+                        )
                     buf += data
                     while len(buf) >= self.CHUNK_BYTES:
                         piece = audio.pcm16_to_float(bytes(buf[: self.CHUNK_BYTES]))
@@ -84,4 +86,6 @@ class StreamGSVSpeaker(HTTPSpeaker):
 
 @registry.tts("stream_gsv", aliases=["StreamGSV"], config=StreamGSVTTS)
 def build(cfg: StreamGSVTTS, needs: registry.Needs) -> Speaker:
-    return with_text_optimization(StreamGSVSpeaker(cfg), cfg.text_optimization)
+    return with_text_optimization(
+        StreamGSVSpeaker(cfg, max_bytes=needs.max_tts_bytes), cfg.text_optimization
+    )

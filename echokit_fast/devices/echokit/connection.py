@@ -4,13 +4,16 @@
 (:mod:`.output`): end of speech ``EndVad``, transcripts ``ASR{text}`` (interim and final alike),
 a segment ``StartAudio{text}`` .. audio frames .. ``EndAudio``, ``EndResponse``, a notice
 ``DisplayText{text}`` (the firmware cannot decode it, docs/protocol.md#what-the-firmware-does; the
-engine also shows it as a segment), the end of a live model's conversation ``Action{"ByeBye"}``.
-:func:`serve` runs the connection: the hello (a fresh connection only), then the device's
-frames into the engine: binary frames are microphone PCM16 (an odd trailing
-byte is carried to the next frame, docs/protocol.md#microphone-audio), text frames are JSON commands
-(docs/protocol.md#client-commands): ``StartChat``, ``Submit``, ``Text{input}``; ``Select``,
-``StartRecord`` and anything that is not a command are ignored. The flags map onto the engine's:
-``reconnect`` keeps the history, ``stream_asr`` lets the server end the utterance.
+engine also shows it as a segment), the end of a live model's conversation ``Action{"ByeBye"}``,
+text shown without speech ``DisplayText{text}``, a notification ``Action{action}``, a question
+``Choices{message, items}`` answered by the device's ``Select{index}`` (the firmware neither
+decodes ``Choices`` nor sends ``Select``). :func:`serve` runs the connection: the hello (a fresh
+connection only), then the device's frames into the engine: binary frames are microphone PCM16
+(an odd trailing byte is carried to the next frame, docs/protocol.md#microphone-audio), text
+frames are JSON commands (docs/protocol.md#client-commands): ``StartChat``, ``Submit``,
+``Text{input}``, ``Select{index}`` (the answer to the question asked; ignored when none is);
+``StartRecord`` and anything that is not a command are ignored. The flags map onto the
+engine's: ``reconnect`` keeps the history, ``stream_asr`` lets the server end the utterance.
 
 Pre-empted by a newer connection for the same device, the socket gets one ``EndResponse`` and
 is closed; nothing is ever written to a socket that is gone. A new device id while every one of
@@ -18,8 +21,7 @@ is closed; nothing is ever written to a socket that is gone. A new device id whi
 later) whose reason says so. A text frame longer than any command whose ``input`` fits
 ``[limits] max_text_bytes`` could be (:func:`text_frame_limit`) is not parsed: it is refused as
 an over-long ``Text`` is (the spoken notice). The same cap bounds the text of every event sent
-(``ASR``, ``StartAudio``, ``DisplayText``: cut at a word boundary).
-an over-long ``Text`` is (the spoken notice).
+(``ASR``, ``StartAudio``, ``DisplayText``, ``Action``, ``Choices``: cut at a word boundary).
 
 A device that stops reading: the server's WebSocket ``send`` waits while the socket's write
 buffer is full (:mod:`echokit_fast.server.websocket`), and the TTS waits behind the bounded
@@ -51,7 +53,9 @@ from echokit_fast.devices.echokit.output import (
     END_RESPONSE,
     END_VAD,
     AudioOut,
+    action,
     asr,
+    choices,
     display_text,
     hello_frames,
     start_audio,
@@ -101,6 +105,7 @@ class Connection:
         self._ended = asyncio.Event()  # serve() is done with this connection
         self._pcm = EvenBytes()
         self._out = self._new_out()
+        self._choice: asyncio.Future[int] | None = None  # the question waiting for Select
 
     def _new_out(self) -> AudioOut:
         return AudioOut(opus=self.flags.opus, vowel=self.flags.vowel)
@@ -129,6 +134,12 @@ class Connection:
 
     async def closed(self) -> None:
         await self._ended.wait()
+
+    def selected(self, index: int) -> None:
+        """The device's ``Select{index}``: the answer to the question asked, if any."""
+        choice, self._choice = self._choice, None
+        if choice is not None and not choice.done():
+            choice.set_result(index)
 
     def align(self, data: bytes) -> bytes:
         """PCM16 bytes with an odd trailing byte carried into the next frame
@@ -162,11 +173,26 @@ class Connection:
         await self.send(END_AUDIO)
         return n
 
+    async def display(self, text: str) -> None:
+        await self.send(display_text(text, self.max_text_bytes))
+
+    async def notify(self, text: str) -> None:
+        await self.send(action(text, self.max_text_bytes))
+
+    async def choose(self, message: str, items: list[str]) -> int:
+        choice = self._choice = asyncio.get_running_loop().create_future()
+        try:
+            await self.send(choices(message, items, self.max_text_bytes))
+            return await choice
+        finally:
+            if self._choice is choice:
+                self._choice = None
+
     async def response_end(self) -> None:
         await self.send(END_RESPONSE)
 
     async def notice(self, text: str) -> None:
-        await self.send(display_text(text, self.max_text_bytes))
+        await self.display(text)
 
     async def goodbye(self) -> None:
         await self.send(BYE_BYE)
@@ -277,4 +303,6 @@ async def _command(session: Session, conn: Connection, text: str) -> None:
         await session.submit(conn)
     elif event == "Text":
         await session.text_input(conn, str(cmd.get("input", "")))
-    # Select, StartRecord: ignored in chat mode (docs/protocol.md#client-commands)
+    elif event == "Select":
+        conn.selected(int(cmd["index"]))
+    # StartRecord: ignored in chat mode (docs/protocol.md#client-commands)

@@ -3,8 +3,9 @@ hello (docs/protocol.md#hello).
 
 Every binary frame is built by :mod:`echokit_fast.devices.echokit.protocol` (``encode_event`` /
 ``encode_audio_chunk``), byte-identical to the reference server's. The text of a ``StartAudio``,
-``ASR`` or ``DisplayText`` event is at most ``max_bytes`` UTF-8 bytes (the connection's
-``[limits] max_text_bytes``), cut at a word boundary when longer.
+``ASR``, ``DisplayText`` or ``Action`` event, and the message and each item of a ``Choices``, is
+at most ``max_bytes`` UTF-8 bytes (the connection's ``[limits] max_text_bytes``), cut at a word
+boundary when longer.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ __all__ = [
     "HELLO_CHUNK",
     "RAW_CHUNK_MAX",
     "AudioOut",
+    "action",
     "asr",
+    "choices",
     "display_text",
     "hello_frames",
     "load_hello",
@@ -62,6 +65,15 @@ def asr(text: str, max_bytes: int) -> bytes:
 
 def display_text(text: str, max_bytes: int) -> bytes:
     return _text_event("DisplayText", text, max_bytes)
+
+
+def action(text: str, max_bytes: int) -> bytes:
+    return encode_event({"Action": {"action": cut_text(text, max_bytes)}})
+
+
+def choices(message: str, items: list[str], max_bytes: int) -> bytes:
+    cut = [cut_text(item, max_bytes) for item in items]
+    return encode_event({"Choices": {"message": cut_text(message, max_bytes), "items": cut}})
 
 
 class AudioOut:

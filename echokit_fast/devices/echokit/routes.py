@@ -10,6 +10,9 @@ metrics.
   recordings, ``download_url`` being the download path above (the reference's is wrong,
   docs/compatibility.md#record-mode-and-downloads); 404 with ``[]`` for a device without recordings
   (the reference answers 500);
+* ``GET /proxy/state/{id}`` -- ``{"has_notification": bool}``: whether the conversation's
+  service has something for the device that has not reached it (the claude layout's Claude
+  Code); 404 ``Not found`` when the conversations keep no such state (the other layouts);
 * ``GET /metrics`` -- Prometheus metrics (the per-turn stage histograms among them).
 
 With ``[server] api_key`` set (or ``$ECHOKIT_API_KEY``), both download routes answer 401
@@ -34,25 +37,31 @@ that connects while the engines load is accepted and waits for them.
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from echokit_fast.backends.base import Notifications
 from echokit_fast.backends.registry import build_backends
 from echokit_fast.conversation.session import SessionManager, Settings
 from echokit_fast.conversation.splitter import SegmentGrouper
+from echokit_fast.conversation.trace import printable
 from echokit_fast.devices.echokit.connection import serve
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
 from echokit_fast.devices.echokit.record import DiskUse, record_session, resolve_file, safe_name
-from echokit_fast.server.security import authorized
+from echokit_fast.server.security import authorized, device_allowed
 from echokit_fast.server.state import AppState
 from echokit_fast.turn.asr_stream import stream_detectors
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
 
 __all__ = ["prepare", "routes"]
+
+log = logging.getLogger(__name__)
 
 
 def prepare(state: AppState) -> None:
@@ -76,6 +85,11 @@ def prepare(state: AppState) -> None:
             stream_detector=stream_detectors(state.backends.transcriber),
             max_text_bytes=cfg.limits.max_text_bytes,
             max_sessions=cfg.limits.max_sessions,
+            asr_timeout_s=cfg.limits.asr_timeout_s,
+            llm_answer_s=cfg.limits.llm_answer_s,
+            max_answer_chars=cfg.limits.max_answer_chars,
+            tts_segment_s=cfg.limits.tts_segment_s,
+            turn_s=cfg.limits.turn_s,
         )
 
 
@@ -98,7 +112,18 @@ def routes(state: AppState) -> list[BaseRoute]:
     async def bad_request(ws: WebSocket, message: str) -> None:
         await ws.send_denial_response(PlainTextResponse(message, status_code=400))
 
+    async def refused(ws: WebSocket, device_id: str) -> bool:
+        """403 before the upgrade for a device id not in ``[server] devices``."""
+        if device_allowed(state.config.server, device_id):
+            return False
+        log.info("device %s: refused, not in [server] devices", printable(device_id))
+        message = "Forbidden: this device id is not in the server's [server] devices"
+        await ws.send_denial_response(PlainTextResponse(message, status_code=403))
+        return True
+
     async def record(ws: WebSocket, device_id: str) -> None:
+        if await refused(ws, device_id):
+            return
         if not safe_name(device_id):
             await bad_request(ws, f"invalid device id for a recording: {device_id!r}")
             return
@@ -114,6 +139,8 @@ def routes(state: AppState) -> list[BaseRoute]:
 
     async def chat(ws: WebSocket, *, allow_record: bool) -> None:
         device_id = ws.path_params["id"]
+        if await refused(ws, device_id):
+            return
         try:
             flags = Flags.parse(ws.query_params.multi_items(), allow_record=allow_record)
         except ValueError as exc:
@@ -178,6 +205,15 @@ def routes(state: AppState) -> list[BaseRoute]:
             ]
         )
 
+    async def proxy_state(request: Request) -> Response:
+        await state.wait_ready()
+        factory = state.backends.conversation_factory if state.backends is not None else None
+        if not isinstance(factory, Notifications):
+            return PlainTextResponse("Not found", status_code=404)
+        return JSONResponse(
+            {"has_notification": factory.has_notification(request.path_params["id"])}
+        )
+
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -187,5 +223,6 @@ def routes(state: AppState) -> list[BaseRoute]:
         WebSocketRoute("/v1/record/{id}", ws_record),
         Route("/downloads/download/{id}/{file}", download, methods=["GET"]),
         Route("/downloads/list/{id}", listing, methods=["GET"]),
+        Route("/proxy/state/{id}", proxy_state, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -8,7 +8,9 @@ stops its microphone and flushes its audio queue); a segment is ``tts sentence_s
 60 ms Opus packets at the announced rate, paced on the board's playback clock
 (:mod:`.speech`); the end of the turn is ``tts stop`` once the board has played the last
 packet (nothing when nothing was said: an empty transcript). A notice is an ``alert`` (the
-engine also speaks it as a segment); interim transcripts and the end of speech send nothing
+engine also speaks it as a segment), and so is a notification; text to show is a
+``sentence_start`` without audio; a question to choose from is shown and answered with its
+last item (the firmware cannot pick); interim transcripts and the end of speech send nothing
 (the firmware has no message for them). The end of a live model's conversation closes the
 socket after the turn, the firmware's way of ending one.
 
@@ -65,6 +67,8 @@ MAX_MESSAGE_CHARS = 256 * 1024
 THREAD_ENCODE_MIN = 3840
 #: how a notice is shown
 NOTICE_STATUS, NOTICE_EMOTION = "Error", "sad"
+#: how a notification is shown
+NOTIFY_STATUS, NOTIFY_EMOTION = "Notice", "neutral"
 #: the Close reason for a connection refused at ``max_sessions``
 SESSIONS_FULL_REASON = "server full: too many device sessions (max_sessions)"
 
@@ -208,6 +212,20 @@ class Connection:
     async def segment_end(self) -> int:
         speech = self._speech
         return await self._send_audio(speech.end_segment()) if speech is not None else 0
+
+    async def display(self, text: str) -> None:
+        shown = self._text(text)
+        if shown:  # an assistant chat line, no audio
+            await self.send(protocol.tts("sentence_start", self.session_id, shown))
+
+    async def notify(self, text: str) -> None:
+        await self.send(protocol.alert(NOTIFY_STATUS, self._text(text), NOTIFY_EMOTION))
+
+    async def choose(self, message: str, items: list[str]) -> int:
+        """The firmware cannot pick: the question is shown, and answered with its last item
+        (the claude layout's Cancel)."""
+        await self.display(" / ".join([message, *items]))
+        return len(items) - 1
 
     async def response_end(self) -> None:
         if self.speaking:
