@@ -1,7 +1,8 @@
-"""Run the virtual EchoKit device (firmware/, binary ``echokit-vdev``) from tests and benches.
+"""Run the virtual devices (firmware/: ``echokit-vdev``, and ``xiaozhi-vdev``, a virtual
+xiaozhi-esp32 board) from tests and benches.
 
-``scripts/setup.sh`` builds it into ``firmware/target/release/echokit-vdev``; ``$ECHOKIT_VDEV``
-points elsewhere. Its contract (options, summary JSON, events.jsonl, exit codes) is
+``scripts/setup.sh`` builds them into ``firmware/target/release/``; ``$ECHOKIT_VDEV`` and
+``$XIAOZHI_VDEV`` point elsewhere. Its contract (options, summary JSON, events.jsonl, exit codes) is
 ``firmware/README.md``.
 """
 
@@ -17,6 +18,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 VDEV = Path(
     os.environ.get("ECHOKIT_VDEV", ROOT / "firmware" / "target" / "release" / "echokit-vdev")
+)
+XIAOZHI_VDEV = Path(
+    os.environ.get("XIAOZHI_VDEV", ROOT / "firmware" / "target" / "release" / "xiaozhi-vdev")
 )
 
 
@@ -54,16 +58,34 @@ def vdev(
 ) -> Run:
     """Run the virtual device against ``server`` (``HOST:PORT`` of an EchoKit server), one
     turn per WAV, writing into ``out``; returns its exit code, summary and event log."""
-    if not VDEV.is_file():
+    return _run(VDEV, ("--server", f"ws://{server}/ws/"), wavs, out, args, timeout)
+
+
+def xiaozhi_vdev(
+    server: str, *wavs: Path, out: Path, args: tuple[str, ...] = (), timeout: float = 300
+) -> Run:
+    """Run the virtual xiaozhi board against ``server`` (``HOST:PORT``), from its OTA call
+    on (``args`` may hold ``--ws`` to skip it), one turn per WAV."""
+    return _run(XIAOZHI_VDEV, ("--ota", f"http://{server}/xiaozhi/ota/"), wavs, out, args, timeout)
+
+
+def _run(
+    binary: Path,
+    target: tuple[str, ...],
+    wavs: tuple[Path, ...],
+    out: Path,
+    args: tuple[str, ...],
+    timeout: float,
+) -> Run:
+    if not binary.is_file():
         raise AssertionError(
-            f"{VDEV} is missing: build it with `bash scripts/setup.sh` "
+            f"{binary} is missing: build it with `bash scripts/setup.sh` "
             "(cargo build --release --manifest-path firmware/Cargo.toml)"
         )
     out.mkdir(parents=True, exist_ok=True)
     cmd = [
-        str(VDEV),
-        "--server",
-        f"ws://{server}/ws/",
+        str(binary),
+        *([] if "--ws" in args else target),
         "--out",
         str(out),
         "--quiet",
@@ -75,7 +97,7 @@ def vdev(
         summary = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
         raise AssertionError(
-            f"echokit-vdev printed no summary (exit {proc.returncode}): {exc}\n"
+            f"{binary.name} printed no summary (exit {proc.returncode}): {exc}\n"
             f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-3000:]}"
         ) from None
     log = out / "events.jsonl"
