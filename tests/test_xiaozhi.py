@@ -307,6 +307,28 @@ def test_tokens_allow_list_and_refusals(serve, tmp_path):
     assert out["/xiaozhi/v1/"] == out["/xiaozhi/v1"] == 400
 
 
+def test_a_new_connection_of_the_board_pre_empts_the_old_one(serve, tmp_path):
+    app, _ = build(tmp_path)
+    addr = serve(app)
+
+    async def main():
+        old = await Board.open(addr)
+        await asyncio.wait_for(old.listed.wait(), 20)  # attached
+        new = await Board.open(addr)  # the same Device-Id
+        with pytest.raises(websockets.ConnectionClosedOK):
+            await old.recv(20)
+        await asyncio.wait_for(new.listed.wait(), 20)
+        await new.listen_start("auto")
+        await new.speak(QUESTION)
+        got = await new.until("stop")
+        await new.close()
+        return old.ws.close_code, got
+
+    code, got = run(main())
+    assert code == 1000
+    assert messages(got)[0]["type"] == "stt"  # the session goes on with the new one
+
+
 def test_idle_connection_is_closed(serve, tmp_path):
     app, _ = app_with(tmp_path, idle_close_s=0.5)
     addr = serve(app)

@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -107,10 +108,9 @@ def routes(state: AppState) -> list[BaseRoute]:
         if not auth.allows(device_id, given("client-id") or "", given("authorization")):
             log.warning("device %s: xiaozhi authentication failed", printable(device_id))
             timeout = limits.device_send_timeout_s
-            try:
+            with contextlib.suppress(DeviceGone):
                 await socket.send(ws, AUTH_FAILED, timeout=timeout, log_id=printable(device_id))
-            finally:
-                await socket.close(ws, 1008, "authentication failed", timeout=timeout)
+            await socket.close(ws, 1008, "authentication failed", timeout=timeout)
             return
         assert state.sessions is not None, "the EchoKit routes make the session manager"
         await serve(
