@@ -158,6 +158,10 @@ speaker = "soak"
 platform = "openai_chat"
 url = "http://{chat_addr}/v1/chat/completions"
 history = 5
+
+[limits]  # devices and fuzzers all connect from 127.0.0.1 (the caps are tested on their own)
+max_connections = {max(1000, 8 * soak.devices)}
+max_connections_per_ip = {max(1000, 8 * soak.devices)}
 """
         )
         log = tmp / "server.log"

@@ -74,7 +74,11 @@ def test_a_text_frame_that_is_not_utf8_is_one_warning_and_a_1007(serve, tmp_path
     host, port = addr.split(":")
     proto = ClientProtocol(parse_uri(f"ws://{addr}/ws/dev"))
 
-    with records("uvicorn") as got, socket.create_connection((host, int(port)), 20) as sock:
+    with (
+        records("uvicorn") as got,
+        records("asyncio") as loop_errors,
+        socket.create_connection((host, int(port)), 20) as sock,
+    ):
         proto.send_request(proto.connect())
         sock.sendall(b"".join(proto.data_to_send()))
         while proto.state is not State.OPEN:
@@ -88,6 +92,7 @@ def test_a_text_frame_that_is_not_utf8_is_one_warning_and_a_1007(serve, tmp_path
     assert [r.levelno for r in utf8] == [logging.WARNING]
     assert utf8[0].exc_info is None
     assert not [r for r in got if r.levelno >= logging.ERROR]
+    assert not [r for r in loop_errors if r.levelno >= logging.ERROR]
 
 
 def test_a_recording_that_cannot_start_is_one_warning(serve, tmp_path):

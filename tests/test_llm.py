@@ -621,3 +621,30 @@ def test_mcp_server_gone_at_call_time_is_a_backend_error(chat):
     err, hist = run(go())
     assert err.notice == "A tool the assistant needed is not available."
     assert hist == [{"role": "user", "content": "x"}]
+
+
+def test_prompts_and_includes_over_the_size_cap_are_not_used(chat):
+    """A prompts_url or {{url}} body over PROMPT_MAX_BYTES is refused while it is read (the
+    configured prompt, or the URL itself, is used)."""
+    from echokit_fast.backends.http import PROMPT_MAX_BYTES
+
+    base = f"http://{chat.addr}"
+    huge = "x" * (PROMPT_MAX_BYTES + 1)
+    chat.prompts = {"sys_prompts": [{"role": "system", "content": huge}], "dynamic_prompts": []}
+    chat.includes["big"] = huge
+    chat.includes["small"] = "SMALL"
+    sys = f"{{{{{base}/include/big}}}} {{{{{base}/include/small}}}}"
+    cfg = llm_cfg(
+        chat.addr, prompts_url=f"{base}/prompts", sys_prompts=[{"role": "system", "content": sys}]
+    )
+
+    async def go():
+        be = ChatBackend(cfg)
+        await collect(be.conversation(), "x")
+        await be.aclose()
+
+    run(go())
+    assert chat.requests[0].json["messages"][0] == {
+        "role": "system",
+        "content": f"{base}/include/big SMALL",
+    }

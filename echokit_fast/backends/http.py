@@ -138,6 +138,22 @@ async def read_body(resp: Any, cap: int, notices: Notices, where: str) -> bytes:
     return bytes(body)
 
 
+#: bytes of a prompt a config fetches (``prompts_url``, a ``{{url}}`` include)
+PROMPT_MAX_BYTES = 1 << 20
+
+
+async def get_capped(client: httpx.AsyncClient, url: str, cap: int) -> tuple[int, bytes]:
+    """GET ``url``: its status and body, read while within ``cap`` bytes (ValueError past it,
+    the rest never read)."""
+    async with client.stream("GET", url) as resp:
+        body = bytearray()
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > cap:
+                raise ValueError(f"a body over {cap} bytes")
+        return resp.status_code, bytes(body)
+
+
 async def error_text(resp: Any, limit: int = 300) -> str:
     """The first ``limit`` bytes of a streamed error body, decoded (the rest is not read)."""
     head = bytearray()

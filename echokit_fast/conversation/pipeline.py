@@ -209,8 +209,9 @@ class ReplyPipeline:
 
     async def _produce(self, items: AsyncIterator[Reply]) -> None:
         try:
-            await asyncio.wait_for(self._read(items), self.answer_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.answer_s):
+                await self._read(items)
+        except TimeoutError:
             self._error = TurnFailed(
                 http.LLM.timeout, "llm", f"the answer was not read within {self.answer_s} s"
             )

@@ -654,9 +654,11 @@ class Session:
         turn_s = self.manager.settings.turn_s
         try:
             try:
-                turn = self._turn(conn, trace, text, asr_task, end_vad, failure, live, items)
-                await asyncio.wait_for(turn, turn_s)
-            except asyncio.TimeoutError:
+                # in this task (not wait_for's own: a DeviceGone raised while it is cancelled
+                # would be an exception never retrieved)
+                async with asyncio.timeout(turn_s):
+                    await self._turn(conn, trace, text, asr_task, end_vad, failure, live, items)
+            except TimeoutError:
                 raise TurnFailed(TURN_TOO_LONG, "turn", f"the turn took over {turn_s} s") from None
         except TurnFailed as failure:
             trace.outcome = "error"

@@ -276,6 +276,9 @@ class EdgeHTTP(H11Protocol):
                 h11.EndOfMessage(),
             ):
                 self.transport.write(self.conn.send(event) or b"")
+            # the answer is given: what the application still sends goes nowhere (h11 would
+            # refuse a second response before connection_lost says the peer is gone)
+            self.cycle.disconnected = True
         # connection_lost tells the application (its receive gets http.disconnect, its
         # answer goes nowhere)
         self.transport.close()

@@ -21,6 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 __all__ = ["ABORT", "WebSocketProtocol", "abort"]
 
@@ -48,6 +49,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 b"".join(self.frames).decode()
             except UnicodeDecodeError:
                 self.frames = []
+                if self.conn.state is not State.OPEN:  # an earlier bad message began closing
+                    return
                 self.logger.warning(
                     '%s - "WebSocket %s" a text message is not valid UTF-8: closed (1007)',
                     get_client_addr(self.scope),

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import httpx
 
+from echokit_fast.backends.http import PROMPT_MAX_BYTES, get_capped
+
 __all__ = ["INCLUDE_MAX", "INCLUDE_TTL", "IncludeCache", "expand_includes"]
 
 log = logging.getLogger(__name__)
@@ -65,13 +67,13 @@ async def expand_includes(text: str, http: httpx.AsyncClient, cache: IncludeCach
         body = cache.get(url)
         if body is None:
             try:
-                resp = await http.get(url)
-                if resp.status_code == 200:
-                    body = resp.text
+                status, data = await get_capped(http, url, PROMPT_MAX_BYTES)
+                if status == 200:
+                    body = data.decode("utf-8", "replace")
                     cache.put(url, body)
                 else:
-                    log.warning("prompt include %s: HTTP %d", url, resp.status_code)
-            except httpx.HTTPError as exc:
+                    log.warning("prompt include %s: HTTP %d", url, status)
+            except (httpx.HTTPError, ValueError) as exc:
                 log.warning("prompt include %s: %s", url, exc)
         if body is not None:
             bodies[url] = body

@@ -9,11 +9,13 @@ first system prompt is expanded (:mod:`.includes`). ``openai_responses``
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import httpx
 
+from echokit_fast.backends.http import PROMPT_MAX_BYTES, get_capped
 from echokit_fast.backends.llm.includes import IncludeCache, expand_includes
 from echokit_fast.backends.schema import Message
 
@@ -41,10 +43,10 @@ async def load_prompts(
     dynamic = [as_msg(m) for m in cfg.dynamic_prompts]
     if cfg.prompts_url:
         try:
-            resp = await http.get(cfg.prompts_url)
-            if resp.status_code != 200:
-                raise ValueError(f"HTTP {resp.status_code}: {resp.text[:200]}")
-            data = resp.json()
+            status, body = await get_capped(http, cfg.prompts_url, PROMPT_MAX_BYTES)
+            if status != 200:
+                raise ValueError(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+            data = json.loads(body)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             got_sys = [as_msg(Message.model_validate(m)) for m in data["sys_prompts"]]

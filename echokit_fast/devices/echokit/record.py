@@ -154,10 +154,16 @@ class DiskUse:
         self._used: dict[str, int] = {}
         self._live: dict[str, int] = {}
 
-    def begin(self, device_id: str, on_disk: int) -> int:
-        """A recording of ``device_id`` starts (``on_disk``: its folder's bytes, just read);
-        returns the bytes in use. Pair with :meth:`end`."""
+    def begin(self, device_id: str) -> int | None:
+        """A recording of ``device_id`` starts: the bytes in use, or None when none of its
+        recordings is live (read its folder then, and :meth:`set`). Pair with :meth:`end`.
+        Counted live at once, so that a recording ending meanwhile keeps the count."""
         self._live[device_id] = self._live.get(device_id, 0) + 1
+        return self._used.get(device_id)
+
+    def set(self, device_id: str, on_disk: int) -> int:
+        """``on_disk``: the folder's bytes, read after :meth:`begin`; the bytes in use (the
+        count of a recording that began meanwhile wins: it was read as early)."""
         return self._used.setdefault(device_id, on_disk)
 
     def used(self, device_id: str) -> int:
@@ -169,7 +175,8 @@ class DiskUse:
     def end(self, device_id: str) -> None:
         self._live[device_id] -= 1
         if not self._live[device_id]:
-            del self._live[device_id], self._used[device_id]
+            del self._live[device_id]
+            self._used.pop(device_id, None)
 
 
 def _post(url: str, body: bytes) -> int:
@@ -210,14 +217,16 @@ async def record_session(
 
     log_id = printable(device_id)
     quota = limits.max_record_disk_bytes_per_device
+    used = disk.begin(device_id)
     try:
-        on_disk = await asyncio.to_thread(folder_bytes, resolve_file(root, device_id))
-    except OSError as exc:
-        log.warning("device %s: cannot start a recording: %s", log_id, exc)
-        await ws.send_denial_response(PlainTextResponse("Internal Server Error", 500))
-        return
-    used = disk.begin(device_id, on_disk)
-    try:
+        if used is None:
+            try:
+                on_disk = await asyncio.to_thread(folder_bytes, resolve_file(root, device_id))
+            except OSError as exc:
+                log.warning("device %s: cannot start a recording: %s", log_id, exc)
+                await ws.send_denial_response(PlainTextResponse("Internal Server Error", 500))
+                return
+            used = disk.set(device_id, on_disk)
         if used + HEADER_BYTES + 2 > quota:
             log.warning(
                 "device %s: recording refused: its recordings take %d bytes "
