@@ -231,6 +231,19 @@ class EdgeHTTP(H11Protocol):
             self._stall.cancel()
             self._stall = None
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers a malformed request with a 400 at once, even when an earlier request
+        # of the connection (pipelined) is still being answered: h11 then refuses that answer
+        # (a traceback per connection). The 400 ends the connection; the running answer is
+        # dropped, or, once it has begun, the connection is just closed.
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            if cycle.response_started:
+                self.transport.close()
+                return
+        super().send_400_response(msg)
+
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         self._stop_timers()  # the WebSocket protocol takes over the connection
         super().handle_websocket_upgrade(event)
