@@ -238,13 +238,16 @@ async def record_session(
             body = "recording refused: this device's recordings fill its disk quota"
             await ws.send_denial_response(PlainTextResponse(body, 507))
             return
+        # the header is counted before the file exists: a live recording of the device may
+        # fill the quota while the file is being made
+        disk.add(device_id, HEADER_BYTES)
         try:
             rec = await asyncio.to_thread(Recorder, root, device_id)
         except (OSError, ValueError) as exc:
+            disk.add(device_id, -HEADER_BYTES)
             log.warning("device %s: cannot start a recording: %s", log_id, exc)
             await ws.send_denial_response(PlainTextResponse("Internal Server Error", 500))
             return
-        disk.add(device_id, HEADER_BYTES)
         ending = await _record(ws, rec, disk, limits, idle_timeout)
     finally:
         disk.end(device_id)
