@@ -1,17 +1,18 @@
-"""What every device front end does with its WebSocket: send a frame within the device-send
-deadline (``[limits] device_send_timeout_s``; a device that stops reading is dropped) and
-close the socket."""
+"""What every device front end does with its WebSocket: read the device's frames, send a frame
+within the device-send deadline (``[limits] device_send_timeout_s``; a device that stops
+reading is dropped) and close the socket."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from echokit_fast.conversation.device import DeviceGone
 from echokit_fast.server.websocket import abort
 
-__all__ = ["close", "send"]
+__all__ = ["close", "read_frames", "send"]
 
 log = logging.getLogger("echokit_fast.device")
 
@@ -47,3 +48,31 @@ async def close(ws: Any, code: int, reason: str | None = None, *, timeout: float
         abort(ws.scope)
     except Exception:  # already closed or gone
         pass
+
+
+async def read_frames(
+    conn: Any,
+    on_bytes: Callable[[bytes], Awaitable[None]],
+    on_text: Callable[[str], Awaitable[None]],
+) -> None:
+    """Read ``conn.ws`` until the device goes: each binary frame to ``on_bytes``, each text one
+    to ``on_text``. A failure handling one frame is logged and reading goes on; DeviceGone
+    ends it. The device's disconnect clears ``conn.alive``; ``conn.done`` is set at the end."""
+    try:
+        while True:
+            msg = await conn.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                conn.alive = False
+                break
+            data = msg.get("bytes")
+            try:
+                if data is not None:
+                    await on_bytes(data)
+                elif msg.get("text") is not None:
+                    await on_text(msg["text"])
+            except DeviceGone:
+                break
+            except Exception:
+                log.exception("device %s: error handling a message", conn.log_id)
+    finally:
+        conn.done.set()

@@ -265,25 +265,10 @@ async def serve(
 
 
 async def _read(session: Session, conn: Connection) -> None:
-    ws = conn.ws
-    try:
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                conn.alive = False
-                break
-            data = msg.get("bytes")
-            try:
-                if data is not None:
-                    await session.audio(conn, conn.align(data))
-                elif msg.get("text") is not None:
-                    await _command(session, conn, msg["text"])
-            except DeviceGone:
-                break
-            except Exception:
-                log.exception("device %s: error handling a message", conn.log_id)
-    finally:
-        conn.done.set()
+    async def audio(data: bytes) -> None:
+        await session.audio(conn, conn.align(data))
+
+    await socket.read_frames(conn, audio, lambda text: _command(session, conn, text))
 
 
 async def _command(session: Session, conn: Connection, text: str) -> None:

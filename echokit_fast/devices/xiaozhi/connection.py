@@ -368,27 +368,12 @@ async def _until_done(session: Session, conn: Connection, idle_s: float) -> None
 
 
 async def _read(session: Session, conn: Connection) -> None:
-    ws = conn.ws
-    try:
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                conn.alive = False
-                break
-            data = msg.get("bytes")
-            try:
-                if data is not None:
-                    pcm = conn.mic(data)
-                    if pcm:
-                        await session.audio(conn, pcm)
-                elif msg.get("text") is not None:
-                    await _message(session, conn, msg["text"])
-            except DeviceGone:
-                break
-            except Exception:
-                log.exception("device %s: error handling a message", conn.log_id)
-    finally:
-        conn.done.set()
+    async def audio(data: bytes) -> None:
+        pcm = conn.mic(data)
+        if pcm:
+            await session.audio(conn, pcm)
+
+    await socket.read_frames(conn, audio, lambda text: _message(session, conn, text))
 
 
 async def _message(session: Session, conn: Connection, text: str) -> None:
