@@ -23,11 +23,13 @@ async def send(ws: Any, frame: bytes | str, *, timeout: float, log_id: str) -> N
     reading, so one WARNING names it and the connection is dropped at once (a TCP reset: a
     Close could not be written either)."""
     try:
-        if isinstance(frame, str):
-            await asyncio.wait_for(ws.send_text(frame), timeout)
-        else:
-            await asyncio.wait_for(ws.send_bytes(frame), timeout)
-    except asyncio.TimeoutError as exc:
+        # asyncio.timeout, not wait_for: no task per frame on this per-frame path
+        async with asyncio.timeout(timeout):
+            if isinstance(frame, str):
+                await ws.send_text(frame)
+            else:
+                await ws.send_bytes(frame)
+    except TimeoutError as exc:
         log.warning(
             "device %s: not reading: a frame waited %g s (device_send_timeout_s); "
             "connection dropped",
@@ -43,8 +45,9 @@ async def send(ws: Any, frame: bytes | str, *, timeout: float, log_id: str) -> N
 async def close(ws: Any, code: int, reason: str | None = None, *, timeout: float) -> None:
     """A Close frame, or the socket dropped when the device does not read it in ``timeout``."""
     try:
-        await asyncio.wait_for(ws.close(code, reason), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            await ws.close(code, reason)
+    except TimeoutError:
         abort(ws.scope)
     except Exception:  # already closed or gone
         pass
