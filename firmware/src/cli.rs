@@ -157,12 +157,7 @@ fn config(cli: &Cli) -> Result<Config, DeviceError> {
             cli.block
         )));
     }
-    if cli.devices == 0 || cli.devices > 100_000 {
-        return Err(usage(format!(
-            "--devices must be between 1 and 100000, got {}",
-            cli.devices
-        )));
-    }
+    check_devices(cli.devices)?;
     if cli.turns.is_empty() && cli.wavs.is_empty() {
         return Err(usage(
             "no turns: give at least one WAV (--turns or positional)",
@@ -220,28 +215,58 @@ async fn run_inner(cli: Cli, t0: Instant) -> Result<Summary, DeviceError> {
     let events = cli.out.as_ref().map(|d| d.join("events.jsonl"));
     let log = Arc::new(Logger::new(t0, events.as_deref(), cli.quiet).map_err(local)?);
 
-    let mut handles = Vec::with_capacity(ids.len());
-    for (i, id) in ids.into_iter().enumerate() {
-        let dev = Device::new(cfg.clone(), id, log.clone(), inputs.clone())?;
-        let delay = Duration::from_secs_f64(cli.stagger * i as f64);
-        handles.push(tokio::spawn(async move {
-            tokio::time::sleep_until(t0 + delay).await;
-            dev.run().await
-        }));
-    }
-    let mut devices = Vec::with_capacity(handles.len());
-    for h in handles {
-        devices.push(
-            h.await
-                .map_err(|e| local(format!("a device task failed: {e}")))?,
-        );
-    }
+    let devices = ids
+        .into_iter()
+        .map(|id| Device::new(cfg.clone(), id, log.clone(), inputs.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let devices = run_staggered(devices.into_iter().map(Device::run), cli.stagger, t0).await?;
     log.finish().map_err(local)?;
     let summary = Summary::of(devices);
     if let Some(dir) = &cli.out {
         write_summary(dir, &summary)?;
     }
     Ok(summary)
+}
+
+/// Runs the devices' futures at once, future i started i x `stagger` seconds after `t0`; their
+/// outcomes in order.
+pub async fn run_staggered<F>(
+    devices: impl IntoIterator<Item = F>,
+    stagger: f64,
+    t0: Instant,
+) -> Result<Vec<F::Output>, DeviceError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, dev)| {
+            let delay = Duration::from_secs_f64(stagger * i as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(t0 + delay).await;
+                dev.await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.map_err(|e| {
+            DeviceError::new(ErrorKind::Local, format!("a device task failed: {e}"))
+        })?);
+    }
+    Ok(out)
+}
+
+/// The `--devices` count, checked.
+pub fn check_devices(n: usize) -> Result<(), DeviceError> {
+    if n == 0 || n > 100_000 {
+        return Err(usage(format!(
+            "--devices must be between 1 and 100000, got {n}"
+        )));
+    }
+    Ok(())
 }
 
 /// `DIR/summary.json`.

@@ -13,7 +13,7 @@ use super::ota::{Identity, WsConfig};
 use super::summary::DeviceSummary;
 use super::wire::Mode;
 use crate::audio::load_wav;
-use crate::cli::{check_secs, report, usage, write_summary};
+use crate::cli::{check_devices, check_secs, report, run_staggered, usage, write_summary};
 use crate::device::TurnInput;
 use crate::log::Logger;
 use crate::summary::{DeviceError, ErrorKind, Summary};
@@ -84,6 +84,12 @@ pub struct Cli {
     /// Log and drop what the firmware would drop; by default that is a protocol violation.
     #[arg(long)]
     pub lenient: bool,
+    /// Run N devices at once; device i has the MAC of --mac + i (48 bits).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub devices: usize,
+    /// Device i boots i x S seconds after device 0.
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub stagger: f64,
     /// Write events.jsonl, summary.json and DIR/<mac digits>/reply-<turn>.wav.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -107,6 +113,24 @@ pub fn mac(s: &str) -> Result<String, DeviceError> {
     Ok(s.to_ascii_lowercase())
 }
 
+/// The MACs of `n` devices: `base` itself, then counting up as a 48-bit number.
+pub fn macs(base: &str, n: usize) -> Result<Vec<String>, DeviceError> {
+    let first = u64::from_str_radix(&base.replace(':', ""), 16).expect("a checked MAC");
+    if first + n as u64 - 1 > 0xffff_ffff_ffff {
+        return Err(usage(format!("--mac {base} + {n} devices exceeds 48 bits")));
+    }
+    Ok((first..first + n as u64)
+        .map(|m| {
+            let b = m.to_be_bytes();
+            b[2..]
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        })
+        .collect())
+}
+
 /// A stable UUID v4 layout made from the MAC (the firmware makes a random one on first boot).
 pub fn uuid_of(mac: &str) -> String {
     format!("00000000-0000-4000-8000-{}", mac.replace(':', ""))
@@ -116,6 +140,13 @@ fn config(cli: &Cli) -> Result<Config, DeviceError> {
     check_secs("gap", cli.gap, false)?;
     check_secs("timeout", cli.timeout, true)?;
     check_secs("speed", cli.speed, true)?;
+    check_secs("stagger", cli.stagger, false)?;
+    check_devices(cli.devices)?;
+    if cli.devices > 1 && cli.client_id.is_some() {
+        return Err(usage(
+            "--client-id names one device; leave it out with --devices (each gets its own)",
+        ));
+    }
     if cli.turns.is_empty() && cli.wavs.is_empty() {
         return Err(usage(
             "no turns: give at least one WAV (--turns or positional)",
@@ -194,9 +225,20 @@ async fn run_inner(cli: Cli, t0: Instant) -> Result<Summary<DeviceSummary>, Devi
     }
     let events = cli.out.as_ref().map(|d| d.join("events.jsonl"));
     let log = Arc::new(Logger::new(t0, events.as_deref(), cli.quiet).map_err(local)?);
-    let device = Device::new(cfg, log.clone(), inputs)?.run().await;
+    let devices = macs(&cfg.identity.mac, cli.devices)?
+        .into_iter()
+        .map(|mac| {
+            let mut one = (*cfg).clone();
+            if cli.devices > 1 {
+                one.identity.uuid = uuid_of(&mac);
+                one.identity.mac = mac;
+            }
+            Device::new(Arc::new(one), log.clone(), inputs.clone())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let devices = run_staggered(devices.into_iter().map(Device::run), cli.stagger, t0).await?;
     log.finish().map_err(local)?;
-    let summary = Summary::of(vec![device]);
+    let summary = Summary::of(devices);
     if let Some(dir) = &cli.out {
         write_summary(dir, &summary)?;
     }
@@ -268,6 +310,13 @@ mod tests {
         assert_eq!(c.identity.mac, "aa:bb:cc:dd:ee:ff");
         assert_eq!(c.mode, Mode::Manual);
         assert_eq!(c.abort_after, Some(Duration::from_millis(300)));
+        assert!(parse(&["--devices", "0", "a.wav"]).is_err());
+        assert!(parse(&["--devices", "2", "--client-id", "u", "a.wav"]).is_err());
+        assert_eq!(
+            macs("02:ec:00:00:00:ff", 2).unwrap(),
+            ["02:ec:00:00:00:ff", "02:ec:00:00:01:00"]
+        );
+        assert!(macs("ff:ff:ff:ff:ff:ff", 2).is_err());
         // --token needs --ws.
         assert!(Cli::try_parse_from(["xiaozhi-vdev", "--token", "t", "a.wav"]).is_err());
     }
