@@ -5,6 +5,8 @@
   the LLM a stand-in OpenAI-compatible server): the device speaks a synthesised question,
   the LLM receives its transcript, and the spoken answer the device gets back transcribes to
   the LLM's text.
+* The same for a xiaozhi board (``xiaozhi-vdev``: OTA, hello, 60 ms Opus up, the paced
+  24 kHz Opus down), two turns.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from asr_helpers import wer
 from device_fakes import Device, name
 from standins import ChatServer
+from vdev import xiaozhi_vdev
 
 from echokit_fast import audio
 from echokit_fast.backends.asr.local import LocalASR
@@ -132,6 +135,43 @@ def test_embedded_default_device_turn(serve, whisper, speaker) -> None:
     assert len(reply_audio) > 2 * SR
     heard = asyncio.run(whisper.transcribe(reply_audio, sample_rate=SR))
     assert wer(answer, heard) <= 0.15, heard
+
+
+def test_embedded_default_xiaozhi_board_two_turns(serve, whisper, speaker, tmp_path) -> None:
+    chat = ChatServer()
+    turns = [
+        ("What is the capital of France?", "The capital of France is Paris. It is lovely."),
+        ("Please turn on the kitchen lights.", "The kitchen lights are on now. Anything else?"),
+    ]
+    for _, answer in turns:
+        chat.reply([answer])
+    chat_addr = serve(chat.app)
+    ctx = AppState(default_config(llm_url=f"http://{chat_addr}/v1"))
+    ctx.asr, ctx.tts = whisper, speaker
+    ctx.record_dir = Path("/nonexistent")
+    addr = serve(create_app(state=ctx))
+
+    wavs = []
+    for i, (question, _) in enumerate(turns):
+        wavs.append(tmp_path / f"q{i}.wav")
+        wavs[-1].write_bytes(audio.write_wav(speaker.synthesize(question, sample_rate=SR), SR))
+    # the board streams from `listen start` on: 1.5 s of silence, the question, silence
+    args = ("--speed", "2", "--gap", "1.5", "--timeout", "120")
+    run = xiaozhi_vdev(addr, *wavs, out=tmp_path / "board", args=args)
+    assert run.returncode == 0, run.describe()
+    records = run.turns()
+    assert len(records) == 2
+    for (question, answer), rec in zip(turns, records, strict=True):
+        assert len(rec["stt"]) == 1 and wer(question, rec["stt"][0]) <= 0.25, rec["stt"]
+        assert "".join(rec["sentences"]).replace(" ", "") == answer.replace(" ", "")
+        assert rec["reply_rate"] == 24000 and rec["pacing"]["dropped_full"] == 0
+        reply, rate = audio.read_wav(Path(rec["reply_wav"]).read_bytes())
+        assert rate == 24000 and len(reply) > 2 * rate
+        heard = asyncio.run(whisper.transcribe(reply[:, 0], sample_rate=rate))
+        assert wer(answer, heard) <= 0.15, heard
+    # the LLM got each transcript as the user's message, the second after the first exchange
+    sent = chat.requests[-1].json["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == [r["stt"][0] for r in records]
 
 
 def test_vad_finds_synthesised_speech_where_it_was_placed(speaker) -> None:

@@ -177,6 +177,40 @@ def test_realtime_mode_listens_again_without_listen_start(serve, tmp_path):
     assert len(f.convs.of(DEVICE_ID).history) == 4
 
 
+def test_realtime_mode_user_speaking_over_the_answer_cuts_it(serve, tmp_path):
+    speaker = FakeSpeaker(length=lambda text: 10 * SR)  # 10 s a segment
+    app, f = build(tmp_path, speaker=speaker)
+    addr = serve(app)
+
+    async def main():
+        board = await Board.open(addr)
+        await board.listen_start("realtime")
+        await board.speak(QUESTION)
+        before: list[Received] = []
+        while len(packets(before)) < 10:
+            before.append(await board.recv())
+        # the microphone stays on (echo cancelled on the board): its silence cuts nothing
+        await board.speak(silence(2.0))
+        spoke = time.monotonic()
+        talking = asyncio.create_task(board.speak(FIXTURE + silence(1.0)))
+        cut = await board.until("stop")
+        await talking
+        answer = await board.until("stop")
+        await board.close()
+        return before, spoke, cut, answer
+
+    before, spoke, cut, answer = run(main())
+    assert [m.get("state") for m in messages(before)][:2] == [None, "start"]
+    assert [m.get("state") for m in messages(before + cut)].count("stop") == 1
+    assert cut[-1].at > spoke  # the speech cut it, not the silence before
+    assert len(packets(before + cut)) < 60  # a few seconds of the 30 s answer
+    assert "Hello there." in speaker.cancelled
+    # the interruption is the next question, its start not lost
+    assert messages(answer)[0]["type"] == "stt"
+    assert heard(answer) >= SPEECH_END - SPEECH_START
+    assert answer[-1].is_tts("stop") and len(f.transcriber.calls) == 2
+
+
 def test_manual_mode_waits_for_listen_stop_and_v3_framing(serve, tmp_path):
     app, f = build(tmp_path)
     addr = serve(app)

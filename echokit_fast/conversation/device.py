@@ -112,9 +112,19 @@ class DeviceConnection(DeviceOutput, Protocol):
     #: last :data:`~.session.PREROLL_S` seconds are kept), and each turn that ends (not
     #: cancelled) starts the next utterance without a :meth:`DeviceInput.start_listening`
     continuous_listening: bool
+    #: (with ``continuous_listening``) the device's microphone stays on through the answer,
+    #: its echo cancelled on the device (the xiaozhi realtime mode): the next utterance is
+    #: listened for from the end of the user's speech on, and speech heard in it while the
+    #: answer is still running cuts the answer (:meth:`answer_cut`) -- a barge-in
+    barge_in: bool
     #: the device's own tools, offered to its conversation's LLM while this connection is the
     #: session's (None: none)
     tools: ToolBox | None
+
+    async def answer_cut(self) -> None:
+        """The user spoke over the answer (:attr:`barge_in`): the turn was cancelled; end its
+        playback on the device. The utterance that cut it goes on."""
+        ...
 
     def disconnect(self) -> None:
         """End this connection from the server's side (a newer connection for the device took

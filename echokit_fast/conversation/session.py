@@ -474,7 +474,7 @@ class Session:
         stream = conn.server_vad
         utt = self.utt
         if stream:
-            if utt is None or self.responding:
+            if utt is None or (self.responding and not conn.barge_in):
                 return  # audio outside listening .. end of speech is not part of any utterance
         else:
             if utt is None:
@@ -496,10 +496,20 @@ class Session:
         events = await detector.feed(data)
         if conn.continuous_listening and not detector.speech_seen:
             del utt.pcm[:-PREROLL_BYTES]  # nobody spoke yet: keep only the pre-roll
+        elif stream and self.responding and self.utt is utt:
+            await self._barge_in(conn)
         if stream:  # (else the detector only says whether there was speech)
             for event in events:
                 if not await self._turn_event(conn, utt, event):
                     return
+
+    async def _barge_in(self, conn: DeviceConnection) -> None:
+        """The user speaks over the answer (:attr:`DeviceConnection.barge_in`): it is cut, and
+        the utterance listened for during it goes on."""
+        log.info("device %s: the user spoke over the answer: cutting it", self.log_id)
+        await self.cancel_turn()
+        if conn is self.conn:
+            await conn.answer_cut()
 
     async def _turn_event(self, conn: DeviceConnection, utt: Utterance, event: TurnEvent) -> bool:
         """Act on an event of ``utt``'s detector; False once the utterance is over (or the
@@ -580,6 +590,8 @@ class Session:
             task, utt.round_task, utt.round_tr = utt.round_task, None, None
         utt.release()
         self._start_turn(conn, asr_task=task, end_vad=True, trace=trace)
+        if conn.barge_in and conn.continuous_listening:
+            self.utt = self._new_utterance(conn)  # listening through the answer
 
     def _end_live_utterance(
         self,

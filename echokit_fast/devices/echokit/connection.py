@@ -98,6 +98,7 @@ class Connection:
         self.keep_history = flags.reconnect
         self.server_vad = flags.stream_asr
         self.continuous_listening = False  # StartChat starts each utterance
+        self.barge_in = False  # the firmware barges in with StartChat
         self.tools = None  # the firmware has none of its own
         self.done = asyncio.Event()  # the handler should end: socket gone or pre-empted
         self.alive = True
@@ -127,6 +128,9 @@ class Connection:
         for frame in frames:
             await self.send(frame)
         return len(frames)
+
+    async def answer_cut(self) -> None:
+        pass  # never called: no barge_in
 
     def disconnect(self) -> None:
         self.preempted = True

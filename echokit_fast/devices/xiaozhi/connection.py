@@ -99,6 +99,7 @@ class Connection:
         # until the first listen start: no utterance, the audio is dropped
         self.server_vad = True
         self.continuous_listening = False
+        self.barge_in = False
         self.speaking = False  # tts start sent, tts stop not yet
         #: the board's own MCP server (when its hello says it has one)
         self.tools: DeviceTools | None = None
@@ -139,6 +140,7 @@ class Connection:
         """A ``listen start`` in ``mode``."""
         self.mode = mode
         self.server_vad = self.continuous_listening = mode != "manual"
+        self.barge_in = mode == "realtime"  # the board's echo cancellation keeps it on
 
     def touch(self) -> None:
         """Something happened: the idle deadline starts again."""
@@ -169,6 +171,9 @@ class Connection:
             await self._pacer.slot()
             await self.send(protocol.pack_audio(packet, self.version))
         return len(packets)
+
+    async def answer_cut(self) -> None:
+        await self.stop_speaking()
 
     def disconnect(self) -> None:
         self.preempted = True
