@@ -19,6 +19,7 @@ from echokit_fast.server.app import create_app
 ALLOWED = "http://allowed.example"
 EVIL = "http://evil.example"
 KEY = "s3cret"
+AUTH = {"Authorization": f"Bearer {KEY}"}  # the /v1 routes need the key set below
 WAV_FORM = {"file": ("a.wav", b"not a wav", "audio/wav")}
 
 
@@ -39,7 +40,7 @@ def _upgrade(url: str, origin: str | None) -> int:
     """101 when the upgrade is accepted, else the refusal's status."""
 
     async def run() -> int:
-        headers = {"Origin": origin} if origin else None
+        headers = {**AUTH, "Origin": origin} if origin else AUTH
         try:
             async with websockets.connect(url, additional_headers=headers, open_timeout=30):
                 return 101
@@ -65,13 +66,13 @@ def test_websocket_upgrades_without_origin_same_origin_or_allowed_are_accepted(a
 @pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/vad"])
 def test_a_cross_origin_post_is_refused_and_not_run(addr, path) -> None:
     form = {"audio": WAV_FORM["file"], **WAV_FORM}
-    r = httpx.post(f"http://{addr}{path}", files=form, headers={"Origin": EVIL}, timeout=30)
+    r = httpx.post(f"http://{addr}{path}", files=form, headers={**AUTH, "Origin": EVIL}, timeout=30)
     assert r.status_code == 403
     assert "cross-origin POST refused" in r.text and "allowed_origins" in r.text
     # the same request without Origin, same-origin, or from the allowed origin is run (and
     # refused by the route itself: the file is no WAV)
     for headers in ({}, {"Origin": f"http://{addr}"}, {"Origin": ALLOWED}):
-        r = httpx.post(f"http://{addr}{path}", files=form, headers=headers, timeout=30)
+        r = httpx.post(f"http://{addr}{path}", files=form, headers={**AUTH, **headers}, timeout=30)
         assert r.status_code == 400, (headers, r.text)
     assert r.headers["access-control-allow-origin"] == ALLOWED
     # reads stay open to every origin (the browser keeps the answer from the page)

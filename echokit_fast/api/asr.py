@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast import audio
-from echokit_fast.api.common import BodyTooLarge, read_form, too_long_message
+from echokit_fast.api.common import ApiError, BodyTooLarge, read_form, too_long_message
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.server.state import AppState
 
@@ -83,24 +83,6 @@ _LANGUAGE_NAMES = {
     "fa": "persian",
     "yue": "cantonese",
 }
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-        self.code = code
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        headers = {"Retry-After": "1"} if self.status == 503 else None
-        body = {
-            "error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}
-        }
-        return JSONResponse(body, status_code=self.status, headers=headers)
 
 
 async def get_engine(state: AppState) -> Any:

@@ -55,7 +55,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Send
 
-from echokit_fast.api.common import BodyIncomplete, BodyTooLarge, read_body
+from echokit_fast.api.common import (
+    RETRY_AFTER_S,
+    ApiError,
+    BodyIncomplete,
+    BodyTooLarge,
+    read_body,
+)
 from echokit_fast.audio import float_to_pcm16, wav_header, write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.backends.tts.local import engine as tts
@@ -88,24 +94,8 @@ GSV_RATES = (48000, 44000, 32000, 24000, 16000, 8000)
 GSV_DEFAULT_RATE = 32000
 
 
-class _Invalid(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str = ""):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code or None
-
-
-def _openai_error(exc: _Invalid) -> JSONResponse:
-    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-    body = {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
-    return JSONResponse(body, status_code=exc.status, headers=headers)
-
-
-def _text_error(exc: _Invalid) -> PlainTextResponse:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+def _text_error(exc: ApiError) -> PlainTextResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
     return PlainTextResponse(exc.message, status_code=exc.status, headers=headers)
 
 
@@ -114,38 +104,38 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     users forget it); a form is refused with 415."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype.startswith(("multipart/", "application/x-www-form-urlencoded")):
-        raise _Invalid(415, f"expected Content-Type: application/json, got {ctype!r}")
+        raise ApiError(415, f"expected Content-Type: application/json, got {ctype!r}")
     try:
         raw = await read_body(request, limit)
     except BodyTooLarge as exc:
-        raise _Invalid(413, str(exc)) from None
+        raise ApiError(413, str(exc)) from None
     except BodyIncomplete as exc:
-        raise _Invalid(400, str(exc)) from None
+        raise ApiError(400, str(exc)) from None
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _Invalid(400, f"the body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
     except RecursionError:  # json's C parser recurses once per nesting level
-        raise _Invalid(400, "the body is not valid JSON: it is nested too deeply") from None
+        raise ApiError(400, "the body is not valid JSON: it is nested too deeply") from None
     if not isinstance(body, dict):
-        raise _Invalid(400, f"the body must be a JSON object, got {type(body).__name__}")
+        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
     return body
 
 
 def _input(body: dict[str, Any], missing_status: int) -> str:
     if "input" not in body:
-        raise _Invalid(missing_status, "missing field `input`", param="input")
+        raise ApiError(missing_status, "missing field `input`", param="input")
     text = body["input"]
     if not isinstance(text, str):
-        raise _Invalid(
+        raise ApiError(
             missing_status,
             f"`input` must be a string, got {type(text).__name__}",
             param="input",
         )
     if not text.strip():
-        raise _Invalid(400, "`input` is empty: nothing to say", param="input")
+        raise ApiError(400, "`input` is empty: nothing to say", param="input")
     if len(text) > MAX_INPUT_CHARS:
-        raise _Invalid(
+        raise ApiError(
             400,
             f"`input` is {len(text)} characters long; the limit is {MAX_INPUT_CHARS}",
             param="input",
@@ -159,20 +149,20 @@ async def _engine(state: AppState) -> tts.LocalSpeaker:
         return await asyncio.to_thread(state.tts_engine)
     except BackendError as exc:
         log.error("tts: %s", exc)
-        raise _Invalid(503, f"TTS service is not available: {exc.notice}") from None
+        raise ApiError(503, f"TTS service is not available: {exc.notice}") from None
 
 
 def _voice(engine: tts.LocalSpeaker, voice: Any, param: str, *, openai: bool) -> str | None:
     if voice is None:
         return None
     if not isinstance(voice, str):
-        raise _Invalid(400, f"`{param}` must be a string, got {type(voice).__name__}", param=param)
+        raise ApiError(400, f"`{param}` must be a string, got {type(voice).__name__}", param=param)
     if openai and voice not in engine.voices() and voice.lower() in OPENAI_VOICES:
         return None  # an OpenAI voice name: the configured voice
     try:
         return engine.resolve_voice(voice)
     except tts.UnknownVoice as exc:
-        raise _Invalid(400, str(exc), param=param, code="unknown_voice") from None
+        raise ApiError(400, str(exc), param=param, code="unknown_voice") from None
 
 
 async def _start(
@@ -186,10 +176,10 @@ async def _start(
     except StopAsyncIteration:
         first = None
     except BackendBusy as exc:
-        raise _Invalid(503, f"TTS service is busy: {exc}", code="server_busy") from None
+        raise ApiError(503, f"TTS service is busy: {exc}", code="server_busy") from None
     except BackendError as exc:
         log.error("tts: %s", exc)
-        raise _Invalid(500, "TTS service is not available") from None
+        raise ApiError(500, "TTS service is not available") from None
 
     async def chunks() -> AsyncIterator[np.ndarray]:
         try:
@@ -263,19 +253,19 @@ async def _openai_speech(state: AppState, body: dict[str, Any]) -> Response:
     text = _input(body, 400)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise _Invalid(400, f"`model` must be a string, got {type(model).__name__}", param="model")
+        raise ApiError(400, f"`model` must be a string, got {type(model).__name__}", param="model")
     fmt = body.get("response_format", "wav")
     if fmt is None:
         fmt = "wav"
     if fmt not in OPENAI_FORMATS:
-        raise _Invalid(
+        raise ApiError(
             400,
             f"response_format {fmt!r} is not supported; use one of {', '.join(OPENAI_FORMATS)}",
             param="response_format",
         )
     stream_format = body.get("stream_format")
     if stream_format not in (None, "audio"):
-        raise _Invalid(
+        raise ApiError(
             400,
             f"stream_format {stream_format!r} is not supported; use 'audio'",
             param="stream_format",
@@ -283,9 +273,9 @@ async def _openai_speech(state: AppState, body: dict[str, Any]) -> Response:
     speed = body.get("speed")
     if speed is not None:
         if isinstance(speed, bool) or not isinstance(speed, (int, float)):
-            raise _Invalid(400, f"`speed` must be a number, got {speed!r}", param="speed")
+            raise ApiError(400, f"`speed` must be a number, got {speed!r}", param="speed")
         if not tts.MIN_SPEED <= speed <= tts.MAX_SPEED:
-            raise _Invalid(
+            raise ApiError(
                 400,
                 f"`speed` must be between {tts.MIN_SPEED} and {tts.MAX_SPEED}, got {speed}",
                 param="speed",
@@ -310,15 +300,15 @@ async def _gsv_request(
     state: AppState, body: dict[str, Any]
 ) -> tuple[tts.LocalSpeaker, str, int, str | None]:
     if "speaker" in body and "voice" in body:
-        raise _Invalid(422, "duplicate field `speaker` (`voice` is its alias)")
+        raise ApiError(422, "duplicate field `speaker` (`voice` is its alias)")
     text = _input(body, 422)
     rate = body.get("sample_rate")
     if rate is None:
         rate = GSV_DEFAULT_RATE
     elif isinstance(rate, bool) or not isinstance(rate, int):
-        raise _Invalid(422, f"`sample_rate` must be an integer, got {rate!r}")
+        raise ApiError(422, f"`sample_rate` must be an integer, got {rate!r}")
     elif rate not in GSV_RATES:
-        raise _Invalid(
+        raise ApiError(
             400,
             f"Unsupported sample rate: {rate}, only {', '.join(map(str, GSV_RATES))} are supported",
         )
@@ -351,29 +341,29 @@ def routes(state: AppState) -> list[BaseRoute]:
     async def speech(request: Request) -> Response:
         try:
             body = await _json_body(request, limit)
-        except _Invalid as exc:
-            return _openai_error(exc)
+        except ApiError as exc:
+            return exc.response()
         if _is_gsv(body):
             try:
                 return await _gsv_whole(state, body)
-            except _Invalid as exc:
+            except ApiError as exc:
                 return _text_error(exc)
         try:
             return await _openai_speech(state, body)
-        except _Invalid as exc:
-            return _openai_error(exc)
+        except ApiError as exc:
+            return exc.response()
 
     async def stream_speech(request: Request) -> Response:
         try:
             body = await _json_body(request, limit)
             return await _gsv_stream(state, body)
-        except _Invalid as exc:
+        except ApiError as exc:
             return _text_error(exc)
 
     async def speakers(_request: Request) -> Response:
         try:
             engine = await _engine(state)
-        except _Invalid as exc:
+        except ApiError as exc:
             return _text_error(exc)
         return JSONResponse(engine.voices())
 

@@ -10,12 +10,14 @@ EchoKit and xiaozhi device front ends; each exposes `routes(state) -> list[BaseR
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast import __version__
 from echokit_fast.api import asr, realtime, tts, vad
+from echokit_fast.api.common import error_response
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
@@ -47,6 +49,23 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "loading"}, status_code=503)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's refusals (404 for an unknown path, 405 for a method a route does not take)
+    as OpenAI error bodies on the API's paths, as plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if not security.is_api_path(request.url.path):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 404:
+        message = f"Unknown request URL: {request.method} {request.url.path}"
+        code: str | None = "unknown_url"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+        code = "method_not_allowed"
+    else:
+        message, code = exc.detail, None
+    return error_response(exc.status_code, message, code=code, headers=exc.headers)
+
+
 def create_app(config: Config | None = None, *, state: AppState | None = None) -> Starlette:
     """The application over `state` (default: a new one for `config`)."""
     if state is None:
@@ -59,7 +78,10 @@ def create_app(config: Config | None = None, *, state: AppState | None = None) -
     for module in SERVICES:
         routes.extend(module.routes(state))
     app = Starlette(
-        routes=routes, middleware=security.middleware(state.config.server), lifespan=lifespan
+        routes=routes,
+        middleware=security.middleware(state.config.server),
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
     )
     app.state.echokit = state
     return app
