@@ -3,15 +3,18 @@
 Routes:
 
 * ``POST /v1/audio/speech`` — OpenAI-compatible (``model``, ``input``, ``voice``,
-  ``response_format`` ``wav`` or ``pcm``, ``speed``; ``instructions`` ignored).
-  ``wav`` (the default here; OpenAI's own default ``mp3`` is not offered) is
-  streamed as OpenAI streams it: 16-bit mono 24 kHz with a header whose RIFF and
-  data sizes are 0xFFFFFFFF ("to the end of the stream"), then PCM as each piece
-  is synthesised. ``pcm`` is raw s16le mono at 24 kHz. Any ``model`` is accepted.
+  ``response_format``, ``speed``, ``stream_format``; ``instructions`` ignored).
+  ``response_format``: ``mp3`` (the default, as OpenAI's), ``opus`` (Ogg), ``aac``
+  (ADTS), ``flac``, ``wav``, ``pcm`` (raw s16le), mono at 24 kHz
+  (:mod:`echokit_fast.api.speech_formats`), each streamed as it is synthesised and
+  encoded. ``stream_format: "sse"`` sends the same audio as Server-Sent Events:
+  ``speech.audio.delta`` (``audio``: base64) per piece, then ``speech.audio.done``.
+  Any ``model`` is accepted.
   ``voice`` is one of the engine's voices; OpenAI's built-in names (``alloy`` ...)
   that are not ours mean the configured voice, so clients set up for OpenAI work
-  unchanged. Errors are OpenAI-style JSON ``{"error": {"message", "type",
-  "param", "code"}}``.
+  unchanged. A voice the engine knows but cannot load (not downloaded, and no network
+  to fetch it) is a 400 naming it and how to install it. Errors are OpenAI-style
+  JSON ``{"error": {"message", "type", "param", "code"}}``.
 
   The same path is also gsv_tts's whole-utterance route. A body that has
   ``speaker`` or ``sample_rate`` and no ``model`` (what EchoKit's ``gsv`` platform
@@ -44,6 +47,7 @@ synthesis cancelled, the stream freed, the connection closed).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -62,7 +66,8 @@ from echokit_fast.api.common import (
     BodyTooLarge,
     read_body,
 )
-from echokit_fast.audio import float_to_pcm16, wav_header, write_wav
+from echokit_fast.api.speech_formats import FORMATS, Encoder, media_type
+from echokit_fast.audio import write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.server.state import AppState
@@ -72,7 +77,6 @@ log = logging.getLogger(__name__)
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
 MAX_BODY_BYTES = 256 * 1024  # 4096 characters as \uXXXX escapes fit easily
 OPENAI_RATE = 24000
-OPENAI_FORMATS = ("wav", "pcm")
 OPENAI_VOICES = frozenset(
     [
         "alloy",
@@ -177,6 +181,8 @@ async def _start(
         first = None
     except BackendBusy as exc:
         raise ApiError(503, f"TTS service is busy: {exc}", code="server_busy") from None
+    except tts.VoiceNotInstalled as exc:
+        raise ApiError(400, str(exc), param="voice", code="voice_not_installed") from None
     except BackendError as exc:
         log.error("tts: %s", exc)
         raise ApiError(500, "TTS service is not available") from None
@@ -194,18 +200,6 @@ async def _start(
             await stream.aclose()  # also on client disconnect: stops the synthesis
 
     return chunks()
-
-
-async def _pcm_bytes(
-    chunks: AsyncIterator[np.ndarray], header: bytes = b""
-) -> AsyncIterator[bytes]:
-    if header:
-        yield header
-    try:
-        async for chunk in chunks:
-            yield float_to_pcm16(chunk)
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 class _SlowClient(Exception):
@@ -249,44 +243,81 @@ def _streamed(state: AppState, chunks: AsyncIterator[bytes], media_type: str) ->
 # --- OpenAI -------------------------------------------------------------------------
 
 
+def _speed(body: dict[str, Any]) -> float | None:
+    speed = body.get("speed")
+    if speed is None:
+        return None
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)):
+        raise ApiError(400, f"`speed` must be a number, got {speed!r}", param="speed")
+    if not tts.MIN_SPEED <= speed <= tts.MAX_SPEED:
+        raise ApiError(
+            400,
+            f"`speed` must be between {tts.MIN_SPEED} and {tts.MAX_SPEED}, got {speed}",
+            param="speed",
+        )
+    return float(speed)
+
+
+async def _encoded(chunks: AsyncIterator[np.ndarray], encoder: Encoder) -> AsyncIterator[bytes]:
+    """The synthesised chunks in the encoder's format, each as soon as it is encoded."""
+    try:
+        async for chunk in chunks:
+            data = await asyncio.to_thread(encoder.encode, chunk)
+            if data:
+                yield data
+        tail = await asyncio.to_thread(encoder.finish)
+        if tail:
+            yield tail
+    finally:
+        encoder.close()
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+async def _events(audio: AsyncIterator[bytes], text: str) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: ``speech.audio.delta`` (the audio, base64) per piece, then
+    ``speech.audio.done`` (its usage counts the input's words as tokens; no output tokens)."""
+    try:
+        async for data in audio:
+            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            yield _sse(delta)
+    finally:
+        await audio.aclose()  # type: ignore[attr-defined]
+    words = len(text.split())
+    usage = {"input_tokens": words, "output_tokens": 0, "total_tokens": words}
+    yield _sse({"type": "speech.audio.done", "usage": usage})
+
+
 async def _openai_speech(state: AppState, body: dict[str, Any]) -> Response:
     text = _input(body, 400)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise ApiError(400, f"`model` must be a string, got {type(model).__name__}", param="model")
-    fmt = body.get("response_format", "wav")
-    if fmt is None:
-        fmt = "wav"
-    if fmt not in OPENAI_FORMATS:
+    fmt = body.get("response_format") or "mp3"  # OpenAI's default
+    if fmt not in FORMATS:
         raise ApiError(
             400,
-            f"response_format {fmt!r} is not supported; use one of {', '.join(OPENAI_FORMATS)}",
+            f"response_format {fmt!r} is not supported; use one of {', '.join(FORMATS)}",
             param="response_format",
         )
-    stream_format = body.get("stream_format")
-    if stream_format not in (None, "audio"):
+    stream_format = body.get("stream_format") or "audio"
+    if stream_format not in ("audio", "sse"):
         raise ApiError(
             400,
-            f"stream_format {stream_format!r} is not supported; use 'audio'",
+            f"stream_format {stream_format!r} is not supported; use 'audio' or 'sse'",
             param="stream_format",
         )
-    speed = body.get("speed")
-    if speed is not None:
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)):
-            raise ApiError(400, f"`speed` must be a number, got {speed!r}", param="speed")
-        if not tts.MIN_SPEED <= speed <= tts.MAX_SPEED:
-            raise ApiError(
-                400,
-                f"`speed` must be between {tts.MIN_SPEED} and {tts.MAX_SPEED}, got {speed}",
-                param="speed",
-            )
+    speed = _speed(body)
     engine = await _engine(state)
     voice = _voice(engine, body.get("voice"), "voice", openai=True)
     chunks = await _start(engine, text, OPENAI_RATE, voice, speed)
-    if fmt == "pcm":
-        return _streamed(state, _pcm_bytes(chunks), f"audio/pcm;rate={OPENAI_RATE}")
-    header = wav_header(OPENAI_RATE)  # 16-bit mono, sizes 0xFFFFFFFF: read to the end
-    return _streamed(state, _pcm_bytes(chunks, header), "audio/wav")
+    audio = _encoded(chunks, Encoder(fmt, OPENAI_RATE))
+    if stream_format == "sse":
+        return _streamed(state, _events(audio, text), "text/event-stream")
+    return _streamed(state, audio, media_type(fmt, OPENAI_RATE))
 
 
 # --- gsv_tts ------------------------------------------------------------------------
@@ -321,7 +352,7 @@ async def _gsv_request(
 async def _gsv_stream(state: AppState, body: dict[str, Any]) -> Response:
     engine, text, rate, voice = await _gsv_request(state, body)
     chunks = await _start(engine, text, rate, voice, None)
-    return _streamed(state, _pcm_bytes(chunks), f"audio/pcm;rate={rate}")
+    return _streamed(state, _encoded(chunks, Encoder("pcm", rate)), media_type("pcm", rate))
 
 
 async def _gsv_whole(state: AppState, body: dict[str, Any]) -> Response:
