@@ -279,8 +279,12 @@ def _ws_status(url: str, headers: dict[str, str]) -> int:
     return asyncio.run(run())
 
 
-def test_the_api_key_is_enforced_on_every_v1_route(serve) -> None:
-    config = API_ONLY + f'[server]\napi_key = "{KEY}"\napi_keys = ["{OTHER_KEY}"]\n'
+def test_the_api_key_is_enforced_on_every_v1_route(serve, tmp_path: Path) -> None:
+    config = (
+        API_ONLY
+        + f'[record]\ndir = "{tmp_path / "rec"}"\n'
+        + f'[server]\napi_key = "{KEY}"\napi_keys = ["{OTHER_KEY}"]\n'
+    )
     state = api_state(parse_config(config, log_issues=False).config)
     state.asr = LocalWhisper(FakeModel(), model_id="fake")
     app = create_app(state=state)
