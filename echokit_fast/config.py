@@ -276,6 +276,13 @@ class ServerConfig(Section):
             raise ValueError("an API key cannot be empty")
         return keys
 
+    @field_validator("device_token")
+    @classmethod
+    def _device_token(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the device token cannot be empty (omit the key for none)")
+        return None if value is None else value.strip()
+
     @field_validator("devices")
     @classmethod
     def _devices(cls, value: list[str] | None) -> list[str] | None:

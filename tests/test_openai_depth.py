@@ -377,3 +377,19 @@ def test_the_api_keys_of_serve_come_from_repeated_flags_or_the_environment() -> 
     args = build_parser().parse_args(["serve"])
     assert serve_settings(args, {"ECHOKIT_API_KEY": " env "}).api_key == ["env"]
     assert serve_settings(args, {}).api_key is None
+
+
+def test_api_keys_and_the_device_token_are_validated_at_load() -> None:
+    from echokit_fast.config import ConfigError
+
+    for server, needle in (
+        ('api_keys = ["ok", " "]\n', "an API key cannot be empty"),
+        ('device_token = " "\n', "the device token cannot be empty"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            parse_config(API_ONLY + "[server]\n" + server, log_issues=False)
+        assert needle in str(err.value)
+    cfg = parse_config(
+        API_ONLY + '[server]\napi_key = "a"\napi_keys = ["b", "c"]\n', log_issues=False
+    ).config
+    assert cfg.server.keys == ("a", "b", "c")
