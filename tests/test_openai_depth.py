@@ -220,6 +220,19 @@ def test_unknown_paths_and_methods_are_openai_errors(serve) -> None:
     assert plain.status_code == 404 and plain.headers["content-type"].startswith("text/plain")
 
 
+class BrokenWhisper(LocalWhisper):
+    def submit(self, *args, **kwargs):
+        raise RuntimeError("a bug")
+
+
+def test_an_unexpected_failure_is_an_openai_500(serve, clip) -> None:
+    url = start(serve, BrokenWhisper(FakeModel(), model_id="fake"))
+    r = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": ("a.wav", clip)})
+    assert r.status_code == 500
+    err = error_of(r)
+    assert err["type"] == "server_error" and "a bug" not in err["message"]
+
+
 def test_a_non_audio_upload_says_what_it_seems_to_be(serve) -> None:
     url = start(serve, LocalWhisper(FakeModel(), model_id="fake"))
     cases = {

@@ -66,6 +66,13 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, message, code=code, headers=exc.headers)
 
 
+async def server_error(request: Request, exc: Exception) -> Response:
+    """An unexpected exception (Starlette logs it): OpenAI's 500 body on the API's paths."""
+    if not security.is_api_path(request.url.path):
+        return PlainTextResponse("Internal Server Error", status_code=500)
+    return error_response(500, "The server had an error while processing your request.")
+
+
 def create_app(config: Config | None = None, *, state: AppState | None = None) -> Starlette:
     """The application over `state` (default: a new one for `config`)."""
     if state is None:
@@ -80,7 +87,7 @@ def create_app(config: Config | None = None, *, state: AppState | None = None) -
     app = Starlette(
         routes=routes,
         middleware=security.middleware(state.config.server),
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
     app.state.echokit = state
