@@ -109,7 +109,17 @@ def test_downloads_need_the_api_key_when_one_is_set(addr, path) -> None:
 
 
 def test_the_api_key_comes_from_the_environment_for_serve(tmp_path) -> None:
-    dead, addr = free_port(), f"127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "ECHOKIT_API_KEY": KEY}
+    with serve_process(_remote_config(tmp_path, addr), env=env):
+        url = f"http://{addr}/downloads/list/dev"
+        assert httpx.get(url, timeout=30).status_code == 401
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert httpx.get(url, headers=auth, timeout=30).status_code == 404  # no recordings
+
+
+def _remote_config(tmp_path, addr: str) -> str:
+    dead = free_port()
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'addr = "{addr}"\n'
@@ -119,11 +129,20 @@ def test_the_api_key_comes_from_the_environment_for_serve(tmp_path) -> None:
         f'[llm]\nplatform = "openai_chat"\nurl = "http://127.0.0.1:{dead}/v1/chat/completions"\n'
         "history = 1\n"
     )
-    with serve_process(str(cfg), env={**os.environ, "ECHOKIT_API_KEY": KEY}):
-        url = f"http://{addr}/downloads/list/dev"
-        assert httpx.get(url, timeout=30).status_code == 401
-        auth = {"Authorization": f"Bearer {KEY}"}
-        assert httpx.get(url, headers=auth, timeout=30).status_code == 404  # no recordings
+    return str(cfg)
+
+
+def test_serve_warns_once_when_open_to_the_network(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ECHOKIT_API_KEY"}
+    port = free_port()
+    with serve_process(_remote_config(tmp_path, f"0.0.0.0:{port}"), env=env) as served:
+        assert served.output.count(b"anyone on the network may use this server") == 1
+        # and the open API answers without a key
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 200
+    with serve_process(
+        _remote_config(tmp_path, f"0.0.0.0:{free_port()}"), "--api-key", KEY, env=env
+    ) as served:
+        assert b"anyone on the network" not in served.output
 
 
 def test_allowed_origins_are_validated_at_load() -> None:
