@@ -444,14 +444,39 @@ def decode_file(
         return _decode_with_av(av, data, max_seconds), DECODE_RATE
     except (AudioTooLong, AudioRateError):
         raise
-    except Exception as exc:  # PyAV's errors for data it cannot read
-        raise ValueError(
-            f"could not decode the audio file (WAV, or a format FFmpeg reads): {exc}"
-        ) from exc
+    except Exception as exc:  # PyAV's errors for data it cannot read (FFmpeg's errno inside)
+        raise ValueError(f"could not decode the audio: {guess_format(data)}") from exc
     finally:
         # PyAV's resampler holds FFmpeg memory until the collector frees it (faster-whisper
         # does the same: SYSTRAN/faster-whisper#390).
         gc.collect()
+
+
+#: what a file that is not audio often is, by its first bytes
+_SIGNATURES = (
+    (b"%PDF", "a PDF document"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "gzip data"),
+    (b"\x7fELF", "a program"),
+    (b"RIFF", "a RIFF file that is not a WAV with audio this server reads"),
+)
+
+
+def guess_format(data: bytes) -> str:
+    """What `data`, which no audio decoder reads, seems to be (for an error message)."""
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return f"the file looks like {name}, not audio"
+    head = data[:512].decode("utf-8", "replace")[:-1]  # (the cut may split a character)
+    if head and "\ufffd" not in head and all(c.isprintable() or c.isspace() for c in head):
+        return "the file looks like text, not audio"
+    return (
+        f"the data is in no audio format FFmpeg reads (it starts with {data[:8].hex(' ')}); "
+        "send WAV, MP3, Ogg, FLAC, WebM or M4A"
+    )
 
 
 def _declared_seconds(av: Any, container: Any, stream: Any) -> float | None:
@@ -518,4 +543,5 @@ __all__ += [
     "AudioRateError",
     "AudioTooLong",
     "decode_file",
+    "guess_format",
 ]

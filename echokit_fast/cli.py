@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         "else http://localhost:9091/v1); ignored with a config file",
     )
     serve.add_argument(
+        "--api-key",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="require Authorization: Bearer KEY on every /v1 API route and the downloads "
+        "(repeat for more keys; default: $ECHOKIT_API_KEY, else the config's [server] api_key)",
+    )
+    serve.add_argument(
         "--drain-timeout",
         type=float,
         default=None,
@@ -287,7 +295,8 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse
     """`args` with the serve settings a flag left unset taken from the environment
     (``ECHOKIT_LISTEN``, ``ECHOKIT_LOG_LEVEL``, ``ECHOKIT_LOG_FORMAT``, ``ECHOKIT_CONFIG``,
     then ``CONFIG_PATH``): a flag beats its variable; ``api_key`` is ``ECHOKIT_API_KEY``
-    (it beats the config's ``[server] api_key``). SettingError for a bad value."""
+    (``--api-key``, repeatable, beats it; either replaces the config's ``[server]`` keys).
+    SettingError for a bad value."""
     out = argparse.Namespace(**vars(args))
     if out.listen is None:
         out.listen = _from_env("ECHOKIT_LISTEN", _host_port, env)
@@ -300,7 +309,11 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse
     out.config_path = (
         args.config or args.config_pos or env.get("ECHOKIT_CONFIG") or env.get("CONFIG_PATH")
     ) or None
-    out.api_key = env.get("ECHOKIT_API_KEY", "").strip() or None
+    if not out.api_key:
+        key = env.get("ECHOKIT_API_KEY", "").strip()
+        out.api_key = [key] if key else None
+    elif not all(k.strip() for k in out.api_key):
+        raise SettingError("--api-key: a key cannot be empty")
     return out
 
 
@@ -309,6 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from echokit_fast.config import ConfigError, default_config, load_config, summary
     from echokit_fast.server import lifecycle
     from echokit_fast.server.app import create_app
+    from echokit_fast.server.security import exposure_warning
     from echokit_fast.server.state import AppState
 
     if args.config_pos and args.config and args.config_pos != args.config:
@@ -347,9 +361,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host, port = args.listen
         config = config.model_copy(update={"addr": f"{host}:{port}"})
     if args.api_key:
-        server = config.server.model_copy(update={"api_key": args.api_key})
+        keys = [k.strip() for k in args.api_key]
+        server = config.server.model_copy(update={"api_key": None, "api_keys": keys})
         config = config.model_copy(update={"server": server})
     log.info("config: %s\n%s", source, summary(config))
+    host, port = config.listen
+    warning = exposure_warning(config.server, host)
+    if warning:
+        log.warning("%s", warning)
 
     problems = unsupported(config)
     if problems:
@@ -360,7 +379,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.drain_timeout is not None:
         state.drain_timeout = args.drain_timeout
     app = create_app(state=state)
-    host, port = config.listen
     status = lifecycle.serve(state, app, host, port)
     if state.load_error is not None:  # a missing model, a broken install: say what
         print(

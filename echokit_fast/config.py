@@ -250,14 +250,38 @@ class ServerConfig(Section):
     """``[server]`` (ours): who may use the server. ``allowed_origins``: the web origins
     (``scheme://host[:port]``, or ``"*"`` for any) whose pages may open its WebSockets and send
     it state-changing requests, besides requests without an ``Origin`` (devices, curl) and
-    same-origin ones; ``api_key``: when set, ``/downloads/*`` needs ``Authorization: Bearer
-    <api_key>`` (``$ECHOKIT_API_KEY`` beats it); ``devices``: when set, the only device ids
-    (case-insensitive) the device WebSockets accept, the others refused with 403 before the
-    upgrade. See echokit_fast/server/security.py."""
+    same-origin ones; ``api_key`` (one key) and ``api_keys`` (more): when any is set, every
+    ``/v1`` API route and ``/downloads/*`` need ``Authorization: Bearer <a key>``
+    (``--api-key`` / ``$ECHOKIT_API_KEY`` replace them); ``devices``: when set, the only device
+    ids (case-insensitive) the device WebSockets accept, the others refused with 403 before the
+    upgrade; ``device_token``: when set, a device must also give it (``?token=`` or
+    ``Authorization``), else 401 before the upgrade. See echokit_fast/server/security.py."""
 
     allowed_origins: list[str] = Field(default_factory=list)
     api_key: str | None = None
+    api_keys: list[str] = Field(default_factory=list)
     devices: list[str] | None = None
+    device_token: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every API key (none: the API is open)."""
+        return tuple(k for k in (self.api_key, *self.api_keys) if k)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, value: list[str]) -> list[str]:
+        keys = [v.strip() for v in value]
+        if not all(keys):
+            raise ValueError("an API key cannot be empty")
+        return keys
+
+    @field_validator("device_token")
+    @classmethod
+    def _device_token(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the device token cannot be empty (omit the key for none)")
+        return None if value is None else value.strip()
 
     @field_validator("devices")
     @classmethod

@@ -42,6 +42,7 @@ Servers
   a 440 Hz tone lasting :meth:`TTSServer.duration` (``seconds_per_char`` x characters).
 
 Failure items (for every server's ``fail``/script): ``Fail(status=500)`` (JSON error body),
+``Fail(status=429, headers={"Retry-After": "1"})`` (with those headers),
 ``Fail(status=200, body=...)`` (that body, JSON for a dict: a wrong answer with a 200),
 ``Fail(hang=True)`` (never answer; the handler returns when the client goes away),
 ``Fail(cut_after=N)`` (send the status line and N body bytes, then drop the connection),
@@ -120,6 +121,7 @@ class Fail:
     body: Any = None
     flood: bytes | None = None
     every: float = 0.0
+    headers: dict[str, str] | None = None  # of a status answer (e.g. Retry-After)
 
 
 class _Base:
@@ -188,8 +190,8 @@ class _Base:
                 fail.body if fail.body is not None else {"error": {"message": "scripted failure"}}
             )
             if isinstance(body, (bytes, str)):
-                return Response(body, status_code=fail.status)
-            return JSONResponse(body, status_code=fail.status)
+                return Response(body, status_code=fail.status, headers=fail.headers)
+            return JSONResponse(body, status_code=fail.status, headers=fail.headers)
         return None
 
 

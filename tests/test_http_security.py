@@ -19,6 +19,7 @@ from echokit_fast.server.app import create_app
 ALLOWED = "http://allowed.example"
 EVIL = "http://evil.example"
 KEY = "s3cret"
+AUTH = {"Authorization": f"Bearer {KEY}"}  # the /v1 routes need the key set below
 WAV_FORM = {"file": ("a.wav", b"not a wav", "audio/wav")}
 
 
@@ -39,7 +40,7 @@ def _upgrade(url: str, origin: str | None) -> int:
     """101 when the upgrade is accepted, else the refusal's status."""
 
     async def run() -> int:
-        headers = {"Origin": origin} if origin else None
+        headers = {**AUTH, "Origin": origin} if origin else AUTH
         try:
             async with websockets.connect(url, additional_headers=headers, open_timeout=30):
                 return 101
@@ -65,13 +66,13 @@ def test_websocket_upgrades_without_origin_same_origin_or_allowed_are_accepted(a
 @pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/vad"])
 def test_a_cross_origin_post_is_refused_and_not_run(addr, path) -> None:
     form = {"audio": WAV_FORM["file"], **WAV_FORM}
-    r = httpx.post(f"http://{addr}{path}", files=form, headers={"Origin": EVIL}, timeout=30)
+    r = httpx.post(f"http://{addr}{path}", files=form, headers={**AUTH, "Origin": EVIL}, timeout=30)
     assert r.status_code == 403
     assert "cross-origin POST refused" in r.text and "allowed_origins" in r.text
     # the same request without Origin, same-origin, or from the allowed origin is run (and
     # refused by the route itself: the file is no WAV)
     for headers in ({}, {"Origin": f"http://{addr}"}, {"Origin": ALLOWED}):
-        r = httpx.post(f"http://{addr}{path}", files=form, headers=headers, timeout=30)
+        r = httpx.post(f"http://{addr}{path}", files=form, headers={**AUTH, **headers}, timeout=30)
         assert r.status_code == 400, (headers, r.text)
     assert r.headers["access-control-allow-origin"] == ALLOWED
     # reads stay open to every origin (the browser keeps the answer from the page)
@@ -108,7 +109,17 @@ def test_downloads_need_the_api_key_when_one_is_set(addr, path) -> None:
 
 
 def test_the_api_key_comes_from_the_environment_for_serve(tmp_path) -> None:
-    dead, addr = free_port(), f"127.0.0.1:{free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "ECHOKIT_API_KEY": KEY}
+    with serve_process(_remote_config(tmp_path, addr), env=env):
+        url = f"http://{addr}/downloads/list/dev"
+        assert httpx.get(url, timeout=30).status_code == 401
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert httpx.get(url, headers=auth, timeout=30).status_code == 404  # no recordings
+
+
+def _remote_config(tmp_path, addr: str) -> str:
+    dead = free_port()
     cfg = tmp_path / "config.toml"
     cfg.write_text(
         f'addr = "{addr}"\n'
@@ -118,11 +129,20 @@ def test_the_api_key_comes_from_the_environment_for_serve(tmp_path) -> None:
         f'[llm]\nplatform = "openai_chat"\nurl = "http://127.0.0.1:{dead}/v1/chat/completions"\n'
         "history = 1\n"
     )
-    with serve_process(str(cfg), env={**os.environ, "ECHOKIT_API_KEY": KEY}):
-        url = f"http://{addr}/downloads/list/dev"
-        assert httpx.get(url, timeout=30).status_code == 401
-        auth = {"Authorization": f"Bearer {KEY}"}
-        assert httpx.get(url, headers=auth, timeout=30).status_code == 404  # no recordings
+    return str(cfg)
+
+
+def test_serve_warns_once_when_open_to_the_network(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ECHOKIT_API_KEY"}
+    port = free_port()
+    with serve_process(_remote_config(tmp_path, f"0.0.0.0:{port}"), env=env) as served:
+        assert served.output.count(b"anyone on the network may use this server") == 1
+        # and the open API answers without a key
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 200
+    with serve_process(
+        _remote_config(tmp_path, f"0.0.0.0:{free_port()}"), "--api-key", KEY, env=env
+    ) as served:
+        assert b"anyone on the network" not in served.output
 
 
 def test_allowed_origins_are_validated_at_load() -> None:

@@ -112,7 +112,9 @@ class SlowReader:
 def open_readers(stack: ExitStack, addr: str, n: int, path: str = "/v1/audio/speech"):
     readers = []
     for _ in range(n):
-        reader = SlowReader(addr, path, {"model": "tts-1", "input": LONG, "voice": "alloy"})
+        # wav: a stream large enough to fill the socket buffers of a reader that stops reading
+        body = {"model": "tts-1", "input": LONG, "voice": "alloy", "response_format": "wav"}
+        reader = SlowReader(addr, path, body)
         stack.callback(reader.close)
         readers.append(reader)
     return readers
@@ -214,7 +216,8 @@ def test_a_slow_reader_is_cut_off_and_its_stream_freed(serve, tmp_path, engines)
         assert cut.seen.wait(20), "the slow reader was never cut off"
         assert engine.active_streams == 0
         # the HTTP API's stream is free: the next request gets it, and all of its audio
-        r = httpx.post(f"http://{addr}/v1/audio/speech", json={"input": "Go.", "voice": "alloy"})
+        go = {"input": "Go.", "voice": "alloy", "response_format": "wav"}
+        r = httpx.post(f"http://{addr}/v1/audio/speech", json=go)
         assert r.status_code == 200
         assert len(r.content) == 44 + 2 * len(engine.synthesize("Go.", sample_rate=24000))
         # what was sent before the cut still arrives, then the body ends unfinished

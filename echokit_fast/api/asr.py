@@ -1,15 +1,20 @@
-"""OpenAI-compatible speech recognition: ``POST /v1/audio/transcriptions``, ``GET /v1/models``.
+"""OpenAI-compatible speech recognition: ``POST /v1/audio/transcriptions`` and
+``POST /v1/audio/translations`` (Whisper's translate task: any language to English).
 
 Multipart fields as in the OpenAI API: ``file`` (required), ``model`` (accepted
 and ignored: the one embedded Whisper model answers every name, so clients
 configured for ``whisper-1`` or ``whisper-large-v3`` work unchanged),
-``language``, ``prompt``, ``response_format`` (``json``, ``text``,
-``verbose_json``, ``srt``, ``vtt``) and ``temperature``. WAV of any rate and
-channel count is decoded natively; other containers (mp3, ogg, flac, webm ...)
+``language`` (transcriptions), ``prompt``, ``response_format`` (``json``, ``text``,
+``verbose_json``, ``srt``, ``vtt``), ``temperature``, ``timestamp_granularities[]``
+(``word`` and/or ``segment``, with ``verbose_json``: ``words`` and ``segments`` in it) and
+``stream`` (``true``: Server-Sent Events, a ``transcript.text.delta`` per segment as
+Whisper decodes it, then ``transcript.text.done``; with ``json`` or ``text``). WAV of any
+rate and channel count is decoded natively; other containers (mp3, ogg, flac, webm ...)
 go through PyAV when it can decode them.
 
 Errors are OpenAI-style JSON, ``{"error": {"message", "type", "param", "code"}}``:
-400 for a missing or undecodable file, a sample rate outside 1000..384000 Hz and bad
+400 for a missing or undecodable file ("could not decode the audio: " and what the file
+seems to be), a sample rate outside 1000..384000 Hz and bad
 parameters; 413 for an upload over the body limit or audio longer than ``[limits]
 max_audio_s`` (10 minutes by default; refused from the header when it tells the length,
 else once decoding reaches the limit); 503 (with ``Retry-After``) when the engine's queue
@@ -21,24 +26,32 @@ runs).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast import audio
-from echokit_fast.api.common import BodyTooLarge, read_form, too_long_message
+from echokit_fast.api.common import (
+    ApiError,
+    BodyTooLarge,
+    error_body,
+    read_form,
+    too_long_message,
+)
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.server.state import AppState
 
 log = logging.getLogger(__name__)
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
-CREATED = 1_700_000_000  # a fixed "created" time for /v1/models entries
 
 # Whisper's language names, for verbose_json's "language" (OpenAI gives the name).
 _LANGUAGE_NAMES = {
@@ -85,24 +98,6 @@ _LANGUAGE_NAMES = {
 }
 
 
-class ApiError(Exception):
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
-        self.code = code
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        headers = {"Retry-After": "1"} if self.status == 503 else None
-        body = {
-            "error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}
-        }
-        return JSONResponse(body, status_code=self.status, headers=headers)
-
-
 async def get_engine(state: AppState) -> Any:
     """The app's ASR engine; a first use loads the model off the event loop."""
     return await asyncio.to_thread(state.asr_engine)
@@ -116,37 +111,50 @@ def _timestamp(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def render(result: Any, response_format: str) -> Response:
-    """The response for a TranscriptResult in one of RESPONSE_FORMATS."""
+def _verbose(result: Any, granularities: frozenset[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task": result.task,
+        "language": _LANGUAGE_NAMES.get(result.language, result.language),
+        "duration": round(result.duration, 3),
+        "text": result.text,
+    }
+    if "word" in granularities:
+        body["words"] = [
+            {"word": w.word.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
+            for s in result.segments
+            for w in s.words
+        ]
+    if "segment" in granularities or not granularities:  # OpenAI's default: segments
+        body["segments"] = [
+            {
+                "id": s.id,
+                "seek": s.seek,
+                "start": round(s.start, 3),
+                "end": round(s.end, 3),
+                "text": s.text,
+                "tokens": list(s.tokens),
+                "temperature": s.temperature,
+                "avg_logprob": s.avg_logprob,
+                "compression_ratio": s.compression_ratio,
+                "no_speech_prob": s.no_speech_prob,
+            }
+            for s in result.segments
+        ]
+    return body
+
+
+def render(
+    result: Any, response_format: str, granularities: frozenset[str] = frozenset()
+) -> Response:
+    """The response for a TranscriptResult in one of RESPONSE_FORMATS (`granularities`:
+    ``timestamp_granularities`` of verbose_json)."""
     if response_format == "json":
         return JSONResponse({"text": result.text})
     if response_format == "text":
         return PlainTextResponse(result.text + "\n" if result.text else "")
     segments = [s for s in result.segments if s.text.strip()]
     if response_format == "verbose_json":
-        return JSONResponse(
-            {
-                "task": "transcribe",
-                "language": _LANGUAGE_NAMES.get(result.language, result.language),
-                "duration": round(result.duration, 3),
-                "text": result.text,
-                "segments": [
-                    {
-                        "id": s.id,
-                        "seek": s.seek,
-                        "start": round(s.start, 3),
-                        "end": round(s.end, 3),
-                        "text": s.text,
-                        "tokens": list(s.tokens),
-                        "temperature": s.temperature,
-                        "avg_logprob": s.avg_logprob,
-                        "compression_ratio": s.compression_ratio,
-                        "no_speech_prob": s.no_speech_prob,
-                    }
-                    for s in result.segments
-                ],
-            }
-        )
+        return JSONResponse(_verbose(result, granularities))
     if response_format == "srt":
         blocks = [
             f"{i}\n{_timestamp(s.start, ',')} --> {_timestamp(s.end, ',')}\n{s.text.strip()}\n"
@@ -169,7 +177,25 @@ def _field(form: Any, name: str) -> str | None:
     return str(value)
 
 
-async def _parse(request: Request, state: AppState) -> tuple[bytes, dict[str, Any], str]:
+@dataclass(frozen=True)
+class _Request:
+    """A parsed transcription or translation request."""
+
+    data: bytes
+    options: dict[str, Any]  # for the engine's submit()
+    response_format: str
+    granularities: frozenset[str]
+    stream: bool
+
+
+def _bool(form: Any, name: str) -> bool:
+    value = (_field(form, name) or "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ApiError(400, f"{name} must be true or false, got {value!r}", param=name)
+    return value == "true"
+
+
+async def _parse(request: Request, state: AppState, task: str) -> _Request:
     try:
         form = await read_form(request, state.max_body_bytes)
     except BodyTooLarge as exc:
@@ -191,9 +217,36 @@ async def _parse(request: Request, state: AppState) -> tuple[bytes, dict[str, An
             f"got {response_format!r}",
             param="response_format",
         )
-    options: dict[str, Any] = {"timestamps": response_format in ("verbose_json", "srt", "vtt")}
+    granularities = frozenset(
+        str(v).strip()
+        for key in ("timestamp_granularities[]", "timestamp_granularities")
+        for v in form.getlist(key)
+    )
+    if granularities - {"word", "segment"}:
+        raise ApiError(
+            400,
+            "timestamp_granularities takes word and segment; got "
+            f"{', '.join(sorted(granularities - {'word', 'segment'}))}",
+            param="timestamp_granularities",
+        )
+    if granularities and response_format != "verbose_json":
+        raise ApiError(
+            400,
+            "timestamp_granularities needs response_format verbose_json",
+            param="timestamp_granularities",
+        )
+    stream = _bool(form, "stream")
+    if stream and response_format not in ("json", "text"):
+        raise ApiError(
+            400, "stream=true takes response_format json or text", param="response_format"
+        )
+    options: dict[str, Any] = {
+        "timestamps": response_format in ("verbose_json", "srt", "vtt"),
+        "words": "word" in granularities,
+        "task": task,
+    }
     language = (_field(form, "language") or "").strip().lower()
-    if language:
+    if language and task == "transcribe":  # a translation's language is detected
         options["language"] = language
     prompt = _field(form, "prompt")
     if prompt:
@@ -207,7 +260,7 @@ async def _parse(request: Request, state: AppState) -> tuple[bytes, dict[str, An
                 400, f"temperature must be a number, got {temperature!r}", param="temperature"
             ) from None
     _field(form, "model")  # accepted: one model serves every name
-    return data, options, response_format
+    return _Request(data, options, response_format, granularities, stream)
 
 
 async def _decode(data: bytes, state: AppState) -> tuple[np.ndarray, int]:
@@ -234,18 +287,80 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def transcriptions(request: Request) -> Response:
-    state: AppState = request.app.state.echokit
-    try:
-        data, options, response_format = await _parse(request, state)
-        gone = asyncio.ensure_future(_client_gone(request))
+def _service(task: str) -> Any:
+    async def endpoint(request: Request) -> Response:
+        state: AppState = request.app.state.echokit
         try:
-            result = await _transcribe(state, data, options, gone)
+            req = await _parse(request, state, task)
+            if req.stream:
+                return await _streamed(state, req)
+            gone = asyncio.ensure_future(_client_gone(request))
+            try:
+                result = await _transcribe(state, req.data, req.options, gone)
+            finally:
+                gone.cancel()
+        except ApiError as exc:
+            return exc.response()
+        return render(result, req.response_format, req.granularities)
+
+    return endpoint
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+async def _streamed(state: AppState, req: _Request) -> Response:
+    """OpenAI's streamed transcription: a ``transcript.text.delta`` event per segment as
+    Whisper decodes it, then ``transcript.text.done`` with the whole text. Errors before
+    the first byte are statuses; a failure later is an ``error`` event. The client leaving
+    cancels the job (Starlette cancels the body, whose ``finally`` cancels it)."""
+    loop = asyncio.get_running_loop()
+    segments: asyncio.Queue[Any] = asyncio.Queue()
+    options = {
+        **req.options,
+        "on_segment": lambda s: loop.call_soon_threadsafe(segments.put_nowait, s),
+    }
+    job = await _submit(state, req.data, options)
+    details = asyncio.ensure_future(job.details())
+    details.add_done_callback(lambda _f: segments.put_nowait(None))
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            while (segment := await segments.get()) is not None:
+                if segment.text.strip():
+                    yield _sse({"type": "transcript.text.delta", "delta": segment.text})
+            try:
+                result = details.result()
+            except BackendError as exc:
+                log.error("transcription failed: %s", exc)
+                message = f"{exc.notice} ({exc})"
+                yield _sse(error_body(500, message, code="engine_error"))
+                return
+            yield _sse({"type": "transcript.text.done", "text": result.text})
         finally:
-            gone.cancel()
-    except ApiError as exc:
-        return exc.response()
-    return render(result, response_format)
+            if not details.done():
+                job.cancel()
+                details.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _submit(state: AppState, data: bytes, options: dict[str, Any]) -> Any:
+    """The engine's job for an upload (ApiError for what is refused before it runs)."""
+    pcm, rate = await _decode(data, state)
+    try:
+        engine = await get_engine(state)
+    except Exception as exc:  # model missing or failing to load: a server problem
+        log.error("loading the ASR engine failed: %s", exc)
+        raise ApiError(500, f"the speech recognizer could not be loaded: {exc}") from exc
+    try:
+        return engine.submit(pcm, sample_rate=rate, **options)
+    except BackendBusy as exc:
+        raise ApiError(503, f"{exc.notice} ({exc})", code="engine_busy") from exc
+    except ValueError as exc:
+        param = next((p for p in ("language", "temperature") if str(exc).startswith(p)), None)
+        raise ApiError(400, str(exc), param=param) from exc
 
 
 async def _transcribe(
@@ -254,21 +369,10 @@ async def _transcribe(
     """The TranscriptResult of an upload; a client that leaves (`gone`) before it is
     ready has its job cancelled: dropped while queued, stopped at the next segment while
     running (:class:`~echokit_fast.backends.asr.local.WhisperJob`)."""
-    pcm, rate = await _decode(data, state)
-    try:
-        engine = await get_engine(state)
-    except Exception as exc:  # model missing or failing to load: a server problem
-        log.error("loading the ASR engine failed: %s", exc)
-        raise ApiError(500, f"the speech recognizer could not be loaded: {exc}") from exc
+    job = await _submit(state, data, options)
     if gone.done():
+        job.cancel()
         raise _client_left()
-    try:
-        job = engine.submit(pcm, sample_rate=rate, **options)
-    except BackendBusy as exc:
-        raise ApiError(503, f"{exc.notice} ({exc})", code="engine_busy") from exc
-    except ValueError as exc:
-        param = next((p for p in ("language", "temperature") if str(exc).startswith(p)), None)
-        raise ApiError(400, str(exc), param=param) from exc
     details = asyncio.ensure_future(job.details())
     await asyncio.wait({details, gone}, return_when=asyncio.FIRST_COMPLETED)
     if not details.done():
@@ -283,19 +387,8 @@ async def _transcribe(
         raise ApiError(500, f"{exc.notice} ({exc})", code="engine_error") from exc
 
 
-async def models(request: Request) -> JSONResponse:
-    """The engines loaded in this process that have a model id, in OpenAI's list format."""
-    state: AppState = request.app.state.echokit
-    data = [
-        {"id": e.model_id, "object": "model", "created": CREATED, "owned_by": "echokit-fast"}
-        for e in state.loaded()
-        if isinstance(getattr(e, "model_id", None), str)
-    ]
-    return JSONResponse({"object": "list", "data": data})
-
-
 def routes(state: AppState) -> list[BaseRoute]:
     return [
-        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/audio/transcriptions", _service("transcribe"), methods=["POST"]),
+        Route("/v1/audio/translations", _service("translate"), methods=["POST"]),
     ]

@@ -1,12 +1,62 @@
-"""Request helpers shared by the services: bounded bodies and multipart forms, the words of
-an audio-length refusal."""
+"""What the services share: the OpenAI error body, bounded bodies and multipart forms, the
+words of an audio-length refusal."""
 
 from __future__ import annotations
 
 from starlette.datastructures import FormData
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
 
 from echokit_fast.audio import AudioTooLong
+
+#: how long a client refused for load (429, 503) is told to wait, in seconds
+RETRY_AFTER_S = 1
+
+
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    if status == 401:
+        kind = "authentication_error"
+    elif status == 429:
+        kind = "rate_limit_error"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An OpenAI error answer; 429 and 503 carry ``Retry-After``."""
+    if status in (429, 503):
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
+    body = error_body(status, message, param=param, code=code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class ApiError(Exception):
+    """A refusal of an OpenAI-compatible route, answered by :meth:`response`."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, param=self.param, code=self.code)
 
 
 class BodyTooLarge(Exception):

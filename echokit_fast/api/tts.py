@@ -3,15 +3,18 @@
 Routes:
 
 * ``POST /v1/audio/speech`` — OpenAI-compatible (``model``, ``input``, ``voice``,
-  ``response_format`` ``wav`` or ``pcm``, ``speed``; ``instructions`` ignored).
-  ``wav`` (the default here; OpenAI's own default ``mp3`` is not offered) is
-  streamed as OpenAI streams it: 16-bit mono 24 kHz with a header whose RIFF and
-  data sizes are 0xFFFFFFFF ("to the end of the stream"), then PCM as each piece
-  is synthesised. ``pcm`` is raw s16le mono at 24 kHz. Any ``model`` is accepted.
+  ``response_format``, ``speed``, ``stream_format``; ``instructions`` ignored).
+  ``response_format``: ``mp3`` (the default, as OpenAI's), ``opus`` (Ogg), ``aac``
+  (ADTS), ``flac``, ``wav``, ``pcm`` (raw s16le), mono at 24 kHz
+  (:mod:`echokit_fast.api.speech_formats`), each streamed as it is synthesised and
+  encoded. ``stream_format: "sse"`` sends the same audio as Server-Sent Events:
+  ``speech.audio.delta`` (``audio``: base64) per piece, then ``speech.audio.done``.
+  Any ``model`` is accepted.
   ``voice`` is one of the engine's voices; OpenAI's built-in names (``alloy`` ...)
   that are not ours mean the configured voice, so clients set up for OpenAI work
-  unchanged. Errors are OpenAI-style JSON ``{"error": {"message", "type",
-  "param", "code"}}``.
+  unchanged. A voice the engine knows but cannot load (not downloaded, and no network
+  to fetch it) is a 400 naming it and how to install it. Errors are OpenAI-style
+  JSON ``{"error": {"message", "type", "param", "code"}}``.
 
   The same path is also gsv_tts's whole-utterance route. A body that has
   ``speaker`` or ``sample_rate`` and no ``model`` (what EchoKit's ``gsv`` platform
@@ -44,6 +47,7 @@ synthesis cancelled, the stream freed, the connection closed).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -55,8 +59,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Send
 
-from echokit_fast.api.common import BodyIncomplete, BodyTooLarge, read_body
-from echokit_fast.audio import float_to_pcm16, wav_header, write_wav
+from echokit_fast.api.common import (
+    RETRY_AFTER_S,
+    ApiError,
+    BodyIncomplete,
+    BodyTooLarge,
+    read_body,
+)
+from echokit_fast.api.speech_formats import FORMATS, Encoder, media_type
+from echokit_fast.audio import write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
 from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.server.state import AppState
@@ -66,7 +77,6 @@ log = logging.getLogger(__name__)
 MAX_INPUT_CHARS = 4096  # OpenAI's limit for /v1/audio/speech
 MAX_BODY_BYTES = 256 * 1024  # 4096 characters as \uXXXX escapes fit easily
 OPENAI_RATE = 24000
-OPENAI_FORMATS = ("wav", "pcm")
 OPENAI_VOICES = frozenset(
     [
         "alloy",
@@ -88,24 +98,8 @@ GSV_RATES = (48000, 44000, 32000, 24000, 16000, 8000)
 GSV_DEFAULT_RATE = 32000
 
 
-class _Invalid(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str = ""):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code or None
-
-
-def _openai_error(exc: _Invalid) -> JSONResponse:
-    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-    body = {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": exc.code}}
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
-    return JSONResponse(body, status_code=exc.status, headers=headers)
-
-
-def _text_error(exc: _Invalid) -> PlainTextResponse:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+def _text_error(exc: ApiError) -> PlainTextResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
     return PlainTextResponse(exc.message, status_code=exc.status, headers=headers)
 
 
@@ -114,38 +108,38 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     users forget it); a form is refused with 415."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype.startswith(("multipart/", "application/x-www-form-urlencoded")):
-        raise _Invalid(415, f"expected Content-Type: application/json, got {ctype!r}")
+        raise ApiError(415, f"expected Content-Type: application/json, got {ctype!r}")
     try:
         raw = await read_body(request, limit)
     except BodyTooLarge as exc:
-        raise _Invalid(413, str(exc)) from None
+        raise ApiError(413, str(exc)) from None
     except BodyIncomplete as exc:
-        raise _Invalid(400, str(exc)) from None
+        raise ApiError(400, str(exc)) from None
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _Invalid(400, f"the body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
     except RecursionError:  # json's C parser recurses once per nesting level
-        raise _Invalid(400, "the body is not valid JSON: it is nested too deeply") from None
+        raise ApiError(400, "the body is not valid JSON: it is nested too deeply") from None
     if not isinstance(body, dict):
-        raise _Invalid(400, f"the body must be a JSON object, got {type(body).__name__}")
+        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
     return body
 
 
 def _input(body: dict[str, Any], missing_status: int) -> str:
     if "input" not in body:
-        raise _Invalid(missing_status, "missing field `input`", param="input")
+        raise ApiError(missing_status, "missing field `input`", param="input")
     text = body["input"]
     if not isinstance(text, str):
-        raise _Invalid(
+        raise ApiError(
             missing_status,
             f"`input` must be a string, got {type(text).__name__}",
             param="input",
         )
     if not text.strip():
-        raise _Invalid(400, "`input` is empty: nothing to say", param="input")
+        raise ApiError(400, "`input` is empty: nothing to say", param="input")
     if len(text) > MAX_INPUT_CHARS:
-        raise _Invalid(
+        raise ApiError(
             400,
             f"`input` is {len(text)} characters long; the limit is {MAX_INPUT_CHARS}",
             param="input",
@@ -159,20 +153,20 @@ async def _engine(state: AppState) -> tts.LocalSpeaker:
         return await asyncio.to_thread(state.tts_engine)
     except BackendError as exc:
         log.error("tts: %s", exc)
-        raise _Invalid(503, f"TTS service is not available: {exc.notice}") from None
+        raise ApiError(503, f"TTS service is not available: {exc.notice}") from None
 
 
 def _voice(engine: tts.LocalSpeaker, voice: Any, param: str, *, openai: bool) -> str | None:
     if voice is None:
         return None
     if not isinstance(voice, str):
-        raise _Invalid(400, f"`{param}` must be a string, got {type(voice).__name__}", param=param)
+        raise ApiError(400, f"`{param}` must be a string, got {type(voice).__name__}", param=param)
     if openai and voice not in engine.voices() and voice.lower() in OPENAI_VOICES:
         return None  # an OpenAI voice name: the configured voice
     try:
         return engine.resolve_voice(voice)
     except tts.UnknownVoice as exc:
-        raise _Invalid(400, str(exc), param=param, code="unknown_voice") from None
+        raise ApiError(400, str(exc), param=param, code="unknown_voice") from None
 
 
 async def _start(
@@ -186,10 +180,12 @@ async def _start(
     except StopAsyncIteration:
         first = None
     except BackendBusy as exc:
-        raise _Invalid(503, f"TTS service is busy: {exc}", code="server_busy") from None
+        raise ApiError(503, f"TTS service is busy: {exc}", code="server_busy") from None
+    except tts.VoiceNotInstalled as exc:
+        raise ApiError(400, str(exc), param="voice", code="voice_not_installed") from None
     except BackendError as exc:
         log.error("tts: %s", exc)
-        raise _Invalid(500, "TTS service is not available") from None
+        raise ApiError(500, "TTS service is not available") from None
 
     async def chunks() -> AsyncIterator[np.ndarray]:
         try:
@@ -204,18 +200,6 @@ async def _start(
             await stream.aclose()  # also on client disconnect: stops the synthesis
 
     return chunks()
-
-
-async def _pcm_bytes(
-    chunks: AsyncIterator[np.ndarray], header: bytes = b""
-) -> AsyncIterator[bytes]:
-    if header:
-        yield header
-    try:
-        async for chunk in chunks:
-            yield float_to_pcm16(chunk)
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 class _SlowClient(Exception):
@@ -259,44 +243,81 @@ def _streamed(state: AppState, chunks: AsyncIterator[bytes], media_type: str) ->
 # --- OpenAI -------------------------------------------------------------------------
 
 
+def _speed(body: dict[str, Any]) -> float | None:
+    speed = body.get("speed")
+    if speed is None:
+        return None
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)):
+        raise ApiError(400, f"`speed` must be a number, got {speed!r}", param="speed")
+    if not tts.MIN_SPEED <= speed <= tts.MAX_SPEED:
+        raise ApiError(
+            400,
+            f"`speed` must be between {tts.MIN_SPEED} and {tts.MAX_SPEED}, got {speed}",
+            param="speed",
+        )
+    return float(speed)
+
+
+async def _encoded(chunks: AsyncIterator[np.ndarray], encoder: Encoder) -> AsyncIterator[bytes]:
+    """The synthesised chunks in the encoder's format, each as soon as it is encoded."""
+    try:
+        async for chunk in chunks:
+            data = await asyncio.to_thread(encoder.encode, chunk)
+            if data:
+                yield data
+        tail = await asyncio.to_thread(encoder.finish)
+        if tail:
+            yield tail
+    finally:
+        encoder.close()
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+async def _events(audio: AsyncIterator[bytes], text: str) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: ``speech.audio.delta`` (the audio, base64) per piece, then
+    ``speech.audio.done`` (its usage counts the input's words as tokens; no output tokens)."""
+    try:
+        async for data in audio:
+            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            yield _sse(delta)
+    finally:
+        await audio.aclose()  # type: ignore[attr-defined]
+    words = len(text.split())
+    usage = {"input_tokens": words, "output_tokens": 0, "total_tokens": words}
+    yield _sse({"type": "speech.audio.done", "usage": usage})
+
+
 async def _openai_speech(state: AppState, body: dict[str, Any]) -> Response:
     text = _input(body, 400)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise _Invalid(400, f"`model` must be a string, got {type(model).__name__}", param="model")
-    fmt = body.get("response_format", "wav")
-    if fmt is None:
-        fmt = "wav"
-    if fmt not in OPENAI_FORMATS:
-        raise _Invalid(
+        raise ApiError(400, f"`model` must be a string, got {type(model).__name__}", param="model")
+    fmt = body.get("response_format") or "mp3"  # OpenAI's default
+    if fmt not in FORMATS:
+        raise ApiError(
             400,
-            f"response_format {fmt!r} is not supported; use one of {', '.join(OPENAI_FORMATS)}",
+            f"response_format {fmt!r} is not supported; use one of {', '.join(FORMATS)}",
             param="response_format",
         )
-    stream_format = body.get("stream_format")
-    if stream_format not in (None, "audio"):
-        raise _Invalid(
+    stream_format = body.get("stream_format") or "audio"
+    if stream_format not in ("audio", "sse"):
+        raise ApiError(
             400,
-            f"stream_format {stream_format!r} is not supported; use 'audio'",
+            f"stream_format {stream_format!r} is not supported; use 'audio' or 'sse'",
             param="stream_format",
         )
-    speed = body.get("speed")
-    if speed is not None:
-        if isinstance(speed, bool) or not isinstance(speed, (int, float)):
-            raise _Invalid(400, f"`speed` must be a number, got {speed!r}", param="speed")
-        if not tts.MIN_SPEED <= speed <= tts.MAX_SPEED:
-            raise _Invalid(
-                400,
-                f"`speed` must be between {tts.MIN_SPEED} and {tts.MAX_SPEED}, got {speed}",
-                param="speed",
-            )
+    speed = _speed(body)
     engine = await _engine(state)
     voice = _voice(engine, body.get("voice"), "voice", openai=True)
     chunks = await _start(engine, text, OPENAI_RATE, voice, speed)
-    if fmt == "pcm":
-        return _streamed(state, _pcm_bytes(chunks), f"audio/pcm;rate={OPENAI_RATE}")
-    header = wav_header(OPENAI_RATE)  # 16-bit mono, sizes 0xFFFFFFFF: read to the end
-    return _streamed(state, _pcm_bytes(chunks, header), "audio/wav")
+    audio = _encoded(chunks, Encoder(fmt, OPENAI_RATE))
+    if stream_format == "sse":
+        return _streamed(state, _events(audio, text), "text/event-stream")
+    return _streamed(state, audio, media_type(fmt, OPENAI_RATE))
 
 
 # --- gsv_tts ------------------------------------------------------------------------
@@ -310,15 +331,15 @@ async def _gsv_request(
     state: AppState, body: dict[str, Any]
 ) -> tuple[tts.LocalSpeaker, str, int, str | None]:
     if "speaker" in body and "voice" in body:
-        raise _Invalid(422, "duplicate field `speaker` (`voice` is its alias)")
+        raise ApiError(422, "duplicate field `speaker` (`voice` is its alias)")
     text = _input(body, 422)
     rate = body.get("sample_rate")
     if rate is None:
         rate = GSV_DEFAULT_RATE
     elif isinstance(rate, bool) or not isinstance(rate, int):
-        raise _Invalid(422, f"`sample_rate` must be an integer, got {rate!r}")
+        raise ApiError(422, f"`sample_rate` must be an integer, got {rate!r}")
     elif rate not in GSV_RATES:
-        raise _Invalid(
+        raise ApiError(
             400,
             f"Unsupported sample rate: {rate}, only {', '.join(map(str, GSV_RATES))} are supported",
         )
@@ -331,7 +352,7 @@ async def _gsv_request(
 async def _gsv_stream(state: AppState, body: dict[str, Any]) -> Response:
     engine, text, rate, voice = await _gsv_request(state, body)
     chunks = await _start(engine, text, rate, voice, None)
-    return _streamed(state, _pcm_bytes(chunks), f"audio/pcm;rate={rate}")
+    return _streamed(state, _encoded(chunks, Encoder("pcm", rate)), media_type("pcm", rate))
 
 
 async def _gsv_whole(state: AppState, body: dict[str, Any]) -> Response:
@@ -351,29 +372,29 @@ def routes(state: AppState) -> list[BaseRoute]:
     async def speech(request: Request) -> Response:
         try:
             body = await _json_body(request, limit)
-        except _Invalid as exc:
-            return _openai_error(exc)
+        except ApiError as exc:
+            return exc.response()
         if _is_gsv(body):
             try:
                 return await _gsv_whole(state, body)
-            except _Invalid as exc:
+            except ApiError as exc:
                 return _text_error(exc)
         try:
             return await _openai_speech(state, body)
-        except _Invalid as exc:
-            return _openai_error(exc)
+        except ApiError as exc:
+            return exc.response()
 
     async def stream_speech(request: Request) -> Response:
         try:
             body = await _json_body(request, limit)
             return await _gsv_stream(state, body)
-        except _Invalid as exc:
+        except ApiError as exc:
             return _text_error(exc)
 
     async def speakers(_request: Request) -> Response:
         try:
             engine = await _engine(state)
-        except _Invalid as exc:
+        except ApiError as exc:
             return _text_error(exc)
         return JSONResponse(engine.voices())
 

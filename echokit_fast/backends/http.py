@@ -7,7 +7,9 @@
   error` wraps a notice into the :class:`~echokit_fast.backends.base.BackendError` the
   conversation speaks.
 * :func:`retryable` -- whether a status is worth another attempt (5xx, 408, 429), for the
-  clients that retry (the OpenAI-compatible ASR).
+  clients that retry (the OpenAI-compatible ASR); :func:`backoff` -- how long to wait before
+  the next attempt (the server's ``Retry-After``, else jittered exponential backoff), what
+  every retrying client sleeps (the ASR, the TTS speakers' 429s).
 * :func:`read_body` -- a streamed response's body, at most ``cap`` bytes (``[limits]
   max_json_bytes`` / ``max_tts_bytes``): a body is never read whole before it is measured;
   :func:`error_text` -- the start of an error body, for the log.
@@ -17,7 +19,10 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -32,9 +37,12 @@ __all__ = [
     "TTS",
     "USER_AGENT",
     "Notices",
+    "TooManyRequests",
+    "backoff",
     "client",
     "error_text",
     "read_body",
+    "retry_after",
     "retryable",
 ]
 
@@ -61,6 +69,55 @@ def client(
 def retryable(status: int) -> bool:
     """A 5xx, 408 or 429: another attempt may succeed."""
     return status >= 500 or status in RETRY_STATUS
+
+
+#: the first backoff step without Retry-After; each retry doubles it (full jitter: a random
+#: wait up to the step, so clients refused together do not come back together)
+BACKOFF_BASE_S = 0.25
+#: the longest wait before a retry: a server asking for more (Retry-After) is not retried,
+#: the user waiting on the turn would rather hear that it is busy
+MAX_RETRY_WAIT_S = 5.0
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """The seconds ``Retry-After`` asks for (a number or an HTTP date); None without one."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def backoff(
+    attempt: int, server_wait: float | None, *, base: float = BACKOFF_BASE_S
+) -> float | None:
+    """Seconds to wait after failed attempt number `attempt` (1, 2, ...): the server's
+    `server_wait` (its ``Retry-After``) plus up to 10 % jitter, else a random wait up to
+    ``base * 2 ** (attempt - 1)``, at most :data:`MAX_RETRY_WAIT_S`. None (do not retry)
+    when the server asks for longer than that."""
+    if server_wait is not None:
+        if server_wait > MAX_RETRY_WAIT_S:
+            return None
+        return server_wait * (1 + random.uniform(0, 0.1))
+    return random.uniform(0, min(MAX_RETRY_WAIT_S, base * 2 ** (attempt - 1)))
+
+
+class TooManyRequests(Exception):
+    """An HTTP 429 answer: ``detail`` for the log, ``wait`` its Retry-After (None: none)."""
+
+    def __init__(self, detail: str, wait: float | None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.wait = wait
 
 
 @dataclass(frozen=True)

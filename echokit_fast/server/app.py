@@ -10,12 +10,14 @@ EchoKit and xiaozhi device front ends; each exposes `routes(state) -> list[BaseR
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast import __version__
-from echokit_fast.api import asr, realtime, tts, vad
+from echokit_fast.api import asr, models, realtime, tts, vad
+from echokit_fast.api.common import error_response
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
@@ -27,7 +29,7 @@ from echokit_fast.server.state import AppState
 __all__ = ["create_app"]
 
 #: (the xiaozhi front end after the EchoKit one: it shares the EchoKit routes' sessions)
-SERVICES = (asr, tts, vad, realtime, device, xiaozhi)
+SERVICES = (asr, tts, models, vad, realtime, device, xiaozhi)
 
 
 async def version(_request: Request) -> JSONResponse:
@@ -47,6 +49,30 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "loading"}, status_code=503)
 
 
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's refusals (404 for an unknown path, 405 for a method a route does not take)
+    as OpenAI error bodies on the API's paths, as plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if not security.is_api_path(request.url.path):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 404:
+        message = f"Unknown request URL: {request.method} {request.url.path}"
+        code: str | None = "unknown_url"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+        code = "method_not_allowed"
+    else:
+        message, code = exc.detail, None
+    return error_response(exc.status_code, message, code=code, headers=exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """An unexpected exception (Starlette logs it): OpenAI's 500 body on the API's paths."""
+    if not security.is_api_path(request.url.path):
+        return PlainTextResponse("Internal Server Error", status_code=500)
+    return error_response(500, "The server had an error while processing your request.")
+
+
 def create_app(config: Config | None = None, *, state: AppState | None = None) -> Starlette:
     """The application over `state` (default: a new one for `config`)."""
     if state is None:
@@ -59,7 +85,10 @@ def create_app(config: Config | None = None, *, state: AppState | None = None) -
     for module in SERVICES:
         routes.extend(module.routes(state))
     app = Starlette(
-        routes=routes, middleware=security.middleware(state.config.server), lifespan=lifespan
+        routes=routes,
+        middleware=security.middleware(state.config.server),
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
     )
     app.state.echokit = state
     return app

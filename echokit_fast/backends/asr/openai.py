@@ -103,10 +103,14 @@ class _Retry(Exception):
     """An attempt that failed in a way worth another one: ``problem`` for the log, ``notice``
     for the user should it be the last."""
 
-    def __init__(self, problem: str, notice: str) -> None:
+    def __init__(
+        self, problem: str, notice: str, *, busy: bool = False, wait: float | None = None
+    ) -> None:
         super().__init__(problem)
         self.problem = problem
         self.notice = notice
+        self.busy = busy  # an HTTP 429
+        self.wait = wait  # its Retry-After
 
 
 class RemoteTranscriber:
@@ -158,6 +162,7 @@ class RemoteTranscriber:
         problems: list[str] = []
         notice = ""
         for attempt in range(1, self.attempts + 1):
+            busy, server_wait = False, None
             try:
                 text = await asyncio.wait_for(self._attempt(wav), self.attempt_timeout)
             except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
@@ -169,12 +174,20 @@ class RemoteTranscriber:
             except _Retry as exc:
                 problems.append(f"attempt {attempt}: {exc.problem}")
                 notice = exc.notice
+                busy, server_wait = exc.busy, exc.wait
             else:
                 return clean_transcript(text)
-            if attempt < self.attempts and self.retry_delay:
-                await asyncio.sleep(self.retry_delay)
+            if attempt == self.attempts:
+                break
+            # a refusal for load (429) always backs off; other failures by retry_delay steps
+            base = max(self.retry_delay, http.BACKOFF_BASE_S) if busy else self.retry_delay
+            wait = http.backoff(attempt, server_wait, base=base)
+            if wait is None:
+                problems.append(f"Retry-After {server_wait:g} s is too long to wait")
+                break
+            await asyncio.sleep(wait)
         raise NOTICES.error(
-            f"ASR {self.cfg.url}: all {self.attempts} attempts failed: " + "; ".join(problems),
+            f"ASR {self.cfg.url}: {attempt} attempt(s) failed: " + "; ".join(problems),
             notice,
         )
 
@@ -190,6 +203,9 @@ class RemoteTranscriber:
                 problem = f"HTTP {status}: {await http.error_text(resp)}"
                 if not http.retryable(status):
                     raise NOTICES.error(f"ASR {url}: {problem}", NOTICES.status(status))
+                if status == 429:
+                    wait = http.retry_after(resp.headers)
+                    raise _Retry(problem, NOTICES.status(status), busy=True, wait=wait)
                 raise _Retry(problem, NOTICES.failed(status))
             body = await http.read_body(resp, self.max_json_bytes, NOTICES, f"ASR {url}")
         try:

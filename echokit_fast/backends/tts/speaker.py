@@ -29,6 +29,8 @@ __all__ = ["NOTICES", "NOTICE_REPORTED", "HTTPSpeaker", "PcmStream", "tts_error"
 log = logging.getLogger(__name__)
 
 NOTICES = http.TTS
+#: attempts of a request the server refuses with HTTP 429 (each after its backoff)
+BUSY_ATTEMPTS = 3
 #: the service itself reports that it failed (an error message of its protocol)
 NOTICE_REPORTED = "The speech synthesizer reported an error."
 
@@ -113,24 +115,43 @@ class HTTPSpeaker:
         return f"TTS {self.name} {self.url}"
 
     async def _status(self, resp: httpx.Response) -> None:
-        """A BackendError for a status other than 200 (the start of its body logged)."""
+        """A BackendError for a status other than 200 (the start of its body logged);
+        :class:`~echokit_fast.backends.http.TooManyRequests` for a 429."""
         if resp.status_code != 200:
             detail = await http.error_text(resp)
+            if resp.status_code == 429:
+                raise http.TooManyRequests(
+                    f"{self.where}: HTTP 429: {detail}", http.retry_after(resp.headers)
+                )
             raise tts_error(
                 f"{self.where}: HTTP {resp.status_code}: {detail}", status=resp.status_code
             )
+
+    async def _wait_busy(self, exc: http.TooManyRequests, busy: int) -> None:
+        """Wait before retrying the `busy`-th request refused with 429 (the backoff of
+        :func:`~echokit_fast.backends.http.backoff`); the BackendError when there is no
+        attempt left or its Retry-After is too long."""
+        wait = http.backoff(busy, exc.wait) if busy < BUSY_ATTEMPTS else None
+        if wait is None:
+            raise tts_error(exc.detail, status=429) from None
+        log.info("%s: busy (HTTP 429); retrying in %.2f s", self.where, wait)
+        await asyncio.sleep(wait)
 
     async def _post_wav(
         self, *, attempts: int = 1, timeout: float | None = None, **request: Any
     ) -> bytes:
         """POST ``request``; the 200 answer's body (at most ``max_bytes``). ``timeout``: the
         seconds one attempt may take, its body included; a timed-out attempt is retried, up
-        to ``attempts`` in all."""
+        to ``attempts`` in all. An HTTP 429 is retried after :func:`~echokit_fast.backends.
+        http.backoff` (its Retry-After), up to :data:`BUSY_ATTEMPTS` in all."""
         options = {} if timeout is None else {"timeout": timeout}
-        attempt = 1
+        attempt = busy = 1
         while True:
             try:
                 return await asyncio.wait_for(self._fetch(request | options), timeout)
+            except http.TooManyRequests as exc:
+                await self._wait_busy(exc, busy)
+                busy += 1
             except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
                 if attempt >= attempts:
                     raise NOTICES.error(

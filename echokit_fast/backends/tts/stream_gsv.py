@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 
 from echokit_fast import audio
-from echokit_fast.backends import registry
+from echokit_fast.backends import http, registry
 from echokit_fast.backends.base import Pcm, Speaker
 from echokit_fast.backends.schema import HttpUrl, Section, TextOptimization
 from echokit_fast.backends.tts.gsv import GSV_RATE
@@ -54,34 +54,41 @@ class StreamGSVSpeaker(HTTPSpeaker):
         payload = {"speaker": self.cfg.speaker, "input": text, "sample_rate": GSV_RATE}
         resampler = audio.Resampler(GSV_RATE, sample_rate) if sample_rate != GSV_RATE else None
         where = self.where
-        try:
-            async with self.http.stream("POST", self.url, json=payload) as resp:
-                await self._status(resp)
-                buf = bytearray()
-                total = 0
-                async for data in resp.aiter_bytes():
-                    total += len(data)
-                    if total > self.max_bytes:
-                        raise NOTICES.error(
-                            f"{where}: a stream over {self.max_bytes} bytes", NOTICES.too_large
-                        )
-                    buf += data
-                    while len(buf) >= self.CHUNK_BYTES:
-                        piece = audio.pcm16_to_float(bytes(buf[: self.CHUNK_BYTES]))
-                        del buf[: self.CHUNK_BYTES]
-                        out = resampler.process(piece) if resampler else piece
-                        if len(out):
-                            yield out
-                if len(buf) % 2:
-                    log.warning("%s: odd byte count; the last byte is dropped", where)
-                    del buf[-1:]
-                tail = audio.pcm16_to_float(bytes(buf)) if buf else np.zeros(0, np.float32)
-                if resampler is not None:
-                    tail = np.concatenate([resampler.process(tail), resampler.flush()])
-                if len(tail):
-                    yield tail
-        except httpx.HTTPError as exc:
-            raise tts_error(f"{where}: {exc!r}", exc) from exc
+        busy = 1
+        while True:
+            try:
+                async with self.http.stream("POST", self.url, json=payload) as resp:
+                    await self._status(resp)
+                    buf = bytearray()
+                    total = 0
+                    async for data in resp.aiter_bytes():
+                        total += len(data)
+                        if total > self.max_bytes:
+                            raise NOTICES.error(
+                                f"{where}: a stream over {self.max_bytes} bytes", NOTICES.too_large
+                            )
+                        buf += data
+                        while len(buf) >= self.CHUNK_BYTES:
+                            piece = audio.pcm16_to_float(bytes(buf[: self.CHUNK_BYTES]))
+                            del buf[: self.CHUNK_BYTES]
+                            out = resampler.process(piece) if resampler else piece
+                            if len(out):
+                                yield out
+                    if len(buf) % 2:
+                        log.warning("%s: odd byte count; the last byte is dropped", where)
+                        del buf[-1:]
+                    tail = audio.pcm16_to_float(bytes(buf)) if buf else np.zeros(0, np.float32)
+                    if resampler is not None:
+                        tail = np.concatenate([resampler.process(tail), resampler.flush()])
+                    if len(tail):
+                        yield tail
+            except http.TooManyRequests as exc:  # before any audio: the request is retried
+                await self._wait_busy(exc, busy)
+                busy += 1
+                continue
+            except httpx.HTTPError as exc:
+                raise tts_error(f"{where}: {exc!r}", exc) from exc
+            return
 
 
 @registry.tts("stream_gsv", aliases=["StreamGSV"], config=StreamGSVTTS)

@@ -54,7 +54,7 @@ from echokit_fast.devices.echokit.connection import serve
 from echokit_fast.devices.echokit.flags import Flags
 from echokit_fast.devices.echokit.output import load_hello
 from echokit_fast.devices.echokit.record import DiskUse, record_session, resolve_file, safe_name
-from echokit_fast.server.security import authorized, device_allowed
+from echokit_fast.server.security import authorized, device_refusal
 from echokit_fast.server.state import AppState
 from echokit_fast.turn.asr_stream import stream_detectors
 from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
@@ -62,6 +62,8 @@ from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
 __all__ = ["prepare", "routes"]
 
 log = logging.getLogger(__name__)
+
+MAX_LOGGED_REFUSALS = 1024  # distinct refused devices logged (then silence: ids are free text)
 
 
 def prepare(state: AppState) -> None:
@@ -112,13 +114,19 @@ def routes(state: AppState) -> list[BaseRoute]:
     async def bad_request(ws: WebSocket, message: str) -> None:
         await ws.send_denial_response(PlainTextResponse(message, status_code=400))
 
+    logged: set[tuple[str, int]] = set()  # the refusals logged: each (device id, status) once
+
     async def refused(ws: WebSocket, device_id: str) -> bool:
-        """403 before the upgrade for a device id not in ``[server] devices``."""
-        if device_allowed(state.config.server, device_id):
+        """403 / 401 before the upgrade for a device the ``[server]`` checks refuse
+        (:func:`~echokit_fast.server.security.device_refusal`)."""
+        refusal = device_refusal(state.config.server, device_id, ws.headers, ws.query_params)
+        if refusal is None:
             return False
-        log.info("device %s: refused, not in [server] devices", printable(device_id))
-        message = "Forbidden: this device id is not in the server's [server] devices"
-        await ws.send_denial_response(PlainTextResponse(message, status_code=403))
+        status, message = refusal
+        if (device_id, status) not in logged and len(logged) < MAX_LOGGED_REFUSALS:
+            logged.add((device_id, status))
+            log.warning("device %s: refused (%d): %s", printable(device_id), status, message)
+        await ws.send_denial_response(PlainTextResponse(message, status_code=status))
         return True
 
     async def record(ws: WebSocket, device_id: str) -> None:
@@ -177,7 +185,7 @@ def routes(state: AppState) -> list[BaseRoute]:
         )
 
     async def download(request: Request) -> Response:
-        if not authorized(request, state.config.server.api_key):
+        if not authorized(request, state.config.server.keys):
             return unauthorized()
         device_id, file = request.path_params["id"], request.path_params["file"]
         if not safe_name(device_id) or not safe_name(file):
@@ -189,7 +197,7 @@ def routes(state: AppState) -> list[BaseRoute]:
         return FileResponse(path, media_type=media)
 
     async def listing(request: Request) -> Response:
-        if not authorized(request, state.config.server.api_key):
+        if not authorized(request, state.config.server.keys):
             return unauthorized()
         device_id = request.path_params["id"]
         if not safe_name(device_id):

@@ -167,10 +167,10 @@ def routes(state: AppState) -> list[BaseRoute]:
         return PlainTextResponse("success")
 
     async def push(request: Request) -> Response:
-        key = state.config.server.api_key
-        if key is None:
+        keys = state.config.server.keys
+        if not keys:
             return JSONResponse({"error": "set [server] api_key to push messages"}, 403)
-        if not authorized(request, key):
+        if not authorized(request, keys):
             return JSONResponse({"error": "send Authorization: Bearer <api_key>"}, 401)
         body = await _body(request)
         if body is None:

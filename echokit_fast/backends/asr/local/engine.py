@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,6 +374,14 @@ def load_model(
 
 
 @dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
 class Segment:
     id: int
     seek: int
@@ -385,6 +393,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: tuple[Word, ...] = ()  # with word timestamps only
 
 
 @dataclass(frozen=True)
@@ -396,6 +405,20 @@ class TranscriptResult:
     language_probability: float
     duration: float  # seconds of input audio
     segments: tuple[Segment, ...] = ()
+    task: str = "transcribe"  # or "translate" (into English)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The per-request options of :meth:`LocalWhisper.submit`."""
+
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float | None = None
+    timestamps: bool = False
+    task: str = "transcribe"
+    words: bool = False
+    on_segment: Callable[[Segment], None] | None = None
 
 
 class WhisperJob:
@@ -561,14 +584,22 @@ class LocalWhisper:
         prompt: str | None = None,
         temperature: float | None = None,
         timestamps: bool = False,
+        task: str = "transcribe",
+        words: bool = False,
+        on_segment: Callable[[Segment], None] | None = None,
     ) -> WhisperJob:
         """Queue a transcription with per-request options; see :meth:`start`.
 
         `language` overrides the engine's (pin), `prompt` its initial prompt,
         `temperature` disables faster-whisper's temperature fallback (one fixed
-        value), `timestamps` asks for segment timestamps (verbose formats).
+        value), `timestamps` asks for segment timestamps (verbose formats), `task`
+        ``"translate"`` for an English translation (Whisper's translate task), `words`
+        for word timestamps (``Segment.words``); `on_segment` is called with each segment
+        as soon as it is decoded, on the worker thread.
         Raises ValueError for bad arguments, BackendBusy when the queue is full.
         """
+        if task not in ("transcribe", "translate"):
+            raise ValueError(f"task: must be transcribe or translate, got {task!r}")
         pcm = _as_pcm(audio)
         if language:
             language = self._check_language(language, "language")
@@ -593,9 +624,10 @@ class LocalWhisper:
             self._outstanding += 1
         cancelled = threading.Event()
         try:
-            future = self._executor.submit(
-                self._run, cancelled, pcm, sample_rate, language, prompt, temperature, timestamps
+            options = _Options(
+                language, prompt, temperature, timestamps or words, task, words, on_segment
             )
+            future = self._executor.submit(self._run, cancelled, pcm, sample_rate, options)
         except BaseException:
             with self._lock:
                 self._outstanding -= 1
@@ -650,33 +682,35 @@ class LocalWhisper:
         cancelled: threading.Event,
         pcm: np.ndarray,
         sample_rate: int,
-        language: str | None,
-        prompt: str | None,
-        temperature: float | None,
-        timestamps: bool,
+        options: _Options,
     ) -> TranscriptResult:
         if cancelled.is_set():  # cancelled between being picked up and starting
-            return TranscriptResult("", "", 0.0, 0.0)
+            return TranscriptResult("", "", 0.0, 0.0, task=options.task)
         if sample_rate != WHISPER_RATE:
             from echokit_fast.audio import resample
 
             pcm = resample(pcm, sample_rate, WHISPER_RATE)
         duration = len(pcm) / WHISPER_RATE
-        language = language or self.language
+        language = options.language or self.language
         probability: float | None = None
         if not len(pcm):
-            return TranscriptResult("", language or "", 0.0, 0.0)
+            return TranscriptResult("", language or "", 0.0, 0.0, task=options.task)
         if language is None and self.languages:
             language, probability = self._pick_language(pcm)
+        prompt = options.prompt
         kwargs: dict[str, Any] = {
             "language": language,
             "beam_size": self.beam_size,
             "initial_prompt": (prompt if prompt is not None else self.prompt) or None,
-            "without_timestamps": not timestamps,
+            "without_timestamps": not options.timestamps,
             "vad_filter": False,
         }
-        if temperature is not None:
-            kwargs["temperature"] = temperature
+        if options.task != "transcribe":
+            kwargs["task"] = options.task
+        if options.words:
+            kwargs["word_timestamps"] = True
+        if options.temperature is not None:
+            kwargs["temperature"] = options.temperature
         # A job cancelled from here on (its client left) stops at the next segment: the
         # segments are lazy, each step decodes one 30 s window. transcribe() itself (the
         # log-mel features of the whole clip, language detection) cannot be interrupted;
@@ -684,20 +718,25 @@ class LocalWhisper:
         segments_iter, info = self.model.transcribe(pcm, **kwargs)
         segments: list[Segment] = []
         for s in segments_iter:
-            segments.append(
-                Segment(
-                    id=len(segments),
-                    seek=int(getattr(s, "seek", 0)),
-                    start=float(s.start),
-                    end=float(s.end),
-                    text=s.text,
-                    tokens=tuple(getattr(s, "tokens", ()) or ()),
-                    temperature=float(getattr(s, "temperature", 0.0) or 0.0),
-                    avg_logprob=float(getattr(s, "avg_logprob", 0.0)),
-                    compression_ratio=float(getattr(s, "compression_ratio", 0.0)),
-                    no_speech_prob=float(getattr(s, "no_speech_prob", 0.0)),
-                )
+            segment = Segment(
+                id=len(segments),
+                seek=int(getattr(s, "seek", 0)),
+                start=float(s.start),
+                end=float(s.end),
+                text=s.text,
+                tokens=tuple(getattr(s, "tokens", ()) or ()),
+                temperature=float(getattr(s, "temperature", 0.0) or 0.0),
+                avg_logprob=float(getattr(s, "avg_logprob", 0.0)),
+                compression_ratio=float(getattr(s, "compression_ratio", 0.0)),
+                no_speech_prob=float(getattr(s, "no_speech_prob", 0.0)),
+                words=tuple(
+                    Word(float(w.start), float(w.end), w.word, float(w.probability))
+                    for w in getattr(s, "words", None) or ()
+                ),
             )
+            segments.append(segment)
+            if options.on_segment is not None:
+                options.on_segment(segment)
             if cancelled.is_set():
                 break
         text = "".join(s.text for s in segments).strip()
@@ -709,6 +748,7 @@ class LocalWhisper:
             ),
             duration=duration,
             segments=tuple(segments),
+            task=options.task,
         )
 
 

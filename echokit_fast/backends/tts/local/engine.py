@@ -61,11 +61,26 @@ __all__ = [
     "LocalSpeaker",
     "PiperSpeaker",
     "UnknownVoice",
+    "VoiceNotInstalled",
     "from_config",
     "split_pieces",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class VoiceNotInstalled(BackendError):
+    """A voice the engine knows whose model is not on this machine and could not be fetched
+    (no network); the message names the voice and how to install it."""
+
+    def __init__(self, voice: str, engine: str, how: str) -> None:
+        super().__init__(
+            f"voice {voice!r} of the {engine} engine is not installed: {how}",
+            notice="That voice is not installed.",
+            backend=f"tts:{engine}",
+        )
+        self.voice = voice
+
 
 MAX_PIECE_WORDS = 40  # longer sentences are cut at clauses: bounds first-audio and cancel latency
 
@@ -236,6 +251,8 @@ class LocalSpeaker:
             t0 = time.perf_counter()
             try:
                 model = self._load(voice)
+            except VoiceNotInstalled:
+                raise
             except Exception as exc:
                 raise BackendError(
                     f"{self.engine}: cannot load voice {voice!r}: {exc}",
@@ -386,6 +403,19 @@ class HibariSpeaker(LocalSpeaker):
 
     def _load(self, voice: str) -> Any:
         from hibari import Hibari
+        from hibari.voices import cache_dir, voice_path
+
+        try:
+            voice_path(voice)  # fetched once on first use
+        except RuntimeError as exc:  # hibari's words for a failed download
+            raise VoiceNotInstalled(
+                voice,
+                self.engine,
+                f"it is downloaded on first use, and that failed ({exc}). Install it by running "
+                f"`echokit-fast say Hello --voice {voice} -o /tmp/{voice}.wav` once with network "
+                f"access, or copy {self._registry[voice]['file']} into {cache_dir()} "
+                "($HIBARI_HOME)",
+            ) from exc
 
         # Voices with the same accent share one G2P (lexicons, tagger: the slow part).
         british = self._registry[voice].get("british", False)
