@@ -167,3 +167,29 @@ def test_xiaozhi_boards_talking_at_once_ours(
     stt = np.array([t["t_stt"] - t["t_audible_end"] for t in turns]) * 1e3
     info["stt_p50_ms"] = round(float(np.percentile(stt, 50)), 1)
     print(f"\nxiaozhi load: {json.dumps(info)}")
+
+
+def test_xiaozhi_abort_stops_the_audio(benchmark, server, question, tmp_path) -> None:
+    """How fast a board's abort (its button, 100 ms into the reply's audio) silences the
+    reply: 5 boards, 2 turns each; from the abort sent to `tts stop`, and the packets that
+    still came after it."""
+    addr, _ = server
+    benchmark.group = "xiaozhi: abort sent -> tts stop"
+    turns: list[dict] = []
+    run = partial(xiaozhi_vdev, addr)
+
+    def go() -> None:
+        turns.extend(_round(run, question, tmp_path / "abort", 5, "--abort-after", "100"))
+
+    benchmark.pedantic(go, rounds=1, iterations=1)
+    aborts = [t["abort"] for t in turns]
+    assert len(aborts) == 5 * TURNS and all(a and a["tts_stop_after"] is not None for a in aborts)
+    stop = np.array([a["tts_stop_after"] for a in aborts]) * 1e3
+    info = {
+        "aborts": len(aborts),
+        "stop_p50_ms": round(float(np.percentile(stop, 50)), 1),
+        "stop_max_ms": round(float(stop.max()), 1),
+        "packets_after_max": max(a["packets_after"] for a in aborts),
+    }
+    benchmark.extra_info.update(info)
+    print(f"\nxiaozhi abort: {json.dumps(info)}")
