@@ -20,8 +20,9 @@ done
 
 # Debian packages: libopus for the Opus codec, pkg-config to find it, a C
 # toolchain for -sys crates, sox (test fixtures written by another tool),
-# espeak-ng (speech for the ASR tests, independent of our TTS).
-DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all espeak-ng)
+# espeak-ng (speech for the ASR tests, independent of our TTS), systemd (systemd-analyze
+# verifies deploy/echokit-fast.service).
+DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all espeak-ng systemd)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
