@@ -1,13 +1,8 @@
 """echokit-fast: a fast, self-hosted voice-AI server for EchoKit devices."""
 
-from echokit_fast._native import __version__ as _native_version
-
-__version__ = "0.1.0"
-
-if _native_version != __version__:  # a stale build of the native module
-    raise ImportError(
-        f"echokit_fast._native is version {_native_version} but the package is {__version__}; "
-        "rebuild it with `maturin develop --release`"
-    )
+# One source of the version: native/Cargo.toml. The native module is built from it
+# (CARGO_PKG_VERSION) and maturin writes it into the package metadata (pyproject's
+# `dynamic = ["version"]`), so the module, the metadata and `echokit-fast --version` agree.
+from echokit_fast._native import __version__
 
 __all__ = ["__version__"]

