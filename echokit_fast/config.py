@@ -1128,7 +1128,9 @@ def default_config(
             [ConfigIssue(where, None, "", _describe(e, ("llm", *e["loc"]))) for e in exc.errors()]
         ) from None
     split_host_port(addr)
-    return Config(addr=addr, layout="pipeline", llm=llm, tts=LocalTTS(), asr=LocalASR())
+    # the embedded stack ends turns semantically (Smart Turn); config files default to silence
+    asr = LocalASR(vad=VadConfig(turn_detector="smart_turn"))
+    return Config(addr=addr, layout="pipeline", llm=llm, tts=LocalTTS(), asr=asr)
 
 
 def _endpoint(obj: Any) -> str:

@@ -25,7 +25,7 @@ fn whisper_log_mel<'py>(
         };
         (mel::log_mel(&x, normalize), mel::frames(x.len()))
     });
-    Ok(PyArray1::from_vec(py, out?).reshape([mel::N_MELS, n])?)
+    PyArray1::from_vec(py, out?).reshape([mel::N_MELS, n])
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
