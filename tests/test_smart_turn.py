@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from asr_helpers import espeak_wav, wav_mono
+from device_fakes import Device, name
+from test_device import build, run
 
 from echokit_fast import audio
 from echokit_fast.backends.schema import VadConfig
+from echokit_fast.config import default_config
 from echokit_fast.turn.detector import TurnEvent
 from echokit_fast.turn.smart_turn import MODEL_SHA256, SmartTurnDetectors, SmartTurnModel
 from echokit_fast.turn.vad_rounds import VadTurnDetectors
@@ -108,3 +111,32 @@ def test_config_chooses_the_detector() -> None:
         VadConfig(turn_detector="wishful")
     with pytest.raises(ValueError):
         VadConfig(smart_turn_threshold=1.5)
+
+
+@pytest.mark.parametrize("detector", ["silence", "smart_turn"])
+def test_device_question_with_a_pause(detector: str, serve, tmp_path: Path) -> None:
+    """Through the real server: with Smart Turn the 800 ms pause does not split the question
+    (one turn, transcribed whole); the silence rule answers the half question."""
+    head = _say("What is the weather like in", "en-gb", tmp_path)
+    tail = _say("Paris today?", "en-gb", tmp_path)
+    pcm = _pcm(_silence(300), head, _silence(800), tail, _silence(4000))
+    resumed = 16 * (300 + 800) + len(head)
+    app, f = build(tmp_path, config=default_config(turn_detector=detector))
+    addr = serve(app)
+
+    async def main() -> list:
+        d = await Device.open(addr, "smartturn", opus=True, stream_asr=True)
+        await d.command("StartChat")
+        await d.audio(pcm)
+        events = await d.until()
+        await d.close()
+        return events
+
+    events = run(main())
+    names = [name(e) for e in events]
+    assert names.count("EndVad") == 1 and names[-1] == "EndResponse"
+    heard = len(f.transcriber.calls[-1])  # the final transcript's audio
+    if detector == "smart_turn":
+        assert heard >= resumed + len(tail)
+    else:
+        assert heard < resumed
