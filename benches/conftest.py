@@ -18,6 +18,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=int(os.environ.get("ECHOKIT_LOAD_DEVICES", "20")),
         help="virtual devices in benches/bench_load.py (default 20, or $ECHOKIT_LOAD_DEVICES)",
     )
+    parser.addoption(
+        "--turn-all",
+        action="store_true",
+        help="benches/bench_turn.py: every utterance (24 + 24), not only the first pair",
+    )
     soak = parser.getgroup("soak", "benches/bench_soak.py (5 s unless --soak or --soak-quick)")
     soak.addoption("--soak", action="store_true", help="run the soak: 5 minutes by default")
     soak.addoption("--soak-quick", action="store_true", help="run a short soak (30 s)")

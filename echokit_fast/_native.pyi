@@ -99,6 +99,12 @@ def vowel_of(
     frame: npt.NDArray[np.float32] | npt.NDArray[np.int16], sample_rate: int = 16000
 ) -> int: ...
 
+# --- Whisper log-mel features ---
+
+def whisper_log_mel(
+    samples: npt.NDArray[np.float32] | npt.NDArray[np.int16], normalize: bool = False
+) -> npt.NDArray[np.float32]: ...
+
 # --- protocol ---
 
 _Buffer = bytes | bytearray | memoryview

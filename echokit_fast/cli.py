@@ -352,7 +352,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         source = path
     else:
         try:
-            config = default_config(llm_url=args.llm_url)
+            # the embedded stack ends turns semantically (docs/protocol.md#turn-detection)
+            config = default_config(llm_url=args.llm_url, turn_detector="smart_turn")
         except ConfigError as exc:
             print(f"echokit-fast serve: {exc}", file=sys.stderr)
             return 2

@@ -1096,8 +1096,12 @@ def default_config(
     model: str | None = None,
     addr: str = DEFAULT_ADDR,
     env: Mapping[str, str] | None = None,
+    turn_detector: Literal["silence", "smart_turn"] = "silence",
 ) -> Config:
     """The embedded default used when no config file is given.
+
+    ``turn_detector``: ``[asr.vad] turn_detector`` of the local ASR (``echokit-fast serve``
+    without a config file asks for ``"smart_turn"``).
 
     Local ASR + local TTS + ``openai_chat`` at ``llm_url`` / ``OPENAI_BASE_URL`` (default
     ``http://localhost:9091/v1``) with ``/chat/completions`` appended (unless already there),
@@ -1128,7 +1132,8 @@ def default_config(
             [ConfigIssue(where, None, "", _describe(e, ("llm", *e["loc"]))) for e in exc.errors()]
         ) from None
     split_host_port(addr)
-    return Config(addr=addr, layout="pipeline", llm=llm, tts=LocalTTS(), asr=LocalASR())
+    asr = LocalASR(vad=VadConfig(turn_detector=turn_detector))
+    return Config(addr=addr, layout="pipeline", llm=llm, tts=LocalTTS(), asr=asr)
 
 
 def _endpoint(obj: Any) -> str:

@@ -159,6 +159,12 @@ class VadConfig(Section):
     min_speech_duration_ms: int = Field(default=400, ge=0)
     max_silence_duration_ms: int = Field(default=200, ge=0)
     hangover_ms: int = Field(default=500, ge=0)
+    # End of turn: "silence" (hangover_ms of silence ends it) or "smart_turn" (at each pause
+    # Smart Turn v3.2 judges the last 8 s: above smart_turn_threshold ends the turn at once,
+    # otherwise smart_turn_max_wait_ms of silence does; echokit_fast/turn/smart_turn.py).
+    turn_detector: Literal["silence", "smart_turn"] = "silence"
+    smart_turn_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    smart_turn_max_wait_ms: int = Field(default=3000, ge=0, le=60000)
 
     @field_validator("neg_threshold")
     @classmethod

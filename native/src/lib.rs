@@ -5,6 +5,7 @@
 //! file per concern, each with a `register` function.
 
 pub mod error;
+pub mod mel;
 pub mod opus;
 pub mod pcm;
 pub mod protocol;

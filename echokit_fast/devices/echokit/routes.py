@@ -57,7 +57,7 @@ from echokit_fast.devices.echokit.record import DiskUse, record_session, resolve
 from echokit_fast.server.security import authorized, device_refusal
 from echokit_fast.server.state import AppState
 from echokit_fast.turn.asr_stream import stream_detectors
-from echokit_fast.turn.vad_rounds import VadParams, VadTurnDetectors
+from echokit_fast.turn.smart_turn import SmartTurnDetectors
 
 __all__ = ["prepare", "routes"]
 
@@ -80,8 +80,8 @@ def prepare(state: AppState) -> None:
             local_tts=lambda _cfg: state.tts_engine(),
         )
     if state.device_settings is None:
-        vad = VadParams.from_config(getattr(cfg.asr, "vad", None))
-        detectors = VadTurnDetectors(vad, model=state.vad_model)
+        vad = getattr(cfg.asr, "vad", None)
+        detectors = SmartTurnDetectors.from_config(vad, model=state.vad_model)
         state.device_settings = Settings(
             turn_detector=detectors,
             stream_detector=stream_detectors(state.backends.transcriber),

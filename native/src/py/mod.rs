@@ -5,6 +5,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+mod mel;
 mod opus;
 mod pcm;
 mod protocol;
@@ -30,5 +31,6 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     vowel::register(m)?;
     protocol::register(m)?;
     vad::register(m)?;
+    mel::register(m)?;
     Ok(())
 }
