@@ -325,13 +325,14 @@ def load_model(
     cache_dir: str | os.PathLike[str] | None = None,
     download_root: str | None = None,
 ) -> tuple[Any, ResolvedModel]:
-    """Resolve and load a faster-whisper ``WhisperModel`` (cached per process).
+    """Resolve and load a faster-whisper ``WhisperModel`` (cached per process), as an
+    :class:`~.onepass.OnePassWhisper`: language detection and decoding share one encode.
 
     Logs where the model comes from and how long loading took; downloads (a hub
     name) show huggingface_hub's own progress bars on a terminal.
     """
     try:
-        from faster_whisper import WhisperModel
+        from echokit_fast.backends.asr.local.onepass import OnePassWhisper
     except ImportError as exc:
         raise ModelNotFound(
             f"the embedded ASR needs faster-whisper: pip install 'echokit-fast[asr]' ({exc})"
@@ -352,7 +353,7 @@ def load_model(
             compute_type,
         )
         try:
-            model = WhisperModel(
+            model = OnePassWhisper(
                 resolved.path or resolved.name or name,
                 device=device,
                 compute_type=compute_type,
