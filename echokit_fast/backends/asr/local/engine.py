@@ -12,7 +12,8 @@ Two parts:
   one model per process shared by every session, inference in one worker thread
   (CTranslate2 releases the GIL, so the event loop keeps running), a bounded
   queue (:class:`~echokit_fast.backends.base.BackendBusy` past it), the language pinned
-  or restricted to an allowed set, and a speculative ``start()`` whose job can be
+  or restricted to an allowed set (detected from the same encoder pass that decodes:
+  :mod:`.onepass`), and a speculative ``start()`` whose job can be
   cancelled (dropped while queued, result discarded while running).
 
 Needs the ``asr`` extra (``pip install echokit-fast[asr]``).

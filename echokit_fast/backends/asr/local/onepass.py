@@ -20,9 +20,10 @@ Comparing the encoder input itself, rather than trusting the call order, keeps i
 whatever ``transcribe`` is given (VAD, clip timestamps, a chunk length: a different window
 misses the cache and is encoded) and for every 30 s window after the first. The one
 difference from faster-whisper's detection is its input: faster-whisper also includes the
-final padding frame, which decoding leaves out, so the probabilities can differ in the
-last digits. The cache is per thread: one model is shared by the engines of a process,
-each with its own worker thread.
+final padding frame, which decoding leaves out, so the probabilities differ a little (by
+up to ~0.05 on espeak-ng clips; the detected language was the same on every clip tried).
+The cache is per thread: one model is shared by the engines of a process, each with its
+own worker thread.
 """
 
 from __future__ import annotations
