@@ -9,6 +9,11 @@ options (greedy, language detected, no timestamps, no VAD filter):
   segments, in the calling thread. The ratio ours/peer is the engine's overhead (target <= 1.05).
 * group ``asr-3s-clip-interleaved``: the same two calls alternated within each round (robust
   to load from other processes on a shared machine); prints the ratio of medians (``-s``).
+* group ``asr-one-pass``: language not given, the engine's model (``OnePassWhisper``: one
+  encode serves language detection and decoding) vs faster-whisper's own ``WhisperModel`` on
+  the same weights (encodes twice), alternated on the fox clip and espeak-ng German and
+  French; prints the ratio of medians one-pass/two-pass per clip (``-s``). The peer of the
+  two groups above is the engine's model, so their ratio is the engine's overhead alone.
 * group ``asr-end-of-turn``: what the device server sees from the end of speech to the final
   transcript when the turn ends after the end-of-turn silence (``hangover_ms``, 500 ms by
   default). ``without_speculation``: wait out the silence, then transcribe. ``with_speculation``:
@@ -29,10 +34,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the model comes from the installed package
 import asyncio
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from asr_helpers import espeak_wav, plain_faster_whisper, wav_mono
 
 from echokit_fast import audio
 from echokit_fast.backends.asr.local import LocalASR
@@ -125,6 +135,47 @@ def test_interleaved_overhead(benchmark, engine, clip, loop) -> None:
     benchmark.extra_info.update(ours_median_s=statistics.median(ours), ratio_ours_peer=ratio)
     print(f"\nASR overhead, interleaved: ours/peer = {ratio:.3f} ({len(ours)} pairs)")
     assert ratio > 0
+
+
+def test_one_pass_vs_two_pass(benchmark, engine, clip, tmp_path) -> None:
+    """Language detection + decoding from one encode vs faster-whisper's two, alternated."""
+    benchmark.group = "asr-one-pass"
+    clips = {"en (fox)": clip}
+    for voice, text in (
+        ("de", "Guten Morgen, wie geht es dir heute?"),
+        ("fr", "Bonjour, je voudrais un café, s'il vous plaît."),
+    ):
+        pcm, rate = wav_mono(espeak_wav(text, tmp_path / f"{voice}.wav", voice=voice))
+        clips[voice] = audio.resample(pcm, rate, 16000)
+    plain = plain_faster_whisper(engine.model)
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in clips}
+
+    def round_() -> None:
+        for name, pcm in clips.items():
+            t0 = time.perf_counter()
+            one = _peer(engine.model, pcm)
+            t1 = time.perf_counter()
+            two = _peer(plain, pcm)
+            t2 = time.perf_counter()
+            times[name][0].append(t1 - t0)
+            times[name][1].append(t2 - t1)
+            assert one == two, name  # same window, same language: the same words
+
+    if not benchmark.disabled:
+        round_()  # warm-up
+        for one, two in times.values():
+            one.clear()
+            two.clear()
+    benchmark.pedantic(round_, rounds=1 if benchmark.disabled else 5, iterations=1)
+    print()
+    for name, (one, two) in times.items():
+        a, b = statistics.median(one), statistics.median(two)
+        benchmark.extra_info[f"ratio_one_two_{name}"] = a / b
+        print(
+            f"ASR {name} {len(clips[name]) / 16000:.1f} s: one-pass {a:.3f} s, "
+            f"two-pass {b:.3f} s, ratio {a / b:.3f} ({len(one)} pairs)"
+        )
+        assert a > 0 and b > 0
 
 
 def test_without_speculation(benchmark, engine, clip, loop) -> None:

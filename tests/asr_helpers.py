@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import threading
@@ -68,6 +69,17 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 def wer(reference: str, hypothesis: str) -> float:
     errors, n = word_errors(reference, hypothesis)
     return errors / max(n, 1)
+
+
+def plain_faster_whisper(model: Any) -> Any:
+    """The loaded weights of `model` (the engine's ``OnePassWhisper``) behind faster-whisper's
+    own ``WhisperModel``, unmodified: one encode to detect the language, another to decode.
+    The reference the one-pass engine is tested and benched against; nothing is reloaded."""
+    from faster_whisper import WhisperModel
+
+    plain = copy.copy(model)
+    plain.__class__ = WhisperModel
+    return plain
 
 
 @dataclass

@@ -13,10 +13,19 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from asr_helpers import SENTENCES, FakeModel, espeak_wav, wav_mono, wer, word_errors
+from asr_helpers import (
+    SENTENCES,
+    FakeModel,
+    espeak_wav,
+    plain_faster_whisper,
+    wav_mono,
+    wer,
+    word_errors,
+)
 
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.asr.local import engine as asr
@@ -134,6 +143,105 @@ def test_unknown_language_is_rejected(whisper: LocalWhisper) -> None:
         LocalWhisper(whisper.model, language="xx")
     with pytest.raises(ValueError, match="language: unsupported language code 'klingon'"):
         whisper.submit(np.zeros(1600, np.float32), language="klingon")
+
+
+# --- one encode serves language detection and decoding -----------------------------------
+
+
+class EncodeCounter:
+    """Wraps the loaded CTranslate2 Whisper (``WhisperModel.model``) and counts encoder runs."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.inner.encode(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def two_pass(model: Any, pcm: np.ndarray, **options: Any) -> tuple[str, str, float, list]:
+    """faster-whisper's own ``WhisperModel.transcribe`` on the same loaded weights: text,
+    language, its probability and the words, as the engine decodes without a language."""
+    segments, info = plain_faster_whisper(model).transcribe(
+        pcm, beam_size=1, without_timestamps=True, vad_filter=False, **options
+    )
+    segments = list(segments)
+    text = "".join(s.text for s in segments).strip()
+    words = [(w.start, w.end, w.word) for s in segments for w in s.words or ()]
+    return text, info.language, info.language_probability, words
+
+
+@pytest.fixture
+def counter(whisper: LocalWhisper, monkeypatch) -> EncodeCounter:
+    spy = EncodeCounter(whisper.model.model)
+    monkeypatch.setattr(whisper.model, "model", spy)
+    return spy
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """Short turns at 16 kHz: espeak-ng English, German and French, and hibari's English."""
+    from echokit_fast.backends.tts.local import engine as tts
+
+    folder = tmp_path_factory.mktemp("onepass")
+    out = {}
+    for voice, text in (
+        ("en-us", SENTENCES[0]),
+        ("de", "Guten Morgen, wie geht es dir heute?"),
+        ("fr", "Bonjour, je voudrais un café, s'il vous plaît."),
+    ):
+        pcm, rate = wav_mono(espeak_wav(text, folder / f"{voice}.wav", voice=voice))
+        out[voice] = asr_resample(pcm, rate)
+    speaker = tts.HibariSpeaker()
+    try:
+        out["hibari"] = speaker.synthesize(SENTENCES[6], sample_rate=16000)
+    finally:
+        speaker.close()
+    return out
+
+
+def test_one_encode_per_short_clip_same_result(whisper: LocalWhisper, counter, clips) -> None:
+    for name, pcm in clips.items():
+        assert len(pcm) <= 30 * 16000, name
+        counter.calls = 0
+        text, language, probability, _ = two_pass(whisper.model, pcm)
+        assert counter.calls == 2, name  # faster-whisper alone: detect, then decode
+        counter.calls = 0
+        result = run(whisper.transcribe_full(pcm))
+        assert counter.calls == 1, name
+        assert (result.text, result.language) == (text, language), name
+        # Detection sees the decoding window, which lacks faster-whisper's padding frame.
+        assert result.language_probability == pytest.approx(probability, abs=0.15), name
+
+
+def test_one_encode_with_an_allowed_set_and_word_timestamps(
+    whisper: LocalWhisper, counter, clips
+) -> None:
+    pcm = clips["de"]
+    restricted = LocalWhisper(whisper.model, model_id="r", languages=["en", "de"])
+    result = run(restricted.transcribe_full(pcm, words=True))
+    assert counter.calls == 1
+    text, language, _, words = two_pass(whisper.model, pcm, word_timestamps=True)
+    assert language == "de" and result.language == "de" and result.text == text
+    assert [(w.start, w.end, w.word) for s in result.segments for w in s.words] == words
+    counter.calls = 0
+    pinned = LocalWhisper(whisper.model, model_id="p", language="de")
+    assert run(pinned.transcribe(pcm)) == text and counter.calls == 1
+
+
+def test_long_clip_encodes_each_window_once(whisper: LocalWhisper, counter, clips) -> None:
+    gap = np.zeros(28 * 16000, np.float32)
+    pcm = np.concatenate([clips["en-us"], gap, clips["hibari"]])  # > 30 s: two windows
+    text, language, _, _ = two_pass(whisper.model, pcm)
+    reference = counter.calls
+    counter.calls = 0
+    result = run(whisper.transcribe_full(pcm))
+    assert counter.calls == reference - 1 >= 2
+    assert (result.text, result.language) == (text, language)
+    assert "weather" in text.lower() and "thank you" in text.lower(), text
 
 
 # --- queue, cancellation, errors (a fake model controls the timing) ------------------------

@@ -12,7 +12,8 @@ Two parts:
   one model per process shared by every session, inference in one worker thread
   (CTranslate2 releases the GIL, so the event loop keeps running), a bounded
   queue (:class:`~echokit_fast.backends.base.BackendBusy` past it), the language pinned
-  or restricted to an allowed set, and a speculative ``start()`` whose job can be
+  or restricted to an allowed set (detected from the same encoder pass that decodes:
+  :mod:`.onepass`), and a speculative ``start()`` whose job can be
   cancelled (dropped while queued, result discarded while running).
 
 Needs the ``embedded`` extra (``pip install 'echokit-fast[embedded]'``).
@@ -364,13 +365,14 @@ def load_model(
     cache_dir: str | os.PathLike[str] | None = None,
     download_root: str | None = None,
 ) -> tuple[Any, ResolvedModel]:
-    """Resolve and load a faster-whisper ``WhisperModel`` (cached per process).
+    """Resolve and load a faster-whisper ``WhisperModel`` (cached per process), as an
+    :class:`~.onepass.OnePassWhisper`: language detection and decoding share one encode.
 
     Logs where the model comes from and how long loading took; downloads (a hub
     name) show huggingface_hub's own progress bars on a terminal.
     """
     try:
-        from faster_whisper import WhisperModel
+        from echokit_fast.backends.asr.local.onepass import OnePassWhisper
     except ImportError as exc:
         raise ModelNotFound(
             f"the embedded ASR needs faster-whisper: pip install 'echokit-fast[embedded]' ({exc})"
@@ -391,7 +393,7 @@ def load_model(
             compute_type,
         )
         try:
-            model = WhisperModel(
+            model = OnePassWhisper(
                 resolved.path or resolved.name or name,
                 device=device,
                 compute_type=compute_type,
