@@ -213,7 +213,7 @@ def test_upload_over_the_limit_is_413(serve, clip) -> None:
     assert fake.calls == []
 
 
-def test_busy_engine_is_503_with_retry_after(serve, clip) -> None:
+def test_busy_engine_is_429_with_retry_after(serve, clip) -> None:
     fake = FakeModel(gated=True)
     client, base = start(serve, LocalWhisper(fake, model_id="fake", max_pending=0))
     first: list[httpx.Response] = []
@@ -229,10 +229,10 @@ def test_busy_engine_is_503_with_retry_after(serve, clip) -> None:
         assert fake.entered.wait(30)  # the first request occupies the engine
         with pytest.raises(openai.APIStatusError) as err:
             client.audio.transcriptions.create(model="whisper-1", file=("turn.wav", clip))
-        assert err.value.status_code == 503
+        assert err.value.status_code == 429
         assert err.value.response.headers["retry-after"] == "1"
         body = error_of(err.value)
-        assert body["code"] == "engine_busy" and body["type"] == "server_error"
+        assert body["code"] == "engine_busy" and body["type"] == "rate_limit_error"
         assert "busy" in body["message"]
     finally:
         fake.release.set()

@@ -185,17 +185,17 @@ def test_client_disconnect_stops_the_synthesis(serve, gated):
     assert gated.rendered - start == 2  # pieces 3 and 4 were never synthesised
 
 
-def test_busy_engine_answers_503(serve, gated):
+def test_busy_engine_answers_429(serve, gated):
     url = server(serve, gated)  # max_streams=1
     body = {"speaker": "heart", "input": GATED_TEXT, "sample_rate": 16000}
     with httpx.stream("POST", f"{url}/v1/audio/stream_speech", json=body) as r:
         chunks = r.iter_raw()  # (a dropped iterator would close the connection)
         next(chunks)
         second = httpx.post(f"{url}/v1/audio/stream_speech", json=body)
-        assert second.status_code == 503
+        assert second.status_code == 429 and second.headers["retry-after"] == "1"
         assert "busy" in second.text
         oai = httpx.post(f"{url}/v1/audio/speech", json={"input": "Hi.", "voice": "heart"})
-        assert oai.status_code == 503
+        assert oai.status_code == 429
         assert oai.json()["error"]["code"] == "server_busy"
         gated.gate.set()
         assert len(b"".join(chunks)) > 0

@@ -1,5 +1,5 @@
 """The embedded TTS engine shared by devices and the HTTP API, over real loopback sockets: devices
-keep streams of their own (``[limits] tts_device_reserve``), the HTTP API gets 503 past its share,
+keep streams of their own (``[limits] tts_device_reserve``), the HTTP API gets 429 past its share,
 a client that stops reading is cut off after ``http_send_timeout_s`` and its stream freed, and a
 device segment that finds every stream taken waits (``tts_queue_s``) before it is refused.
 
@@ -146,11 +146,11 @@ def assert_spoken(events: list) -> None:
     assert all(len(audio) > 0 for _, audio in segs)
 
 
-def assert_busy_503(reader: SlowReader) -> None:
-    assert reader.head().status == 503
+def assert_busy_429(reader: SlowReader) -> None:
+    assert reader.head().status == 429
     assert reader.head().getheader("Retry-After") == "1"
     error = json.loads(reader.body)["error"]
-    assert error["type"] == "server_error" and error["code"] == "server_busy"
+    assert error["type"] == "rate_limit_error" and error["code"] == "server_busy"
     assert error["param"] is None and "busy" in error["message"]
 
 
@@ -180,13 +180,13 @@ def test_slow_http_readers_do_not_silence_a_device(serve, tmp_path, engines):
         held = engine.active_streams
         events = run(device_turn(addr, "dev"))
     assert_spoken(events)
-    assert [r.head().status for r in readers] == [200] * 4 + [503] * 4
+    assert [r.head().status for r in readers] == [200] * 4 + [429] * 4
     assert held == 4  # the slow readers held the HTTP API's share, no more
     for r in readers[4:]:
-        assert_busy_503(r)
+        assert_busy_429(r)
 
 
-def test_a_burst_beyond_the_http_share_gets_503_while_a_device_speaks(serve, tmp_path, engines):
+def test_a_burst_beyond_the_http_share_gets_429_while_a_device_speaks(serve, tmp_path, engines):
     engine = engines(max_streams=8)
     addr, _ = server(serve, tmp_path, engine, http_send_timeout_s=120)
     with ExitStack() as stack:
@@ -199,11 +199,11 @@ def test_a_burst_beyond_the_http_share_gets_503_while_a_device_speaks(serve, tmp
         events = run(device_turn(addr, "burst"))
     assert_spoken(events)
     statuses = [r.head().status for r in readers]
-    assert statuses.count(200) == 4 and statuses.count(503) == 46
+    assert statuses.count(200) == 4 and statuses.count(429) == 46
     for r in readers:
-        if r.head().status == 503:
-            assert_busy_503(r)
-    assert gsv.head().status == 503 and gsv.head().getheader("Retry-After") == "1"
+        if r.head().status == 429:
+            assert_busy_429(r)
+    assert gsv.head().status == 429 and gsv.head().getheader("Retry-After") == "1"
     assert "busy" in gsv.body.decode()
 
 
@@ -267,7 +267,7 @@ def test_a_device_segment_that_waits_too_long_gets_the_busy_notice(serve, tmp_pa
     assert segments(events)[-1] == (BUSY_NOTICE, [])  # shown, not spoken: the TTS is what failed
     assert not any(audio for _, audio in segments(events))
     r = httpx.post(f"http://{addr}/v1/audio/speech", json={"input": "Go.", "voice": "alloy"})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+    assert r.status_code == 429 and r.json()["error"]["code"] == "server_busy"
 
 
 # --- the admission itself -------------------------------------------------------------------

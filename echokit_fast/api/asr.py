@@ -17,7 +17,7 @@ Errors are OpenAI-style JSON, ``{"error": {"message", "type", "param", "code"}}`
 seems to be), a sample rate outside 1000..384000 Hz and bad
 parameters; 413 for an upload over the body limit or audio longer than ``[limits]
 max_audio_s`` (10 minutes by default; refused from the header when it tells the length,
-else once decoding reaches the limit); 503 (with ``Retry-After``) when the engine's queue
+else once decoding reaches the limit); 429 (with ``Retry-After``) when the engine's queue
 is full; 500 when the engine fails. A client that disconnects has its transcription
 cancelled (dropped while it waits in the queue, stopped at the next 30 s window while it
 runs).
@@ -357,7 +357,7 @@ async def _submit(state: AppState, data: bytes, options: dict[str, Any]) -> Any:
     try:
         return engine.submit(pcm, sample_rate=rate, **options)
     except BackendBusy as exc:
-        raise ApiError(503, f"{exc.notice} ({exc})", code="engine_busy") from exc
+        raise ApiError(429, f"{exc.notice} ({exc})", code="engine_busy") from exc
     except ValueError as exc:
         param = next((p for p in ("language", "temperature") if str(exc).startswith(p)), None)
         raise ApiError(400, str(exc), param=param) from exc

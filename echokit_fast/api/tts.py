@@ -32,13 +32,13 @@ Routes:
 gsv routes differ from the reference on purpose where it fails silently: an
 unknown speaker or an empty ``input`` is a 400 (the reference answers 200 with an
 empty body), ``speaker`` may be omitted (the configured voice), a text over
-`MAX_INPUT_CHARS` is a 400, and a full engine is a 503 instead of waiting.
+`MAX_INPUT_CHARS` is a 400, and a full engine is a 429 (with ``Retry-After``) instead of waiting.
 Headers leave once the first audio exists (so failures before it still get an
 error status); the first audio leaves as soon as the first piece is synthesised.
 
 Capacity: these routes use the engine's HTTP API share of its streams
 (``speak(client="api")``, ``[limits] tts_streams`` less ``tts_device_reserve``, the
-rest being kept for devices); past it a request is answered 503 with ``Retry-After``
+rest being kept for devices); past it a request is answered 429 with ``Retry-After``
 at once. A streamed answer holds its stream while it is being sent: a client that
 does not take a chunk within ``[limits] http_send_timeout_s`` is cut off (the
 synthesis cancelled, the stream freed, the connection closed).
@@ -99,7 +99,7 @@ GSV_DEFAULT_RATE = 32000
 
 
 def _text_error(exc: ApiError) -> PlainTextResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status in (429, 503) else None
     return PlainTextResponse(exc.message, status_code=exc.status, headers=headers)
 
 
@@ -180,7 +180,7 @@ async def _start(
     except StopAsyncIteration:
         first = None
     except BackendBusy as exc:
-        raise ApiError(503, f"TTS service is busy: {exc}", code="server_busy") from None
+        raise ApiError(429, f"TTS service is busy: {exc}", code="server_busy") from None
     except tts.VoiceNotInstalled as exc:
         raise ApiError(400, str(exc), param="voice", code="voice_not_installed") from None
     except BackendError as exc:
