@@ -9,7 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-EXTRAS="embedded"
+# The parts of the `embedded` extra, named directly: maturin develop hands the extras'
+# requirements to uv, which would look the self-reference echokit-fast[asr,tts] up on the index.
+EXTRAS="asr,tts"
 GROUPS_=""
 for arg in "$@"; do
     case "$arg" in
