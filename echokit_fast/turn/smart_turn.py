@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from echokit_fast import _native
-from echokit_fast.backends.vad.silero import ASSETS, ModelFileError, SileroVad, VadStream
+from echokit_fast.backends.vad.silero import SileroVad, VadStream, read_asset
 from echokit_fast.turn.detector import TurnEvent
 from echokit_fast.turn.vad_rounds import WINDOW, RoundTracker, VadParams
 
@@ -54,17 +53,7 @@ class SmartTurnModel:
     def __init__(self) -> None:
         import onnxruntime as ort
 
-        path = ASSETS / MODEL_FILE
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ModelFileError(f"Smart Turn model file {path} cannot be read: {e}") from e
-        got = hashlib.sha256(data).hexdigest()
-        if got != MODEL_SHA256:
-            raise ModelFileError(
-                f"Smart Turn model file {path} is corrupt or was replaced: sha256 {got}, "
-                f"expected {MODEL_SHA256}"
-            )
+        data = read_asset(MODEL_FILE, MODEL_SHA256, "Smart Turn")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1

@@ -142,15 +142,23 @@ def _read_verified(name: str) -> bytes:
     expected = MODEL_SHA256.get(name)
     if expected is None:
         raise ModelFileError(f"{name!r} is not a shipped VAD model file")
+    return read_asset(name, expected, "VAD")
+
+
+def read_asset(name: str, expected: str, what: str) -> bytes:
+    """The bytes of the shipped model file ``name`` (``echokit_fast/assets``), checked against
+    its sha256 ``expected``; :class:`ModelFileError` (naming ``what`` model) if unreadable or
+    changed."""
     path = ASSETS / name
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ModelFileError(f"VAD model file {path} cannot be read: {e}") from e
+        raise ModelFileError(f"{what} model file {path} cannot be read: {e}") from e
     got = hashlib.sha256(data).hexdigest()
     if got != expected:
         raise ModelFileError(
-            f"VAD model file {path} is corrupt or was replaced: sha256 {got}, expected {expected}"
+            f"{what} model file {path} is corrupt or was replaced: sha256 {got}, "
+            f"expected {expected}"
         )
     return data
 
