@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from harness import LoopbackServer
+from standins import ASRServer, TTSServer
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -52,3 +53,19 @@ def serve() -> Iterator[Callable[..., str]]:
         server.signal()
     for server in servers:
         server.join()
+
+
+@pytest.fixture
+def asr(serve) -> ASRServer:
+    """A stand-in OpenAI-compatible ASR server on loopback (``.addr``)."""
+    server = ASRServer()
+    server.addr = serve(server.app)
+    return server
+
+
+@pytest.fixture
+def tts(serve) -> TTSServer:
+    """A stand-in TTS server (OpenAI and stream_gsv routes) on loopback (``.addr``)."""
+    server = TTSServer()
+    server.addr = serve(server.app)
+    return server

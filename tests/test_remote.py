@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 from harness import free_port
-from standins import ASRServer, TTSServer, tone
+from standins import tone
 
 from echokit_fast.audio import float_to_pcm16, pcm16_to_float, write_wav
 from echokit_fast.backends.asr.openai import OpenAIASR, RemoteTranscriber, clean_transcript
@@ -26,20 +26,6 @@ from echokit_fast.config import parse_config
 
 def run(coro):
     return asyncio.run(coro)
-
-
-@pytest.fixture
-def asr(serve):
-    server = ASRServer()
-    server.addr = serve(server.app)
-    return server
-
-
-@pytest.fixture
-def tts(serve):
-    server = TTSServer()
-    server.addr = serve(server.app)
-    return server
 
 
 def asr_cfg(addr: str, **kw: Any) -> OpenAIASR:

@@ -10,7 +10,7 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
-from standins import ASRServer, TTSServer, tone
+from standins import tone
 
 from echokit_fast.backends import http
 from echokit_fast.backends.asr.openai import OpenAIASR, RemoteTranscriber
@@ -20,20 +20,6 @@ from echokit_fast.backends.tts.stream_gsv import StreamGSVSpeaker, StreamGSVTTS
 
 SPEECH = tone(0.5, 16000, 300.0)
 BUSY = {"Retry-After": "1"}
-
-
-@pytest.fixture
-def asr(serve):
-    server = ASRServer()
-    server.addr = serve(server.app)
-    return server
-
-
-@pytest.fixture
-def tts(serve):
-    server = TTSServer()
-    server.addr = serve(server.app)
-    return server
 
 
 async def _transcribe(addr: str) -> str:
