@@ -23,6 +23,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="benches/bench_turn.py: every utterance (24 + 24), not only the first pair",
     )
+    parser.addoption(
+        "--llm-runs",
+        type=int,
+        default=2,
+        help="benches/bench_llm.py: timed runs per path (2; the recorded figures: 7)",
+    )
     soak = parser.getgroup("soak", "benches/bench_soak.py (5 s unless --soak or --soak-quick)")
     soak.addoption("--soak", action="store_true", help="run the soak: 5 minutes by default")
     soak.addoption("--soak-quick", action="store_true", help="run a short soak (30 s)")

@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else http://localhost:9091/v1); ignored with a config file",
     )
     serve.add_argument(
+        "--llm-model",
+        metavar="MODEL",
+        help="run the embedded default's LLM in-process (llama.cpp, the llm extra): a .gguf "
+        "file, or REPO/FILE.gguf on the Hugging Face Hub (downloaded once); instead of "
+        "--llm-url, ignored with a config file",
+    )
+    serve.add_argument(
         "--api-key",
         action="append",
         default=None,
@@ -331,6 +338,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.llm_url and args.llm_model:
+        print("echokit-fast serve: give --llm-url or --llm-model, not both", file=sys.stderr)
+        return 2
     try:
         args = serve_settings(args, os.environ)
     except SettingError as exc:
@@ -347,13 +357,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"echokit-fast serve: {path}: invalid configuration", file=sys.stderr)
             print(str(exc), file=sys.stderr)
             return 2
-        if args.llm_url:
-            log.warning("--llm-url is ignored: %s sets the LLM", path)
+        for flag, given in (("--llm-url", args.llm_url), ("--llm-model", args.llm_model)):
+            if given:
+                log.warning("%s is ignored: %s sets the LLM", flag, path)
         source = path
     else:
         try:
             # the embedded stack ends turns semantically (docs/protocol.md#turn-detection)
-            config = default_config(llm_url=args.llm_url, turn_detector="smart_turn")
+            config = default_config(
+                llm_url=args.llm_url, llm_model=args.llm_model, turn_detector="smart_turn"
+            )
         except ConfigError as exc:
             print(f"echokit-fast serve: {exc}", file=sys.stderr)
             return 2

@@ -101,7 +101,8 @@ from pydantic import (
 from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.gemini import GeminiConfig
-from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
+from echokit_fast.backends.llm.local import LocalLLM
+from echokit_fast.backends.llm.openai_chat import ChatPrompts, OpenAIChatLLM
 from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, WsUrl
 from echokit_fast.backends.tts.local import LocalTTS
 
@@ -141,6 +142,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "plain sentences: no lists, tables, markdown or emoji. Reply in the language the user "
     "speaks."
 )
+_DEFAULT_PROMPT = {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
 
 Path_ = tuple[str | int, ...]
 
@@ -1097,6 +1099,7 @@ def default_config(
     addr: str = DEFAULT_ADDR,
     env: Mapping[str, str] | None = None,
     turn_detector: Literal["silence", "smart_turn"] = "silence",
+    llm_model: str | None = None,
 ) -> Config:
     """The embedded default used when no config file is given.
 
@@ -1109,7 +1112,17 @@ def default_config(
     ``OPENAI_MODEL`` (empty = omitted), history 5 and a short system prompt for spoken replies.
     A bad URL is a :class:`ConfigError` naming where it came from (``--llm-url`` or
     ``$OPENAI_BASE_URL``).
+
+    ``llm_model`` (``serve --llm-model``): the LLM is in-process instead (``[llm] platform =
+    "local"`` with that ``model``, the same history and prompt); no URL is read.
     """
+    split_host_port(addr)
+    asr = LocalASR(vad=VadConfig(turn_detector=turn_detector))
+    if llm_model is not None:
+        local = LocalLLM.model_validate(
+            {"model": llm_model, "history": 5, "sys_prompts": [_DEFAULT_PROMPT]}
+        )
+        return Config(addr=addr, layout="pipeline", llm=local, tts=LocalTTS(), asr=asr)
     env = os.environ if env is None else env
     base = (llm_url or env.get("OPENAI_BASE_URL") or DEFAULT_LLM_BASE_URL).rstrip("/")
     url = base if base.endswith("/chat/completions") else base + "/chat/completions"
@@ -1123,7 +1136,7 @@ def default_config(
                 "api_key": key or None,
                 "model": model if model is not None else env.get("OPENAI_MODEL", ""),
                 "history": 5,
-                "sys_prompts": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}],
+                "sys_prompts": [_DEFAULT_PROMPT],
             }
         )
     except ValidationError as exc:
@@ -1131,8 +1144,6 @@ def default_config(
         raise ConfigError(
             [ConfigIssue(where, None, "", _describe(e, ("llm", *e["loc"]))) for e in exc.errors()]
         ) from None
-    split_host_port(addr)
-    asr = LocalASR(vad=VadConfig(turn_detector=turn_detector))
     return Config(addr=addr, layout="pipeline", llm=llm, tts=LocalTTS(), asr=asr)
 
 
@@ -1142,7 +1153,7 @@ def _endpoint(obj: Any) -> str:
         value = getattr(obj, key, None)
         if value:
             parts.append(value if key == "url" else f"{key}={value}")
-    if isinstance(obj, OpenAIChatLLM):
+    if isinstance(obj, ChatPrompts):
         parts.append(f"history={obj.history}")
     return "  ".join(parts)
 

@@ -9,9 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The parts of the `embedded` extra, named directly: maturin develop hands the extras'
-# requirements to uv, which would look the self-reference echokit-fast[asr,tts] up on the index.
-EXTRAS="asr,tts"
+# The parts of the `embedded` extra, named directly (maturin develop hands the extras'
+# requirements to uv, which would look the self-reference echokit-fast[asr,tts] up on the
+# index), and the in-process LLM (`serve --llm-model`).
+EXTRAS="asr,tts,llm"
 GROUPS_=""
 for arg in "$@"; do
     case "$arg" in
@@ -47,6 +48,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # 1.16: `develop --group` (PEP 735 dependency groups).
 .venv/bin/python -m pip install -q --upgrade pip "maturin>=1.16,<2"
+
+# llama-cpp-python (the llm extra) is built once and cached (scripts/llama_wheel.sh); uv
+# installs it from there instead of building it again.
+UV_FIND_LINKS=$(bash scripts/llama_wheel.sh .venv/bin/python)
+export UV_FIND_LINKS
 
 # Builds the Rust core in release mode and installs the package (editable)
 # with its dependencies and the requested extras.

@@ -2,7 +2,7 @@
 # Build the release wheel as it is shipped (abi3, manylinux2014 through zig, libopus built
 # from the bundled source and linked in) and check that it works on its own: installed with
 # the `embedded` extra into a fresh virtualenv whose PATH has no cargo, no system libopus
-# linked, and the commands and a whole device turn run from it. Needs scripts/setup.sh --test
+# linked, and the commands and whole device turns run from it (`serve --llm-model` too). Needs scripts/setup.sh --test
 # first (maturin, zig and cmake come from the test group; the virtual device from firmware/).
 #
 #   bash scripts/wheel_check.sh [OUT_DIR]     # the wheel is left in OUT_DIR (default: a temp dir)
@@ -24,7 +24,11 @@ echo "   $(basename "$wheel")"
 
 echo "-- install into a fresh virtualenv (no cargo on PATH)"
 python3 -m venv "$WORK/venv"
-"$BUILD_VENV/bin/uv" pip install --quiet --python "$WORK/venv/bin/python" "$wheel[embedded]" pytest pytest-benchmark
+# llm: the in-process LLM, llama-cpp-python from the machine's cached build
+# (scripts/llama_wheel.sh); gguf writes the test's tiny model.
+UV_FIND_LINKS=$(bash scripts/llama_wheel.sh "$BUILD_VENV/bin/python") \
+    "$BUILD_VENV/bin/uv" pip install --quiet --python "$WORK/venv/bin/python" \
+    "$wheel[embedded,llm]" pytest pytest-benchmark "gguf==0.19.0"
 CLEAN_PATH="$WORK/venv/bin:/usr/local/bin:/usr/bin:/bin"
 # PYTHONSAFEPATH: no interpreter (the servers the tests spawn too) imports the checkout's
 # echokit_fast from the working directory.
@@ -56,6 +60,9 @@ heard=$(ECHOKIT_FAST_CACHE="$WORK/cache" run echokit-fast transcribe --language 
 echo "   transcribe: $heard"
 case "${heard,,}" in *wheel*) ;; *) echo "wheel_check: transcribe heard '$heard'" >&2; exit 1 ;; esac
 
-echo "-- serve and a device turn (echokit-vdev), from the wheel"
+echo "-- serve and device turns (echokit-vdev), from the wheel"
+# a config with a stand-in LLM; then the embedded default with the LLM in-process
+# (serve --llm-model, a tiny random GGUF): no other server at all
 ECHOKIT_FAST_CACHE="$WORK/cache" run python -m pytest -q -p no:cacheprovider \
-    "tests/test_vdev_e2e.py::test_two_turn_conversation_with_a_k0_reconnect"
+    "tests/test_vdev_e2e.py::test_two_turn_conversation_with_a_k0_reconnect" \
+    "tests/test_local_llm.py::test_serve_llm_model_holds_a_voice_turn_alone"

@@ -40,6 +40,7 @@ REFERENCE = {
     "llm": {
         "openai_chat": ("openai_chat", "OpenAIChat"),
         "openai_responses": ("openai_responses", "OpenAIResponses"),
+        "local": ("local",),
     },
 }
 

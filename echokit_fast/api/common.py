@@ -1,13 +1,22 @@
-"""What the services share: the OpenAI error body, bounded bodies and multipart forms, the
-words of an audio-length refusal."""
+"""What the services share: the OpenAI error body, bounded bodies, JSON bodies and multipart
+forms, streamed answers with a send deadline, the words of an audio-length refusal."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
 from starlette.datastructures import FormData
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.types import Message, Send
 
 from echokit_fast.audio import AudioTooLong
+
+log = logging.getLogger("echokit_fast.api")
 
 #: how long a client refused for load (429, 503) is told to wait, in seconds
 RETRY_AFTER_S = 1
@@ -121,3 +130,62 @@ def too_long_message(exc: AudioTooLong) -> str:
         f"{exc} (the server's limit: max_audio_s = {exc.limit:g} in the [limits] table of its "
         "config file)"
     )
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The JSON object of the body. A missing or odd Content-Type is tolerated (curl
+    users forget it); a form is refused with 415."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype.startswith(("multipart/", "application/x-www-form-urlencoded")):
+        raise ApiError(415, f"expected Content-Type: application/json, got {ctype!r}")
+    try:
+        raw = await read_body(request, limit)
+    except BodyTooLarge as exc:
+        raise ApiError(413, str(exc)) from None
+    except BodyIncomplete as exc:
+        raise ApiError(400, str(exc)) from None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # json's C parser recurses once per nesting level
+        raise ApiError(400, "the body is not valid JSON: it is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+class _SlowClient(Exception):
+    pass
+
+
+class PacedResponse(StreamingResponse):
+    """A streamed answer whose client must take each message within `send_timeout`
+    seconds. Sending waits while the client does not read (uvicorn's flow control), so
+    this bounds how long a client that stopped reading holds an engine (a TTS stream, the
+    LLM): past the deadline the body is closed (the synthesis or generation stopped) and
+    the response ends unfinished (the server closes the connection). ``what`` names the
+    route in the log line."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, send_timeout: float, what: str, **kw: Any):
+        super().__init__(content, **kw)
+        self.send_timeout = send_timeout
+        self.what = what
+
+    async def stream_response(self, send: Send) -> None:
+        async def timed(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self.send_timeout)
+            except asyncio.TimeoutError:
+                raise _SlowClient from None
+
+        try:
+            await super().stream_response(timed)
+        except _SlowClient:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            log.warning(
+                "%s: the client took nothing for %g s (limits.http_send_timeout_s): "
+                "response cut off, its engine freed",
+                self.what,
+                self.send_timeout,
+            )

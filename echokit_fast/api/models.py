@@ -3,7 +3,9 @@
 The models are the embedded engines this process has loaded: the Whisper model (its id,
 e.g. ``whisper-base``; the transcription routes answer every ``model`` name with it), the TTS
 engine (``hibari`` or ``piper``) and each of its voices as ``<engine>/<voice>`` (the names
-``voice`` takes). An unknown id is a 404 with an OpenAI error body (``model_not_found``).
+``voice`` takes), and the in-process LLM when one is loaded (its GGUF file name without
+``.gguf``; ``/v1/chat/completions`` answers every ``model`` name with it). An unknown id is
+a 404 with an OpenAI error body (``model_not_found``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def served(state: AppState) -> list[dict[str, Any]]:
     if state.tts is not None and isinstance(getattr(state.tts, "engine", None), str):
         ids.append(state.tts.engine)
         ids.extend(f"{state.tts.engine}/{voice}" for voice in state.tts.voices())
+    if state.llm is not None:
+        ids.append(state.llm.model_id)
     return [_model(i) for i in ids]
 
 

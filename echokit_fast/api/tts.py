@@ -55,17 +55,10 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Message, Send
 
-from echokit_fast.api.common import (
-    RETRY_AFTER_S,
-    ApiError,
-    BodyIncomplete,
-    BodyTooLarge,
-    read_body,
-)
+from echokit_fast.api.common import RETRY_AFTER_S, ApiError, PacedResponse, read_json
 from echokit_fast.api.speech_formats import FORMATS, Encoder, media_type
 from echokit_fast.audio import write_wav
 from echokit_fast.backends.base import BackendBusy, BackendError
@@ -101,29 +94,6 @@ GSV_DEFAULT_RATE = 32000
 def _text_error(exc: ApiError) -> PlainTextResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status in (429, 503) else None
     return PlainTextResponse(exc.message, status_code=exc.status, headers=headers)
-
-
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    """The JSON object of the body. A missing or odd Content-Type is tolerated (curl
-    users forget it); a form is refused with 415."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype.startswith(("multipart/", "application/x-www-form-urlencoded")):
-        raise ApiError(415, f"expected Content-Type: application/json, got {ctype!r}")
-    try:
-        raw = await read_body(request, limit)
-    except BodyTooLarge as exc:
-        raise ApiError(413, str(exc)) from None
-    except BodyIncomplete as exc:
-        raise ApiError(400, str(exc)) from None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
-    except RecursionError:  # json's C parser recurses once per nesting level
-        raise ApiError(400, "the body is not valid JSON: it is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the body must be a JSON object, got {type(body).__name__}")
-    return body
 
 
 def _input(body: dict[str, Any], missing_status: int) -> str:
@@ -202,42 +172,9 @@ async def _start(
     return chunks()
 
 
-class _SlowClient(Exception):
-    pass
-
-
-class _PacedResponse(StreamingResponse):
-    """A streamed answer whose client must take each message within `send_timeout`
-    seconds. Sending waits while the client does not read (uvicorn's flow control), so
-    this bounds how long a client that stopped reading holds its TTS stream: past the
-    deadline the body is closed (the synthesis cancelled, the stream freed) and the
-    response ends unfinished (the server closes the connection)."""
-
-    def __init__(self, content: AsyncIterator[bytes], *, send_timeout: float, **kw: Any):
-        super().__init__(content, **kw)
-        self.send_timeout = send_timeout
-
-    async def stream_response(self, send: Send) -> None:
-        async def timed(message: Message) -> None:
-            try:
-                await asyncio.wait_for(send(message), self.send_timeout)
-            except asyncio.TimeoutError:
-                raise _SlowClient from None
-
-        try:
-            await super().stream_response(timed)
-        except _SlowClient:
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            log.warning(
-                "tts: the client took no audio for %g s (limits.http_send_timeout_s): "
-                "response cut off, its stream freed",
-                self.send_timeout,
-            )
-
-
 def _streamed(state: AppState, chunks: AsyncIterator[bytes], media_type: str) -> Response:
     timeout = state.config.limits.http_send_timeout_s
-    return _PacedResponse(chunks, send_timeout=timeout, media_type=media_type)
+    return PacedResponse(chunks, send_timeout=timeout, media_type=media_type, what="tts")
 
 
 # --- OpenAI -------------------------------------------------------------------------
@@ -371,7 +308,7 @@ def routes(state: AppState) -> list[BaseRoute]:
 
     async def speech(request: Request) -> Response:
         try:
-            body = await _json_body(request, limit)
+            body = await read_json(request, limit)
         except ApiError as exc:
             return exc.response()
         if _is_gsv(body):
@@ -386,7 +323,7 @@ def routes(state: AppState) -> list[BaseRoute]:
 
     async def stream_speech(request: Request) -> Response:
         try:
-            body = await _json_body(request, limit)
+            body = await read_json(request, limit)
             return await _gsv_stream(state, body)
         except ApiError as exc:
             return _text_error(exc)

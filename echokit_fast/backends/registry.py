@@ -62,7 +62,9 @@ MODULES: dict[Kind, tuple[str, ...]] = {
         f"echokit_fast.backends.tts.{m}"
         for m in ("openai", "gsv", "stream_gsv", "fish", "cosyvoice", "elevenlabs", "local")
     ),
-    "llm": tuple(f"echokit_fast.backends.llm.{m}" for m in ("openai_chat", "openai_responses")),
+    "llm": tuple(
+        f"echokit_fast.backends.llm.{m}" for m in ("openai_chat", "openai_responses", "local")
+    ),
 }
 
 
@@ -78,13 +80,15 @@ LAYOUTS: dict[str, tuple[Kind, ...]] = {
 @dataclass(frozen=True)
 class Needs:
     """What a build may use besides its config section: the engines the application shares
-    (``local_asr(cfg)`` / ``local_tts(cfg)``; None: the platform loads its own), the
+    (``local_asr(cfg)`` / ``local_tts(cfg)`` / ``local_llm(cfg)``; None: the platform loads its
+    own), the
     ``[limits] max_history_bytes`` of a conversation's history (None: unbounded), and the
     ``[limits]`` caps on what a remote backend may send and on the LLM's stream (the defaults
     are those of ``[limits]``)."""
 
     local_asr: Callable[[Any], Transcriber] | None = None
     local_tts: Callable[[Any], Speaker] | None = None
+    local_llm: Callable[[Any], Any] | None = None
     max_history_bytes: int | None = None
     max_json_bytes: int = 1 << 20
     max_tts_bytes: int = 64 << 20
@@ -246,6 +250,7 @@ def build_backends(
     *,
     local_asr: Callable[[Any], Transcriber] | None = None,
     local_tts: Callable[[Any], Speaker] | None = None,
+    local_llm: Callable[[Any], Any] | None = None,
 ) -> Backends:
     """``(transcriber, speaker, conversation_factory)`` for a config of :data:`LAYOUTS`: the
     pipeline's three; the claude layout's ASR and TTS with the ``[claude]`` bridges; or the
@@ -255,8 +260,8 @@ def build_backends(
     Call inside the server's event loop (the HTTP clients belong to it); ``aclose()`` the
     result at shutdown. MCP tools are listed on the first reply (the LLM backends load them
     lazily). Local platforms import their engines when built; a missing engine is a
-    RuntimeError naming it (``local_asr``/``local_tts`` supply shared engines instead, e.g. the
-    app's). Platforms registered without a build raise NotImplementedError.
+    RuntimeError naming it (``local_asr``/``local_tts``/``local_llm`` supply shared engines
+    instead, e.g. the app's). Platforms registered without a build raise NotImplementedError.
     """
     kinds = LAYOUTS.get(config.layout)
     if kinds is None or any(getattr(config, kind) is None for kind in kinds):
@@ -264,6 +269,7 @@ def build_backends(
     needs = Needs(
         local_asr=local_asr,
         local_tts=local_tts,
+        local_llm=local_llm,
         max_history_bytes=config.limits.max_history_bytes,
         max_json_bytes=config.limits.max_json_bytes,
         max_tts_bytes=config.limits.max_tts_bytes,

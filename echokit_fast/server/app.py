@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from echokit_fast import __version__
-from echokit_fast.api import asr, models, realtime, tts, vad
+from echokit_fast.api import asr, chat, models, realtime, tts, vad
 from echokit_fast.api.common import error_response
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
@@ -29,7 +29,7 @@ from echokit_fast.server.state import AppState
 __all__ = ["create_app"]
 
 #: (the xiaozhi front end after the EchoKit one: it shares the EchoKit routes' sessions)
-SERVICES = (asr, tts, models, vad, realtime, device, xiaozhi)
+SERVICES = (asr, tts, chat, models, vad, realtime, device, xiaozhi)
 
 
 async def version(_request: Request) -> JSONResponse:

@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 
 from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
+from echokit_fast.backends.llm.local import LocalLLM
 from echokit_fast.backends.llm.openai_chat import OpenAIChatLLM
 from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM
 from echokit_fast.backends.tts.local import LocalTTS
@@ -59,8 +60,8 @@ READY_MESSAGE = "ready: every configured engine is loaded"
 
 
 async def load_engines(state: AppState) -> None:
-    """Load the engines the configuration uses (the Silero VAD always; Whisper and the TTS
-    engine when a served layout, ``registry.LAYOUTS``, runs them in-process) in worker
+    """Load the engines the configuration uses (the Silero VAD always; Whisper, the TTS
+    engine and the LLM when a served layout, ``registry.LAYOUTS``, runs them in-process) in worker
     threads, then build the device server's backend clients in this loop; each step logs how
     long it took. Marks the state
     ready, or records the failure in ``state.load_error`` (``serve`` then exits 1)."""
@@ -72,6 +73,8 @@ async def load_engines(state: AppState) -> None:
         steps.append(("Whisper ASR", state.asr_engine))
     if local and isinstance(config.tts, LocalTTS):
         steps.append(("TTS", state.tts_engine))
+    if local and isinstance(config.llm, LocalLLM):
+        steps.append((f"LLM {config.llm.model}", state.llm_engine))
     try:
         for what, build in steps:
             t0 = time.perf_counter()

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from echokit_fast.backends import registry
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.asr.local.engine import LocalWhisper
 from echokit_fast.backends.base import Backends
+from echokit_fast.backends.llm.local import LocalLLM
 from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.backends.vad.silero import SileroVad
@@ -30,6 +32,7 @@ from echokit_fast.conversation.session import SessionManager, Settings
 
 if TYPE_CHECKING:
     from echokit_fast.api.vad import RealtimeVad
+    from echokit_fast.backends.llm.local.engine import LocalLLMEngine
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "DEFAULT_MAX_BODY_BYTES", "AppState"]
 
@@ -41,7 +44,7 @@ DEFAULT_DRAIN_TIMEOUT = 10.0
 #: a record-mode socket silent this long is closed
 RECORD_IDLE_S = 60.0
 
-_ENGINES = ("vad", "asr", "tts")
+_ENGINES = ("vad", "asr", "tts", "llm")
 
 
 @dataclass(eq=False)
@@ -60,6 +63,8 @@ class AppState:
     vad: SileroVad | None = None
     asr: LocalWhisper | None = None
     tts: tts.LocalSpeaker | None = None
+    #: the in-process LLM (``[llm] platform = "local"`` only)
+    llm: LocalLLMEngine | None = None
     #: the device pipeline's clients, built in the running loop at start-up
     backends: Backends | None = None
     #: the device settings (the turn detectors: VAD parameters from ``[asr.vad]``)
@@ -120,9 +125,18 @@ class AppState:
             ),
         )
 
+    def llm_engine(self) -> LocalLLMEngine:
+        """The in-process LLM of the config's ``[llm]`` (which must be the local platform)."""
+        cfg = self.config.llm
+        if not isinstance(cfg, LocalLLM):
+            raise RuntimeError('no in-process LLM: [llm] platform is not "local"')
+        engine = "echokit_fast.backends.llm.local.engine"
+        load = registry.import_engine(engine, "from_config", "LLM")
+        return self._once("llm", lambda: load(cfg))
+
     def loaded(self) -> list[Any]:
         """The engines built or installed so far."""
-        return [e for e in (self.vad, self.asr, self.tts) if e is not None]
+        return [e for e in (self.vad, self.asr, self.tts, self.llm) if e is not None]
 
     def _once(self, name: str, build: Callable[[], T]) -> T:
         engine = getattr(self, name)
@@ -151,8 +165,11 @@ class AppState:
         await self._ready_event.wait()
 
     async def aclose(self) -> None:
-        """Close the backend clients (shutdown)."""
+        """Close the backend clients and free the in-process LLM (shutdown)."""
         backends, self.backends = self.backends, None
         close = getattr(backends, "aclose", None)
         if close is not None:
             await close()
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.close)

@@ -1,6 +1,7 @@
-"""What both OpenAI LLM platforms share: :class:`OpenAIBackend` (the HTTP clients, the
-timeouts, ``extra``, the MCP tools) and :func:`stream` (one streamed request, every failure a
-BackendError with a notice).
+"""What the LLM platforms share: :class:`LLMBackend` (the MCP tools, the prompt includes,
+``extra``; the in-process model's backend too), :class:`OpenAIBackend` (plus the HTTP client and
+its timeouts) and :func:`stream` (one streamed request, every failure a BackendError with a
+notice).
 
 Requests go through the ``openai`` SDK's raw ``post`` to ``llm.url`` (the full endpoint, used as
 is), ``User-Agent: curl/7.81.0``, ``Authorization: Bearer <api_key>`` only with a key (exactly one
@@ -32,16 +33,19 @@ from echokit_fast.backends.llm.includes import IncludeCache
 from echokit_fast.backends.llm.mcp import MCPTools
 from echokit_fast.backends.llm.prompts import Msg
 
-__all__ = ["MAX_TOOL_ROUNDS", "OpenAIBackend", "stream"]
+__all__ = ["MAX_TOOL_ROUNDS", "LLMBackend", "OpenAIBackend", "stream"]
 
 log = logging.getLogger(__name__)
 
 MAX_TOOL_ROUNDS = 8
 
 
-class OpenAIBackend:
-    """What all conversations of one ``[llm]`` share. Create inside the running event loop;
-    :meth:`aclose` at shutdown. Subclasses give :meth:`conversation`."""
+class LLMBackend:
+    """What all conversations of one ``[llm]`` share, whatever carries the requests (HTTP or
+    the in-process model): the MCP tools (listed on first use), the include cache and HTTP
+    client of ``prompts_url`` and the ``{{url}}`` includes, and ``extra`` (its reserved keys
+    dropped with a warning). Create inside the running event loop; :meth:`aclose` at
+    shutdown. Subclasses give :meth:`conversation`."""
 
     #: ``extra`` keys the server sets itself (ignored with a warning)
     reserved_extra: tuple[str, ...] = ()
@@ -51,36 +55,16 @@ class OpenAIBackend:
         cfg: Any,
         *,
         tools: MCPTools | None = None,
-        connect_timeout: float | None = 10.0,
-        first_token_timeout: float | None = 60.0,
-        idle_timeout: float | None = 30.0,
         include_cache: IncludeCache | None = None,
         prompt_timeout: float = 10.0,
-        max_json_bytes: int = 1 << 20,
     ) -> None:
         self.cfg = cfg
         self.tools = tools if tools is not None else MCPTools()
         # MCP tools are listed on first use (needs the event loop), once.
         self._tools_pending = tools is None and bool(cfg.mcp_server)
         self._tools_lock: asyncio.Lock | None = None
-        self.first_token_timeout = first_token_timeout
-        self.idle_timeout = idle_timeout
-        self.max_json_bytes = max_json_bytes
         self.include_cache = include_cache if include_cache is not None else IncludeCache()
         self.http = http.client(prompt_timeout, follow_redirects=True)
-        self.key = (cfg.api_key or "").strip()
-        import openai  # here, not at the top: the SDK takes ~1 s to import, a config load none
-
-        # The SDK insists on a key; without one the Authorization header is omitted per request.
-        self.client = openai.AsyncOpenAI(
-            api_key=self.key or "no-key",
-            base_url=cfg.url,
-            max_retries=0,
-            timeout=httpx.Timeout(None, connect=connect_timeout),
-            default_headers={"User-Agent": http.USER_AGENT},
-            organization=None,
-            project=None,
-        )
         extra = dict(cfg.extra or {})
         for key in self.reserved_extra:
             if key in extra:
@@ -113,7 +97,6 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-        await self.client.close()
 
     def extra_with_tools(self, mcp: list[Msg]) -> Msg:
         """``llm.extra`` with the MCP tools ``mcp`` appended to its ``tools`` and
@@ -124,6 +107,47 @@ class OpenAIBackend:
             extra["tools"] = (list(given) if isinstance(given, list) else []) + mcp
             extra["tool_choice"] = "auto"
         return extra
+
+
+class OpenAIBackend(LLMBackend):
+    """An :class:`LLMBackend` whose requests go over HTTP to ``cfg.url`` (the ``openai`` SDK's
+    client, with the timeouts of the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        *,
+        tools: MCPTools | None = None,
+        connect_timeout: float | None = 10.0,
+        first_token_timeout: float | None = 60.0,
+        idle_timeout: float | None = 30.0,
+        include_cache: IncludeCache | None = None,
+        prompt_timeout: float = 10.0,
+        max_json_bytes: int = 1 << 20,
+    ) -> None:
+        super().__init__(
+            cfg, tools=tools, include_cache=include_cache, prompt_timeout=prompt_timeout
+        )
+        self.first_token_timeout = first_token_timeout
+        self.idle_timeout = idle_timeout
+        self.max_json_bytes = max_json_bytes
+        self.key = (cfg.api_key or "").strip()
+        import openai  # here, not at the top: the SDK takes ~1 s to import, a config load none
+
+        # The SDK insists on a key; without one the Authorization header is omitted per request.
+        self.client = openai.AsyncOpenAI(
+            api_key=self.key or "no-key",
+            base_url=cfg.url,
+            max_retries=0,
+            timeout=httpx.Timeout(None, connect=connect_timeout),
+            default_headers={"User-Agent": http.USER_AGENT},
+            organization=None,
+            project=None,
+        )
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.client.close()
 
 
 async def stream(

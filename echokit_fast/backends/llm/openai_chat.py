@@ -48,7 +48,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, field_validator
 
@@ -56,22 +56,18 @@ from echokit_fast.backends import registry
 from echokit_fast.backends.base import Conversation, SpeakNow, ToolBox
 from echokit_fast.backends.llm.client import MAX_TOOL_ROUNDS, OpenAIBackend, stream
 from echokit_fast.backends.llm.errors import tool_loop_error
-from echokit_fast.backends.llm.mcp import MCPServer
+from echokit_fast.backends.llm.mcp import MCPServer, MCPTools
 from echokit_fast.backends.llm.prompts import Msg, as_msg, load_prompts
 from echokit_fast.backends.llm.tools import ToolCallAssembler
 from echokit_fast.backends.schema import HttpUrl, Message, Section, choices
 
-__all__ = ["ChatBackend", "OpenAIChat", "OpenAIChatLLM"]
+__all__ = ["ChatBackend", "ChatCompletions", "ChatPrompts", "OpenAIChat", "OpenAIChatLLM"]
 
 
-class OpenAIChatLLM(Section):
-    """``[llm] platform = "openai_chat"``: an OpenAI Chat Completions compatible endpoint."""
+class ChatPrompts(Section):
+    """What every Chat Completions platform's section has beside its transport: the prompts,
+    the MCP servers and ``extra`` (``history`` each declares, with its own default)."""
 
-    platform: Literal["openai_chat"] = "openai_chat"
-    url: HttpUrl = Field(validation_alias=choices("url", "llm_chat_url"))
-    api_key: str | None = None
-    model: str = ""
-    history: int = Field(ge=0)
     sys_prompts: list[Message] = Field(default_factory=list)
     dynamic_prompts: list[Message] = Field(default_factory=list)
     #: None (or written ``""``): no remote prompts
@@ -83,6 +79,35 @@ class OpenAIChatLLM(Section):
     @classmethod
     def _empty_is_none(cls, url: Any) -> Any:
         return None if url == "" else url
+
+
+class OpenAIChatLLM(ChatPrompts):
+    """``[llm] platform = "openai_chat"``: an OpenAI Chat Completions compatible endpoint."""
+
+    platform: Literal["openai_chat"] = "openai_chat"
+    url: HttpUrl = Field(validation_alias=choices("url", "llm_chat_url"))
+    api_key: str | None = None
+    model: str = ""
+    history: int = Field(ge=0)
+
+
+class ChatCompletions(Protocol):
+    """What an :class:`OpenAIChat` asks of its backend: the section (``history``, the
+    prompts), the MCP tools, the request body and one streamed completion of it, as
+    ``chat.completion.chunk`` objects (HTTP for ``openai_chat``, the in-process model for
+    ``local``)."""
+
+    cfg: Any
+    tools: MCPTools
+    max_history_bytes: int | None
+
+    async def ensure_tools(self) -> None: ...
+
+    async def load_prompts(self) -> tuple[list[Msg], list[Msg]]: ...
+
+    def body(self, messages: list[Msg], device: ToolBox | None = None) -> Msg: ...
+
+    def completion(self, body: Msg) -> AsyncIterator[Msg]: ...
 
 
 class ChatBackend(OpenAIBackend):
@@ -111,11 +136,16 @@ class ChatBackend(OpenAIBackend):
         """``(sys_prompts, dynamic_prompts)``, see :func:`.prompts.load_prompts`."""
         return await load_prompts(self.cfg, self.http, self.include_cache)
 
+    def completion(self, body: Msg) -> AsyncIterator[Msg]:
+        """One streamed request of ``body``: its chunks (see :func:`.client.stream`)."""
+        return stream(self, body, progress=_has_content, whole=_as_chunks)
+
 
 class OpenAIChat:
-    """One device's conversation (a :class:`~echokit_fast.backends.base.Conversation`)."""
+    """One device's conversation (a :class:`~echokit_fast.backends.base.Conversation`) over
+    any :class:`ChatCompletions` backend."""
 
-    def __init__(self, backend: ChatBackend) -> None:
+    def __init__(self, backend: ChatCompletions) -> None:
         self.backend = backend
         self.limit = backend.cfg.history
         self._sys: list[Msg] = [as_msg(m) for m in backend.cfg.sys_prompts]
@@ -237,9 +267,7 @@ class OpenAIChat:
         """One streamed completion over the current history: yields content deltas, collects
         tool-call fragments into ``tools``."""
         body = self.backend.body(self._sys + self._history, self._device)
-        async with aclosing(
-            stream(self.backend, body, progress=_has_content, whole=_as_chunks)
-        ) as chunks:
+        async with aclosing(self.backend.completion(body)) as chunks:
             async for chunk in chunks:
                 delta = _delta(chunk)
                 content = delta.get("content")

@@ -78,6 +78,7 @@ def prepare(state: AppState) -> None:
             state.config,
             local_asr=lambda _cfg: state.asr_engine(),  # the engines the HTTP APIs serve
             local_tts=lambda _cfg: state.tts_engine(),
+            local_llm=lambda _cfg: state.llm_engine(),  # loaded at start-up (lifecycle)
         )
     if state.device_settings is None:
         vad = getattr(cfg.asr, "vad", None)
