@@ -21,10 +21,13 @@ import openai
 import pytest
 from device_fakes import Device, FakeSpeaker, FakeTranscriber, name
 from harness import api_state, free_port, serve_process
+from standins import MCPStandin
 from tiny_llm import CHAT_TEMPLATE, WORDS, write_tiny_llama
 from vdev import vdev
 
-from echokit_fast.backends.base import BackendBusy, Backends
+from echokit_fast.backends.base import BackendBusy, BackendError, Backends, SpeakNow
+from echokit_fast.backends.llm.client import MAX_TOOL_ROUNDS
+from echokit_fast.backends.llm.errors import NOTICE_TOOL_LOOP
 from echokit_fast.backends.llm.local import LocalLLM
 from echokit_fast.backends.llm.local.chat import LocalChatBackend
 from echokit_fast.backends.llm.local.engine import (
@@ -490,3 +493,33 @@ def test_serve_refuses_a_missing_model_in_one_sentence(tmp_path: Path) -> None:
         timeout=60,
     )
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_mcp_tools_are_called_with_the_function_calling_chat_format(serve, tiny) -> None:
+    # The random model, offered the stand-in's tools, calls one ("boom", whose arguments are
+    # an empty object) every round: the call goes to the real MCP server, its result back to
+    # the model, which calls again, until the tool-round limit ends the reply.
+    mcp = MCPStandin("http_streamable")
+    url = f"http://{serve(mcp.app)}{mcp.path}"
+    server = {"server": url, "type": "http_streamable", "call_mcp_message": "One moment."}
+    section = cfg(tiny, context=4096, chat_format="chatml-function-calling", mcp_server=[server])
+    e = from_config(section)
+
+    async def main() -> tuple[list[Any], BackendError]:
+        backend = LocalChatBackend(section, e)
+        got: list[Any] = []
+        try:
+            with pytest.raises(BackendError) as err:
+                async for item in backend.conversation().reply("what is the weather in oslo"):
+                    got.append(item)
+        finally:
+            await backend.aclose()
+        return got, err.value
+
+    try:
+        got, error = asyncio.run(main())
+    finally:
+        e.close()
+    assert error.notice == NOTICE_TOOL_LOOP
+    assert mcp.calls == [("boom", {})] * (MAX_TOOL_ROUNDS + 1)
+    assert got == [SpeakNow("One moment.")] * (MAX_TOOL_ROUNDS + 1)

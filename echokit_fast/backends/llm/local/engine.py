@@ -12,7 +12,8 @@
 * **Stopped within one token.** Leaving the stream (a barge-in, a disconnect, a cancelled
   turn) tells the worker, which checks between tokens; a queued answer whose asker left is
   skipped. ``max_tokens`` is enforced here too (llama-cpp-python's tool-call handler ignores
-  it for the message it writes).
+  it for the message it writes). An answer offered tools is written whole and then sent as one
+  chunk: that handler cannot stream an automatic tool choice.
 * **Clear failures.** :func:`from_config` resolves the file (:mod:`.model`), loads it and
   refuses, with one sentence each: a model without a chat template and no ``chat_format``, an
   ``extra`` key llama.cpp does not take, a file llama.cpp cannot load (corrupt, an unknown
@@ -235,7 +236,9 @@ class LocalLLMEngine:
                 record.outcome = "skipped"
                 return
             self._current = job
-            if job.stream:
+            if job.stream and job.kwargs.get("tools"):
+                self._write_whole(job, record)
+            elif job.stream:
                 self._write(job, record, started)
             else:
                 answer = self.llama.create_chat_completion(**job.kwargs, stream=False)
@@ -284,6 +287,30 @@ class LocalLLMEngine:
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()  # the generator's own clean-up (llama.cpp's sampler, the grammar)
+
+    def _write_whole(self, job: _Job, record: Generation) -> None:
+        """An answer that may call tools, as the chunks of a stream: llama-cpp-python's
+        function-calling handler cannot stream an automatic tool choice, so the answer is
+        written whole, then sent as one delta (its text and its tool calls) and the end."""
+        answer = self.llama.create_chat_completion(**job.kwargs, stream=False)
+        choice = answer["choices"][0]
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+        calls = message.get("tool_calls") or []
+        if calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+        record.tokens = answer.get("usage", {}).get("completion_tokens", 0)
+        record.outcome = choice.get("finish_reason") or "stop"
+        head = {k: answer.get(k) for k in ("id", "created")}
+        job.put(
+            {
+                **head,
+                "object": "chat.completion.chunk",
+                "model": self.model_id,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+        )
+        job.put(_finish(answer, self.model_id, record.outcome))
 
     # -- shutdown ----------------------------------------------------------------------------
 
