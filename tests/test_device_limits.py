@@ -23,8 +23,8 @@ from echokit_fast.config import ConfigError, parse_config
 from echokit_fast.conversation.session import TEXT_TOO_LONG, Settings
 from echokit_fast.conversation.splitter import MAX_SEGMENT_BYTES, cut_text
 from echokit_fast.devices.echokit import output
-from echokit_fast.devices.echokit.connection import SESSIONS_FULL_REASON
 from echokit_fast.devices.echokit.protocol import decode_event
+from echokit_fast.devices.socket import SESSIONS_FULL_REASON
 
 
 def test_text_over_the_cap_is_refused_with_the_notice_and_not_sent(serve, tmp_path):

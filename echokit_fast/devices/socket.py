@@ -1,6 +1,6 @@
-"""What every device front end does with its WebSocket: read the device's frames, send a frame
-within the device-send deadline (``[limits] device_send_timeout_s``; a device that stops
-reading is dropped) and close the socket."""
+"""What every device front end does with its WebSocket: open the device's session (or refuse
+it), read the device's frames, send a frame within the device-send deadline (``[limits]
+device_send_timeout_s``; a device that stops reading is dropped) and close the socket."""
 
 from __future__ import annotations
 
@@ -10,11 +10,35 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from echokit_fast.conversation.device import DeviceGone
+from echokit_fast.conversation.session import Session, SessionManager, SessionsFull
 from echokit_fast.server.websocket import abort
 
-__all__ = ["close", "read_frames", "send"]
+__all__ = ["SESSIONS_FULL_REASON", "close", "open_session", "read_frames", "send"]
 
 log = logging.getLogger("echokit_fast.device")
+
+#: the Close reason of a device refused because ``[limits] max_sessions`` sessions are open
+SESSIONS_FULL_REASON = "server full: too many device sessions (max_sessions)"
+
+
+async def open_session(
+    manager: SessionManager, ws: Any, device_id: str, *, log_id: str, timeout: float
+) -> Session | None:
+    """The device's session, once the backends are built; None when the device was refused
+    and its socket closed: ``1011`` when the backends cannot be built (logged with the
+    traceback), ``1013`` when ``[limits] max_sessions`` sessions are open (try again later)."""
+    try:
+        await manager.ensure_ready()
+    except Exception:
+        log.exception("device %s: the backends could not be built", log_id)
+        await close(ws, 1011, timeout=timeout)
+        return None
+    try:
+        return manager.session(device_id)
+    except SessionsFull as exc:
+        log.warning("device %s: connection refused: %s", log_id, exc)
+        await close(ws, 1013, SESSIONS_FULL_REASON, timeout=timeout)
+        return None
 
 
 async def send(ws: Any, frame: bytes | str, *, timeout: float, log_id: str) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from echokit_fast.conversation.device import DeviceGone
-from echokit_fast.conversation.session import Session, SessionManager, SessionsFull
+from echokit_fast.conversation.session import Session, SessionManager
 from echokit_fast.conversation.trace import printable
 from echokit_fast.devices import socket
 from echokit_fast.devices.echokit.flags import Flags
@@ -71,7 +71,6 @@ THREAD_ENCODE_MIN = 3840
 #: time limit for the EndResponse written to a pre-empted socket
 PREEMPT_SEND_TIMEOUT = 2.0
 #: the Close reason for a connection refused at ``max_sessions``
-SESSIONS_FULL_REASON = "server full: too many device sessions (max_sessions)"
 #: room for a command's JSON around its ``input`` string
 COMMAND_ENVELOPE = 1024
 
@@ -215,17 +214,8 @@ async def serve(
     hello file's bytes, b"" for none) is sent first on a fresh (not ``reconnect``) one;
     ``send_timeout``: ``[limits] device_send_timeout_s``."""
     log_id = printable(device_id)
-    try:
-        await manager.ensure_ready()
-    except Exception:
-        log.exception("device %s: the backends could not be built", log_id)
-        await socket.close(ws, 1011, timeout=send_timeout)
-        return
-    try:
-        session = manager.session(device_id)
-    except SessionsFull as exc:
-        log.warning("device %s: connection refused: %s", log_id, exc)
-        await socket.close(ws, 1013, SESSIONS_FULL_REASON, timeout=send_timeout)
+    session = await socket.open_session(manager, ws, device_id, log_id=log_id, timeout=send_timeout)
+    if session is None:
         return
     conn = Connection(
         ws,

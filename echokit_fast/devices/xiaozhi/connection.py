@@ -44,7 +44,7 @@ import numpy.typing as npt
 from echokit_fast.audio import OpusDecoder, float_to_pcm16
 from echokit_fast.config import LimitsConfig, XiaozhiConfig
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceGone
-from echokit_fast.conversation.session import Session, SessionManager, SessionsFull
+from echokit_fast.conversation.session import Session, SessionManager
 from echokit_fast.conversation.splitter import cut_text
 from echokit_fast.conversation.trace import printable
 from echokit_fast.devices import socket
@@ -70,7 +70,6 @@ NOTICE_STATUS, NOTICE_EMOTION = "Error", "sad"
 #: how a notification is shown
 NOTIFY_STATUS, NOTIFY_EMOTION = "Notice", "neutral"
 #: the Close reason for a connection refused at ``max_sessions``
-SESSIONS_FULL_REASON = "server full: too many device sessions (max_sessions)"
 
 
 class Connection:
@@ -299,18 +298,10 @@ async def serve(
             )
         )
         await ready()
-        try:
-            await manager.ensure_ready()
-        except Exception:
-            log.exception("device %s: the backends could not be built", log_id)
-            await socket.close(ws, 1011, timeout=send_timeout)
-            conn.alive = False
-            return
-        try:
-            session = manager.session(device_id)
-        except SessionsFull as exc:
-            log.warning("device %s: connection refused: %s", log_id, exc)
-            await socket.close(ws, 1013, SESSIONS_FULL_REASON, timeout=send_timeout)
+        session = await socket.open_session(
+            manager, ws, device_id, log_id=log_id, timeout=send_timeout
+        )
+        if session is None:
             conn.alive = False
             return
         if not await session.attach(conn):
