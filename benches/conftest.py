@@ -29,6 +29,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=2,
         help="benches/bench_llm.py: timed runs per path (2; the recorded figures: 7)",
     )
+    parser.addoption(
+        "--opus-all",
+        action="store_true",
+        help="benches/bench_opus_complexity.py: every complexity, not only ours and the default",
+    )
     soak = parser.getgroup("soak", "benches/bench_soak.py (5 s unless --soak or --soak-quick)")
     soak.addoption("--soak", action="store_true", help="run the soak: 5 minutes by default")
     soak.addoption("--soak-quick", action="store_true", help="run a short soak (30 s)")

@@ -241,6 +241,14 @@ OPUS_FRAME_MS = (2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 120.0)
 OPUS_MAX_PACKET = 1280
 
 
+#: libopus' complexity of the downlink encoders (the EchoKit and xiaozhi replies): the lowest
+#: whose WER is that of libopus' default (9) and whose spectral distance is within 0.2 dB of
+#: it on both links, as measured by benches/bench_opus_complexity.py (which fails past 0.25 dB:
+#: the margin is for libopus' other SIMD code paths on other CPUs); it encodes in about half
+#: the default's time
+DOWNLINK_OPUS_COMPLEXITY = 4
+
+
 class OpusEncoder:
     """Streaming Opus encoder as EchoKit uses it (docs/protocol.md#opus).
 
@@ -262,14 +270,22 @@ class OpusEncoder:
 
     __slots__ = ("_enc",)
 
-    def __init__(self, sample_rate: int = 16000, frame_ms: float = 120) -> None:
+    def __init__(
+        self, sample_rate: int = 16000, frame_ms: float = 120, complexity: int | None = None
+    ) -> None:
         """``sample_rate`` in :data:`OPUS_SAMPLE_RATES`, ``frame_ms`` in
-        :data:`OPUS_FRAME_MS`; anything else raises ValueError."""
-        self._enc = _native.OpusEncoder(sample_rate, frame_ms)
+        :data:`OPUS_FRAME_MS`, ``complexity`` 0 to 10 (None: libopus' default, 9); anything
+        else raises ValueError."""
+        self._enc = _native.OpusEncoder(sample_rate, frame_ms, complexity)
 
     @property
     def sample_rate(self) -> int:
         return self._enc.sample_rate
+
+    @property
+    def complexity(self) -> int:
+        """libopus' encoder complexity (0 fastest ... 10 best)."""
+        return self._enc.complexity
 
     @property
     def frame_size(self) -> int:
@@ -330,7 +346,14 @@ class OpusDecoder:
         self._dec.reset()
 
 
-__all__ += ["OPUS_FRAME_MS", "OPUS_MAX_PACKET", "OPUS_SAMPLE_RATES", "OpusDecoder", "OpusEncoder"]
+__all__ += [
+    "DOWNLINK_OPUS_COMPLEXITY",
+    "OPUS_FRAME_MS",
+    "OPUS_MAX_PACKET",
+    "OPUS_SAMPLE_RATES",
+    "OpusDecoder",
+    "OpusEncoder",
+]
 
 # --- Lip-sync vowels (vowel) ---
 

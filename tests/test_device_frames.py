@@ -23,7 +23,7 @@ from device_fakes import (
 )
 from test_device import SILENCE, SPEECH, build, run
 
-from echokit_fast.audio import OpusEncoder, float_to_pcm16, write_wav
+from echokit_fast.audio import DOWNLINK_OPUS_COMPLEXITY, OpusEncoder, float_to_pcm16, write_wav
 from echokit_fast.config import default_config
 from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
@@ -37,8 +37,9 @@ def text_event(variant: str, text: str) -> bytes:
 
 def opus_frames(pcm: np.ndarray, *, vowel: bool, chunk: int = 700) -> list[bytes]:
     """The AudioChunk[WithVowel] frames of one segment: the samples pushed chunk by chunk
-    into a fresh 16 kHz 120 ms encoder, the remainder zero-padded at the end."""
-    enc = OpusEncoder(SR, 120)
+    into a fresh 16 kHz 120 ms encoder at the downlink's complexity, the remainder zero-padded
+    at the end."""
+    enc = OpusEncoder(SR, 120, DOWNLINK_OPUS_COMPLEXITY)
     out: list[bytes] = []
     for i in range(0, len(pcm), chunk):
         piece = pcm[i : i + chunk]

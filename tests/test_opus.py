@@ -229,6 +229,30 @@ def test_corrupt_packets_raise_and_decoder_stays_usable():
     assert len(dec.decode(packets[1])) == FRAME
 
 
+@pytest.mark.parametrize("complexity", [0, 4, 9])
+def test_complexity_is_libopus_own(complexity):
+    x = np.concatenate([sine(9600), np.random.default_rng(5).normal(0, 0.2, 9600)])
+    x = x.astype(np.float32)
+    pcm = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+    ref = opuslib.Encoder(SR, 1, opuslib.APPLICATION_VOIP)
+    ref.complexity = complexity
+    expected = [
+        opuslib_encoder.encode(ref.encoder_state, pcm[i : i + FRAME].tobytes(), FRAME, 1280)
+        for i in range(0, len(pcm), FRAME)
+    ]
+    enc = OpusEncoder(SR, 120, complexity)
+    assert enc.complexity == complexity
+    assert enc.push(x) == expected
+    if complexity != OpusEncoder().complexity:
+        assert OpusEncoder().push(x) != expected  # the setting is applied, not ignored
+
+
+@pytest.mark.parametrize("complexity", [-1, 11, 100])
+def test_bad_complexity(complexity):
+    with pytest.raises(ValueError, match=r"complexity must be from 0 to 10"):
+        OpusEncoder(SR, 120, complexity)
+
+
 def test_all_rates_and_frame_durations():
     for rate in OPUS_SAMPLE_RATES:
         for ms in OPUS_FRAME_MS:

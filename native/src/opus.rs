@@ -81,6 +81,25 @@ impl Encoder {
         })
     }
 
+    /// libopus' encoder complexity, 0 (fastest) to 10 (best; libopus 1.5's default is 9).
+    pub fn set_complexity(&mut self, complexity: i64) -> Result<()> {
+        if !(0..=10).contains(&complexity) {
+            return Err(invalid!(
+                "complexity must be from 0 to 10 (libopus), got {complexity}"
+            ));
+        }
+        self.enc
+            .set_complexity(complexity as i32)
+            .map_err(|e| opus_err("set complexity", e))
+    }
+
+    pub fn complexity(&mut self) -> Result<i64> {
+        self.enc
+            .get_complexity()
+            .map(i64::from)
+            .map_err(|e| opus_err("get complexity", e))
+    }
+
     pub fn sample_rate(&self) -> u32 {
         self.sample_rate
     }
@@ -257,6 +276,17 @@ mod tests {
         (offset..offset + n)
             .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 16000.0).sin())
             .collect()
+    }
+
+    #[test]
+    fn complexity_is_set_and_checked() {
+        let mut e = Encoder::new(16000, 120.0).unwrap();
+        assert_eq!(e.complexity().unwrap(), 9); // libopus 1.5's default
+        e.set_complexity(3).unwrap();
+        assert_eq!(e.complexity().unwrap(), 3);
+        assert!(e.set_complexity(11).is_err());
+        assert!(e.set_complexity(-1).is_err());
+        assert_eq!(e.complexity().unwrap(), 3);
     }
 
     #[test]

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from echokit_fast.audio import OpusEncoder, float_to_pcm16, is_wav, wav_info
+from echokit_fast.audio import (
+    DOWNLINK_OPUS_COMPLEXITY,
+    OpusEncoder,
+    float_to_pcm16,
+    is_wav,
+    wav_info,
+)
 from echokit_fast.conversation.splitter import cut_text
 from echokit_fast.devices.echokit.protocol import encode_audio_chunk, encode_event
 
@@ -92,7 +98,7 @@ class AudioOut:
         self.opus = opus
         # vowel only means something with opus (docs/protocol.md#query-flags)
         self.vowel = opus and vowel
-        self._enc = OpusEncoder(SAMPLE_RATE, 120) if opus else None
+        self._enc = OpusEncoder(SAMPLE_RATE, 120, DOWNLINK_OPUS_COMPLEXITY) if opus else None
 
     def push(self, pcm: npt.NDArray[np.float32]) -> list[bytes]:
         """Frames for one chunk of float32 16 kHz mono samples."""

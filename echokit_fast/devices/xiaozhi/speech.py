@@ -19,7 +19,7 @@ import asyncio
 import numpy as np
 import numpy.typing as npt
 
-from echokit_fast.audio import OpusEncoder, Resampler
+from echokit_fast.audio import DOWNLINK_OPUS_COMPLEXITY, OpusEncoder, Resampler
 from echokit_fast.conversation.device import SAMPLE_RATE
 from echokit_fast.devices.xiaozhi.protocol import FRAME_MS
 
@@ -34,7 +34,7 @@ class Speech:
     zero-padded to a whole frame (the board cannot decode a longer or a partial one)."""
 
     def __init__(self, sample_rate: int) -> None:
-        self._enc = OpusEncoder(sample_rate, FRAME_MS)
+        self._enc = OpusEncoder(sample_rate, FRAME_MS, DOWNLINK_OPUS_COMPLEXITY)
         self._rs = Resampler(SAMPLE_RATE, sample_rate) if sample_rate != SAMPLE_RATE else None
 
     @property

@@ -109,21 +109,30 @@ impl PyOpusEncoder {
 #[pymethods]
 impl PyOpusEncoder {
     #[new]
-    #[pyo3(signature = (sample_rate = 16000, frame_ms = 120.0))]
-    fn new(sample_rate: i64, frame_ms: f64) -> PyResult<Self> {
+    #[pyo3(signature = (sample_rate = 16000, frame_ms = 120.0, complexity = None))]
+    fn new(sample_rate: i64, frame_ms: f64, complexity: Option<i64>) -> PyResult<Self> {
         let rate = u32::try_from(sample_rate).map_err(|_| {
             PyValueError::new_err(format!(
                 "sample_rate must be one of 8000, 12000, 16000, 24000, 48000 (Opus rates), got {sample_rate}"
             ))
         })?;
+        let mut enc = Encoder::new(rate, frame_ms)?;
+        if let Some(c) = complexity {
+            enc.set_complexity(c)?;
+        }
         Ok(Self {
-            inner: Mutex::new(Encoder::new(rate, frame_ms)?),
+            inner: Mutex::new(enc),
         })
     }
 
     #[getter]
     fn frame_size(&mut self) -> usize {
         self.enc().frame_size()
+    }
+
+    #[getter]
+    fn complexity(&mut self) -> PyResult<i64> {
+        Ok(self.enc().complexity()?)
     }
 
     #[getter]
