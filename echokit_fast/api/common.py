@@ -16,8 +16,6 @@ from starlette.types import Message, Send
 
 from echokit_fast.audio import AudioTooLong
 
-log = logging.getLogger("echokit_fast.api")
-
 #: how long a client refused for load (429, 503) is told to wait, in seconds
 RETRY_AFTER_S = 1
 
@@ -165,7 +163,7 @@ class PacedResponse(StreamingResponse):
     this bounds how long a client that stopped reading holds an engine (a TTS stream, the
     LLM): past the deadline the body is closed (the synthesis or generation stopped) and
     the response ends unfinished (the server closes the connection). ``what`` names the
-    route in the log line."""
+    route: its logger (``echokit_fast.api.<what>``) and the log line."""
 
     def __init__(self, content: AsyncIterator[bytes], *, send_timeout: float, what: str, **kw: Any):
         super().__init__(content, **kw)
@@ -183,7 +181,7 @@ class PacedResponse(StreamingResponse):
             await super().stream_response(timed)
         except _SlowClient:
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
-            log.warning(
+            logging.getLogger(f"echokit_fast.api.{self.what}").warning(
                 "%s: the client took nothing for %g s (limits.http_send_timeout_s): "
                 "response cut off, its engine freed",
                 self.what,
