@@ -1,0 +1,448 @@
+// The talk page: this browser is an EchoKit device on the server's own WebSocket, /ws/{id}
+// (docs/protocol.md). Stream mode (stream_asr=true: the server ends each utterance) with raw
+// PCM replies (opus=false). The microphone is listened to in the page; when speech starts the
+// page sends StartChat and streams 16 kHz PCM16 frames (with the half second before it) until
+// EndVad; the reply's segments are shown and played back to back; EndResponse, once the reply
+// has played, listens again. Pressing the button during a reply interrupts it (StartChat on
+// the same socket cancels the answer and starts the next utterance).
+
+import { decodeEvent } from "./msgpack.js";
+
+const RATE = 16000; // the protocol's audio rate, both ways
+const FRAME = 2048; // samples per microphone frame (128 ms)
+const PREROLL_FRAMES = 4; // the frames kept from before speech starts (512 ms)
+const MIN_LEVEL = 0.02; // RMS below which a frame is never speech
+const NOISE_FACTOR = 4; // speech: a frame this many times louder than the noise floor
+const LEAD_S = 0.08; // playback starts this far ahead of the clock
+const RECONNECTS = [500, 1000, 2000, 4000, 8000]; // delays (ms) of the attempts after a drop
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  state: $("state"),
+  error: $("error"),
+  log: $("log"),
+  interim: $("interim"),
+  talk: $("talk"),
+  end: $("end"),
+  device: $("device"),
+};
+
+const LABELS = {
+  idle: "Ready",
+  connecting: "Connecting…",
+  listening: "Listening",
+  thinking: "Thinking…",
+  speaking: "Speaking",
+  reconnecting: "Reconnecting…",
+  error: "Stopped",
+};
+
+// What the tests read: the state, the samples played, the transcripts and replies.
+const stats = {
+  state: "idle",
+  playedSamples: 0,
+  interim: "",
+  transcripts: [],
+  replies: [],
+  notices: [],
+  errors: [],
+};
+window.echokitStats = stats;
+
+function deviceId() {
+  const key = "echokit.deviceId";
+  let id = localStorage.getItem(key);
+  if (!id) {
+    const bytes = crypto.getRandomValues(new Uint8Array(6));
+    id = "web" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem(key, id);
+  }
+  return id;
+}
+
+function socketUrl(id, reconnect) {
+  const url = new URL("ws/" + encodeURIComponent(id), location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  url.search = "";
+  url.hash = "";
+  const query = new URLSearchParams({ opus: "false", stream_asr: "true", reconnect: String(reconnect) });
+  const token = new URLSearchParams(location.search).get("token");
+  if (token) query.set("token", token);
+  url.search = query.toString();
+  return url.toString();
+}
+
+function showError(message) {
+  stats.errors.push(message);
+  ui.error.textContent = message;
+  ui.error.hidden = false;
+}
+
+function clearError() {
+  ui.error.hidden = true;
+  ui.error.textContent = "";
+}
+
+function addEntry(kind, who, text) {
+  const li = document.createElement("li");
+  li.className = kind;
+  const label = document.createElement("span");
+  label.className = "who";
+  label.textContent = who;
+  const body = document.createElement("span");
+  body.textContent = text;
+  li.append(label, body);
+  ui.log.append(li);
+  li.scrollIntoView({ block: "end" });
+  return body;
+}
+
+function micError(err) {
+  if (err && (err.name === "NotAllowedError" || err.name === "SecurityError")) {
+    return "Microphone access was denied: allow it for this page and start again.";
+  }
+  if (err && err.name === "NotFoundError") return "No microphone was found.";
+  if (!window.isSecureContext) {
+    return "The browser allows the microphone only on https:// or http://localhost.";
+  }
+  return "The microphone could not be opened: " + (err && err.message ? err.message : err);
+}
+
+function rms(pcm) {
+  let sum = 0;
+  for (let i = 0; i < pcm.length; i++) sum += pcm[i] * pcm[i];
+  return Math.sqrt(sum / pcm.length) / 32768;
+}
+
+class Conversation {
+  constructor(id) {
+    this.id = id;
+    this.ws = null;
+    this.ctx = null;
+    this.stream = null;
+    this.stopped = false;
+    this.attempt = 0;
+    this.uploading = false; // StartChat sent: the microphone goes to the server
+    this.heardEnd = false; // EndVad of this turn seen: the next ASR is the final transcript
+    this.replying = false; // final transcript seen: the turn is the server's
+    this.turnOver = false; // EndResponse seen, waiting for the reply to finish playing
+    this.dropReply = false; // interrupted: the cancelled answer's audio still in flight is dropped
+    this.preroll = [];
+    this.noise = MIN_LEVEL / NOISE_FACTOR;
+    this.sources = new Set();
+    this.nextTime = 0;
+    this.reply = null; // the log entry of the reply being shown
+    this.hello = [];
+  }
+
+  setState(state) {
+    stats.state = state;
+    ui.state.dataset.state = state;
+    ui.state.textContent = LABELS[state];
+    const running = state !== "idle" && state !== "error";
+    ui.end.hidden = !running;
+    const interruptible = state === "thinking" || state === "speaking";
+    ui.talk.textContent = !running ? "Start conversation" : interruptible ? "Interrupt" : LABELS[state];
+    ui.talk.setAttribute("aria-disabled", String(running && !interruptible));
+  }
+
+  async start() {
+    clearError();
+    this.setState("connecting");
+    // made in the click, so the page may play sound
+    this.ctx = new AudioContext();
+    this.connect(false);
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+    } catch (err) {
+      this.fail(micError(err));
+      return;
+    }
+    if (this.stopped) return;
+    await this.ctx.audioWorklet.addModule(new URL("mic-worklet.js", import.meta.url));
+    const source = this.ctx.createMediaStreamSource(this.stream);
+    let node = source;
+    for (let i = 0; i < 2; i++) { // a steep low-pass below the 8 kHz Nyquist of 16 kHz
+      const lowpass = new BiquadFilterNode(this.ctx, { type: "lowpass", frequency: 7000, Q: 0.707 });
+      node.connect(lowpass);
+      node = lowpass;
+    }
+    const mic = new AudioWorkletNode(this.ctx, "echokit-mic", { processorOptions: { frameSamples: FRAME } });
+    mic.port.onmessage = (e) => this.onFrame(new Int16Array(e.data));
+    const mute = new GainNode(this.ctx, { gain: 0 }); // pulled by the destination, never heard
+    node.connect(mic).connect(mute).connect(this.ctx.destination);
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && stats.state === "connecting") {
+      this.listen();
+    }
+  }
+
+  connect(reconnect) {
+    const ws = new WebSocket(socketUrl(this.id, reconnect));
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      this.attempt = 0;
+      clearError();
+      if (this.stream) this.listen();
+    };
+    ws.onmessage = (e) => {
+      if (typeof e.data === "string") return;
+      let event;
+      try {
+        event = decodeEvent(e.data);
+      } catch (err) {
+        console.warn("echokit: undecodable event", err);
+        return;
+      }
+      this.onEvent(event);
+    };
+    ws.onclose = (e) => {
+      if (this.ws !== ws || this.stopped) return;
+      this.ws = null;
+      this.stopPlayback();
+      if (e.code === 1000 && opened) {
+        this.fail("The server ended this conversation (another window took over, or the server stopped).");
+      } else if (e.code === 1013) {
+        this.fail("The server is full: " + (e.reason || "try again later."));
+      } else if (this.attempt < RECONNECTS.length) {
+        this.setState("reconnecting");
+        showError(opened ? "Lost the connection to the server; reconnecting…" : "Cannot reach the server; retrying…");
+        const delay = RECONNECTS[this.attempt++];
+        this.retry = setTimeout(() => this.connect(true), delay);
+      } else {
+        this.fail(
+          "Cannot reach the server at " + location.host + " (it is gone, or refuses this device " +
+          this.id + ": check [server] devices and device_token)."
+        );
+      }
+    };
+  }
+
+  listen() {
+    this.uploading = false;
+    this.heardEnd = false;
+    this.replying = false;
+    this.turnOver = false;
+    this.reply = null;
+    this.preroll = [];
+    this.setState("listening");
+  }
+
+  send(data) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(data);
+  }
+
+  startUtterance(frames) {
+    this.send(JSON.stringify({ event: "StartChat" }));
+    this.uploading = true;
+    const pcm = new Int16Array(frames.reduce((n, f) => n + f.length, 0));
+    let at = 0;
+    for (const f of frames) {
+      pcm.set(f, at);
+      at += f.length;
+    }
+    if (pcm.length) this.send(pcm.buffer);
+  }
+
+  onFrame(pcm) {
+    if (stats.state !== "listening") return;
+    if (this.uploading) {
+      this.send(pcm.buffer);
+      return;
+    }
+    const level = rms(pcm);
+    this.preroll.push(pcm);
+    if (this.preroll.length > PREROLL_FRAMES) this.preroll.shift();
+    if (level > Math.max(MIN_LEVEL, this.noise * NOISE_FACTOR)) {
+      this.startUtterance(this.preroll);
+      this.preroll = [];
+    } else {
+      this.noise = 0.95 * this.noise + 0.05 * level;
+    }
+  }
+
+  // the button during a reply: drop what plays, cancel the answer, listen to the user at once
+  interrupt() {
+    this.stopPlayback();
+    this.dropReply = true;
+    this.listen();
+    this.startUtterance([]);
+  }
+
+  onEvent(ev) {
+    switch (ev.type) {
+      case "HelloStart":
+        this.hello = [];
+        break;
+      case "HelloChunk":
+        this.hello.push(ev.data);
+        break;
+      case "HelloEnd":
+        this.playHello();
+        break;
+      case "ASR":
+        this.onTranscript(ev.text || "");
+        break;
+      case "EndVad":
+        this.uploading = false;
+        this.heardEnd = true;
+        this.dropReply = false;
+        this.setState("thinking");
+        break;
+      case "StartAudio":
+        if (this.dropReply) break;
+        this.onSegment(ev.text || "");
+        break;
+      case "AudioChunk":
+        if (this.dropReply) break;
+        this.play(ev.data);
+        break;
+      case "DisplayText":
+        if (this.dropReply) break;
+        stats.notices.push(ev.text);
+        addEntry("notice", "Notice", ev.text);
+        break;
+      case "Action":
+        stats.notices.push(ev.action);
+        addEntry("notice", "Notice", ev.action === "ByeBye" ? "The conversation ended." : ev.action);
+        break;
+      case "Choices":
+        stats.notices.push(ev.message);
+        addEntry("notice", "Question", ev.message + " " + (ev.items || []).join(" / "));
+        break;
+      case "EndResponse":
+        if (this.dropReply) break;
+        this.uploading = false;
+        this.turnOver = true;
+        this.maybeListen();
+        break;
+      default:
+        break;
+    }
+  }
+
+  onTranscript(text) {
+    if (!this.heardEnd) { // interim: the server heard this much so far
+      stats.interim = text;
+      ui.interim.textContent = text;
+      return;
+    }
+    if (this.replying) return;
+    this.replying = true;
+    stats.interim = "";
+    ui.interim.textContent = "";
+    if (text) {
+      stats.transcripts.push(text);
+      addEntry("user", "You", text);
+    }
+  }
+
+  onSegment(text) {
+    if (!this.reply) {
+      stats.replies.push("");
+      this.reply = addEntry("reply", "EchoKit", "");
+    }
+    const last = stats.replies.length - 1;
+    stats.replies[last] = stats.replies[last] ? stats.replies[last] + " " + text : text;
+    this.reply.textContent = stats.replies[last];
+  }
+
+  play(bytes) {
+    const n = bytes.length >> 1;
+    if (!n) return;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, n * 2);
+    const buffer = this.ctx.createBuffer(1, n, RATE);
+    const samples = buffer.getChannelData(0);
+    for (let i = 0; i < n; i++) samples[i] = view.getInt16(2 * i, true) / 32768;
+    this.schedule(buffer, n);
+  }
+
+  schedule(buffer, samples) {
+    const src = this.ctx.createBufferSource();
+    src.buffer = buffer;
+    src.connect(this.ctx.destination);
+    const at = Math.max(this.nextTime, this.ctx.currentTime + LEAD_S);
+    src.start(at);
+    this.nextTime = at + buffer.duration; // the next one starts where this one ends: no gap
+    this.sources.add(src);
+    src.onended = () => {
+      this.sources.delete(src);
+      stats.playedSamples += samples;
+      this.maybeListen();
+    };
+    if (stats.state !== "speaking" && stats.state !== "listening") this.setState("speaking");
+  }
+
+  async playHello() {
+    const bytes = new Uint8Array(this.hello.reduce((n, c) => n + c.length, 0));
+    let at = 0;
+    for (const c of this.hello) {
+      bytes.set(c, at);
+      at += c.length;
+    }
+    this.hello = [];
+    try {
+      const buffer = await this.ctx.decodeAudioData(bytes.buffer);
+      this.schedule(buffer, Math.round(buffer.duration * RATE));
+    } catch (err) {
+      console.warn("echokit: the hello is not a playable WAV", err);
+    }
+  }
+
+  stopPlayback() {
+    for (const src of this.sources) {
+      src.onended = null;
+      src.stop();
+    }
+    this.sources.clear();
+    this.nextTime = 0;
+  }
+
+  // the turn is over once EndResponse came and its audio has played
+  maybeListen() {
+    if (this.turnOver && this.sources.size === 0 && !this.stopped && this.ws) this.listen();
+  }
+
+  fail(message) {
+    showError(message);
+    this.stop("error");
+  }
+
+  stop(state = "idle") {
+    this.stopped = true;
+    clearTimeout(this.retry);
+    this.stopPlayback();
+    if (this.ws) this.ws.close(1000);
+    this.ws = null;
+    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
+    if (this.ctx) this.ctx.close();
+    ui.interim.textContent = "";
+    this.setState(state);
+  }
+}
+
+const id = deviceId();
+ui.device.textContent = id;
+let conversation = null;
+
+ui.talk.addEventListener("click", () => {
+  const state = stats.state;
+  if (!conversation || conversation.stopped) {
+    conversation = new Conversation(id);
+    conversation.start();
+  } else if (state === "thinking" || state === "speaking") {
+    conversation.interrupt();
+  }
+});
+
+ui.end.addEventListener("click", () => {
+  if (conversation) conversation.stop();
+});
+
+window.addEventListener("pagehide", () => {
+  if (conversation) conversation.stop();
+});
