@@ -37,9 +37,11 @@ const LABELS = {
   error: "Stopped",
 };
 
-// What the tests read: the state, the samples played, the transcripts and replies.
+// What the tests read: the state, the samples played, the transcripts and replies, the
+// turns ended (EndResponse, the reply played).
 const stats = {
   state: "idle",
+  turns: 0,
   playedSamples: 0,
   interim: "",
   transcripts: [],
@@ -103,7 +105,7 @@ function micError(err) {
   }
   if (err && err.name === "NotFoundError") return "No microphone was found.";
   if (!window.isSecureContext) {
-    return "The browser allows the microphone only on https:// or http://localhost.";
+    return "The browser allows the microphone only on a secure page: open it over HTTPS, or as localhost on this computer.";
   }
   return "The microphone could not be opened: " + (err && err.message ? err.message : err);
 }
@@ -404,7 +406,9 @@ class Conversation {
 
   // the turn is over once EndResponse came and its audio has played
   maybeListen() {
-    if (this.turnOver && this.sources.size === 0 && !this.stopped && this.ws) this.listen();
+    if (!this.turnOver || this.sources.size > 0 || this.stopped || !this.ws) return;
+    stats.turns++;
+    this.listen();
   }
 
   fail(message) {
