@@ -84,13 +84,22 @@ def embedded_app(chat_addr: str, whisper, speaker):
     return create_app(state=ctx)
 
 
-def open_page(browser: Browser, addr: str) -> tuple[Page, list[str]]:
+#: a microphone the user refused: getUserMedia rejects as the browser does then
+DENY_MIC = """navigator.mediaDevices.getUserMedia = () =>
+    Promise.reject(new DOMException("Permission denied", "NotAllowedError"));"""
+
+
+def open_page(
+    browser: Browser, addr: str, *, query: str = "", deny_mic: bool = False
+) -> tuple[Page, list[str]]:
     """The talk page in a fresh context (a new device id); the URLs of every request it makes."""
     page = browser.new_context().new_page()
+    if deny_mic:
+        page.add_init_script(DENY_MIC)
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.on("websocket", lambda ws: requests.append(ws.url))
-    page.goto(f"http://{addr}/")
+    page.goto(f"http://{addr}/{query}")
     return page, requests
 
 
@@ -179,3 +188,28 @@ def test_button_during_the_reply_interrupts_it(serve, browser, whisper, speaker,
     assert stats(page, "errors") == []
     assert stats(page, "replies") == shown  # nothing of the cancelled answer shown after
     assert stats(page, "playedSamples") == played  # nor played
+
+
+def test_device_token_from_the_page_address_and_clear_errors(
+    serve, browser, whisper, speaker
+) -> None:
+    app = embedded_app(serve(ChatServer().app), whisper, speaker)
+    server = app.state.echokit.config.server
+    app.state.echokit.config.server = server.model_copy(update={"device_token": "t0k"})
+    addr = serve(app)
+
+    page, _ = open_page(browser, addr, query="?token=t0k")  # the page passes it on
+    page.get_by_role("button", name="Start conversation").click()
+    page.wait_for_function("() => window.echokitStats.state === 'listening'", timeout=WAIT_MS)
+    assert page.get_by_role("button", name="End conversation").is_visible()
+
+    page, _ = open_page(browser, addr)  # refused (401): said at once, no retries
+    page.get_by_role("button", name="Start conversation").click()
+    page.wait_for_function("() => window.echokitStats.state === 'error'", timeout=WAIT_MS)
+    assert "device_token" in page.get_by_role("alert").inner_text()
+    assert page.get_by_role("button", name="Start conversation").is_visible()
+
+    page, _ = open_page(browser, addr, query="?token=t0k", deny_mic=True)
+    page.get_by_role("button", name="Start conversation").click()
+    page.wait_for_function("() => window.echokitStats.state === 'error'", timeout=WAIT_MS)
+    assert "Microphone access was denied" in page.get_by_role("alert").inner_text()

@@ -124,6 +124,7 @@ class Conversation {
     this.stream = null;
     this.stopped = false;
     this.attempt = 0;
+    this.everOpened = false;
     this.uploading = false; // StartChat sent: the microphone goes to the server
     this.heardEnd = false; // EndVad of this turn seen: the next ASR is the final transcript
     this.replying = false; // final transcript seen: the turn is the server's
@@ -187,6 +188,7 @@ class Conversation {
     let opened = false;
     ws.onopen = () => {
       opened = true;
+      this.everOpened = true;
       this.attempt = 0;
       clearError();
       if (this.stream) this.listen();
@@ -210,16 +212,19 @@ class Conversation {
         this.fail("The server ended this conversation (another window took over, or the server stopped).");
       } else if (e.code === 1013) {
         this.fail("The server is full: " + (e.reason || "try again later."));
+      } else if (!this.everOpened) { // refused at once: retrying would not help
+        this.fail(
+          "Cannot connect to the server at " + location.host + ": it is not running, or it " +
+          "refuses this device (" + this.id + "): check [server] devices, and give the " +
+          "device_token as ?token= in this page's address."
+        );
       } else if (this.attempt < RECONNECTS.length) {
         this.setState("reconnecting");
-        showError(opened ? "Lost the connection to the server; reconnecting…" : "Cannot reach the server; retrying…");
+        showError("Lost the connection to the server; reconnecting…");
         const delay = RECONNECTS[this.attempt++];
         this.retry = setTimeout(() => this.connect(true), delay);
       } else {
-        this.fail(
-          "Cannot reach the server at " + location.host + " (it is gone, or refuses this device " +
-          this.id + ": check [server] devices and device_token)."
-        );
+        this.fail("Lost the connection to the server at " + location.host + ": it is gone.");
       }
     };
   }
