@@ -43,6 +43,7 @@ pytestmark = pytest.mark.asr_quality
 SR = 16000
 CHROMIUM = "/usr/bin/chromium"
 QUESTION = "What is the capital of France?"
+PHONE = {"width": 390, "height": 844}  # the viewport of every page: a phone's screen
 WAIT_MS = 60_000  # the longest wait for one page condition (a whole turn on a slow machine)
 
 
@@ -93,7 +94,7 @@ def open_page(
     browser: Browser, addr: str, *, query: str = "", deny_mic: bool = False
 ) -> tuple[Page, list[str]]:
     """The talk page in a fresh context (a new device id); the URLs of every request it makes."""
-    page = browser.new_context().new_page()
+    page = browser.new_context(viewport=PHONE).new_page()
     if deny_mic:
         page.add_init_script(DENY_MIC)
     requests: list[str] = []
@@ -157,6 +158,12 @@ def test_spoken_question_through_the_page(serve, browser, whisper, speaker, tmp_
     log = page.locator("#log").inner_text()
     assert heard in log and answer in log
     page.screenshot(path=str(tmp_path / "talk.png"), full_page=True)
+    # it fits a phone's screen: nothing wider than it, the controls on it
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    for button in ("Listening", "End conversation"):
+        box = page.get_by_role("button", name=button).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], button
+        assert box["y"] + box["height"] <= PHONE["height"], button
 
     own = (f"http://{addr}/", f"ws://{addr}/ws/")
     assert requests and all(url.startswith(own) for url in requests), requests

@@ -160,10 +160,24 @@ class Conversation {
         audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
       });
     } catch (err) {
-      this.fail(micError(err));
+      if (!this.stopped) this.fail(micError(err));
       return;
     }
     if (this.stopped) return;
+    try {
+      await this.capture();
+    } catch (err) {
+      if (this.stopped) return; // ended meanwhile (and said why)
+      this.fail("The audio could not be started: " + (err && err.message ? err.message : err));
+      return;
+    }
+    if (this.ws && this.ws.readyState === WebSocket.OPEN && stats.state === "connecting") {
+      this.listen();
+    }
+  }
+
+  // the microphone, low-passed, into the worklet that posts its 16 kHz PCM16 frames
+  async capture() {
     await this.ctx.audioWorklet.addModule(new URL("mic-worklet.js", import.meta.url));
     const source = this.ctx.createMediaStreamSource(this.stream);
     let node = source;
@@ -176,9 +190,6 @@ class Conversation {
     mic.port.onmessage = (e) => this.onFrame(new Int16Array(e.data));
     const mute = new GainNode(this.ctx, { gain: 0 }); // pulled by the destination, never heard
     node.connect(mic).connect(mute).connect(this.ctx.destination);
-    if (this.ws && this.ws.readyState === WebSocket.OPEN && stats.state === "connecting") {
-      this.listen();
-    }
   }
 
   connect(reconnect) {
