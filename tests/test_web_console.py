@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from asr_helpers import wer
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from standins import ChatServer
 
 from echokit_fast import audio
@@ -59,23 +59,51 @@ def speaker() -> tts.LocalSpeaker:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory, speaker) -> Iterator[Browser]:
-    """Chromium whose microphone says QUESTION once (then silence), permission granted."""
-    spoken = speaker.synthesize(QUESTION, sample_rate=SR)
-    wav = tmp_path_factory.mktemp("mic") / "question.wav"
-    wav.write_bytes(audio.write_wav(np.concatenate([spoken, np.zeros(4 * SR, np.float32)]), SR))
+def question(speaker) -> np.ndarray:
+    return speaker.synthesize(QUESTION, sample_rate=SR)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}%noloop",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
-        )
-        yield chromium
-        chromium.close()
+        yield pw
+
+
+def chromium(pw: Playwright, wav: Path, samples: np.ndarray) -> Browser:
+    """Chromium whose microphone says `samples` once (then silence), permission granted."""
+    wav.write_bytes(audio.write_wav(samples, SR))
+    return pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop",
+            "--autoplay-policy=no-user-gesture-required",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, playwright, question) -> Iterator[Browser]:
+    """The microphone says QUESTION at once."""
+    samples = np.concatenate([question, np.zeros(4 * SR, np.float32)])
+    browser = chromium(playwright, tmp_path_factory.mktemp("mic") / "question.wav", samples)
+    yield browser
+    browser.close()
+
+
+#: the silence before the question of `late_browser`
+LATE_S = 2.5
+
+
+@pytest.fixture(scope="module")
+def late_browser(tmp_path_factory, playwright, question) -> Iterator[Browser]:
+    """The microphone says QUESTION after LATE_S seconds of silence."""
+    silence = np.zeros(int(LATE_S * SR), np.float32)
+    samples = np.concatenate([silence, question, silence])
+    browser = chromium(playwright, tmp_path_factory.mktemp("mic") / "late.wav", samples)
+    yield browser
+    browser.close()
 
 
 def embedded_app(chat_addr: str, whisper, speaker):
@@ -220,3 +248,31 @@ def test_device_token_from_the_page_address_and_clear_errors(
     page.get_by_role("button", name="Start conversation").click()
     page.wait_for_function("() => window.echokitStats.state === 'error'", timeout=WAIT_MS)
     assert "Microphone access was denied" in page.get_by_role("alert").inner_text()
+
+
+def test_push_to_talk_sends_what_is_said_while_held(
+    serve, late_browser, whisper, speaker, question
+) -> None:
+    chat = ChatServer()
+    answer = "The capital of France is Paris."
+    chat.reply([answer])
+    addr = serve(embedded_app(serve(chat.app), whisper, speaker))
+    page, requests = open_page(late_browser, addr)
+    page.get_by_label("Push to talk").check()
+    page.get_by_role("button", name="Start conversation").click()
+    page.wait_for_function("() => window.echokitStats.state === 'listening'", timeout=WAIT_MS)
+    assert any("stream_asr=false" in url for url in requests), requests  # Submit mode
+
+    page.get_by_role("button", name="Hold to talk").hover()
+    page.mouse.down()  # before the question (LATE_S of silence first): the server waits
+    assert page.get_by_role("button", name="Release to send").is_visible()
+    # held through the question: its silence before, itself and 0.3 s after it went out
+    sent = int(LATE_S * SR) + len(question) + int(0.3 * SR)
+    page.wait_for_function(f"() => window.echokitStats.sentSamples >= {sent}", timeout=WAIT_MS)
+    page.mouse.up()  # Submit
+    page.wait_for_function("() => window.echokitStats.turns === 1", timeout=WAIT_MS)
+    heard = stats(page, "transcripts")
+    assert len(heard) == 1 and wer(QUESTION, heard[0]) <= 0.25, heard
+    assert stats(page, "replies") == [answer]
+    assert stats(page, "playedSamples") > SR
+    assert page.get_by_role("button", name="Hold to talk").is_visible()

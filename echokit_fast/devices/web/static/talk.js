@@ -5,6 +5,11 @@
 // EndVad; the reply's segments are shown and played back to back; EndResponse, once the reply
 // has played, listens again. Pressing the button during a reply interrupts it (StartChat on
 // the same socket cancels the answer and starts the next utterance).
+//
+// Push to talk, the second mode, is Submit mode (stream_asr=false): the microphone goes to the
+// server while the button is held, its release sends Submit; pressing it during a reply
+// cancels the reply first (StartChat). Changing the mode reconnects (reconnect=true, the
+// history kept), the new socket opened once the old one has closed.
 
 import { decodeEvent } from "./msgpack.js";
 
@@ -25,6 +30,7 @@ const ui = {
   talk: $("talk"),
   end: $("end"),
   device: $("device"),
+  modes: document.querySelectorAll('input[name="mode"]'),
 };
 
 const LABELS = {
@@ -42,6 +48,8 @@ const LABELS = {
 const stats = {
   state: "idle",
   turns: 0,
+  mode: "hands-free",
+  sentSamples: 0,
   playedSamples: 0,
   interim: "",
   transcripts: [],
@@ -62,12 +70,12 @@ function deviceId() {
   return id;
 }
 
-function socketUrl(id, reconnect) {
+function socketUrl(id, reconnect, pushToTalk) {
   const url = new URL("ws/" + encodeURIComponent(id), location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   url.search = "";
   url.hash = "";
-  const query = new URLSearchParams({ opus: "false", stream_asr: "true", reconnect: String(reconnect) });
+  const query = new URLSearchParams({ opus: "false", stream_asr: String(!pushToTalk), reconnect: String(reconnect) });
   const token = new URLSearchParams(location.search).get("token");
   if (token) query.set("token", token);
   url.search = query.toString();
@@ -136,6 +144,12 @@ class Conversation {
     this.nextTime = 0;
     this.reply = null; // the log entry of the reply being shown
     this.hello = [];
+    this.holding = false; // push to talk: the button is held
+    this.reopen = false; // the socket closes to reopen with the other mode's flags
+  }
+
+  get pushToTalk() {
+    return stats.mode === "push-to-talk";
   }
 
   setState(state) {
@@ -145,8 +159,11 @@ class Conversation {
     const running = state !== "idle" && state !== "error";
     ui.end.hidden = !running;
     const interruptible = state === "thinking" || state === "speaking";
-    ui.talk.textContent = !running ? "Start conversation" : interruptible ? "Interrupt" : LABELS[state];
-    ui.talk.setAttribute("aria-disabled", String(running && !interruptible));
+    const ptt = stats.mode === "push-to-talk" && (state === "listening" || interruptible);
+    let label = !running ? "Start conversation" : interruptible ? "Interrupt" : LABELS[state];
+    if (ptt) label = this.holding ? "Release to send" : "Hold to talk";
+    ui.talk.textContent = label;
+    ui.talk.setAttribute("aria-disabled", String(running && !interruptible && !ptt));
   }
 
   async start() {
@@ -193,7 +210,7 @@ class Conversation {
   }
 
   connect(reconnect) {
-    const ws = new WebSocket(socketUrl(this.id, reconnect));
+    const ws = new WebSocket(socketUrl(this.id, reconnect, this.pushToTalk));
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     let opened = false;
@@ -218,6 +235,12 @@ class Conversation {
     ws.onclose = (e) => {
       if (this.ws !== ws || this.stopped) return;
       this.ws = null;
+      if (this.reopen) { // the mode changed: its flags on a new socket, the history kept
+        this.reopen = false;
+        this.setState("connecting");
+        this.connect(true);
+        return;
+      }
       this.stopPlayback();
       if (e.code === 1000 && opened) {
         this.fail("The server ended this conversation (another window took over, or the server stopped).");
@@ -254,6 +277,45 @@ class Conversation {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(data);
   }
 
+  sendAudio(pcm) {
+    this.send(pcm.buffer);
+    stats.sentSamples += pcm.length;
+  }
+
+  // a mode change: the socket is reopened with the new mode's flags
+  changeMode() {
+    this.holding = false;
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    this.stopPlayback();
+    this.reopen = true;
+    this.ws.close(1000);
+  }
+
+  // push to talk: the button pressed (during a reply: cancel it first) ...
+  press() {
+    const state = stats.state;
+    if (state !== "listening" && state !== "thinking" && state !== "speaking") return;
+    if (state !== "listening") {
+      this.stopPlayback();
+      this.dropReply = true;
+      this.send(JSON.stringify({ event: "StartChat" })); // cancels the answer
+    }
+    this.holding = true;
+    this.listen();
+    this.uploading = true;
+  }
+
+  // ... and released: Submit ends the utterance
+  release() {
+    if (!this.holding) return;
+    this.holding = false;
+    this.uploading = false;
+    this.send(JSON.stringify({ event: "Submit" }));
+    this.heardEnd = true; // no EndVad in Submit mode: the next ASR is the final transcript
+    this.dropReply = false;
+    this.setState("thinking");
+  }
+
   startUtterance(frames) {
     this.send(JSON.stringify({ event: "StartChat" }));
     this.uploading = true;
@@ -263,15 +325,16 @@ class Conversation {
       pcm.set(f, at);
       at += f.length;
     }
-    if (pcm.length) this.send(pcm.buffer);
+    if (pcm.length) this.sendAudio(pcm);
   }
 
   onFrame(pcm) {
     if (stats.state !== "listening") return;
     if (this.uploading) {
-      this.send(pcm.buffer);
+      this.sendAudio(pcm);
       return;
     }
+    if (this.pushToTalk) return;
     const level = rms(pcm);
     this.preroll.push(pcm);
     if (this.preroll.length > PREROLL_FRAMES) this.preroll.shift();
@@ -449,14 +512,51 @@ const id = deviceId();
 ui.device.textContent = id;
 let conversation = null;
 
+function showMode() {
+  for (const input of ui.modes) input.checked = input.value === stats.mode;
+}
+stats.mode = localStorage.getItem("echokit.mode") === "push-to-talk" ? "push-to-talk" : "hands-free";
+showMode();
+for (const input of ui.modes) {
+  input.addEventListener("change", () => {
+    stats.mode = input.value;
+    localStorage.setItem("echokit.mode", stats.mode);
+    if (conversation && !conversation.stopped) conversation.changeMode();
+  });
+}
+
+const running = () => conversation && !conversation.stopped;
+
 ui.talk.addEventListener("click", () => {
   const state = stats.state;
-  if (!conversation || conversation.stopped) {
+  if (!running()) {
     conversation = new Conversation(id);
     conversation.start();
-  } else if (state === "thinking" || state === "speaking") {
+  } else if (!conversation.pushToTalk && (state === "thinking" || state === "speaking")) {
     conversation.interrupt();
   }
+});
+
+// push to talk: held with the pointer, or with Space / Enter
+ui.talk.addEventListener("pointerdown", (e) => {
+  if (!running() || !conversation.pushToTalk) return;
+  ui.talk.setPointerCapture(e.pointerId); // the release comes here even off the button
+  conversation.press();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  ui.talk.addEventListener(type, () => {
+    if (running()) conversation.release();
+  });
+}
+ui.talk.addEventListener("keydown", (e) => {
+  if ((e.key !== " " && e.key !== "Enter") || !running() || !conversation.pushToTalk) return;
+  e.preventDefault(); // no click
+  if (!e.repeat) conversation.press();
+});
+ui.talk.addEventListener("keyup", (e) => {
+  if ((e.key !== " " && e.key !== "Enter") || !running() || !conversation.pushToTalk) return;
+  e.preventDefault();
+  conversation.release();
 });
 
 ui.end.addEventListener("click", () => {
