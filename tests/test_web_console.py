@@ -93,7 +93,7 @@ def browser(tmp_path_factory, playwright, question) -> Iterator[Browser]:
 
 
 #: the silence before the question of `late_browser`
-LATE_S = 2.5
+LATE_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -251,17 +251,25 @@ def test_device_token_from_the_page_address_and_clear_errors(
 
 
 def test_push_to_talk_sends_what_is_said_while_held(
-    serve, late_browser, whisper, speaker, question
+    serve, late_browser, whisper, speaker, question, tmp_path
 ) -> None:
     chat = ChatServer()
     answer = "The capital of France is Paris."
     chat.reply([answer])
     addr = serve(embedded_app(serve(chat.app), whisper, speaker))
     page, requests = open_page(late_browser, addr)
-    page.get_by_label("Push to talk").check()
-    page.get_by_role("button", name="Start conversation").click()
+    page.get_by_role("button", name="Start conversation").click()  # hands-free
     page.wait_for_function("() => window.echokitStats.state === 'listening'", timeout=WAIT_MS)
-    assert any("stream_asr=false" in url for url in requests), requests  # Submit mode
+    page.get_by_label("Push to talk").check()  # the socket reopened, in Submit mode
+    page.wait_for_function(
+        "() => window.echokitStats.sockets === 2 && window.echokitStats.state === 'listening'",
+        timeout=WAIT_MS,
+    )
+    sockets = [url.split("?")[1] for url in requests if url.startswith("ws:")]
+    assert sockets == [
+        "opus=false&stream_asr=true&reconnect=false",
+        "opus=false&stream_asr=false&reconnect=true",
+    ]
 
     page.get_by_role("button", name="Hold to talk").hover()
     page.mouse.down()  # before the question (LATE_S of silence first): the server waits
@@ -276,3 +284,4 @@ def test_push_to_talk_sends_what_is_said_while_held(
     assert stats(page, "replies") == [answer]
     assert stats(page, "playedSamples") > SR
     assert page.get_by_role("button", name="Hold to talk").is_visible()
+    page.screenshot(path=str(tmp_path / "push-to-talk.png"), full_page=True)

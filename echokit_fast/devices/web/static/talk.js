@@ -43,12 +43,13 @@ const LABELS = {
   error: "Stopped",
 };
 
-// What the tests read: the state, the samples played, the transcripts and replies, the
-// turns ended (EndResponse, the reply played).
+// What the tests read: the state, the mode, the sockets opened, the samples sent and played,
+// the transcripts and replies, the turns ended (EndResponse, the reply played).
 const stats = {
   state: "idle",
   turns: 0,
   mode: "hands-free",
+  sockets: 0,
   sentSamples: 0,
   playedSamples: 0,
   interim: "",
@@ -217,6 +218,7 @@ class Conversation {
     ws.onopen = () => {
       opened = true;
       this.everOpened = true;
+      stats.sockets++;
       this.attempt = 0;
       clearError();
       if (this.stream) this.listen();
@@ -285,7 +287,7 @@ class Conversation {
   // a mode change: the socket is reopened with the new mode's flags
   changeMode() {
     this.holding = false;
-    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+    if (!this.ws) return; // (reconnecting: the next attempt has the new flags)
     this.stopPlayback();
     this.reopen = true;
     this.ws.close(1000);
