@@ -37,8 +37,9 @@ from echokit_fast.config import default_config
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
 
-# Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
-pytestmark = pytest.mark.asr_quality
+#: the tests that depend on what Whisper hears: re-run under each forced CPU ISA by
+#: scripts/test.sh
+asr_quality = pytest.mark.asr_quality
 
 SR = 16000
 CHROMIUM = "/usr/bin/chromium"
@@ -163,6 +164,7 @@ def test_page_files_are_local_with_content_types(serve) -> None:
         assert not re.search(r"(?i)\b(?:https?|wss?)://|[\"'(]//\w", text)
 
 
+@asr_quality
 def test_spoken_question_through_the_page(serve, browser, whisper, speaker, tmp_path) -> None:
     chat = ChatServer()
     answer = "The capital of France is Paris. It is famous for the Eiffel Tower."
@@ -250,6 +252,7 @@ def test_device_token_from_the_page_address_and_clear_errors(
     assert "Microphone access was denied" in page.get_by_role("alert").inner_text()
 
 
+@asr_quality
 def test_push_to_talk_sends_what_is_said_while_held(
     serve, late_browser, whisper, speaker, question, tmp_path
 ) -> None:
