@@ -184,6 +184,7 @@ def test_spoken_question_through_the_page(serve, browser, whisper, speaker, tmp_
     assert stats(page, "state") == "listening"
     assert stats(page, "replies") == [answer]
     assert stats(page, "playedSamples") > 2 * SR  # seconds of the reply's speech
+    assert stats(page, "opus") and stats(page, "vowels") > 0  # WebCodecs' Opus, the mouth
     assert stats(page, "errors") == []
     log = page.locator("#log").inner_text()
     assert heard in log and answer in log
@@ -197,7 +198,8 @@ def test_spoken_question_through_the_page(serve, browser, whisper, speaker, tmp_
 
     own = (f"http://{addr}/", f"ws://{addr}/ws/")
     assert requests and all(url.startswith(own) for url in requests), requests
-    assert sum(url.startswith(own[1]) for url in requests) == 1  # one socket for the id
+    sockets = [url for url in requests if url.startswith(own[1])]
+    assert len(sockets) == 1 and "opus=true" in sockets[0] and "vowel=true" in sockets[0]
 
 
 def test_button_during_the_reply_interrupts_it(serve, browser, whisper, speaker, tmp_path) -> None:
@@ -260,7 +262,7 @@ def test_push_to_talk_sends_what_is_said_while_held(
     answer = "The capital of France is Paris."
     chat.reply([answer])
     addr = serve(embedded_app(serve(chat.app), whisper, speaker))
-    page, requests = open_page(late_browser, addr)
+    page, requests = open_page(late_browser, addr, query="?opus=false")  # raw PCM replies
     page.get_by_role("button", name="Start conversation").click()  # hands-free
     page.wait_for_function("() => window.echokitStats.state === 'listening'", timeout=WAIT_MS)
     page.get_by_label("Push to talk").check()  # the socket reopened, in Submit mode

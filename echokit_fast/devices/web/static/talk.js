@@ -6,6 +6,10 @@
 // has played, listens again. Pressing the button during a reply interrupts it (StartChat on
 // the same socket cancels the answer and starts the next utterance).
 //
+// The reply is Opus with lip-sync vowels (opus=true&vowel=true), decoded by WebCodecs, one
+// decoder per segment as the device resets its own; the vowels move the mouth. Without
+// WebCodecs' Opus (or with ?opus=false in the page's address) it is raw PCM (opus=false).
+//
 // Push to talk, the second mode, is Submit mode (stream_asr=false): the microphone goes to the
 // server while the button is held, its release sends Submit; pressing it during a reply
 // cancels the reply first (StartChat). Changing the mode reconnects (reconnect=true, the
@@ -19,6 +23,7 @@ const PREROLL_FRAMES = 4; // the frames kept from before speech starts (512 ms)
 const MIN_LEVEL = 0.02; // RMS below which a frame is never speech
 const NOISE_FACTOR = 4; // speech: a frame this many times louder than the noise floor
 const LEAD_S = 0.08; // playback starts this far ahead of the clock
+const OPUS_CONFIG = { codec: "opus", sampleRate: RATE, numberOfChannels: 1 };
 const RECONNECTS = [500, 1000, 2000, 4000, 8000]; // delays (ms) of the attempts after a drop
 
 const $ = (id) => document.getElementById(id);
@@ -30,6 +35,7 @@ const ui = {
   talk: $("talk"),
   end: $("end"),
   device: $("device"),
+  mouth: $("mouth"),
   modes: document.querySelectorAll('input[name="mode"]'),
 };
 
@@ -43,13 +49,16 @@ const LABELS = {
   error: "Stopped",
 };
 
-// What the tests read: the state, the mode, the sockets opened, the samples sent and played,
+// What the tests read: the state, the mode, the sockets opened, whether replies are Opus and
+// the vowels the mouth showed, the samples sent and played,
 // the transcripts and replies, the turns ended (EndResponse, the reply played).
 const stats = {
   state: "idle",
   turns: 0,
   mode: "hands-free",
   sockets: 0,
+  opus: false,
+  vowels: 0,
   sentSamples: 0,
   playedSamples: 0,
   interim: "",
@@ -71,12 +80,24 @@ function deviceId() {
   return id;
 }
 
-function socketUrl(id, reconnect, pushToTalk) {
+// whether the replies can be Opus here: WebCodecs decodes it, and the address allows it
+async function opusPlayable() {
+  if (new URLSearchParams(location.search).get("opus") === "false") return false;
+  if (!("AudioDecoder" in window)) return false;
+  try {
+    return (await AudioDecoder.isConfigSupported(OPUS_CONFIG)).supported === true;
+  } catch {
+    return false;
+  }
+}
+
+function socketUrl(id, reconnect, pushToTalk, opus) {
   const url = new URL("ws/" + encodeURIComponent(id), location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   url.search = "";
   url.hash = "";
-  const query = new URLSearchParams({ opus: "false", stream_asr: String(!pushToTalk), reconnect: String(reconnect) });
+  const query = new URLSearchParams({ opus: String(opus), stream_asr: String(!pushToTalk), reconnect: String(reconnect) });
+  if (opus) query.set("vowel", "true");
   const token = new URLSearchParams(location.search).get("token");
   if (token) query.set("token", token);
   url.search = query.toString();
@@ -145,6 +166,10 @@ class Conversation {
     this.nextTime = 0;
     this.reply = null; // the log entry of the reply being shown
     this.hello = [];
+    this.opus = false; // the replies are Opus (else raw PCM)
+    this.decoder = null; // the segment's Opus decoder
+    this.decoding = 0; // Opus packets given to a decoder and not yet out of it
+    this.generation = 0; // the playback's: each interruption starts a new one
     this.holding = false; // push to talk: the button is held
     this.reopen = false; // the socket closes to reopen with the other mode's flags
   }
@@ -172,6 +197,8 @@ class Conversation {
     this.setState("connecting");
     // made in the click, so the page may play sound
     this.ctx = new AudioContext();
+    this.opus = await opusPlayable();
+    stats.opus = this.opus;
     this.connect(false);
     try {
       this.stream = await navigator.mediaDevices.getUserMedia({
@@ -211,7 +238,7 @@ class Conversation {
   }
 
   connect(reconnect) {
-    const ws = new WebSocket(socketUrl(this.id, reconnect, this.pushToTalk));
+    const ws = new WebSocket(socketUrl(this.id, reconnect, this.pushToTalk, this.opus));
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     let opened = false;
@@ -381,8 +408,13 @@ class Conversation {
         this.onSegment(ev.text || "");
         break;
       case "AudioChunk":
+      case "AudioChunkWithVowel":
         if (this.dropReply) break;
-        this.play(ev.data);
+        if (this.opus) this.decode(ev.data, ev.vowel || 0);
+        else this.play(ev.data);
+        break;
+      case "EndAudio":
+        this.endDecoder();
         break;
       case "DisplayText":
         if (this.dropReply) break;
@@ -424,6 +456,62 @@ class Conversation {
     }
   }
 
+  // a segment's Opus packets, in order, through a decoder of its own
+  decode(packet, vowel) {
+    if (!this.decoder) {
+      const vowels = [];
+      const generation = this.generation;
+      const decoder = new AudioDecoder({
+        output: (data) => {
+          if (generation !== this.generation) return data.close(); // interrupted
+          this.decoding--;
+          const buffer = this.ctx.createBuffer(1, data.numberOfFrames, data.sampleRate);
+          data.copyTo(buffer.getChannelData(0), { planeIndex: 0, format: "f32-planar" });
+          data.close();
+          const at = this.schedule(buffer, Math.round(buffer.duration * RATE));
+          this.mouth(vowels.shift() || 0, at);
+        },
+        error: (err) => {
+          console.warn("echokit: Opus decoding failed", err);
+          this.decoding = 0;
+          this.maybeListen();
+        },
+      });
+      decoder.configure(OPUS_CONFIG);
+      decoder.vowels = vowels;
+      decoder.packets = 0;
+      this.decoder = decoder;
+    }
+    const decoder = this.decoder;
+    decoder.vowels.push(vowel);
+    const timestamp = decoder.packets++ * 120000; // µs: the server's packets are 120 ms
+    decoder.decode(new EncodedAudioChunk({ type: "key", timestamp, data: packet }));
+    this.decoding++;
+  }
+
+  // the segment ended: its decoder finishes what it holds, then is closed
+  endDecoder() {
+    const decoder = this.decoder;
+    this.decoder = null;
+    if (!decoder) return;
+    decoder.flush().then(
+      () => {
+        decoder.close();
+        this.maybeListen();
+      },
+      () => {},
+    );
+  }
+
+  // the mouth shows `vowel` (0 closed, 1-5 A E I O U) from `at` on the audio clock
+  mouth(vowel, at) {
+    const show = () => {
+      ui.mouth.dataset.vowel = String(vowel);
+      if (vowel) stats.vowels++;
+    };
+    setTimeout(show, Math.max(0, (at - this.ctx.currentTime) * 1000));
+  }
+
   onSegment(text) {
     if (!this.reply) {
       stats.replies.push("");
@@ -455,9 +543,11 @@ class Conversation {
     src.onended = () => {
       this.sources.delete(src);
       stats.playedSamples += samples;
+      if (this.sources.size === 0) ui.mouth.dataset.vowel = "0";
       this.maybeListen();
     };
     if (stats.state !== "speaking" && stats.state !== "listening") this.setState("speaking");
+    return at;
   }
 
   async playHello() {
@@ -477,6 +567,11 @@ class Conversation {
   }
 
   stopPlayback() {
+    this.generation++; // what the decoders still hold is dropped
+    if (this.decoder) this.decoder.close();
+    this.decoder = null;
+    this.decoding = 0;
+    ui.mouth.dataset.vowel = "0";
     for (const src of this.sources) {
       src.onended = null;
       src.stop();
@@ -487,7 +582,9 @@ class Conversation {
 
   // the turn is over once EndResponse came and its audio has played
   maybeListen() {
-    if (!this.turnOver || this.sources.size > 0 || this.stopped || !this.ws) return;
+    if (!this.turnOver || this.sources.size > 0 || this.decoding > 0 || this.stopped || !this.ws) {
+      return;
+    }
     stats.turns++;
     this.listen();
   }
