@@ -8,6 +8,10 @@
   made went to the server itself.
 * Barge-in: the button during a reply stops its playback and cancels the answer (the LLM's
   stream is closed), and the page listens again.
+* Push to talk (Submit mode, on a socket reopened when the mode changes): what is said while
+  the button is held, silence first, is heard whole.
+* The device checks (the page's ``?token=``), a refusal, a denied microphone and a server
+  that goes away are said on the page.
 
 Chromium is Debian's (scripts/setup.sh), driven by Playwright (never its own browser download).
 """
@@ -26,6 +30,7 @@ import httpx
 import numpy as np
 import pytest
 from asr_helpers import wer
+from harness import LoopbackServer
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from standins import ChatServer
 
@@ -290,3 +295,21 @@ def test_push_to_talk_sends_what_is_said_while_held(
     assert stats(page, "playedSamples") > SR
     assert page.get_by_role("button", name="Hold to talk").is_visible()
     page.screenshot(path=str(tmp_path / "push-to-talk.png"), full_page=True)
+
+
+def test_a_server_that_goes_away_is_said(serve, browser, whisper, speaker) -> None:
+    server = LoopbackServer(embedded_app(serve(ChatServer().app), whisper, speaker))
+    try:
+        page, _ = open_page(browser, server.addr)
+        page.get_by_role("button", name="Start conversation").click()
+        page.wait_for_function("() => window.echokitStats.state === 'listening'", timeout=WAIT_MS)
+        server.stop()
+        page.wait_for_function(
+            "() => window.echokitStats.state === 'reconnecting'", timeout=WAIT_MS
+        )
+        assert "Lost the connection to the server" in page.get_by_role("alert").inner_text()
+        assert page.get_by_role("button", name="End conversation").is_visible()
+        page.get_by_role("button", name="End conversation").click()  # no more attempts
+        assert stats(page, "state") == "idle"
+    finally:
+        server.stop()
