@@ -1,6 +1,6 @@
 // The talk page: this browser is an EchoKit device on the server's own WebSocket, /ws/{id}
-// (docs/protocol.md). Stream mode (stream_asr=true: the server ends each utterance) with raw
-// PCM replies (opus=false). The microphone is listened to in the page; when speech starts the
+// (docs/protocol.md). Stream mode (stream_asr=true: the server ends each utterance). The
+// microphone is listened to in the page; when speech starts the
 // page sends StartChat and streams 16 kHz PCM16 frames (with the half second before it) until
 // EndVad; the reply's segments are shown and played back to back; EndResponse, once the reply
 // has played, listens again. Pressing the button during a reply interrupts it (StartChat on
