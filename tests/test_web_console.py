@@ -10,6 +10,7 @@
   stream is closed), and the page listens again.
 * Push to talk (Submit mode, on a socket reopened when the mode changes): what is said while
   the button is held, silence first, is heard whole.
+* Typed text (the Text command) holds a turn without the microphone.
 * The device checks (the page's ``?token=``), a refusal, a denied microphone and a server
   that goes away are said on the page.
 
@@ -313,3 +314,19 @@ def test_a_server_that_goes_away_is_said(serve, browser, whisper, speaker) -> No
         assert stats(page, "state") == "idle"
     finally:
         server.stop()
+
+
+def test_typed_text_without_the_microphone(serve, browser, whisper, speaker) -> None:
+    chat = ChatServer()
+    answer = "Hello! How can I help you today?"
+    chat.reply([answer])
+    addr = serve(embedded_app(serve(chat.app), whisper, speaker))
+    page, _ = open_page(browser, addr, deny_mic=True)  # never asked for: no error
+    page.get_by_label("Type a message").fill("Hello there")
+    page.get_by_role("button", name="Send").click()  # starts a conversation, text only
+    page.wait_for_function("() => window.echokitStats.turns === 1", timeout=WAIT_MS)
+    assert chat.requests[-1].json["messages"][-1]["content"] == "Hello there"
+    assert stats(page, "transcripts") == ["Hello there"]
+    assert stats(page, "replies") == [answer]
+    assert stats(page, "playedSamples") > SR
+    assert stats(page, "errors") == []

@@ -10,6 +10,10 @@
 // decoder per segment as the device resets its own; the vowels move the mouth. Without
 // WebCodecs' Opus (or with ?opus=false in the page's address) it is raw PCM (opus=false).
 //
+// Typed text is the Text command (the server echoes it as the transcript); typed before any
+// conversation, it starts one without the microphone (which a page served over plain HTTP to
+// another machine cannot have).
+//
 // Push to talk, the second mode, is Submit mode (stream_asr=false): the microphone goes to the
 // server while the button is held, its release sends Submit; pressing it during a reply
 // cancels the reply first (StartChat). Changing the mode reconnects (reconnect=true, the
@@ -37,6 +41,8 @@ const ui = {
   device: $("device"),
   mouth: $("mouth"),
   modes: document.querySelectorAll('input[name="mode"]'),
+  say: $("say"),
+  text: $("text"),
 };
 
 const LABELS = {
@@ -147,8 +153,10 @@ function rms(pcm) {
 }
 
 class Conversation {
-  constructor(id) {
+  constructor(id, { microphone = true } = {}) {
     this.id = id;
+    this.microphone = microphone; // false: typed text only
+    this.pendingText = null; // typed before the socket opened
     this.ws = null;
     this.ctx = null;
     this.stream = null;
@@ -200,6 +208,7 @@ class Conversation {
     this.opus = await opusPlayable();
     stats.opus = this.opus;
     this.connect(false);
+    if (!this.microphone) return;
     try {
       this.stream = await navigator.mediaDevices.getUserMedia({
         audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
@@ -248,7 +257,8 @@ class Conversation {
       stats.sockets++;
       this.attempt = 0;
       clearError();
-      if (this.stream) this.listen();
+      if (this.stream || !this.microphone) this.listen();
+      if (this.pendingText !== null) this.sendText(this.pendingText);
     };
     ws.onmessage = (e) => {
       if (typeof e.data === "string") return;
@@ -318,6 +328,24 @@ class Conversation {
     this.stopPlayback();
     this.reopen = true;
     this.ws.close(1000);
+  }
+
+  // typed text: the user's utterance (during a reply, it cancels the reply)
+  sendText(text) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+      this.pendingText = text;
+      return;
+    }
+    this.pendingText = null;
+    if (stats.state === "thinking" || stats.state === "speaking") {
+      this.stopPlayback();
+      this.dropReply = true;
+    }
+    this.holding = false;
+    this.listen();
+    this.heardEnd = true; // the echo of the text is the final transcript
+    this.setState("thinking");
+    this.send(JSON.stringify({ event: "Text", input: text }));
   }
 
   // push to talk: the button pressed (during a reply: cancel it first) ...
@@ -448,6 +476,7 @@ class Conversation {
     }
     if (this.replying) return;
     this.replying = true;
+    this.dropReply = false; // the new turn's: what follows is its answer
     stats.interim = "";
     ui.interim.textContent = "";
     if (text) {
@@ -656,6 +685,18 @@ ui.talk.addEventListener("keyup", (e) => {
   if ((e.key !== " " && e.key !== "Enter") || !running() || !conversation.pushToTalk) return;
   e.preventDefault();
   conversation.release();
+});
+
+ui.say.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  ui.text.value = "";
+  if (!running()) {
+    conversation = new Conversation(id, { microphone: false });
+    conversation.start();
+  }
+  conversation.sendText(text);
 });
 
 ui.end.addEventListener("click", () => {
