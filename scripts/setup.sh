@@ -24,8 +24,9 @@ done
 # Debian packages: libopus for the Opus codec, pkg-config to find it, a C
 # toolchain for -sys crates, sox (test fixtures written by another tool),
 # espeak-ng (speech for the ASR tests, independent of our TTS), systemd (systemd-analyze
-# verifies deploy/echokit-fast.service).
-DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all espeak-ng systemd)
+# verifies deploy/echokit-fast.service), chromium (the talk page's tests drive it headless
+# through Playwright, never Playwright's own browser download).
+DEBS=(libopus-dev pkg-config build-essential python3-venv sox libsox-fmt-all espeak-ng systemd chromium)
 missing=()
 for p in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -40,6 +40,12 @@ fi
 site=$(run python -c 'import echokit_fast, pathlib; print(pathlib.Path(echokit_fast.__file__).parent)')
 case "$site" in "$WORK"/venv/*) ;; *) echo "wheel_check: imported $site, not the wheel" >&2; exit 1 ;; esac
 
+echo "-- the talk page's files are in the wheel"
+for f in index.html console.css talk.js msgpack.js mic-worklet.js; do
+    [ -f "$site/devices/web/static/$f" ] ||
+        { echo "wheel_check: devices/web/static/$f is not in the wheel" >&2; exit 1; }
+done
+
 echo "-- the native module links no libopus"
 module=$(ls "$site"/_native*.so)
 ldd "$module" | tee "$WORK/ldd.txt" | sed 's/^/   /'

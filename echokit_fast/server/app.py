@@ -1,7 +1,8 @@
 """The HTTP/WebSocket application served by `echokit-fast serve`.
 
-`create_app` assembles the routes of every service module (`echokit_fast.api.*` and the
-EchoKit and xiaozhi device front ends; each exposes `routes(state) -> list[BaseRoute]`) around one
+`create_app` assembles the routes of every service module (`echokit_fast.api.*`, the EchoKit
+and xiaozhi device front ends and the browser's talk page, `echokit_fast.devices.web`; each
+exposes `routes(state) -> list[BaseRoute]`) around one
 :class:`~echokit_fast.server.state.AppState`, behind the origin check and CORS of
 :mod:`echokit_fast.server.security`, and runs the start-up and shutdown of
 :mod:`echokit_fast.server.lifecycle` as its lifespan.
@@ -21,6 +22,7 @@ from echokit_fast.api.common import error_response
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
+from echokit_fast.devices.web import routes as web
 from echokit_fast.devices.xiaozhi import routes as xiaozhi
 from echokit_fast.server import security
 from echokit_fast.server.lifecycle import lifespan
@@ -29,7 +31,7 @@ from echokit_fast.server.state import AppState
 __all__ = ["create_app"]
 
 #: (the xiaozhi front end after the EchoKit one: it shares the EchoKit routes' sessions)
-SERVICES = (asr, tts, chat, models, vad, realtime, device, xiaozhi)
+SERVICES = (asr, tts, chat, models, vad, realtime, device, xiaozhi, web)
 
 
 async def version(_request: Request) -> JSONResponse:
