@@ -34,8 +34,6 @@ from asr_helpers import wer
 
 from echokit_fast import audio
 from echokit_fast.audio import DOWNLINK_OPUS_COMPLEXITY, OpusDecoder, OpusEncoder
-from echokit_fast.backends.asr.local import LocalASR
-from echokit_fast.backends.asr.local import engine as asr
 from echokit_fast.backends.tts.local import engine as tts
 
 # Depends on what Whisper hears: re-run under each forced CPU ISA by scripts/test.sh.
@@ -63,12 +61,6 @@ def replies() -> dict[int, list[np.ndarray]]:
         rate: [np.asarray(speaker.synthesize(t, sample_rate=rate), np.float32) for t in TEXTS]
         for rate, _ in LINKS
     }
-
-
-@pytest.fixture(scope="module")
-def whisper(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
-    cache = tmp_path_factory.getbasetemp() / "asr-models"
-    return asr.LocalWhisper.from_config(LocalASR(language="en"), cache_dir=cache)
 
 
 def round_trip(

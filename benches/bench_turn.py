@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from asr_helpers import espeak_wav, wav_mono
@@ -49,11 +48,6 @@ VOICES = ["en-us", "en-gb", "hibari"]
 PAUSE_MS = 800
 TAIL_MS = 4000
 WINDOW = 512
-
-
-@pytest.fixture(scope="module")
-def speaker() -> tts.LocalSpeaker:
-    return tts.from_config(None)
 
 
 def _say(text: str, voice: str, speaker: tts.LocalSpeaker, tmp: Path) -> np.ndarray:

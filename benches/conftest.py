@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 import wave
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+from engines import speaker, whisper  # noqa: E402, F401 (fixtures: the embedded engines)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from engines import speaker, whisper  # noqa: F401 (fixtures: the embedded engines)
 from harness import LoopbackServer
 from standins import ASRServer, TTSServer
 

@@ -28,9 +28,6 @@ from standins import ChatServer
 from vdev import xiaozhi_vdev
 
 from echokit_fast import audio
-from echokit_fast.backends.asr.local import LocalASR
-from echokit_fast.backends.asr.local import engine as asr
-from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.config import default_config
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
@@ -40,17 +37,6 @@ pytestmark = pytest.mark.asr_quality
 
 SR = 16000
 FRAME = 16384  # the firmware's upload frame (8192 samples)
-
-
-@pytest.fixture(scope="module")
-def whisper(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
-    cache = tmp_path_factory.getbasetemp() / "asr-models"
-    return asr.LocalWhisper.from_config(LocalASR(language="en"), cache_dir=cache)
-
-
-@pytest.fixture(scope="module")
-def speaker() -> tts.LocalSpeaker:
-    return tts.from_config(None)
 
 
 def test_tts_to_asr_round_trip_through_the_openai_client(serve, whisper, speaker) -> None:

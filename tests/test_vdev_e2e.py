@@ -21,7 +21,6 @@ from standins import ChatServer
 from vdev import Run, vdev
 
 from echokit_fast import audio
-from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.asr.local import engine as asr
 from echokit_fast.backends.tts.local import engine as tts
 
@@ -51,16 +50,6 @@ def text(deltas: list[str]) -> str:
 
 def norm(s: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
-
-
-@pytest.fixture(scope="module")
-def speaker() -> tts.LocalSpeaker:
-    return tts.from_config(None)
-
-
-@pytest.fixture(scope="module")
-def whisper() -> asr.LocalWhisper:
-    return asr.LocalWhisper.from_config(LocalASR(language="en"))
 
 
 def spoken(speaker: tts.LocalSpeaker, text: str, rate: int) -> np.ndarray:

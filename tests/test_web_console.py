@@ -36,9 +36,6 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from standins import ChatServer
 
 from echokit_fast import audio
-from echokit_fast.backends.asr.local import LocalASR
-from echokit_fast.backends.asr.local import engine as asr
-from echokit_fast.backends.tts.local import engine as tts
 from echokit_fast.config import default_config
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
@@ -52,17 +49,6 @@ CHROMIUM = "/usr/bin/chromium"
 QUESTION = "What is the capital of France?"
 PHONE = {"width": 390, "height": 844}  # the viewport of every page: a phone's screen
 WAIT_MS = 60_000  # the longest wait for one page condition (a whole turn on a slow machine)
-
-
-@pytest.fixture(scope="module")
-def whisper(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
-    cache = tmp_path_factory.getbasetemp() / "asr-models"
-    return asr.LocalWhisper.from_config(LocalASR(language="en"), cache_dir=cache)
-
-
-@pytest.fixture(scope="module")
-def speaker() -> tts.LocalSpeaker:
-    return tts.from_config(None)
 
 
 @pytest.fixture(scope="module")
