@@ -48,6 +48,7 @@ __all__ = [
     "device_refusal",
     "exposure_warning",
     "is_api_path",
+    "is_loopback",
     "middleware",
 ]
 
@@ -203,7 +204,8 @@ def device_refusal(
     return None
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 bracketed or not) is this machine's."""
     if host == "localhost":
         return True
     try:
@@ -215,7 +217,7 @@ def _loopback(host: str) -> bool:
 def exposure_warning(cfg: ServerConfig, host: str) -> str | None:
     """The start-up warning for a server bound to `host`, reachable from its network, with
     neither an API key nor a device allow-list; None when it is not."""
-    if _loopback(host) or cfg.keys or cfg.devices is not None or cfg.device_token:
+    if is_loopback(host) or cfg.keys or cfg.devices is not None or cfg.device_token:
         return None
     return (
         f"listening on {host} with no API key and no device allow-list: anyone on the "
