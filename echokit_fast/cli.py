@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeat for more keys; default: $ECHOKIT_API_KEY, else the config's [server] api_key)",
     )
     serve.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS and WSS with this certificate chain (PEM; with --tls-key; default: "
+        "$ECHOKIT_TLS_CERT): a browser on another machine allows the talk page's microphone "
+        "only over HTTPS",
+    )
+    serve.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="the private key of --tls-cert (PEM, unencrypted; default: $ECHOKIT_TLS_KEY)",
+    )
+    serve.add_argument(
         "--drain-timeout",
         type=float,
         default=None,
@@ -301,7 +313,8 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
 def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
     """`args` with the serve settings a flag left unset taken from the environment
     (``ECHOKIT_LISTEN``, ``ECHOKIT_LOG_LEVEL``, ``ECHOKIT_LOG_FORMAT``, ``ECHOKIT_CONFIG``,
-    then ``CONFIG_PATH``): a flag beats its variable; ``api_key`` is ``ECHOKIT_API_KEY``
+    then ``CONFIG_PATH``, ``ECHOKIT_TLS_CERT`` and ``ECHOKIT_TLS_KEY``): a flag beats its
+    variable; ``api_key`` is ``ECHOKIT_API_KEY``
     (``--api-key``, repeatable, beats it; either replaces the config's ``[server]`` keys).
     SettingError for a bad value."""
     out = argparse.Namespace(**vars(args))
@@ -316,6 +329,10 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse
     out.config_path = (
         args.config or args.config_pos or env.get("ECHOKIT_CONFIG") or env.get("CONFIG_PATH")
     ) or None
+    out.tls_cert = args.tls_cert or env.get("ECHOKIT_TLS_CERT") or None
+    out.tls_key = args.tls_key or env.get("ECHOKIT_TLS_KEY") or None
+    if bool(out.tls_cert) != bool(out.tls_key):
+        raise SettingError("--tls-cert and --tls-key go together: give both, or neither")
     if not out.api_key:
         key = env.get("ECHOKIT_API_KEY", "").strip()
         out.api_key = [key] if key else None
@@ -389,11 +406,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"echokit-fast serve: {source}: {problem}", file=sys.stderr)
         return 2
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = lifecycle.check_tls(args.tls_cert, args.tls_key)
+        except ValueError as exc:
+            print(f"echokit-fast serve: {exc}", file=sys.stderr)
+            return 2
     state = AppState(config)
     if args.drain_timeout is not None:
         state.drain_timeout = args.drain_timeout
     app = create_app(state=state)
-    status = lifecycle.serve(state, app, host, port)
+    status = lifecycle.serve(state, app, host, port, tls=tls)
     if state.load_error is not None:  # a missing model, a broken install: say what
         print(
             f"echokit-fast serve: cannot load the embedded engines: {state.load_error}",

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,6 +45,7 @@ __all__ = [
     "PROBE_TIMEOUT",
     "READY_MESSAGE",
     "Server",
+    "check_tls",
     "lifespan",
     "llm_models_url",
     "load_engines",
@@ -192,11 +195,45 @@ class Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def uvicorn_config(app: Starlette, state: AppState, host: str, port: int) -> uvicorn.Config:
+def check_tls(cert: str, key: str) -> tuple[str, str]:
+    """`cert` and `key` when they load as a TLS server's certificate chain and private key
+    (PEM), else ValueError naming the file and what is wrong -- at start-up, not at the first
+    handshake."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise ValueError(f"{flag} {path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{flag} {path}: not readable by this user")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        # an encrypted key would prompt on the terminal: refuse it instead
+        context.load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"--tls-cert {cert} / --tls-key {key}: cannot load them as a PEM certificate "
+            f"chain and its unencrypted private key ({exc})"
+        ) from None
+    return cert, key
+
+
+def _no_password() -> bytes:
+    raise ValueError("the private key is encrypted; give an unencrypted one")
+
+
+def uvicorn_config(
+    app: Starlette,
+    state: AppState,
+    host: str,
+    port: int,
+    *,
+    tls: tuple[str, str] | None = None,
+) -> uvicorn.Config:
     """uvicorn's configuration of `app` as ``serve`` runs it: the protocols of
-    :mod:`echokit_fast.server.edge` and uvicorn's own knobs for the ``[limits]`` it has one
-    for. Not ``limit_concurrency``: the edge's caps replace it (why: edge.py)."""
+    :mod:`echokit_fast.server.edge`, uvicorn's own knobs for the ``[limits]`` it has one
+    for, and HTTPS/WSS with `tls` (certificate file, key file: :func:`check_tls`). Not
+    ``limit_concurrency``: the edge's caps replace it (why: edge.py)."""
     limits = state.config.limits
+    cert, key = tls if tls is not None else (None, None)
     return uvicorn.Config(
         app,
         host=host,
@@ -209,11 +246,21 @@ def uvicorn_config(app: Starlette, state: AppState, host: str, port: int) -> uvi
         lifespan="on",
         timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  # a float works
         h11_max_incomplete_event_size=limits.max_head_bytes,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
     )
 
 
-def serve(state: AppState, app: Starlette, host: str, port: int) -> int:
-    """Run `app` until a signal (drained: exit status 0) or a failed start-up (1)."""
-    server = Server(uvicorn_config(app, state, host, port), state)
+def serve(
+    state: AppState,
+    app: Starlette,
+    host: str,
+    port: int,
+    *,
+    tls: tuple[str, str] | None = None,
+) -> int:
+    """Run `app` until a signal (drained: exit status 0) or a failed start-up (1); over
+    HTTPS/WSS with `tls` (:func:`uvicorn_config`)."""
+    server = Server(uvicorn_config(app, state, host, port, tls=tls), state)
     server.run()
     return 1 if state.load_error is not None else 0
