@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from echokit_fast import _native
-from echokit_fast.backends.vad.silero import SileroVad, VadStream, read_asset
+from echokit_fast.backends.vad.pool import PooledStream, VadPool
+from echokit_fast.backends.vad.silero import SileroVad, read_asset
 from echokit_fast.turn.detector import TurnEvent
 from echokit_fast.turn.vad_rounds import WINDOW, RoundTracker, VadParams
 
@@ -97,7 +98,7 @@ class SmartTurnDetector:
 
     def __init__(
         self,
-        vad: VadStream,
+        vad: PooledStream,
         params: VadParams,
         model: SmartTurnModel,
         *,
@@ -122,7 +123,7 @@ class SmartTurnDetector:
     async def feed(self, pcm16: bytes) -> list[TurnEvent]:
         arrived = time.monotonic()
         self._pcm += pcm16
-        probs = await asyncio.to_thread(_probabilities, self._vad, pcm16)
+        probs = await self._vad.probabilities(pcm16)
         tracker = self._tracker
         events: list[TurnEvent] = []
         for p in probs:
@@ -154,11 +155,6 @@ class SmartTurnDetector:
             self._start += drop
 
 
-def _probabilities(vad: VadStream, data: bytes) -> list[float]:
-    vad.push(data)
-    return vad.last_probabilities.tolist()
-
-
 class SmartTurnDetectors:
     """The factory of :class:`SmartTurnDetector`: ``params`` (``[asr.vad]``), the Silero model
     (``model()`` loads it) and the process-wide :meth:`SmartTurnModel.shared`."""
@@ -175,7 +171,7 @@ class SmartTurnDetectors:
         self.threshold = threshold
         self.max_wait_ms = max_wait_ms
         self._load = model or SileroVad
-        self._vad: SileroVad | None = None
+        self._pool: VadPool | None = None
         self._turn: SmartTurnModel | None = None
 
     @classmethod
@@ -195,16 +191,16 @@ class SmartTurnDetectors:
         )
 
     def prepare(self) -> None:
-        if self._vad is None:
-            self._vad = self._load()
+        if self._pool is None:
+            self._pool = VadPool(self._load())
         if self._turn is None:
             self._turn = SmartTurnModel.shared()
 
     def __call__(self, *, wait_for_speech: bool = False) -> SmartTurnDetector:
-        if self._vad is None or self._turn is None:
+        if self._pool is None or self._turn is None:
             raise RuntimeError("SmartTurnDetectors.prepare() was not called")
         p = self.params
-        stream = VadStream(self._vad, threshold=p.threshold, neg_threshold=p.neg_threshold)
+        stream = self._pool.open(threshold=p.threshold, neg_threshold=p.neg_threshold)
         return SmartTurnDetector(
             stream,
             p,

@@ -3,7 +3,9 @@
 
 :class:`VadTurnDetector` runs the microphone stream through the embedded Silero VAD
 (512-sample windows, 32 ms at 16 kHz) and the round logic below; :class:`VadTurnDetectors`
-is its factory (the shared Silero model, loaded once). The round logic itself is pure, no I/O:
+is its factory (the shared Silero model, loaded once, behind one
+:class:`~echokit_fast.backends.vad.pool.VadPool`: the windows of every device that spoke meanwhile
+run in one model call). The round logic itself is pure, no I/O:
 
 * :class:`Hysteresis` -- the device server's own detector (docs/protocol.md#turn-detection):
   ``p > threshold`` starts speech and clears the silent-window count; ``p < neg_threshold`` counts a
@@ -23,13 +25,13 @@ of the turn is found up to one frame (512 ms) sooner and the model state sees ev
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from echokit_fast.backends.vad.silero import SileroVad, VadStream
+from echokit_fast.backends.vad.pool import PooledStream, VadPool
+from echokit_fast.backends.vad.silero import SileroVad
 from echokit_fast.turn.detector import TurnEvent
 
 __all__ = ["Hysteresis", "RoundTracker", "VadParams", "VadTurnDetector", "VadTurnDetectors"]
@@ -151,13 +153,15 @@ class RoundTracker:
 
 
 class VadTurnDetector:
-    """A :class:`~echokit_fast.turn.detector.TurnDetector`: a VAD stream of its own (a push
-    still running in a worker thread after a cancel can never touch a newer one) and a
-    :class:`RoundTracker`."""
+    """A :class:`~echokit_fast.turn.detector.TurnDetector`: a VAD stream of its own in the
+    factory's :class:`~echokit_fast.backends.vad.pool.VadPool` (a piece still being run after a
+    cancel can never touch a newer utterance's) and a :class:`RoundTracker`."""
 
     __slots__ = ("_tracker", "_vad", "speech_end")
 
-    def __init__(self, vad: VadStream, params: VadParams, *, wait_for_speech: bool = False) -> None:
+    def __init__(
+        self, vad: PooledStream, params: VadParams, *, wait_for_speech: bool = False
+    ) -> None:
         self._vad = vad
         self._tracker = RoundTracker(params, wait_for_speech=wait_for_speech)
         self.speech_end: float | None = None
@@ -168,7 +172,7 @@ class VadTurnDetector:
 
     async def feed(self, pcm16: bytes) -> list[TurnEvent]:
         arrived = time.monotonic()
-        probs = await asyncio.to_thread(_probabilities, self._vad, pcm16)
+        probs = await self._vad.probabilities(pcm16)
         tracker = self._tracker
         events: list[TurnEvent] = []
         for p in probs:
@@ -181,30 +185,25 @@ class VadTurnDetector:
         return events
 
 
-def _probabilities(vad: VadStream, data: bytes) -> list[float]:
-    """Push PCM16 bytes through a VadStream; the speech probability of each window it ran."""
-    vad.push(data)
-    return vad.last_probabilities.tolist()
-
-
 class VadTurnDetectors:
     """The factory of :class:`VadTurnDetector`: ``params`` (``[asr.vad]``) and the Silero
-    model (``model()`` loads it; by default a model of this factory's own)."""
+    model (``model()`` loads it; by default a model of this factory's own), whose
+    :class:`~echokit_fast.backends.vad.pool.VadPool` runs every detector's windows together."""
 
     def __init__(
         self, params: VadParams | None = None, model: Callable[[], SileroVad] | None = None
     ) -> None:
         self.params = params or VadParams()
         self._load = model or SileroVad
-        self._model: SileroVad | None = None
+        self._pool: VadPool | None = None
 
     def prepare(self) -> None:
-        if self._model is None:
-            self._model = self._load()
+        if self._pool is None:
+            self._pool = VadPool(self._load())
 
     def __call__(self, *, wait_for_speech: bool = False) -> VadTurnDetector:
-        if self._model is None:
+        if self._pool is None:
             raise RuntimeError("VadTurnDetectors.prepare() was not called")
         p = self.params
-        stream = VadStream(self._model, threshold=p.threshold, neg_threshold=p.neg_threshold)
+        stream = self._pool.open(threshold=p.threshold, neg_threshold=p.neg_threshold)
         return VadTurnDetector(stream, p, wait_for_speech=wait_for_speech)
