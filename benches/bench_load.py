@@ -96,6 +96,7 @@ def _measure(benchmark, proc, n: int, rounds) -> tuple[dict, list[dict]]:
     """Runs the two rounds once under the benchmark; the figures (printed, kept in the
     benchmark's extra info) and every turn's record."""
     rss = [proc.rss_bytes()]
+    cpu0 = proc.cpu_seconds()
     turns: list[dict] = []
 
     def load() -> None:
@@ -104,6 +105,7 @@ def _measure(benchmark, proc, n: int, rounds) -> tuple[dict, list[dict]]:
             rss.append(proc.rss_bytes())
 
     benchmark.pedantic(load, rounds=1, iterations=1)
+    cpu = proc.cpu_seconds() - cpu0
     latency = np.array([t["first_audio_latency"] for t in turns]) * 1e3
     assert len(latency) == 2 * n * TURNS and np.all(latency > 0)
     growth = (rss[2] - rss[1]) / (n * TURNS)
@@ -116,6 +118,9 @@ def _measure(benchmark, proc, n: int, rounds) -> tuple[dict, list[dict]]:
         "max_ms": round(float(latency.max()), 1),
         "rss_mib": [round(r / 2**20, 1) for r in rss],
         "rss_growth_kib_per_turn": round(growth / 1024, 1),
+        # the server's CPU over both rounds (the devices and stand-ins are other processes)
+        "server_cpu_s": round(cpu, 1),
+        "server_cpu_ms_per_turn": round(cpu * 1e3 / len(latency), 1),
     }
     benchmark.extra_info.update(info)
     # A leak of even a small buffer per turn shows up here; allocator noise stays far below.

@@ -170,6 +170,12 @@ class ServeProcess:
         """The server's resident set size now (Linux /proc)."""
         return self._status("VmRSS") * 1024
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far (Linux /proc)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def threads(self) -> int:
         """The server's thread count now."""
         return self._status("Threads")
