@@ -880,7 +880,7 @@ class RealtimeConnection:
             self.send("response.output_item.done", response_id=rid, output_index=0, item=item)
             self.send("response.done", response=_response(rid, status, details, [item]))
             self._cancel_reason = "client_cancelled"
-            trace.finish()
+            self.state.turns.add(trace.finish())
 
 
 def _text(text: str) -> dict[str, Any]:

@@ -111,7 +111,13 @@ from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, Devi
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.splitter import SegmentGrouper, cut_text
-from echokit_fast.conversation.trace import CONNECTIONS, SESSIONS, TurnTrace, printable
+from echokit_fast.conversation.trace import (
+    CONNECTIONS,
+    SESSIONS,
+    RecentTurns,
+    TurnTrace,
+    printable,
+)
 from echokit_fast.turn.detector import (
     TranscribingDetector,
     TurnDetector,
@@ -269,6 +275,8 @@ class Session:
         self._unprompted: asyncio.Task[None] | None = None  # a Proactive conversation's
         self.turns = 0
         self.detached_at: float | None = None
+        #: when a connection last attached or detached (wall clock, Unix seconds)
+        self.since = time.time()
         self._evict: asyncio.TimerHandle | None = None
 
     # -- attach / detach ---------------------------------------------------------------
@@ -279,6 +287,7 @@ class Session:
         self.manager._cancel_evict(self)
         old, self.conn = self.conn, conn
         self.detached_at = None
+        self.since = time.time()
         if old is None:
             CONNECTIONS.inc()
         await self.cancel_turn()
@@ -313,6 +322,7 @@ class Session:
         self._drop_utterance()
         self._use_tools(None)
         self.detached_at = time.monotonic()
+        self.since = time.time()
         self.manager._schedule_evict(self)
 
     def _use_tools(self, tools: ToolBox | None) -> None:
@@ -693,7 +703,7 @@ class Session:
         finally:
             if asr_task is not None and not asr_task.done():
                 asr_task.cancel()
-            trace.finish()
+            self.manager.recent.add(trace.finish())
         return trace.outcome
 
     async def _turn(
@@ -832,7 +842,8 @@ class SessionManager:
     first connection). ``settings``: a :class:`Settings` or a zero-argument callable returning
     one (its turn-detector factory is prepared at the first connection, in a worker thread).
     ``segmenter``: a zero-argument callable returning the segmenter factory (looked up per
-    answer, so it can be swapped).
+    answer, so it can be swapped). ``recent``: where each finished turn's trace record goes
+    (default: a :class:`RecentTurns` of its own).
     """
 
     def __init__(
@@ -841,6 +852,7 @@ class SessionManager:
         backends: Any,
         settings: Settings | Callable[[], Settings] = Settings(),
         segmenter: Callable[[], SegmenterFactory] | None = None,
+        recent: RecentTurns | None = None,
     ) -> None:
         self._backends_src = backends
         self._backends: Backends | None = None
@@ -850,6 +862,7 @@ class SessionManager:
         self._detectors_ready = False
         self._ready_lock: asyncio.Lock | None = None
         self.sessions: dict[str, Session] = {}
+        self.recent = recent if recent is not None else RecentTurns()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
 

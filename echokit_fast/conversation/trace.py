@@ -14,18 +14,25 @@ members are fields of the log object, whose message is ``turn``) gives each stag
 after the turn's origin (``speech_end``, or the arrival of ``Text``/``Submit`` when there is
 no VAD end), plus the outcome. The histogram ``echokit_device_turn_stage_seconds{stage}``
 observes the same offsets; ``echokit_device_turns_total{outcome}`` counts turns.
+
+:class:`RecentTurns` keeps the last records of one app (the status page's waterfall), fed
+with what :meth:`TurnTrace.finish` returns.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["STAGES", "TurnTrace", "printable"]
+__all__ = ["RECENT_TURNS", "STAGES", "RecentTurns", "TurnTrace", "printable"]
 
 trace_log = logging.getLogger("echokit_fast.trace")
 
@@ -75,6 +82,10 @@ SESSIONS = Gauge("echokit_device_sessions", "Device sessions held (attached or k
 CONNECTIONS = Gauge("echokit_device_connections", "Device WebSocket connections attached")
 
 
+#: the turn records :class:`RecentTurns` keeps
+RECENT_TURNS = 50
+
+
 def printable(text: str) -> str:
     """``text`` escaped as the trace's JSON lines write a string (CR, LF, NUL and the other
     control characters as ``\\r``, ``\\n``, ``\\u0000`` ..., quotes and backslashes too), for
@@ -122,3 +133,39 @@ class TurnTrace:
         line = json.dumps(record, ensure_ascii=False, sort_keys=True)
         trace_log.info(line, extra={"fields": record, "event": "turn"})
         return record
+
+
+class RecentTurns:
+    """The records of the last ``size`` turns of one app, oldest first: each as
+    :meth:`TurnTrace.finish` returned it, plus ``seq`` (its number since start-up, from 1)
+    and ``at`` (the wall-clock time it ended, Unix seconds); ``outcomes`` counts every turn
+    by outcome. Whoever follows them (the status page's feed) waits for the next one with
+    :meth:`wait`. One per app (``AppState.turns``; nothing shared between apps); used on the
+    server's loop."""
+
+    def __init__(self, size: int = RECENT_TURNS) -> None:
+        self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        #: the ``seq`` of the last record (0: none yet)
+        self.seq = 0
+        self._news = asyncio.Event()
+
+    def add(self, record: dict[str, object]) -> None:
+        self.seq += 1
+        self.records.append({**record, "seq": self.seq, "at": round(time.time(), 3)})
+        self.outcomes[str(record["outcome"])] += 1
+        self.wake()
+
+    def since(self, seq: int) -> list[dict[str, Any]]:
+        """The records kept whose ``seq`` is over ``seq``."""
+        return [r for r in self.records if r["seq"] > seq]
+
+    def wake(self) -> None:
+        """End every :meth:`wait` now (a new record, or the server stops)."""
+        self._news.set()
+        self._news = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next :meth:`wake`, at most ``timeout`` seconds."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._news.wait(), timeout)

@@ -3,10 +3,11 @@ SIGINT drain and shutdown.
 
 * :func:`lifespan` (the Starlette lifespan of every app): at start-up it starts
   :func:`load_engines` and :func:`probe_llm` in the background, so the server listens at once
-  (``GET /ready`` answers 503 until the engines are loaded); at shutdown it closes the backend
-  clients.
+  (``GET /ready`` answers 503 until the engines are loaded; the probe's answer is kept in
+  ``AppState.llm_reachable``); at shutdown it closes the backend clients.
 * :class:`Server` (what ``echokit-fast serve`` runs): uvicorn's server, whose first SIGTERM or
-  SIGINT drains instead of dropping everything: stop accepting connections, let running turns
+  SIGINT drains instead of dropping everything: end the status page's live feeds
+  (``AppState.start_drain``), stop accepting connections, let running turns
   finish (``AppState.drain_timeout``, 10 s), send every device ``EndResponse`` and a Close
   frame, then uvicorn's own shutdown. A second signal is uvicorn's (SIGINT: exit now). Its
   connections go through :mod:`echokit_fast.server.edge` (the ``[limits]`` timeouts and
@@ -133,12 +134,18 @@ async def probe_llm(config: Config, *, timeout: float = PROBE_TIMEOUT) -> bool:
     return True
 
 
+async def _probe(state: AppState) -> None:
+    """:func:`probe_llm`, its answer kept for the status page (``state.llm_reachable``)."""
+    if llm_models_url(state.config) is not None:
+        state.llm_reachable = await probe_llm(state.config)
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     state: AppState = app.state.echokit
     tasks = [asyncio.create_task(load_engines(state), name="echokit-load-engines")]
     if state.probe_llm:
-        tasks.append(asyncio.create_task(probe_llm(state.config), name="echokit-probe-llm"))
+        tasks.append(asyncio.create_task(_probe(state), name="echokit-probe-llm"))
     try:
         yield
     finally:
@@ -182,6 +189,7 @@ class Server(uvicorn.Server):
 
     async def _drain(self) -> None:
         try:
+            self.state.start_drain()
             for server in self.servers:
                 server.close()  # stop accepting; the connections stay
             if self.state.sessions is not None:

@@ -29,6 +29,7 @@ from echokit_fast.backends.vad.silero import SileroVad
 from echokit_fast.config import Config, default_config
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.session import SessionManager, Settings
+from echokit_fast.conversation.trace import RecentTurns
 
 if TYPE_CHECKING:
     from echokit_fast.api.vad import RealtimeVad
@@ -83,6 +84,13 @@ class AppState:
     ready: bool = False
     #: why loading failed (``serve`` then exits 1)
     load_error: BaseException | None = None
+    #: the start-up probe of the LLM (:func:`~echokit_fast.server.lifecycle.probe_llm`):
+    #: whether it answered (None: not probed, or not done yet)
+    llm_reachable: bool | None = None
+    #: the records of the last turns (devices' and the realtime endpoint's)
+    turns: RecentTurns = field(default_factory=RecentTurns)
+    #: a SIGTERM/SIGINT drain began (:meth:`start_drain`)
+    draining: bool = False
 
     _locks: dict[str, threading.Lock] = field(
         default_factory=lambda: {name: threading.Lock() for name in _ENGINES},
@@ -163,6 +171,12 @@ class AppState:
     async def wait_ready(self) -> None:
         """Until :meth:`mark_ready` or :meth:`fail` (on the server's loop)."""
         await self._ready_event.wait()
+
+    def start_drain(self) -> None:
+        """The server is shutting down (call it on the server's loop): the live feeds that
+        wait for the next turn (the status page's) end now, so none holds up the drain."""
+        self.draining = True
+        self.turns.wake()
 
     async def aclose(self) -> None:
         """Close the backend clients and free the in-process LLM (shutdown)."""

@@ -85,6 +85,9 @@ class Connection:
     """One device WebSocket: flags, sending, the odd-byte carry of the microphone stream;
     a :class:`~echokit_fast.conversation.device.DeviceConnection`."""
 
+    #: the device protocol, as the status page names it
+    front_end = "echokit"
+
     def __init__(
         self, ws: Any, flags: Flags, device_id: str, *, max_text_bytes: int, send_timeout: float
     ) -> None:

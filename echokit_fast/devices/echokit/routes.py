@@ -107,6 +107,7 @@ def routes(state: AppState) -> list[BaseRoute]:
         backends=lambda: state.backends,
         settings=lambda: _ready_settings(state),
         segmenter=lambda: state.segmenter or SegmentGrouper,
+        recent=state.turns,
     )
     root = state.record_dir
     assert root is not None

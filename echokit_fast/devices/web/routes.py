@@ -1,5 +1,5 @@
 """The talk page: ``GET /`` and its files under ``/console/static/`` (``static/`` of this
-package, shipped in the wheel).
+package, shipped in the wheel); the status page's routes (:mod:`.status`) are added here.
 
 Every file is answered with its content type, ``Cache-Control: no-cache`` (the browser
 revalidates with the ETag, so a new release is seen at once and an unchanged file costs a
@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from echokit_fast.devices.web import status
 from echokit_fast.server.state import AppState
 
 __all__ = ["PREFIX", "routes"]
@@ -63,7 +64,7 @@ class ConsoleFiles(StaticFiles):
         return response
 
 
-def routes(_state: AppState) -> list[BaseRoute]:
+def routes(state: AppState) -> list[BaseRoute]:
     files = ConsoleFiles(packages=[("echokit_fast.devices.web", "static")])
 
     async def index(request: Request) -> Response:
@@ -72,4 +73,5 @@ def routes(_state: AppState) -> list[BaseRoute]:
     return [
         Route("/", index, methods=["GET", "HEAD"]),
         Mount(PREFIX, app=files),
+        *status.routes(state, files),
     ]

@@ -75,6 +75,9 @@ NOTIFY_STATUS, NOTIFY_EMOTION = "Notice", "neutral"
 class Connection:
     """One xiaozhi WebSocket; a :class:`~echokit_fast.conversation.device.DeviceConnection`."""
 
+    #: the device protocol, as the status page names it
+    front_end = "xiaozhi"
+
     def __init__(
         self,
         ws: Any,
