@@ -293,21 +293,34 @@ pub fn report<D: Serialize>(program: &str, summary: &Summary<D>) -> i32 {
     summary.exit_code
 }
 
-/// The whole program: parse, run, print the summary; the exit code.
-pub async fn main_with_args<I, T>(args: I) -> i32
+/// A whole program (`echokit-vdev`, `xiaozhi-vdev`): the async runtime, the arguments parsed
+/// as `C`, `run`, the summary printed; exits with the summary's code.
+pub fn program<C, D, F, Fut>(name: &str, run: F) -> !
 where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
+    C: Parser,
+    D: Serialize,
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = Summary<D>>,
 {
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match C::try_parse_from(std::env::args_os()) {
+        Ok(cli) => report(name, &rt.block_on(run(cli))),
         Err(e) => {
             let code = if e.use_stderr() { 1 } else { 0 };
             let _ = e.print();
-            return code;
+            code
         }
     };
-    report("echokit-vdev", &run(cli).await)
+    std::process::exit(code);
 }
 
 #[cfg(test)]

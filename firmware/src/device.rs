@@ -152,6 +152,35 @@ fn close_frame() -> Message {
     Message::close(Some(CloseCode::NORMAL_CLOSURE), "")
 }
 
+/// Sends one message on the device's socket (none: the device is not connected) within the
+/// firmware's send timeout; `turn` names the turn in the error.
+pub(crate) async fn send_within<S>(
+    ws: Option<&mut WebSocketStream<S>>,
+    msg: Message,
+    turn: usize,
+) -> Result<(), DeviceError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(ws) = ws else {
+        return Err(dev_err(ErrorKind::Closed, "no connection to send on"));
+    };
+    match timeout(SEND_TIMEOUT, ws.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(dev_err(
+            ErrorKind::Closed,
+            format!("cannot send to the server in turn {turn}: {e}"),
+        )),
+        Err(_) => Err(dev_err(
+            ErrorKind::Timeout,
+            format!(
+                "a send did not complete within {} s",
+                SEND_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
 /// Reads a socket the device has left until the server closes it, logging
 /// what arrives (a pre-empted socket gets `EndResponse`).
 async fn drain(mut ws: Ws, log: Arc<Logger>, id: String, conn: u32, turn: usize) {
@@ -506,23 +535,7 @@ impl Device {
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), DeviceError> {
-        let Some(ws) = self.ws.as_mut() else {
-            return Err(dev_err(ErrorKind::Closed, "no connection to send on"));
-        };
-        match timeout(SEND_TIMEOUT, ws.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(dev_err(
-                ErrorKind::Closed,
-                format!("cannot send to the server in turn {}: {e}", self.turn),
-            )),
-            Err(_) => Err(dev_err(
-                ErrorKind::Timeout,
-                format!(
-                    "a send did not complete within {} s",
-                    SEND_TIMEOUT.as_secs()
-                ),
-            )),
-        }
+        send_within(self.ws.as_mut(), msg, self.turn).await
     }
 
     /// The turns, until the last one ends.

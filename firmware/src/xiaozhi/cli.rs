@@ -13,7 +13,7 @@ use super::ota::{Identity, WsConfig};
 use super::summary::DeviceSummary;
 use super::wire::Mode;
 use crate::audio::load_wav;
-use crate::cli::{check_devices, check_secs, report, run_staggered, usage, write_summary};
+use crate::cli::{check_devices, check_secs, run_staggered, usage, write_summary};
 use crate::device::TurnInput;
 use crate::log::Logger;
 use crate::summary::{DeviceError, ErrorKind, Summary};
@@ -243,23 +243,6 @@ async fn run_inner(cli: Cli, t0: Instant) -> Result<Summary<DeviceSummary>, Devi
         write_summary(dir, &summary)?;
     }
     Ok(summary)
-}
-
-/// The whole program: parse, run, print the summary; the exit code.
-pub async fn main_with_args<I, T>(args: I) -> i32
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    let cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 1 } else { 0 };
-            let _ = e.print();
-            return code;
-        }
-    };
-    report("xiaozhi-vdev", &run(cli).await)
 }
 
 #[cfg(test)]

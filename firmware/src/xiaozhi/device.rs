@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http::header::AUTHORIZATION;
 use http::{HeaderName, HeaderValue, Uri};
 use serde_json::{json, Value};
@@ -23,7 +23,7 @@ use super::speaker::Speaker;
 use super::summary::{Abort, DeviceSummary, Downlink, McpRequest, Turn};
 use super::wire::{self, Mode, ServerMsg};
 use crate::audio::wav_bytes;
-use crate::device::TurnInput;
+use crate::device::{send_within, TurnInput};
 use crate::log::{secs, Logger};
 use crate::summary::{DeviceError, ErrorKind};
 
@@ -32,8 +32,6 @@ type Ws = WebSocketStream<TcpStream>;
 /// The firmware waits this long for the upgrade and for the server hello.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bounds one send (not a firmware constant).
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Options of the device.
 #[derive(Debug, Clone)]
@@ -332,23 +330,7 @@ impl Device {
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), DeviceError> {
-        let Some(ws) = self.ws.as_mut() else {
-            return Err(dev_err(ErrorKind::Closed, "no connection to send on"));
-        };
-        match timeout(SEND_TIMEOUT, ws.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(dev_err(
-                ErrorKind::Closed,
-                format!("cannot send to the server in turn {}: {e}", self.turn),
-            )),
-            Err(_) => Err(dev_err(
-                ErrorKind::Timeout,
-                format!(
-                    "a send did not complete within {} s",
-                    SEND_TIMEOUT.as_secs()
-                ),
-            )),
-        }
+        send_within(self.ws.as_mut(), msg, self.turn).await
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), DeviceError> {
