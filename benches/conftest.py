@@ -13,6 +13,16 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 from engines import speaker, whisper  # noqa: E402, F401 (fixtures: the embedded engines)
 
+#: the Rust server we replace, where the project's notes keep a build of it
+REFERENCE = TESTS.parent.parent / "shared" / "reference" / "echokit_server"
+
+
+def _counts(value: str) -> list[int]:
+    counts = sorted({int(v) for v in value.split(",")})
+    if not counts or counts[0] < 1:
+        raise ValueError(value)
+    return counts
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -37,6 +47,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="benches/bench_opus_complexity.py: every complexity, not only ours and the default",
     )
+    ref = parser.getgroup("reference", "benches/bench_reference.py")
+    ref.addoption(
+        "--reference-server",
+        default=os.environ.get("ECHOKIT_REFERENCE_SERVER", str(REFERENCE)),
+        help="the echokit_server binary (default ../shared/reference/echokit_server)",
+    )
+    ref.addoption(
+        "--reference-devices",
+        type=_counts,
+        default=[1, 5],
+        help="comma-separated device counts, the smallest one the floor (1,5; the recorded "
+        "figures: 1,20,50,100,200)",
+    )
+    ref.addoption("--reference-repeats", type=int, default=1, help="runs per server and count (1)")
     soak = parser.getgroup("soak", "benches/bench_soak.py (5 s unless --soak or --soak-quick)")
     soak.addoption("--soak", action="store_true", help="run the soak: 5 minutes by default")
     soak.addoption("--soak-quick", action="store_true", help="run a short soak (30 s)")
