@@ -122,7 +122,9 @@ def test_language_restricted_to_the_allowed_set(whisper: LocalWhisper, tmp_path:
     pcm16 = asr_resample(pcm, rate)
     # What Whisper itself thinks, straight from faster-whisper (for espeak's German it is
     # usually "de", but short synthetic speech can be misdetected: the test does not rely on it):
-    detected, _, probs = whisper.model.detect_language(pcm16)
+    # (on the window the engine encodes: sized to the clip, as its transcriptions are)
+    with whisper.model.sized_windows():
+        detected, _, probs = whisper.model.detect_language(pcm16)
     ranked = [code for code, _p in sorted(probs, key=lambda p: -p[1]) if code != detected]
     allowed = [ranked[2], ranked[1]]  # neither is the detected language
     expected = ranked[1]  # the most probable allowed one
@@ -204,13 +206,15 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
 
 
 def test_one_encode_per_short_clip_same_result(whisper: LocalWhisper, counter, clips) -> None:
+    # the 30 s window faster-whisper encodes (sized windows: tests/test_asr_window.py)
+    full_window = LocalWhisper(whisper.model, model_id="f", encoder_window="full")
     for name, pcm in clips.items():
         assert len(pcm) <= 30 * 16000, name
         counter.calls = 0
         text, language, probability, _ = two_pass(whisper.model, pcm)
         assert counter.calls == 2, name  # faster-whisper alone: detect, then decode
         counter.calls = 0
-        result = run(whisper.transcribe_full(pcm))
+        result = run(full_window.transcribe_full(pcm))
         assert counter.calls == 1, name
         assert (result.text, result.language) == (text, language), name
         # Detection sees the decoding window, which lacks faster-whisper's padding frame.
@@ -228,7 +232,7 @@ def test_one_encode_with_an_allowed_set_and_word_timestamps(
     assert language == "de" and result.language == "de" and result.text == text
     assert [(w.start, w.end, w.word) for s in result.segments for w in s.words] == words
     counter.calls = 0
-    pinned = LocalWhisper(whisper.model, model_id="p", language="de")
+    pinned = LocalWhisper(whisper.model, model_id="p", language="de", encoder_window="full")
     assert run(pinned.transcribe(pcm)) == text and counter.calls == 1
 
 

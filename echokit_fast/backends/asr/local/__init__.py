@@ -71,6 +71,9 @@ class LocalASR(Section):
     cpu_threads: int = Field(default=0, ge=0)
     beam_size: int = Field(default=1, ge=1)
     prompt: str = ""
+    #: "auto": the encoder runs on a window sized to the clip (full 30 s as the fallback);
+    #: "full": always the 30 s window, as faster-whisper
+    encoder_window: Literal["auto", "full"] = "auto"
     vad: VadConfig = Field(default_factory=VadConfig)
 
     @field_validator("language")

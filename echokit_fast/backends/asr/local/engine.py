@@ -544,12 +544,16 @@ class LocalWhisper:
         beam_size: int = 1,
         prompt: str = "",
         max_pending: int = DEFAULT_MAX_PENDING,
+        encoder_window: str = "auto",
     ) -> None:
         if max_pending < 0:
             raise ValueError(f"max_pending must be >= 0, got {max_pending}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if encoder_window not in ("auto", "full"):
+            raise ValueError(f"encoder_window must be auto or full, got {encoder_window!r}")
         self.model = model
+        self.encoder_window = encoder_window
         self.model_id = model_id
         self.supported = frozenset(getattr(model, "supported_languages", ()) or ())
         self.language = self._check_language(language, "language") if language else None
@@ -596,6 +600,7 @@ class LocalWhisper:
             beam_size=cfg.beam_size,
             prompt=cfg.prompt,
             max_pending=max_pending,
+            encoder_window=cfg.encoder_window,
         )
 
     def _check_language(self, code: str, param: str) -> str:
@@ -733,9 +738,25 @@ class LocalWhisper:
             pcm = resample(pcm, sample_rate, WHISPER_RATE)
         duration = len(pcm) / WHISPER_RATE
         language = options.language or self.language
-        probability: float | None = None
         if not len(pcm):
             return TranscriptResult("", language or "", 0.0, 0.0, task=options.task)
+        # encoder windows sized to the clip (onepass.py), except for word timestamps (their
+        # alignment was measured on full windows only) and models without them (fakes)
+        sized = getattr(self.model, "sized_windows", None)
+        if sized is None or self.encoder_window != "auto" or options.words:
+            return self._decode(cancelled, pcm, language, duration, options)
+        with sized():
+            return self._decode(cancelled, pcm, language, duration, options)
+
+    def _decode(
+        self,
+        cancelled: threading.Event,
+        pcm: np.ndarray,
+        language: str | None,
+        duration: float,
+        options: _Options,
+    ) -> TranscriptResult:
+        probability: float | None = None
         if language is None and self.languages:
             language, probability = self._pick_language(pcm)
         prompt = options.prompt

@@ -24,11 +24,28 @@ final padding frame, which decoding leaves out, so the probabilities differ a li
 up to ~0.05 on espeak-ng clips; the detected language was the same on every clip tried).
 The cache is per thread: one model is shared by the engines of a process, each with its
 own worker thread.
+
+**Encoder windows sized to the clip** (:meth:`OnePassWhisper.sized_windows`, on for the
+engine's transcriptions): Whisper pads every clip to a 30 s window of 3000 feature frames and
+the encoder's cost grows with the window, yet the encoder also runs on fewer frames (the
+``audio_ctx`` of whisper.cpp). A window that ends just after the speech makes the decoder loop
+("Stop! Stop! Stop! ...": it has not seen the end of the audio); one that keeps at least
+:data:`PADDING` frames (5 s) of faster-whisper's zero padding after the content, and never
+less than :data:`MIN_WINDOW` (10 s), decoded as well as the full window on the project's test
+set (tests/test_asr_window.py, benches/bench_asr.py) at a third of the time for short turns.
+The window is rounded up to :data:`STEP` frames. Content is what precedes the padding:
+faster-whisper pads a window with exact zeros, which a log-mel column of audio never is.
+A decode on a short window that looks unreliable by faster-whisper's own measures (it fell back
+to a higher temperature, its compression ratio or mean log-probability is past the
+thresholds) is done again on the full window.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import ctranslate2
@@ -36,11 +53,45 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 
+__all__ = ["MIN_WINDOW", "PADDING", "STEP", "OnePassWhisper", "window_frames"]
+
+log = logging.getLogger(__name__)
+
+#: the shortest sized encoder window, in feature frames (10 ms each)
+MIN_WINDOW = 1000
+#: zero-padding frames a sized window keeps after the content
+PADDING = 500
+#: sized windows are a multiple of this many frames
+STEP = 100
+
+
+def window_frames(features: np.ndarray, full: int) -> int:
+    """The encoder window for a padded window of features (80 x ``full``): the content (the
+    columns before faster-whisper's zero padding) plus :data:`PADDING`, at least
+    :data:`MIN_WINDOW`, rounded up to :data:`STEP`, at most ``full``."""
+    columns = np.flatnonzero(np.any(features != 0, axis=0))
+    content = int(columns[-1]) + 1 if len(columns) else 0
+    wanted = max(MIN_WINDOW, -(-(content + PADDING) // STEP) * STEP)
+    return min(full, wanted)
+
 
 class OnePassWhisper(WhisperModel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._last = threading.local()  # .encode: (window, encoder output) or None
+        # per thread: .encode: (window, encoder output) or None; .sized: windows sized to
+        # the clip; .short: (encoder output of a sized window, the full window) or None
+        self._last = threading.local()
+
+    @contextmanager
+    def sized_windows(self, enabled: bool = True) -> Iterator[None]:
+        """Within the block, this thread's encodes use windows sized to the clip."""
+        before = getattr(self._last, "sized", False)
+        self._last.sized = enabled
+        try:
+            yield
+        finally:
+            self._last.sized = before
+            self._last.short = None
 
     def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
         last = getattr(self._last, "encode", None)
@@ -51,7 +102,48 @@ class OnePassWhisper(WhisperModel):
             and np.array_equal(last[0], features)
         ):
             return last[1]
+        return self._encode(features)
+
+    def _encode(self, features: np.ndarray) -> ctranslate2.StorageView:
+        full = self.feature_extractor.nb_max_frames
+        if getattr(self._last, "sized", False) and features.ndim == 2:
+            frames = window_frames(features, full) if features.shape[-1] == full else full
+            if frames < full:
+                output = super().encode(np.ascontiguousarray(features[:, :frames]))
+                self._last.short = (output, features)
+                return output
         return super().encode(features)
+
+    def generate_with_fallback(
+        self, encoder_output: ctranslate2.StorageView, prompt: Any, tokenizer: Any, options: Any
+    ) -> Any:
+        decoded = super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
+        short = getattr(self._last, "short", None)
+        if short is None or short[0] is not encoder_output:
+            return decoded
+        self._last.short = None
+        _, avg_logprob, temperature, compression_ratio = decoded
+        first = options.temperatures[0] if options.temperatures else 0.0
+        unreliable = (
+            temperature > first
+            or (
+                options.compression_ratio_threshold is not None
+                and compression_ratio > options.compression_ratio_threshold
+            )
+            or (options.log_prob_threshold is not None and avg_logprob < options.log_prob_threshold)
+        )
+        if not unreliable:
+            return decoded
+        log.debug(
+            "sized window of %d frames unreliable (temperature %.1f, compression %.2f, "
+            "log-prob %.2f): decoding the full window",
+            encoder_output.shape[1] * 2,
+            temperature,
+            compression_ratio,
+            avg_logprob,
+        )
+        full = super().encode(short[1])
+        return super().generate_with_fallback(full, prompt, tokenizer, options)
 
     def detect_language(
         self,
@@ -78,7 +170,7 @@ class OnePassWhisper(WhisperModel):
         assert features is not None, "Either `audio` or `features` must be provided."
         frames = min(self.feature_extractor.nb_max_frames, features.shape[-1] - 1)
         window = pad_or_trim(features[..., :frames])
-        output = super().encode(window)
+        output = self._encode(window)
         self._last.encode = (window, output)
         # With one detection segment faster-whisper takes the top language whatever the
         # threshold; the tokens are "<|en|>".
