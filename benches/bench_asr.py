@@ -14,6 +14,10 @@ options (greedy, language detected, no timestamps, no VAD filter):
   the same weights (encodes twice), alternated on the fox clip and espeak-ng German and
   French; prints the ratio of medians one-pass/two-pass per clip (``-s``). The peer of the
   two groups above is the engine's model, so their ratio is the engine's overhead alone.
+* group ``asr-window``: the engine with the encoder window sized to the clip (the default,
+  ``encoder_window = "auto"``) vs the full 30 s window, alternated on clips of 1 to 6 s
+  (espeak-ng, language detected); prints the ratio of medians sized/full per clip (``-s``). Its
+  quality gate is tests/test_asr_window.py.
 * group ``asr-end-of-turn``: what the device server sees from the end of speech to the final
   transcript when the turn ends after the end-of-turn silence (``hangover_ms``, 500 ms by
   default). ``without_speculation``: wait out the silence, then transcribe. ``with_speculation``:
@@ -59,8 +63,10 @@ ROUNDS = 3
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> asr.LocalWhisper:
+    """The engine on faster-whisper's full 30 s window, as its peers decode (group
+    ``asr-window`` times the sized window against it)."""
     return asr.LocalWhisper.from_config(
-        LocalASR(), cache_dir=tmp_path_factory.getbasetemp() / "asr-models"
+        LocalASR(encoder_window="full"), cache_dir=tmp_path_factory.getbasetemp() / "asr-models"
     )
 
 
@@ -174,6 +180,52 @@ def test_one_pass_vs_two_pass(benchmark, engine, clip, tmp_path) -> None:
         print(
             f"ASR {name} {len(clips[name]) / 16000:.1f} s: one-pass {a:.3f} s, "
             f"two-pass {b:.3f} s, ratio {a / b:.3f} ({len(one)} pairs)"
+        )
+        assert a > 0 and b > 0
+
+
+def test_sized_vs_full_window(benchmark, engine, clip, loop, tmp_path) -> None:
+    """The encoder window sized to the clip vs the full window, alternated per clip."""
+    benchmark.group = "asr-window"
+    sized = asr.LocalWhisper(engine.model, model_id="sized")
+    clips = {"fox": clip}
+    for name, text in (
+        ("stop", "Stop."),
+        ("long", "Add eggs, butter, flour and sugar to my list, and remind me tomorrow."),
+    ):
+        pcm, rate = wav_mono(espeak_wav(text, tmp_path / f"{name}.wav"))
+        clips[name] = audio.resample(pcm, rate, 16000)
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in clips}
+
+    def round_() -> None:
+        for name, pcm in clips.items():
+            t0 = time.perf_counter()
+            a = loop.run_until_complete(sized.transcribe(pcm))
+            t1 = time.perf_counter()
+            b = loop.run_until_complete(engine.transcribe(pcm))
+            t2 = time.perf_counter()
+            times[name][0].append(t1 - t0)
+            times[name][1].append(t2 - t1)
+            assert a and b, name
+            if name == "fox":
+                _sane(a)
+
+    try:
+        if not benchmark.disabled:
+            round_()  # warm-up
+            for one, two in times.values():
+                one.clear()
+                two.clear()
+        benchmark.pedantic(round_, rounds=1 if benchmark.disabled else 5, iterations=1)
+    finally:
+        sized.close()
+    print()
+    for name, (one, two) in times.items():
+        a, b = statistics.median(one), statistics.median(two)
+        benchmark.extra_info[f"ratio_sized_full_{name}"] = a / b
+        print(
+            f"ASR {name} {len(clips[name]) / 16000:.1f} s: sized {a:.3f} s, full {b:.3f} s, "
+            f"ratio {a / b:.3f} ({len(one)} pairs)"
         )
         assert a > 0 and b > 0
 
