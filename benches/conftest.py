@@ -37,6 +37,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="benches/bench_turn.py: every utterance (24 + 24), not only the first pair",
     )
     parser.addoption(
+        "--latency-all",
+        action="store_true",
+        help="benches/bench_latency.py: every question (20), not only the first two",
+    )
+    parser.addoption(
         "--llm-runs",
         type=int,
         default=2,
