@@ -141,7 +141,7 @@ def test_the_embedded_default_is_shown_as_toml_that_parses_back(serve) -> None:
 
 
 def test_the_check_gives_each_problem_its_line_and_key_as_check_config_does(
-    serve, tmp_path, capsys
+    serve, tmp_path, capsys, monkeypatch
 ) -> None:
     _, app = app_for(write(tmp_path, API_ONLY))
     client = httpx.Client(base_url=f"http://{serve(app)}", timeout=10)
@@ -179,6 +179,13 @@ def test_the_check_gives_each_problem_its_line_and_key_as_check_config_does(
     got = client.post(CHECK, content=raw).json()
     assert got["errors"][0]["line"] == line_of(good, "Be brief.")
     assert "not UTF-8" in got["errors"][0]["message"]
+
+    # a message quoting a value from the server's environment shows its name instead
+    for secret in ("hunter2-secret", "hunter2-" + "x" * 80):  # (a long one is cut short)
+        monkeypatch.setenv("ECHOKIT_TEST_SECRET", secret)
+        r = client.post(CHECK, content=good.replace('"127.0.0.1:0"', '"${ECHOKIT_TEST_SECRET}"'))
+        assert "${ECHOKIT_TEST_SECRET}" in r.json()["errors"][0]["message"]
+        assert "hunter2" not in r.text and r.json()["errors"][0]["key"] == "addr"
 
     r = client.post(CHECK, content=b"#" * (MAX_CONFIG_BYTES + 1))
     assert r.status_code == 413 and r.json()["error"]["code"] == "config_too_large"

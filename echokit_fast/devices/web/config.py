@@ -12,7 +12,8 @@ and applied without a restart when the server allows it.
 * ``POST /console/api/config/check`` -- the body is TOML text; the answer is
   :meth:`~echokit_fast.config_check.Check.as_json` (``ok``, ``errors``, ``warnings``,
   ``notes``, each with ``line`` and ``key`` where known): the check of ``check-config``,
-  ``${VAR}`` expanded from the server's environment.
+  ``${VAR}`` expanded from the server's environment (whose values the messages do not
+  show: :func:`_hide_env`).
 * ``PUT /console/api/config`` -- the body is the new TOML text. Taken only when ``serve``
   was started with a config file and ``--config-write`` (``$ECHOKIT_CONFIG_WRITE=1``) *and*
   an API key is set and the request carries it; otherwise 403 saying which is missing (with
@@ -34,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +129,45 @@ async def _body(request: Request) -> bytes | Response:
     return b"".join(chunks)
 
 
-def _check(state: AppState, data: bytes) -> Check:
+def _check(state: AppState, data: bytes) -> tuple[Check, dict[str, Any]]:
+    """The check of the config text ``data`` and its answer (:func:`_hide_env`)."""
     path = state.config_path
     name = path.name if path is not None else "config.toml"
     try:
         text = decode_config(data, filename=name)
     except ConfigError as exc:
-        return Check(name, errors=list(exc.issues))
+        check = Check(name, errors=list(exc.issues))
+        return check, check.as_json()
     base = path.resolve().parent if path is not None else None
-    return check_text(text, filename=name, base_dir=base)
+    check = check_text(text, filename=name, base_dir=base)
+    return check, _hide_env(check.as_json(), text, os.environ)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+#: the shortest start of a value hidden when a message cut the value short
+_CUT = 20
+
+
+def _hide_env(answer: dict[str, Any], text: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """`answer` with the value of each environment variable that `text` names written as
+    ``${NAME}`` in the messages (also its start, when a message cut a long value short): a
+    message may quote a value (``expected HOST:PORT, got '...'``), and the console shows
+    what is wrong with a config, not the server's environment."""
+    found = {n: env[n] for n in set(_VAR.findall(text)) if env.get(n)}
+    values = sorted(found.items(), key=lambda item: -len(item[1]))
+
+    def hide(message: str) -> str:
+        for name, value in values:
+            for end in range(len(value), min(len(value), _CUT) - 1, -1):
+                if value[:end] in message:
+                    message = message.replace(value[:end], f"${{{name}}}")
+                    break
+        return message
+
+    for kind in ("errors", "warnings", "notes"):
+        for issue in answer[kind]:
+            issue["message"] = hide(issue["message"])
+    return answer
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -182,8 +215,8 @@ def routes(state: AppState, files: StaticFiles) -> list[BaseRoute]:
         data = await _body(request)
         if isinstance(data, Response):
             return data
-        result = await asyncio.to_thread(_check, state, data)
-        return JSONResponse(result.as_json(), headers=NO_STORE)
+        _, answer = await asyncio.to_thread(_check, state, data)
+        return JSONResponse(answer, headers=NO_STORE)
 
     async def save(request: Request) -> Response:
         refused = refusal(request, state.config.server.keys)
@@ -197,10 +230,10 @@ def routes(state: AppState, files: StaticFiles) -> list[BaseRoute]:
         data = await _body(request)
         if isinstance(data, Response):
             return data
-        result = await asyncio.to_thread(_check, state, data)
+        result, answer = await asyncio.to_thread(_check, state, data)
         if not result.ok or result.loaded is None:
             message = "The config has errors: nothing was saved."
-            body = {**error_body(422, message, code="config_invalid"), **result.as_json()}
+            body = {**error_body(422, message, code="config_invalid"), **answer}
             return JSONResponse(body, status_code=422, headers=NO_STORE)
         await state.wait_ready()  # (the engines load at start-up: the running config first)
         if state.load_error is not None:
@@ -235,7 +268,7 @@ def routes(state: AppState, files: StaticFiles) -> list[BaseRoute]:
             "backup": str(path.resolve().with_name(path.resolve().name + ".bak")),
             "applied": done.applied,
             "needs_restart": done.needs_restart,
-            **result.as_json(),
+            **answer,
         }
         return JSONResponse(body, headers=NO_STORE)
 
