@@ -13,7 +13,9 @@ a real server, the save applied to a running server, and the page in a real head
   stays connected and its next turn goes to the new LLM with the new system prompt; what
   needs a restart is said.
 * In Chromium, on a phone-sized screen: the page asks for the key, shows a bad platform at
-  its line (the problem selects the line), and the platform dropdown rewrites that line.
+  its line (the problem selects the line), the platform dropdown rewrites that line, and
+  Save writes the text.
+* A turn running when the save comes ends on the old LLM; the next one is the new LLM's.
 """
 
 from __future__ import annotations
@@ -271,6 +273,34 @@ def test_a_save_is_applied_and_a_connected_device_keeps_going_on_it(
     assert state.config.addr == "127.0.0.1:0"  # still where it listens
 
 
+def test_a_turn_running_at_the_save_ends_on_the_old_llm(serve, tmp_path, asr, tts) -> None:
+    first, second = ChatServer(), ChatServer()
+    first.reply(["Waves. "], forever="More waves. ", delay=0.2)  # an answer that never ends
+    one, two = serve(first.app), serve(second.app)
+    path = write(tmp_path, pipeline(asr.addr, tts.addr, one, "You are the first."))
+    _, app = app_for(path, write=True)
+    addr = serve(app)
+    new = pipeline(asr.addr, tts.addr, two, "You are the second.")
+
+    async def run() -> None:
+        device = await Device.open(addr, "dev-config-2")
+        await device.command("Text", input="Tell me about the sea")
+        await device.until("EndAudio")  # the answer is under way
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.put(f"http://{addr}{CONFIG}", content=new, headers=AUTH)
+        assert r.status_code == 200 and r.json()["applied"] == ["llm"]
+        await device.until("EndAudio")  # it goes on after the save, from the first LLM
+        assert not first.disconnected.is_set()
+        await turn(device, "Stop")  # interrupts it: the next turn is the second LLM's
+        await device.close()
+
+    asyncio.run(run())
+    assert first.disconnected.wait(10)  # its stream was closed by the interruption
+    assert len(first.requests) == 1 and len(second.requests) == 1
+    assert second.requests[0].json["messages"][0]["content"] == "You are the second."
+    assert second.requests[0].json["messages"][-1]["content"] == "Stop"
+
+
 def test_the_write_flag_comes_from_the_flag_or_the_environment(tmp_path) -> None:
     parse = build_parser().parse_args
     assert serve_settings(parse(["serve"]), {}).config_write is False
@@ -339,5 +369,11 @@ def test_the_page_shows_a_bad_platform_at_its_line_and_the_form_edits_it(
         page.wait_for_function("() => window.echokitConfig.checks === 2", timeout=WAIT_MS)
         assert page.locator("#verdict").inner_text().startswith("OK")
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+        page.get_by_role("button", name="Save and apply").click()
+        page.wait_for_function("() => window.echokitConfig.saves === 1", timeout=WAIT_MS)
+        assert page.locator("#verdict").inner_text().startswith(f"Saved to {path}")
+        assert path.read_text() == editor.input_value()
+        assert (tmp_path / "config.toml.bak").read_text() == text
     finally:
         context.close()

@@ -941,11 +941,17 @@ class SessionManager:
         """Use ``backends`` and ``settings`` (its detectors prepared) from now on: the
         config was reloaded. The connections stay; a turn running goes on with what it
         holds. ``conversations``: the conversation factory changed, so each session takes a
-        new conversation at its next turn (or connection)."""
+        new conversation: a connected one at once unless a turn runs or a live utterance
+        streams into its conversation (then at its next utterance or turn), a detached one
+        when a device connects again."""
         self._backends = backends
         self._settings = settings
-        if conversations:
-            self.generation += 1
+        if not conversations:
+            return
+        self.generation += 1
+        for s in list(self.sessions.values()):
+            if s.conn is not None and (s.utt is None or s.utt.live is None):
+                s._renew_if_stale(s.conn)
 
     # -- registry ------------------------------------------------------------------------
 
