@@ -249,6 +249,7 @@ def test_a_save_is_applied_and_a_connected_device_keeps_going_on_it(
     async def run() -> dict:
         device = await Device.open(addr, "dev-config-1")
         await turn(device, "Hello")  # (the server is ready once a turn is done)
+        state.llm_reachable = True  # as the start-up probe of the first LLM would say
         async with httpx.AsyncClient(timeout=30) as client:
             r = await client.put(f"http://{addr}{CONFIG}", content=new, headers=AUTH)
         assert r.status_code == 200, r.text
@@ -271,6 +272,7 @@ def test_a_save_is_applied_and_a_connected_device_keeps_going_on_it(
     assert messages[-1] == {"role": "user", "content": "Hello again"}
     assert len(tts.requests) == 2  # the TTS client was kept: it did not change
     assert state.config.addr == "127.0.0.1:0"  # still where it listens
+    assert state.llm_reachable is None  # the first LLM's probe says nothing of the second
 
 
 def test_a_turn_running_at_the_save_ends_on_the_old_llm(serve, tmp_path, asr, tts) -> None:

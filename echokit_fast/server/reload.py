@@ -5,7 +5,8 @@ What changes at once: the AI sections (``[asr]`` with its ``[asr.vad]``, ``[tts]
 ``[llm]``, ``[gemini]``, ``[claude]``: the layout) and ``hello_wav``. New backend clients and
 device settings are built from them and swapped into the :class:`AppState`; the connected
 devices stay connected, and each one's next turn uses them (a turn running ends on the old
-ones, which are closed once the running turns are over). A backend whose section did not
+ones, which are closed once the running turns are over). A new LLM is probed as at start-up
+(the status page shows the answer). A backend whose section did not
 change is kept as it is, so is each device's conversation (its history) when nothing it
 depends on changed; otherwise the next turn starts a new conversation.
 
@@ -31,6 +32,7 @@ from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.output import load_hello
+from echokit_fast.server.lifecycle import llm_models_url, probe_llm
 from echokit_fast.server.state import AppState
 
 __all__ = ["LIVE", "RESTART", "Applied", "apply"]
@@ -54,7 +56,7 @@ ENGINES = (
     ("llm", LocalLLM, "llm", "the in-process LLM"),
 )
 
-_closing: set[asyncio.Task[None]] = set()  # old clients waiting for the running turns
+_tasks: set[asyncio.Task[None]] = set()  # closing old clients, probing a new LLM
 
 
 @dataclass
@@ -109,6 +111,18 @@ async def _close_after_turns(state: AppState, pieces: list[Any]) -> None:
     await _aclose(state, pieces)
 
 
+async def _probe(state: AppState, cfg: Config) -> None:
+    reachable = await probe_llm(cfg)
+    if state.config is cfg:  # (not replaced meanwhile by a later save)
+        state.llm_reachable = reachable
+
+
+def _background(coro: Any, name: str) -> None:
+    task = asyncio.create_task(coro, name=name)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
 async def apply(state: AppState, new: Config, before: Config) -> Applied:
     """Run ``new`` (a config that passed the check, ``serve`` can run it) from now on, as
     the module docstring says; ``before``: the config file as it was (what the restart
@@ -157,8 +171,10 @@ async def apply(state: AppState, new: Config, before: Config) -> Applied:
         new_factory = old is None or backends.conversation_factory is not old.conversation_factory
         state.sessions.reconfigure(backends, settings, conversations=new_factory)
     await _aclose(state, unused)
-    task = asyncio.create_task(_close_after_turns(state, replaced), name="echokit-reload-close")
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    _background(_close_after_turns(state, replaced), "echokit-reload-close")
+    if "llm" in out.applied or "layout" in out.applied:
+        state.llm_reachable = None  # (the status page's: the start-up probe's was another's)
+        if state.probe_llm and llm_models_url(cfg) is not None:
+            _background(_probe(state, cfg), "echokit-reload-probe")
     log.info("config applied: %s", ", ".join(out.applied))
     return out
