@@ -170,9 +170,11 @@ def _hide_env(answer: dict[str, Any], text: str, env: Mapping[str, str]) -> dict
     return answer
 
 
-def _write(path: Path, data: bytes) -> None:
-    """``data`` in place of the file at ``path`` in one rename; the old file as ``.bak``."""
+def _write(path: Path, data: bytes) -> Path | None:
+    """``data`` in place of the file at ``path`` in one rename; the old file kept as
+    ``<name>.bak`` (returned; None when there was none)."""
     target = path.resolve()  # a symbolic link keeps pointing at the file it names
+    backup = None
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -181,11 +183,13 @@ def _write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         if target.exists():
             shutil.copymode(target, tmp)
-            shutil.copy2(target, target.with_name(target.name + ".bak"))
+            backup = target.with_name(target.name + ".bak")
+            shutil.copy2(target, backup)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return backup
 
 
 def routes(state: AppState, files: StaticFiles) -> list[BaseRoute]:
@@ -248,7 +252,7 @@ def routes(state: AppState, files: StaticFiles) -> list[BaseRoute]:
             except ConfigError:  # edited by hand into something broken: compare with the running
                 before = state.config
             try:
-                await asyncio.to_thread(_write, path, data)
+                backup = await asyncio.to_thread(_write, path, data)
             except OSError as exc:
                 return error_response(
                     500, f"Cannot write {path}: {exc.strerror or exc}", code="config_write_failed"
@@ -265,7 +269,7 @@ def routes(state: AppState, files: StaticFiles) -> list[BaseRoute]:
         body = {
             "saved": True,
             "path": str(path),
-            "backup": str(path.resolve().with_name(path.resolve().name + ".bak")),
+            "backup": None if backup is None else str(backup),
             "applied": done.applied,
             "needs_restart": done.needs_restart,
             **answer,

@@ -362,7 +362,8 @@ async function save() {
     stats.saves++;
     const applied = body.applied.length ? `applied now: ${body.applied.join(", ")}` : "nothing to apply";
     const restart = body.needs_restart.length ? ` Needs a restart: ${body.needs_restart.join("; ")}.` : "";
-    ui.verdict.textContent = `Saved to ${body.path} (the previous file is ${body.backup}); ${applied}.${restart}`;
+    const kept = body.backup ? ` (the previous file is ${body.backup})` : "";
+    ui.verdict.textContent = `Saved to ${body.path}${kept}; ${applied}.${restart}`;
   }
   setState("ready");
 }
