@@ -16,6 +16,8 @@ a real server, the save applied to a running server, and the page in a real head
   its line (the problem selects the line), the platform dropdown rewrites that line, and
   Save writes the text.
 * A turn running when the save comes ends on the old LLM; the next one is the new LLM's.
+* What cannot change live ([server], [limits], an in-process engine's settings) is said and
+  keeps running as it started.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from device_fakes import Device
+from device_fakes import Device, FakeSpeaker
 from harness import API_ONLY, free_port, serve_process
 from playwright.sync_api import Browser, sync_playwright
 from standins import ChatServer
@@ -39,6 +41,7 @@ from standins import ChatServer
 from echokit_fast.cli import build_parser, main, serve_settings
 from echokit_fast.config import default_config, parse_config
 from echokit_fast.devices.web.config import MAX_CONFIG_BYTES
+from echokit_fast.server import reload
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
 
@@ -301,6 +304,30 @@ def test_a_turn_running_at_the_save_ends_on_the_old_llm(serve, tmp_path, asr, tt
     assert len(first.requests) == 1 and len(second.requests) == 1
     assert second.requests[0].json["messages"][0]["content"] == "You are the second."
     assert second.requests[0].json["messages"][-1]["content"] == "Stop"
+
+
+def test_what_needs_a_restart_is_said_and_keeps_running() -> None:
+    openai_tts = (
+        'platform = "openai"\napi_key = "unused"\nurl = "http://127.0.0.1:9/v1/audio/speech"'
+    )
+    text = pipeline("127.0.0.1:9", "127.0.0.1:9", "127.0.0.1:9", "Be brief.", key=False)
+    before = text.replace(openai_tts, 'platform = "local"')
+    after = before.replace('platform = "local"', 'platform = "local"\nspeed = 1.5')
+    after += '[limits]\nmax_sessions = 5\n[server]\nallowed_origins = ["http://a.example"]\n'
+    state = AppState(parse_config(before, log_issues=False).config)
+    state.tts = FakeSpeaker()  # the in-process TTS engine, loaded
+    new = parse_config(after, log_issues=False).config
+
+    done = asyncio.run(reload.apply(state, new, state.config))
+    assert done.applied == ["tts"]
+    assert done.needs_restart == [
+        "[server]: origins, API keys and device checks change at the next start",
+        "[limits]: the connection edge and the engines' caps change at the next start",
+        "[tts]: the in-process TTS engine keeps its settings until a restart",
+    ]
+    assert state.config.limits.max_sessions == 1000 and state.config.server.allowed_origins == []
+    assert state.config.tts == new.tts and state.backends is not None
+    assert state.backends.speaker is state.tts  # the engine as it was loaded
 
 
 def test_the_write_flag_comes_from_the_flag_or_the_environment(tmp_path) -> None:
