@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TypeVar
 
 from echokit_fast import __version__
@@ -71,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="require Authorization: Bearer KEY on every /v1 API route and the downloads "
         "(repeat for more keys; default: $ECHOKIT_API_KEY, else the config's [server] api_key)",
+    )
+    serve.add_argument(
+        "--config-write",
+        action="store_true",
+        default=None,
+        help="let the console's config editor (/console/config) save the config file and "
+        "apply it without a restart; only for a request with one of the API keys (default: "
+        "$ECHOKIT_CONFIG_WRITE=1; off)",
     )
     serve.add_argument(
         "--tls-cert",
@@ -222,31 +231,29 @@ def cmd_vad(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from echokit_fast.backends.registry import unsupported
-    from echokit_fast.config import ConfigError, load_config, summary
+    from echokit_fast.config import summary
+    from echokit_fast.config_check import check_file
 
-    try:
-        loaded = load_config(args.path, log_issues=False)
-    except ConfigError as exc:
+    check = check_file(args.path)
+    if check.loaded is None:
         print(f"{args.path}: invalid configuration", file=sys.stderr)
-        for issue in exc.issues:
+        for issue in check.errors:
             print(f"error: {issue}", file=sys.stderr)
         return 1
-    for issue in loaded.warnings:
+    for issue in check.warnings:
         print(f"warning: {issue}", file=sys.stderr)
-    for issue in loaded.notes:
+    for issue in check.notes:
         print(f"note: {issue}", file=sys.stderr)
     # Whatever `serve` would refuse at start-up is an error here too, in the same words.
-    problems = unsupported(loaded.config)
-    if problems:
+    if check.unservable:
         print(f"{args.path}: cannot be served", file=sys.stderr)
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
+        for issue in check.unservable:
+            print(f"error: {issue.message}", file=sys.stderr)
         return 1
     print(f"{args.path}: OK")
-    print(summary(loaded))
-    if loaded.warnings:
-        print(f"{len(loaded.warnings)} warning(s)")
+    print(summary(check.loaded))
+    if check.warnings:
+        print(f"{len(check.warnings)} warning(s)")
     return 0
 
 
@@ -310,11 +317,19 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _switch(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected 1 or 0 (true or false), got {value!r}")
+
+
 def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
     """`args` with the serve settings a flag left unset taken from the environment
     (``ECHOKIT_LISTEN``, ``ECHOKIT_LOG_LEVEL``, ``ECHOKIT_LOG_FORMAT``, ``ECHOKIT_CONFIG``,
-    then ``CONFIG_PATH``, ``ECHOKIT_TLS_CERT`` and ``ECHOKIT_TLS_KEY``): a flag beats its
-    variable; ``api_key`` is ``ECHOKIT_API_KEY``
+    then ``CONFIG_PATH``, ``ECHOKIT_TLS_CERT``, ``ECHOKIT_TLS_KEY`` and
+    ``ECHOKIT_CONFIG_WRITE``): a flag beats its variable; ``api_key`` is ``ECHOKIT_API_KEY``
     (``--api-key``, repeatable, beats it; either replaces the config's ``[server]`` keys).
     SettingError for a bad value."""
     out = argparse.Namespace(**vars(args))
@@ -324,6 +339,9 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse
         out.log_level = _from_env("ECHOKIT_LOG_LEVEL", _choice(server_logging.LEVELS), env)
     if out.log_format is None:
         out.log_format = _from_env("ECHOKIT_LOG_FORMAT", _choice(server_logging.FORMATS), env)
+    if out.config_write is None:
+        out.config_write = _from_env("ECHOKIT_CONFIG_WRITE", _switch, env)
+    out.config_write = bool(out.config_write)
     out.log_level = out.log_level or "info"
     out.log_format = out.log_format or "text"
     out.config_path = (
@@ -413,7 +431,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"echokit-fast serve: {exc}", file=sys.stderr)
             return 2
-    state = AppState(config)
+    if args.config_write and not path:
+        log.warning("--config-write is ignored: there is no config file to write (--config)")
+    state = AppState(config, config_path=Path(path) if path else None)
+    state.config_write = args.config_write and bool(path)
     if args.drain_timeout is not None:
         state.drain_timeout = args.drain_timeout
     app = create_app(state=state)

@@ -122,8 +122,10 @@ __all__ = [
     "RecordConfig",
     "ServerConfig",
     "XiaozhiConfig",
+    "decode_config",
     "default_config",
     "expand_env",
+    "key_line",
     "load_config",
     "normalize_origin",
     "parse_config",
@@ -973,8 +975,8 @@ def parse_config(
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"at line (\d+)", str(exc))
-        where = f"{filename}:{m.group(1)}" if m else filename
-        raise ConfigError([ConfigIssue(where, None, "", f"invalid TOML: {exc}")]) from None
+        line = int(m.group(1)) if m else None
+        raise ConfigError([ConfigIssue(filename, line, "", f"invalid TOML: {exc}")]) from None
     except RecursionError:  # tomllib parses nested arrays and inline tables recursively
         problem = "arrays or inline tables nested too deeply"
         raise ConfigError([ConfigIssue(filename, None, "", f"invalid TOML: {problem}")]) from None
@@ -1066,6 +1068,23 @@ def parse_config(
     return LoadedConfig(config=config, warnings=ld.warnings, notes=ld.notes)
 
 
+def decode_config(data: bytes, *, filename: str = "config.toml") -> str:
+    """The text of a config file's bytes (UTF-8), else a :class:`ConfigError` naming the line
+    and byte of the first one that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text (byte {exc.start}): {exc.reason}"
+        raise ConfigError([ConfigIssue(filename, line, "", message)]) from None
+
+
+def key_line(text: str, path: tuple[str | int, ...]) -> int | None:
+    """The line of the TOML ``text`` where the dotted key ``path`` (or the nearest enclosing
+    one) is written; None when it is not there."""
+    return _Locator(text).line_of(path)
+
+
 def load_config(
     path: str | os.PathLike[str],
     *,
@@ -1075,15 +1094,13 @@ def load_config(
     """Read and validate the config file at ``path`` (see :func:`parse_config`)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(
             [ConfigIssue(str(p), None, "", f"cannot read the config file: {exc.strerror}")]
         ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            [ConfigIssue(str(p), None, "", f"not UTF-8 text (byte {exc.start}): {exc.reason}")]
-        ) from None
+    # newlines as text mode reads them (\r\n and a lone \r become \n)
+    text = decode_config(data, filename=str(p)).replace("\r\n", "\n").replace("\r", "\n")
     loaded = parse_config(
         text, filename=str(path), env=env, base_dir=p.resolve().parent, log_issues=log_issues
     )

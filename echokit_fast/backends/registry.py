@@ -49,6 +49,7 @@ __all__ = [
     "tts",
     "unregister",
     "unsupported",
+    "unsupported_sections",
 ]
 
 Kind = Literal["asr", "tts", "llm"]
@@ -221,19 +222,27 @@ def import_engine(module: str, attr: str, what: str) -> Any:
 def unsupported(config: Config) -> list[str]:
     """What in ``config`` this server cannot run yet (empty when everything is supported):
     one sentence per problem, naming the section and the platform."""
+    return [problem for _kind, problem in unsupported_sections(config)]
+
+
+def unsupported_sections(config: Config) -> list[tuple[Kind | None, str]]:
+    """:func:`unsupported`'s sentences, each with the section it is about (None: the
+    layout)."""
     kinds = LAYOUTS.get(config.layout)
     if kinds is None:
-        return [
-            f"the {config.layout} layout is not supported yet (supported: {', '.join(LAYOUTS)})"
-        ]
-    problems = []
+        supported = ", ".join(LAYOUTS)
+        return [(None, f"the {config.layout} layout is not supported yet (supported: {supported})")]
+    problems: list[tuple[Kind | None, str]] = []
     for kind in kinds:
         name = getattr(getattr(config, kind), "platform", None)
         runnable = [p.name for p in platforms(kind) if p.runnable]
         if name not in runnable:
             problems.append(
-                f"[{kind}] platform {name!r} is not supported yet "
-                f"(supported: {', '.join(runnable)})"
+                (
+                    kind,
+                    f"[{kind}] platform {name!r} is not supported yet "
+                    f"(supported: {', '.join(runnable)})",
+                )
             )
     return problems
 

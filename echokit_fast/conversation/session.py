@@ -278,6 +278,8 @@ class Session:
         #: when a connection last attached or detached (wall clock, Unix seconds)
         self.since = time.time()
         self._evict: asyncio.TimerHandle | None = None
+        #: the manager's generation the conversation was made in (:meth:`_renew_if_stale`)
+        self._generation = manager.generation
 
     # -- attach / detach ---------------------------------------------------------------
 
@@ -295,8 +297,8 @@ class Session:
         if old is not None:
             log.info("device %s: new connection pre-empts the previous one", self.log_id)
             old.disconnect()
-        if self.conversation is None:
-            self.conversation = self.manager.backends.conversation_factory(self.id)
+        if self.conversation is None or self._generation != self.manager.generation:
+            self._new_conversation()
         elif not conn.keep_history:
             result = self.conversation.reset()
             if inspect.isawaitable(result):
@@ -324,6 +326,32 @@ class Session:
         self.detached_at = time.monotonic()
         self.since = time.time()
         self.manager._schedule_evict(self)
+
+    def _new_conversation(self) -> None:
+        """A conversation from the manager's factory in place of the one held (closed)."""
+        old, self.conversation = self.conversation, None
+        close = getattr(old, "close", None)  # one holding a connection of its own
+        if callable(close):
+            close()
+        self.conversation = self.manager.backends.conversation_factory(self.id)
+        self._generation = self.manager.generation
+
+    def _renew_if_stale(self, conn: DeviceConnection) -> None:
+        """After :meth:`SessionManager.reconfigure` gave new conversations: the next turn or
+        utterance of a connected device gets one (its history starts afresh); a turn still
+        running keeps the old one until it ends."""
+        if self.conversation is None or self._generation == self.manager.generation:
+            return
+        if self.responding:
+            return
+        self._new_conversation()
+        self._use_tools(conn.tools)
+        self._stop_unprompted()
+        if isinstance(self.conversation, Proactive):
+            self.conversation.attached()
+            self._unprompted = asyncio.create_task(
+                self._run_unprompted(conn, self.conversation), name=f"echokit-unprompted-{self.id}"
+            )
 
     def _use_tools(self, tools: ToolBox | None) -> None:
         if isinstance(self.conversation, ToolConversation):
@@ -370,6 +398,7 @@ class Session:
 
     def _new_utterance(self, conn: DeviceConnection) -> Utterance:
         settings = self.manager.settings
+        self._renew_if_stale(conn)
         conv = self.conversation
         if isinstance(conv, LiveConversation):  # the audio goes to the model as it is heard
             detector = settings.turn_detector(wait_for_speech=conn.continuous_listening)
@@ -637,6 +666,8 @@ class Session:
         items: AsyncIterator[Reply] | None = None,
     ) -> None:
         trace = trace or self._trace()
+        if live is None and items is None:  # (a live utterance feeds the conversation it has)
+            self._renew_if_stale(conn)
         coro = self._run_turn(
             conn,
             trace,
@@ -865,6 +896,8 @@ class SessionManager:
         self.recent = recent if recent is not None else RecentTurns()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
+        #: counts the :meth:`reconfigure` calls that gave new conversations
+        self.generation = 0
 
     # -- shared pieces -----------------------------------------------------------------
 
@@ -903,6 +936,22 @@ class SessionManager:
                 if self.settings.stream_detector is not None:
                     await asyncio.to_thread(self.settings.stream_detector.prepare)
                 self._detectors_ready = True
+
+    def reconfigure(self, backends: Backends, settings: Settings, *, conversations: bool) -> None:
+        """Use ``backends`` and ``settings`` (its detectors prepared) from now on: the
+        config was reloaded. The connections stay; a turn running goes on with what it
+        holds. ``conversations``: the conversation factory changed, so each session takes a
+        new conversation: a connected one at once unless a turn runs or a live utterance
+        streams into its conversation (then at its next utterance or turn), a detached one
+        when a device connects again."""
+        self._backends = backends
+        self._settings = settings
+        if not conversations:
+            return
+        self.generation += 1
+        for s in list(self.sessions.values()):
+            if s.conn is not None and (s.utt is None or s.utt.live is None):
+                s._renew_if_stale(s.conn)
 
     # -- registry ------------------------------------------------------------------------
 

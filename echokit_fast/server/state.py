@@ -59,6 +59,10 @@ class AppState:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     #: probe the configured LLM at start-up (a warning when it is unreachable)
     probe_llm: bool = True
+    #: the config file ``serve`` was started with (None: the embedded default)
+    config_path: Path | None = None
+    #: the console's config editor may save that file and apply it (``serve --config-write``)
+    config_write: bool = False
 
     # engines (None: not built yet)
     vad: SileroVad | None = None
@@ -109,18 +113,19 @@ class AppState:
         """The Silero VAD model (v6) of this app."""
         return self._once("vad", SileroVad)
 
-    def asr_engine(self) -> LocalWhisper:
-        """The embedded Whisper engine, from the config's ``[asr]`` when it is the local
-        platform, else the defaults (the HTTP API always serves the embedded engine)."""
-        cfg = self.config.asr
+    def asr_engine(self, cfg: Any = None) -> LocalWhisper:
+        """The embedded Whisper engine, from the config's ``[asr]`` (or `cfg`, a config
+        being applied) when it is the local platform, else the defaults (the HTTP API always
+        serves the embedded engine). Built once: a later `cfg` does not change it."""
+        cfg = self.config.asr if cfg is None else cfg
         section = cfg if isinstance(cfg, LocalASR) else LocalASR()
         return self._once("asr", lambda: LocalWhisper.from_config(section))
 
-    def tts_engine(self) -> tts.LocalSpeaker:
-        """The embedded TTS engine, from the config's ``[tts]`` when it is the local platform,
-        else the defaults; its streams as ``[limits]`` shares them between devices and the
-        HTTP API."""
-        cfg = self.config.tts
+    def tts_engine(self, cfg: Any = None) -> tts.LocalSpeaker:
+        """The embedded TTS engine, from the config's ``[tts]`` (or `cfg`, as for
+        :meth:`asr_engine`) when it is the local platform, else the defaults; its streams as
+        ``[limits]`` shares them between devices and the HTTP API."""
+        cfg = self.config.tts if cfg is None else cfg
         section = cfg if isinstance(cfg, LocalTTS) else None
         limits = self.config.limits
         return self._once(
@@ -133,9 +138,10 @@ class AppState:
             ),
         )
 
-    def llm_engine(self) -> LocalLLMEngine:
-        """The in-process LLM of the config's ``[llm]`` (which must be the local platform)."""
-        cfg = self.config.llm
+    def llm_engine(self, cfg: Any = None) -> LocalLLMEngine:
+        """The in-process LLM of the config's ``[llm]`` (or `cfg`, as for
+        :meth:`asr_engine`), which must be the local platform."""
+        cfg = self.config.llm if cfg is None else cfg
         if not isinstance(cfg, LocalLLM):
             raise RuntimeError('no in-process LLM: [llm] platform is not "local"')
         engine = "echokit_fast.backends.llm.local.engine"

@@ -45,8 +45,9 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from echokit_fast.backends.base import Notifications
+from echokit_fast.backends.base import Backends, Notifications
 from echokit_fast.backends.registry import build_backends
+from echokit_fast.config import Config
 from echokit_fast.conversation.session import SessionManager, Settings
 from echokit_fast.conversation.splitter import SegmentGrouper
 from echokit_fast.conversation.trace import printable
@@ -59,7 +60,7 @@ from echokit_fast.server.state import AppState
 from echokit_fast.turn.asr_stream import stream_detectors
 from echokit_fast.turn.smart_turn import SmartTurnDetectors
 
-__all__ = ["prepare", "routes"]
+__all__ = ["build", "device_settings", "prepare", "routes"]
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +75,36 @@ def prepare(state: AppState) -> None:
     if state.device_hello is None:
         state.device_hello = load_hello(cfg.hello_path) or b""
     if state.backends is None:
-        state.backends = build_backends(
-            state.config,
-            local_asr=lambda _cfg: state.asr_engine(),  # the engines the HTTP APIs serve
-            local_tts=lambda _cfg: state.tts_engine(),
-            local_llm=lambda _cfg: state.llm_engine(),  # loaded at start-up (lifecycle)
-        )
+        state.backends = build(state, cfg)
     if state.device_settings is None:
-        vad = getattr(cfg.asr, "vad", None)
-        detectors = SmartTurnDetectors.from_config(vad, model=state.vad_model)
-        state.device_settings = Settings(
-            turn_detector=detectors,
-            stream_detector=stream_detectors(state.backends.transcriber),
-            max_text_bytes=cfg.limits.max_text_bytes,
-            max_sessions=cfg.limits.max_sessions,
-            asr_timeout_s=cfg.limits.asr_timeout_s,
-            llm_answer_s=cfg.limits.llm_answer_s,
-            max_answer_chars=cfg.limits.max_answer_chars,
-            tts_segment_s=cfg.limits.tts_segment_s,
-            turn_s=cfg.limits.turn_s,
-        )
+        state.device_settings = device_settings(state, cfg, state.backends)
+
+
+def build(state: AppState, cfg: Config) -> Backends:
+    """The device backends of ``cfg``, the embedded engines being the state's own."""
+    return build_backends(
+        cfg,
+        local_asr=lambda _cfg: state.asr_engine(),  # the engines the HTTP APIs serve
+        local_tts=lambda _cfg: state.tts_engine(),
+        local_llm=lambda _cfg: state.llm_engine(),  # loaded at start-up (lifecycle)
+    )
+
+
+def device_settings(state: AppState, cfg: Config, backends: Backends) -> Settings:
+    """The device settings of ``cfg`` over ``backends``: the turn detectors of ``[asr.vad]``
+    (a streaming recognizer's own in stream mode) and the ``[limits]`` of a turn."""
+    vad = getattr(cfg.asr, "vad", None)
+    return Settings(
+        turn_detector=SmartTurnDetectors.from_config(vad, model=state.vad_model),
+        stream_detector=stream_detectors(backends.transcriber),
+        max_text_bytes=cfg.limits.max_text_bytes,
+        max_sessions=cfg.limits.max_sessions,
+        asr_timeout_s=cfg.limits.asr_timeout_s,
+        llm_answer_s=cfg.limits.llm_answer_s,
+        max_answer_chars=cfg.limits.max_answer_chars,
+        tts_segment_s=cfg.limits.tts_segment_s,
+        turn_s=cfg.limits.turn_s,
+    )
 
 
 def _ready_settings(state: AppState) -> Settings:
