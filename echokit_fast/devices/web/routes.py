@@ -1,5 +1,6 @@
 """The talk page: ``GET /`` and its files under ``/console/static/`` (``static/`` of this
-package, shipped in the wheel); the status page's routes (:mod:`.status`) are added here.
+package, shipped in the wheel); the status page's routes (:mod:`.status`) and the recordings'
+(:mod:`.recordings`, for the talk page's Record mode) are added here.
 
 Every file is answered with its content type, ``Cache-Control: no-cache`` (the browser
 revalidates with the ETag, so a new release is seen at once and an unchanged file costs a
@@ -20,7 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from echokit_fast.devices.web import status
+from echokit_fast.devices.web import recordings, status
 from echokit_fast.server.state import AppState
 
 __all__ = ["PREFIX", "routes"]
@@ -74,4 +75,5 @@ def routes(state: AppState) -> list[BaseRoute]:
         Route("/", index, methods=["GET", "HEAD"]),
         Mount(PREFIX, app=files),
         *status.routes(state, files),
+        *recordings.routes(state),
     ]
