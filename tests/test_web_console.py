@@ -8,7 +8,8 @@
   made went to the server itself.
 * Barge-in: the button during a reply stops its playback and cancels the answer (the LLM's
   stream is closed), and the page listens again; so does the user's voice over the reply in
-  hands-free mode, and what it says is the next turn.
+  hands-free mode, and what it says is the next turn; a quiet voice (as the reply's echo
+  could be) does not.
 * Push to talk (Submit mode, on a socket reopened when the mode changes): what is said while
   the button is held, silence first, is heard whole.
 * Typed text (the Text command) holds a turn without the microphone.
@@ -123,6 +124,23 @@ def barge_browser(tmp_path_factory, playwright, question, speaker) -> Iterator[B
     pause = np.zeros(int(PAUSE_S * SR), np.float32)
     samples = np.concatenate([question, pause, second, np.zeros(4 * SR, np.float32)])
     browser = chromium(playwright, tmp_path_factory.mktemp("mic") / "barge.wav", samples)
+    yield browser
+    browser.close()
+
+
+#: how loud the voice of `echo_browser` is, as a part of QUESTION's: what a reply's echo left
+#: over by the browser's echo cancellation could be, and more
+ECHO_GAIN = 0.25
+
+
+@pytest.fixture(scope="module")
+def echo_browser(tmp_path_factory, playwright, question) -> Iterator[Browser]:
+    """The microphone says QUESTION, then from half a second after it for three times its
+    length, while the reply plays, a quiet voice (QUESTION again, ECHO_GAIN as loud)."""
+    gap = np.zeros(SR // 2, np.float32)
+    quiet = np.concatenate([ECHO_GAIN * question, gap] * 3)
+    samples = np.concatenate([question, gap, quiet, np.zeros(4 * SR, np.float32)])
+    browser = chromium(playwright, tmp_path_factory.mktemp("mic") / "echo.wav", samples)
     yield browser
     browser.close()
 
@@ -377,6 +395,30 @@ def test_speaking_over_the_reply_interrupts_it(serve, barge_browser, whisper, sp
     assert chat.requests[-1].json["messages"][-1]["content"] == heard[1]
     assert stats(page, "replies") == [cut[0], answer]  # nothing more of the cut answer shown
     assert stats(page, "bargeIns") == 1 and stats(page, "state") == "listening"
+
+
+def test_a_quiet_voice_over_the_reply_does_not_cut_it(
+    serve, echo_browser, whisper, speaker
+) -> None:
+    chat = ChatServer()
+    sentences = [
+        "The capital of France is Paris. ",
+        "It is famous for the Eiffel Tower. ",
+        "Millions of people visit it every year.",
+    ]
+    chat.reply(sentences)
+    addr = serve(embedded_app(serve(chat.app), whisper, speaker))
+    page, _ = open_page(echo_browser, addr)
+    page.get_by_role("button", name="Start conversation").click()
+    page.wait_for_function(
+        "() => window.echokitStats.turns === 1 || window.echokitStats.errors.length > 0",
+        timeout=WAIT_MS,
+    )
+    assert stats(page, "errors") == []
+    assert stats(page, "bargeIns") == 0
+    assert stats(page, "replies") == ["".join(sentences)]
+    assert stats(page, "playedSamples") > 5 * SR  # the whole reply played
+    assert len(chat.requests) == 1  # nothing was taken for a new question
 
 
 @pytest.fixture
