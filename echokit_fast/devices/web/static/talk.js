@@ -7,8 +7,10 @@
 // the same socket cancels the answer and starts the next utterance), and so does speaking
 // over it: the microphone is listened to while the reply plays (the browser's echo
 // cancellation keeps the reply out of it), and a voice louder than the reply's echo could be
-// (a higher threshold than between turns, for several frames in a row) stops the playback and
-// is streamed as the next utterance (its first half second with it).
+// (a higher threshold than between turns, and at least a third as loud as the user's own speech
+// was: the browser's gain control raises what is left of the echo as the reply goes on; for
+// several frames in a row) stops the playback and is streamed as the next utterance (its
+// first half second with it).
 //
 // The reply is Opus with lip-sync vowels (opus=true&vowel=true), decoded by WebCodecs, one
 // decoder per segment as the device resets its own; the vowels move the mouth. Without
@@ -37,7 +39,8 @@ const PREROLL_FRAMES = 4; // the frames kept from before speech starts (512 ms)
 const MIN_LEVEL = 0.02; // RMS below which a frame is never speech
 const NOISE_FACTOR = 4; // speech: a frame this many times louder than the noise floor
 const BARGE_LEVEL = 0.04; // during the reply: RMS below which a frame is never the user's voice
-const BARGE_FACTOR = 8; // ... and how many times louder than the noise floor it must be
+const BARGE_FACTOR = 8; // ... how many times louder than the noise floor it must be
+const BARGE_SHARE = 0.35; // ... and at least this share of the level of the user's speech so far
 const BARGE_FRAMES = 3; // ... in this many frames in a row (384 ms)
 const LEAD_S = 0.08; // playback starts this far ahead of the clock
 const OPUS_CONFIG = { codec: "opus", sampleRate: RATE, numberOfChannels: 1 };
@@ -206,6 +209,7 @@ class Conversation {
     this.dropReply = false; // interrupted: the cancelled answer's audio still in flight is dropped
     this.preroll = [];
     this.noise = MIN_LEVEL / NOISE_FACTOR;
+    this.voice = 0; // the level of the user's speech (its frames above the threshold), 0: unheard
     this.loud = 0; // during the reply: the frames in a row loud enough to be the user's voice
     this.question = null; // the log entry whose Choices buttons are shown
     this.sources = new Set();
@@ -403,12 +407,15 @@ class Conversation {
       return;
     }
     if (stats.state !== "listening") return;
+    const level = rms(pcm);
     if (this.uploading) {
       this.sendAudio(pcm);
+      if (level > Math.max(MIN_LEVEL, this.noise * NOISE_FACTOR)) {
+        this.voice = this.voice ? 0.9 * this.voice + 0.1 * level : level;
+      }
       return;
     }
     if (this.pushToTalk) return;
-    const level = rms(pcm);
     this.preroll.push(pcm);
     if (this.preroll.length > PREROLL_FRAMES) this.preroll.shift();
     if (level > Math.max(MIN_LEVEL, this.noise * NOISE_FACTOR)) {
@@ -424,7 +431,8 @@ class Conversation {
   overReply(pcm) {
     this.preroll.push(pcm);
     if (this.preroll.length > PREROLL_FRAMES) this.preroll.shift();
-    const loud = rms(pcm) > Math.max(BARGE_LEVEL, this.noise * BARGE_FACTOR);
+    const threshold = Math.max(BARGE_LEVEL, this.noise * BARGE_FACTOR, this.voice * BARGE_SHARE);
+    const loud = rms(pcm) > threshold;
     this.loud = loud ? this.loud + 1 : 0;
     if (this.loud < BARGE_FRAMES) return;
     const said = this.preroll;
