@@ -502,6 +502,7 @@ def test_record_mode_saves_the_microphone(serve, browser, whisper, speaker, ques
     )
     page.get_by_role("button", name="Start recording").click()
     page.wait_for_function("() => window.echokitStats.state === 'recording'", timeout=WAIT_MS)
+    assert page.get_by_role("status").inner_text() == "Recording"
     # recorded through the question and half a second after it
     enough = len(question) + SR // 2
     page.wait_for_function(
