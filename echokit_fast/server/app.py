@@ -23,6 +23,7 @@ from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
 from echokit_fast.devices.echokit.protocol import COMPATIBLE_VERSION
 from echokit_fast.devices.web import routes as web
+from echokit_fast.devices.web.access import API_PREFIX
 from echokit_fast.devices.xiaozhi import routes as xiaozhi
 from echokit_fast.server import security
 from echokit_fast.server.lifecycle import lifespan
@@ -51,11 +52,17 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "loading"}, status_code=503)
 
 
+def json_errors(path: str) -> bool:
+    """Whether errors on `path` are OpenAI error bodies: the API's paths and the console's."""
+    return security.is_api_path(path) or path.startswith(API_PREFIX + "/")
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's refusals (404 for an unknown path, 405 for a method a route does not take)
-    as OpenAI error bodies on the API's paths, as plain text elsewhere."""
+    as OpenAI error bodies on the API's paths and the console's (``/console/api/...``), as
+    plain text elsewhere."""
     assert isinstance(exc, HTTPException)
-    if not security.is_api_path(request.url.path):
+    if not json_errors(request.url.path):
         return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
     if exc.status_code == 404:
         message = f"Unknown request URL: {request.method} {request.url.path}"
@@ -69,8 +76,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
-    """An unexpected exception (Starlette logs it): OpenAI's 500 body on the API's paths."""
-    if not security.is_api_path(request.url.path):
+    """An unexpected exception (Starlette logs it): OpenAI's 500 body on the API's paths and
+    the console's."""
+    if not json_errors(request.url.path):
         return PlainTextResponse("Internal Server Error", status_code=500)
     return error_response(500, "The server had an error while processing your request.")
 

@@ -1,6 +1,7 @@
 """The talk page: ``GET /`` and its files under ``/console/static/`` (``static/`` of this
-package, shipped in the wheel); the status page's routes (:mod:`.status`) and the config
-editor's (:mod:`.config`) are added here.
+package, shipped in the wheel); the status page's routes (:mod:`.status`), the config
+editor's (:mod:`.config`) and the recordings' (:mod:`.recordings`, for the talk page's Record
+mode) are added here.
 
 Every file is answered with its content type, ``Cache-Control: no-cache`` (the browser
 revalidates with the ETag, so a new release is seen at once and an unchanged file costs a
@@ -21,7 +22,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from echokit_fast.devices.web import config, status
+from echokit_fast.devices.web import config, recordings, status
 from echokit_fast.server.state import AppState
 
 __all__ = ["PREFIX", "routes"]
@@ -76,4 +77,5 @@ def routes(state: AppState) -> list[BaseRoute]:
         Mount(PREFIX, app=files),
         *status.routes(state, files),
         *config.routes(state, files),
+        *recordings.routes(state),
     ]

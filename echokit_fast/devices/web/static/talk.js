@@ -4,7 +4,13 @@
 // page sends StartChat and streams 16 kHz PCM16 frames (with the half second before it) until
 // EndVad; the reply's segments are shown and played back to back; EndResponse, once the reply
 // has played, listens again. Pressing the button during a reply interrupts it (StartChat on
-// the same socket cancels the answer and starts the next utterance).
+// the same socket cancels the answer and starts the next utterance), and so does speaking
+// over it: the microphone is listened to while the reply plays (the browser's echo
+// cancellation keeps the reply out of it), and a voice louder than the reply's echo could be
+// (a higher threshold than between turns, and at least a third as loud as the user's own speech
+// was: the browser's gain control raises what is left of the echo as the reply goes on; for
+// several frames in a row) stops the playback and is streamed as the next utterance (its
+// first half second with it).
 //
 // The reply is Opus with lip-sync vowels (opus=true&vowel=true), decoded by WebCodecs, one
 // decoder per segment as the device resets its own; the vowels move the mouth. Without
@@ -18,14 +24,24 @@
 // server while the button is held, its release sends Submit; pressing it during a reply
 // cancels the reply first (StartChat). Changing the mode reconnects (reconnect=true, the
 // history kept), the new socket opened once the old one has closed.
+//
+// A question of the server (Choices: the claude layout asks to confirm) shows its items as
+// buttons; the one pressed is sent as Select{index}; they go when the turn ends.
+//
+// Record, the third mode, streams the microphone to the server's record mode (record.js).
 
 import { decodeEvent } from "./msgpack.js";
+import { capture, micError, openMicrophone, rms } from "./mic.js";
+import { Recording, RecordingList } from "./record.js";
 
 const RATE = 16000; // the protocol's audio rate, both ways
-const FRAME = 2048; // samples per microphone frame (128 ms)
 const PREROLL_FRAMES = 4; // the frames kept from before speech starts (512 ms)
 const MIN_LEVEL = 0.02; // RMS below which a frame is never speech
 const NOISE_FACTOR = 4; // speech: a frame this many times louder than the noise floor
+const BARGE_LEVEL = 0.04; // during the reply: RMS below which a frame is never the user's voice
+const BARGE_FACTOR = 8; // ... how many times louder than the noise floor it must be
+const BARGE_SHARE = 0.35; // ... and at least this share of the level of the user's speech so far
+const BARGE_FRAMES = 3; // ... in this many frames in a row (384 ms)
 const LEAD_S = 0.08; // playback starts this far ahead of the clock
 const OPUS_CONFIG = { codec: "opus", sampleRate: RATE, numberOfChannels: 1 };
 const RECONNECTS = [500, 1000, 2000, 4000, 8000]; // delays (ms) of the attempts after a drop
@@ -43,6 +59,10 @@ const ui = {
   modes: document.querySelectorAll('input[name="mode"]'),
   say: $("say"),
   text: $("text"),
+  hint: $("hint"),
+  recordings: $("recordings"),
+  recordingList: $("recording-list"),
+  recordingsNote: $("recordings-note"),
 };
 
 const LABELS = {
@@ -52,12 +72,21 @@ const LABELS = {
   thinking: "Thinking…",
   speaking: "Speaking",
   reconnecting: "Reconnecting…",
+  recording: "Recording",
   error: "Stopped",
 };
 
+const HINTS = {
+  "hands-free": "Hands-free: speak after you start; speak or press the button while it answers to interrupt.",
+  "push-to-talk": "Push to talk: hold the button (or Space) while you speak.",
+  record: "Record: what the microphone hears is saved on the server until you stop.",
+};
+
 // What the tests read: the state, the mode, the sockets opened, whether replies are Opus and
-// the vowels the mouth showed, the samples sent and played,
-// the transcripts and replies, the turns ended (EndResponse, the reply played).
+// the vowels the mouth showed, the samples sent and played, the replies cut by the user's
+// voice, the transcripts and replies, the turns ended (EndResponse, the reply played), the
+// question's items shown (null when none) and the indexes selected, the samples recorded and
+// the recordings listed.
 const stats = {
   state: "idle",
   turns: 0,
@@ -67,11 +96,16 @@ const stats = {
   vowels: 0,
   sentSamples: 0,
   playedSamples: 0,
+  bargeIns: 0,
   interim: "",
   transcripts: [],
   replies: [],
   notices: [],
+  choices: null,
+  selected: [],
   errors: [],
+  recordedSamples: 0,
+  recordings: [],
 };
 window.echokitStats = stats;
 
@@ -135,21 +169,26 @@ function addEntry(kind, who, text) {
   return body;
 }
 
-function micError(err) {
-  if (err && (err.name === "NotAllowedError" || err.name === "SecurityError")) {
-    return "Microphone access was denied: allow it for this page and start again.";
+// the state shown, and the buttons that go with it in the mode; `holding`: push to talk's
+// button is held
+function setState(state, holding = false) {
+  stats.state = state;
+  ui.state.dataset.state = state;
+  ui.state.textContent = LABELS[state];
+  const running = state !== "idle" && state !== "error";
+  if (stats.mode === "record") {
+    ui.end.hidden = true;
+    ui.talk.textContent = running ? "Stop recording" : "Start recording";
+    ui.talk.setAttribute("aria-disabled", "false");
+    return;
   }
-  if (err && err.name === "NotFoundError") return "No microphone was found.";
-  if (!window.isSecureContext) {
-    return "The browser allows the microphone only on a secure page: open it over HTTPS, or as localhost on this computer.";
-  }
-  return "The microphone could not be opened: " + (err && err.message ? err.message : err);
-}
-
-function rms(pcm) {
-  let sum = 0;
-  for (let i = 0; i < pcm.length; i++) sum += pcm[i] * pcm[i];
-  return Math.sqrt(sum / pcm.length) / 32768;
+  ui.end.hidden = !running;
+  const interruptible = state === "thinking" || state === "speaking";
+  const ptt = stats.mode === "push-to-talk" && (state === "listening" || interruptible);
+  let label = !running ? "Start conversation" : interruptible ? "Interrupt" : LABELS[state];
+  if (ptt) label = holding ? "Release to send" : "Hold to talk";
+  ui.talk.textContent = label;
+  ui.talk.setAttribute("aria-disabled", String(running && !interruptible && !ptt));
 }
 
 class Conversation {
@@ -170,6 +209,9 @@ class Conversation {
     this.dropReply = false; // interrupted: the cancelled answer's audio still in flight is dropped
     this.preroll = [];
     this.noise = MIN_LEVEL / NOISE_FACTOR;
+    this.voice = 0; // the level of the user's speech (its frames above the threshold), 0: unheard
+    this.loud = 0; // during the reply: the frames in a row loud enough to be the user's voice
+    this.question = null; // the log entry whose Choices buttons are shown
     this.sources = new Set();
     this.nextTime = 0;
     this.reply = null; // the log entry of the reply being shown
@@ -187,17 +229,7 @@ class Conversation {
   }
 
   setState(state) {
-    stats.state = state;
-    ui.state.dataset.state = state;
-    ui.state.textContent = LABELS[state];
-    const running = state !== "idle" && state !== "error";
-    ui.end.hidden = !running;
-    const interruptible = state === "thinking" || state === "speaking";
-    const ptt = stats.mode === "push-to-talk" && (state === "listening" || interruptible);
-    let label = !running ? "Start conversation" : interruptible ? "Interrupt" : LABELS[state];
-    if (ptt) label = this.holding ? "Release to send" : "Hold to talk";
-    ui.talk.textContent = label;
-    ui.talk.setAttribute("aria-disabled", String(running && !interruptible && !ptt));
+    setState(state, this.holding);
   }
 
   async start() {
@@ -210,16 +242,14 @@ class Conversation {
     this.connect(false);
     if (!this.microphone) return;
     try {
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-      });
+      this.stream = await openMicrophone();
     } catch (err) {
       if (!this.stopped) this.fail(micError(err));
       return;
     }
     if (this.stopped) return;
     try {
-      await this.capture();
+      await capture(this.ctx, this.stream, (pcm) => this.onFrame(pcm));
     } catch (err) {
       if (this.stopped) return; // ended meanwhile (and said why)
       this.fail("The audio could not be started: " + (err && err.message ? err.message : err));
@@ -228,22 +258,6 @@ class Conversation {
     if (this.ws && this.ws.readyState === WebSocket.OPEN && stats.state === "connecting") {
       this.listen();
     }
-  }
-
-  // the microphone, low-passed, into the worklet that posts its 16 kHz PCM16 frames
-  async capture() {
-    await this.ctx.audioWorklet.addModule(new URL("mic-worklet.js", import.meta.url));
-    const source = this.ctx.createMediaStreamSource(this.stream);
-    let node = source;
-    for (let i = 0; i < 2; i++) { // a steep low-pass below the 8 kHz Nyquist of 16 kHz
-      const lowpass = new BiquadFilterNode(this.ctx, { type: "lowpass", frequency: 7000, Q: 0.707 });
-      node.connect(lowpass);
-      node = lowpass;
-    }
-    const mic = new AudioWorkletNode(this.ctx, "echokit-mic", { processorOptions: { frameSamples: FRAME } });
-    mic.port.onmessage = (e) => this.onFrame(new Int16Array(e.data));
-    const mute = new GainNode(this.ctx, { gain: 0 }); // pulled by the destination, never heard
-    node.connect(mic).connect(mute).connect(this.ctx.destination);
   }
 
   connect(reconnect) {
@@ -309,6 +323,8 @@ class Conversation {
     this.turnOver = false;
     this.reply = null;
     this.preroll = [];
+    this.loud = 0;
+    this.clearChoices();
     this.setState("listening");
   }
 
@@ -386,13 +402,20 @@ class Conversation {
   }
 
   onFrame(pcm) {
+    if (stats.state === "speaking" && !this.pushToTalk) {
+      this.overReply(pcm);
+      return;
+    }
     if (stats.state !== "listening") return;
+    const level = rms(pcm);
     if (this.uploading) {
       this.sendAudio(pcm);
+      if (level > Math.max(MIN_LEVEL, this.noise * NOISE_FACTOR)) {
+        this.voice = this.voice ? 0.9 * this.voice + 0.1 * level : level;
+      }
       return;
     }
     if (this.pushToTalk) return;
-    const level = rms(pcm);
     this.preroll.push(pcm);
     if (this.preroll.length > PREROLL_FRAMES) this.preroll.shift();
     if (level > Math.max(MIN_LEVEL, this.noise * NOISE_FACTOR)) {
@@ -403,12 +426,57 @@ class Conversation {
     }
   }
 
-  // the button during a reply: drop what plays, cancel the answer, listen to the user at once
-  interrupt() {
+  // a frame heard while the reply plays: the user's voice over it interrupts it, and what
+  // was said from just before it began is the next utterance
+  overReply(pcm) {
+    this.preroll.push(pcm);
+    if (this.preroll.length > PREROLL_FRAMES) this.preroll.shift();
+    const threshold = Math.max(BARGE_LEVEL, this.noise * BARGE_FACTOR, this.voice * BARGE_SHARE);
+    const loud = rms(pcm) > threshold;
+    this.loud = loud ? this.loud + 1 : 0;
+    if (this.loud < BARGE_FRAMES) return;
+    const said = this.preroll;
+    stats.bargeIns++;
+    this.interrupt(said);
+  }
+
+  // the button (or the voice) during a reply: drop what plays, cancel the answer, stream the
+  // user's utterance at once (`frames`: what of it was already heard)
+  interrupt(frames = []) {
     this.stopPlayback();
     this.dropReply = true;
     this.listen();
-    this.startUtterance([]);
+    this.startUtterance(frames);
+  }
+
+  // the server's question: its items as buttons, the one pressed answered with Select{index}
+  showChoices(message, items) {
+    this.clearChoices();
+    const body = addEntry("notice question", "Question", message);
+    const group = document.createElement("div");
+    group.className = "choices";
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", message);
+    items.forEach((item, index) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = item;
+      button.addEventListener("click", () => {
+        this.send(JSON.stringify({ event: "Select", index }));
+        stats.selected.push(index);
+        this.clearChoices();
+      });
+      group.append(button);
+    });
+    body.after(group);
+    this.question = group;
+    stats.choices = items;
+  }
+
+  clearChoices() {
+    if (this.question) this.question.remove();
+    this.question = null;
+    stats.choices = null;
   }
 
   onEvent(ev) {
@@ -454,8 +522,9 @@ class Conversation {
         addEntry("notice", "Notice", ev.action === "ByeBye" ? "The conversation ended." : ev.action);
         break;
       case "Choices":
+        if (this.dropReply) break;
         stats.notices.push(ev.message);
-        addEntry("notice", "Question", ev.message + " " + (ev.items || []).join(" / "));
+        this.showChoices(ev.message || "", ev.items || []);
         break;
       case "EndResponse":
         if (this.dropReply) break;
@@ -632,59 +701,85 @@ class Conversation {
     if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
     if (this.ctx) this.ctx.close();
     ui.interim.textContent = "";
+    this.clearChoices();
     this.setState(state);
   }
 }
 
 const id = deviceId();
 ui.device.textContent = id;
-let conversation = null;
+let session = null; // the Conversation or the Recording running (or last run)
+const recordings = new RecordingList(id, { list: ui.recordingList, note: ui.recordingsNote }, stats);
+const recordingPage = {
+  stats,
+  setState,
+  showError,
+  stopped: () => recordings.refresh({ settle: true }),
+};
 
+const MODES = ["hands-free", "push-to-talk", "record"];
+const running = () => session && !session.stopped;
+const conversing = () => running() && session instanceof Conversation;
+
+// the mode's controls: the typed text and the hint for talking, the recordings for Record
 function showMode() {
   for (const input of ui.modes) input.checked = input.value === stats.mode;
+  const record = stats.mode === "record";
+  ui.say.hidden = record;
+  ui.recordings.hidden = !record;
+  ui.hint.textContent = HINTS[stats.mode];
+  if (!running()) setState(stats.state);
+  if (record) recordings.refresh();
 }
-stats.mode = localStorage.getItem("echokit.mode") === "push-to-talk" ? "push-to-talk" : "hands-free";
+const saved = localStorage.getItem("echokit.mode");
+stats.mode = MODES.includes(saved) ? saved : "hands-free";
 showMode();
 for (const input of ui.modes) {
   input.addEventListener("change", () => {
+    const was = stats.mode;
     stats.mode = input.value;
     localStorage.setItem("echokit.mode", stats.mode);
-    if (conversation && !conversation.stopped) conversation.changeMode();
+    // between the conversation's two modes the socket is reopened; into or out of Record
+    // what runs ends (the button starts the new mode)
+    if (conversing() && was !== "record" && stats.mode !== "record") session.changeMode();
+    else if (running()) session.stop();
+    showMode();
   });
 }
-
-const running = () => conversation && !conversation.stopped;
 
 ui.talk.addEventListener("click", () => {
   const state = stats.state;
   if (!running()) {
-    conversation = new Conversation(id);
-    conversation.start();
-  } else if (!conversation.pushToTalk && (state === "thinking" || state === "speaking")) {
-    conversation.interrupt();
+    clearError();
+    session = stats.mode === "record" ? new Recording(id, recordingPage) : new Conversation(id);
+    session.start();
+  } else if (stats.mode === "record") {
+    session.stop();
+  } else if (!session.pushToTalk && (state === "thinking" || state === "speaking")) {
+    session.interrupt();
   }
 });
 
 // push to talk: held with the pointer, or with Space / Enter
 ui.talk.addEventListener("pointerdown", (e) => {
-  if (!running() || !conversation.pushToTalk) return;
+  if (!conversing() || !session.pushToTalk) return;
   ui.talk.setPointerCapture(e.pointerId); // the release comes here even off the button
-  conversation.press();
+  session.press();
 });
 for (const type of ["pointerup", "pointercancel"]) {
   ui.talk.addEventListener(type, () => {
-    if (running()) conversation.release();
+    if (conversing()) session.release();
   });
 }
 ui.talk.addEventListener("keydown", (e) => {
-  if ((e.key !== " " && e.key !== "Enter") || !running() || !conversation.pushToTalk) return;
+  if ((e.key !== " " && e.key !== "Enter") || !conversing() || !session.pushToTalk) return;
   e.preventDefault(); // no click
-  if (!e.repeat) conversation.press();
+  if (!e.repeat) session.press();
 });
 ui.talk.addEventListener("keyup", (e) => {
-  if ((e.key !== " " && e.key !== "Enter") || !running() || !conversation.pushToTalk) return;
+  if ((e.key !== " " && e.key !== "Enter") || !conversing() || !session.pushToTalk) return;
   e.preventDefault();
-  conversation.release();
+  session.release();
 });
 
 ui.say.addEventListener("submit", (e) => {
@@ -692,17 +787,17 @@ ui.say.addEventListener("submit", (e) => {
   const text = ui.text.value.trim();
   if (!text) return;
   ui.text.value = "";
-  if (!running()) {
-    conversation = new Conversation(id, { microphone: false });
-    conversation.start();
+  if (!conversing()) {
+    session = new Conversation(id, { microphone: false });
+    session.start();
   }
-  conversation.sendText(text);
+  session.sendText(text);
 });
 
 ui.end.addEventListener("click", () => {
-  if (conversation) conversation.stop();
+  if (session) session.stop();
 });
 
 window.addEventListener("pagehide", () => {
-  if (conversation) conversation.stop();
+  if (session) session.stop();
 });
