@@ -72,7 +72,8 @@ def test_the_window_keeps_the_content_and_five_seconds_of_padding() -> None:
     assert window(300) == 1000  # a short command: the 10 s floor
     assert window(501) == 1100  # content + 500, rounded up to 100
     assert window(700) == 700 + PADDING == 1200
-    assert window(2400) == 2900 and window(2600) == 3000 == window(3000)  # never past the full window
+    # never past the full window
+    assert window(2400) == 2900 and window(2600) == 3000 == window(3000)
 
 
 def test_the_config_key_and_its_values(whisper) -> None:
@@ -123,7 +124,7 @@ def test_an_unreliable_short_window_is_decoded_again_on_the_full_one(
     monkeypatch.setattr(onepass, "MIN_WINDOW", 100)
     monkeypatch.setattr(onepass, "PADDING", 0)
     caplog.set_level(logging.DEBUG, logger=onepass.__name__)
-    text, pcm = next(c for c in clips if c[0] == "Stop.")
+    _, pcm = next(c for c in clips if c[0] == "Stop.")
     result = run(sized.transcribe_full(pcm))
     assert "decoding the full window" in caplog.text
     assert len(words(result.text)) <= 2, result.text

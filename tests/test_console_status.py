@@ -124,7 +124,8 @@ def test_with_a_key_the_api_needs_it_and_the_page_is_served_to_anyone(serve) -> 
     assert "script-src 'self'" in page.headers["content-security-policy"]
     files = re.findall(r'(?:src|href)="(static/[^"]+)"', page.text)
     assert set(files) == {"static/console.css", "static/status.css", "static/status.js"}
-    links = re.findall(r'<a href="([^"]+)"', page.text)  # the nav: the talk page, this one, the editor
+    # the nav: the talk page, this one, the editor
+    links = re.findall(r'<a href="([^"]+)"', page.text)
     assert {"../", "status", "config"} <= set(links)
     for name in ("console.css", "status.css", "status.js"):
         r = client.get(f"/console/static/{name}")
