@@ -10,8 +10,8 @@ device's own log: audible end -> ``EndVad`` (end of turn), ``EndVad`` -> final `
 -> first audio.
 
 The same questions run against two servers, alternating per question: the encoder window sized
-to the clip (``[asr] encoder_window = "auto"``, the default) and the full 30 s window
-(``"full"``); the word error rate of each on the same turns is reported beside the latency.
+to the clip (``[asr] encoder_window = "auto"``, opt-in) and the full 30 s window (``"full"``,
+the default); the word error rate of each on the same turns is reported beside the latency.
 
     .venv/bin/python -m pytest benches/bench_latency.py -s --benchmark-enable --latency-all
 

@@ -625,13 +625,18 @@ def test_links_between_the_console_pages(serve, browser) -> None:
     addr = serve(create_app(state=AppState()))
     page, _ = open_page(browser, addr)
     nav = page.get_by_role("navigation", name="Console")
-    assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status"]
+    assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status", "Config"]
     assert nav.get_by_role("link", name="Talk").get_attribute("aria-current") == "page"
     nav.get_by_role("link", name="Status").click()
     page.wait_for_url(f"http://{addr}/console/status")
     nav = page.get_by_role("navigation", name="Console")
-    assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status"]
+    assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status", "Config"]
     assert nav.get_by_role("link", name="Status").get_attribute("aria-current") == "page"
+    nav.get_by_role("link", name="Config").click()
+    page.wait_for_url(f"http://{addr}/console/config")
+    nav = page.get_by_role("navigation", name="Console")
+    assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status", "Config"]
+    assert nav.get_by_role("link", name="Config").get_attribute("aria-current") == "page"
     nav.get_by_role("link", name="Talk").click()
     page.wait_for_url(f"http://{addr}/")
     assert page.get_by_role("button", name="Start conversation").is_visible()

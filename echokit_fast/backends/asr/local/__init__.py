@@ -71,9 +71,10 @@ class LocalASR(Section):
     cpu_threads: int = Field(default=0, ge=0)
     beam_size: int = Field(default=1, ge=1)
     prompt: str = ""
-    #: "auto": the encoder runs on a window sized to the clip (full 30 s as the fallback);
-    #: "full": always the 30 s window, as faster-whisper
-    encoder_window: Literal["auto", "full"] = "auto"
+    #: "full": the encoder always runs on the 30 s window, as faster-whisper; "auto"
+    #: (experimental): on a window sized to the clip, the full one as the fallback (onepass.py:
+    #: faster on short turns, but it can cut a transcript short)
+    encoder_window: Literal["auto", "full"] = "full"
     vad: VadConfig = Field(default_factory=VadConfig)
 
     @field_validator("language")
