@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from engines import speaker, whisper  # noqa: F401 (fixtures: the embedded engines)
 from harness import LoopbackServer
+from pages import browser  # noqa: F401 (a fixture: headless Chromium, no microphone)
 from standins import ASRServer, TTSServer
 
 DATA = Path(__file__).resolve().parent / "data"

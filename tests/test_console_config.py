@@ -28,14 +28,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may reach the Hugging Face hub in 
 
 import asyncio
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from device_fakes import Device, FakeSpeaker
 from harness import API_ONLY, free_port, serve_process
-from playwright.sync_api import Browser, sync_playwright
+from pages import PHONE
 from standins import ChatServer
 
 from echokit_fast.cli import build_parser, main, serve_settings
@@ -45,8 +44,6 @@ from echokit_fast.server import reload
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
 
-CHROMIUM = "/usr/bin/chromium"
-PHONE = {"width": 390, "height": 844}
 WAIT_MS = 20_000
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -346,14 +343,6 @@ def test_the_write_flag_comes_from_the_flag_or_the_environment(tmp_path) -> None
 
 
 # -- the page ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
 
 
 def test_the_page_shows_a_bad_platform_at_its_line_and_the_form_edits_it(

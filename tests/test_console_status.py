@@ -25,14 +25,13 @@ import json
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 from device_fakes import Device
 from harness import API_ONLY, api_state, free_port, serve_process
-from playwright.sync_api import Browser, sync_playwright
+from pages import PHONE
 from standins import ChatServer
 from starlette.requests import Request
 
@@ -44,8 +43,6 @@ from echokit_fast.server import lifecycle
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
 
-CHROMIUM = "/usr/bin/chromium"
-PHONE = {"width": 390, "height": 844}
 WAIT_MS = 30_000
 KEY = "s3cret-key"
 STATUS = "/console/api/status"
@@ -287,14 +284,6 @@ def test_sigterm_ends_the_feed_at_once_and_serve_exits_0(tmp_path) -> None:
 
 
 # -- the page ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM)
-        yield browser
-        browser.close()
 
 
 def test_the_page_shows_a_browser_device_and_its_turn_live(

@@ -42,6 +42,7 @@ import pytest
 from asr_helpers import wer
 from cc_standin import IDLE_MSG, ClaudeCC, output
 from harness import LoopbackServer
+from pages import CHROMIUM, PHONE
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from standins import ASRServer, ChatServer, TTSServer
 from ws_standins import running_ws_server
@@ -56,9 +57,7 @@ from echokit_fast.server.state import AppState
 asr_quality = pytest.mark.asr_quality
 
 SR = 16000
-CHROMIUM = "/usr/bin/chromium"
 QUESTION = "What is the capital of France?"
-PHONE = {"width": 390, "height": 844}  # the viewport of every page: a phone's screen
 WAIT_MS = 60_000  # the longest wait for one page condition (a whole turn on a slow machine)
 
 
@@ -621,9 +620,15 @@ def test_unknown_console_api_paths_are_json_404s(serve) -> None:
     assert r.status_code == 404 and r.headers["content-type"].startswith("text/plain")
 
 
+#: a page fits a phone's width: nothing wider than the viewport (no sideways scrolling)
+FITS = "() => document.documentElement.scrollWidth <= window.innerWidth"
+
+
 def test_links_between_the_console_pages(serve, browser) -> None:
+    """The three pages link to each other, and each fits a phone's screen."""
     addr = serve(create_app(state=AppState()))
     page, _ = open_page(browser, addr)
+    assert page.evaluate(FITS)
     nav = page.get_by_role("navigation", name="Console")
     assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status", "Config"]
     assert nav.get_by_role("link", name="Talk").get_attribute("aria-current") == "page"
@@ -632,8 +637,10 @@ def test_links_between_the_console_pages(serve, browser) -> None:
     nav = page.get_by_role("navigation", name="Console")
     assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status", "Config"]
     assert nav.get_by_role("link", name="Status").get_attribute("aria-current") == "page"
+    assert page.evaluate(FITS)
     nav.get_by_role("link", name="Config").click()
     page.wait_for_url(f"http://{addr}/console/config")
+    assert page.evaluate(FITS)
     nav = page.get_by_role("navigation", name="Console")
     assert nav.get_by_role("link").all_inner_texts() == ["Talk", "Status", "Config"]
     assert nav.get_by_role("link", name="Config").get_attribute("aria-current") == "page"
