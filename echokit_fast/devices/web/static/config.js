@@ -2,9 +2,10 @@
 // section whose fields rewrite their own line of the text, the server's check (the one of
 // `echokit-fast check-config`) with each problem at its line, and Save when the server takes
 // saves. The API key the user gives when the API answers 401 (or 403: this machine only) is
-// kept in sessionStorage for this tab, as the status page does (the same entry).
+// kept for this tab (console-key.js), as the status page does (the same entry).
 
-const KEY = "echokit.apiKey";
+import { keyHeaders, keyRefusal, onKeyForm } from "./console-key.js";
+
 const SECRET = /(^|_)(api_key|token|key|secret|password)$/;
 const REFORM_MS = 400; // the form follows the text this long after the last keystroke
 
@@ -69,11 +70,6 @@ function clearError() {
 
 // -- the API -----------------------------------------------------------------------------------
 
-function headers(extra = {}) {
-  const key = sessionStorage.getItem(KEY);
-  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
-}
-
 async function errorOf(response) {
   try {
     return (await response.json()).error;
@@ -88,25 +84,17 @@ function needsKey(response, error) {
 }
 
 function askForKey(status, message) {
-  const stored = sessionStorage.getItem(KEY);
-  sessionStorage.removeItem(KEY);
-  const why =
-    status === 401
-      ? stored
-        ? "The server refused this API key"
-        : "This server asks for its API key"
-      : "The server answers this machine only";
-  showError(`${why}: ${message}`);
+  showError(`${keyRefusal(status)}: ${message}`);
   setState("locked");
   ui.keyForm.hidden = false;
   ui.key.focus();
 }
 
 async function call(method, path, body) {
-  const init = { method, headers: headers(), cache: "no-store" };
+  const init = { method, headers: keyHeaders(), cache: "no-store" };
   if (body !== undefined) {
     init.body = body;
-    init.headers = headers({ "Content-Type": "application/toml; charset=utf-8" });
+    init.headers = keyHeaders({ "Content-Type": "application/toml; charset=utf-8" });
   }
   return fetch(path, init);
 }
@@ -419,12 +407,7 @@ ui.check.addEventListener("click", check);
 ui.save.addEventListener("click", () => {
   if (writable) save();
 });
-ui.keyForm.addEventListener("submit", (e) => {
-  e.preventDefault();
-  const key = ui.key.value.trim();
-  if (!key) return;
-  sessionStorage.setItem(KEY, key);
-  ui.key.value = "";
+onKeyForm(ui.keyForm, ui.key, () => {
   clearError();
   load();
 });

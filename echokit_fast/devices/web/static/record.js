@@ -4,16 +4,11 @@
 // downloadable. The list is read with the API key the status page keeps for this tab, if any
 // (the console's rule: a key when the server has one, else this computer only).
 
+import { keyHeaders } from "./console-key.js";
 import { capture, micError, openMicrophone } from "./mic.js";
 
-const KEY = "echokit.apiKey"; // where the status page keeps the key the user gave
 const SETTLE_MS = 250; // after a recording: how long between looks until its file is finished
 const SETTLE_TRIES = 20;
-
-function authHeaders() {
-  const key = sessionStorage.getItem(KEY);
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
 
 function recordUrl(id) {
   const url = new URL("ws/" + encodeURIComponent(id), location.href);
@@ -119,7 +114,7 @@ function sizeText(bytes) {
 
 // the file saved under its name, fetched with the key (a plain link could not send it)
 async function download(entry, note) {
-  const response = await fetch(entry.url, { headers: authHeaders() });
+  const response = await fetch(entry.url, { headers: keyHeaders() });
   if (!response.ok) {
     note.textContent = "The recording could not be downloaded (HTTP " + response.status + ").";
     return;
@@ -162,7 +157,7 @@ export class RecordingList {
     url.search = new URLSearchParams({ device: this.id }).toString();
     let response;
     try {
-      response = await fetch(url, { headers: authHeaders(), cache: "no-store" });
+      response = await fetch(url, { headers: keyHeaders(), cache: "no-store" });
     } catch {
       this.ui.note.textContent = "The list of recordings could not be read: the server is not reachable.";
       return null;

@@ -4,7 +4,8 @@
 // when the API answers 401 or 403 is kept in sessionStorage (this tab only). Nothing is
 // polled: the stream ends only when the server goes away (then the page connects again).
 
-const KEY = "echokit.apiKey";
+import { keyHeaders, keyRefusal, onKeyForm } from "./console-key.js";
+
 const RETRIES = [1000, 2000, 4000, 8000]; // delays (ms) before connecting again
 const MAX_TURNS = 50; // the turns shown (the server keeps as many)
 
@@ -245,11 +246,6 @@ function onEvent(kind, data) {
 
 // -- the feed ------------------------------------------------------------------------------
 
-function headers() {
-  const key = sessionStorage.getItem(KEY);
-  return key ? { Authorization: `Bearer ${key}` } : {};
-}
-
 async function refusalMessage(response) {
   try {
     return (await response.json()).error.message;
@@ -259,15 +255,7 @@ async function refusalMessage(response) {
 }
 
 function askForKey(status, message) {
-  const stored = sessionStorage.getItem(KEY);
-  sessionStorage.removeItem(KEY);
-  const why =
-    status === 401
-      ? stored
-        ? "The server refused this API key"
-        : "This server asks for its API key"
-      : "The server answers this machine only";
-  showError(`${why}: ${message}`);
+  showError(`${keyRefusal(status)}: ${message}`);
   setState("locked");
   ui.keyForm.hidden = false;
   ui.key.focus();
@@ -307,7 +295,7 @@ async function connect() {
   aborter = new AbortController();
   let response;
   try {
-    response = await fetch("api/status/events", { headers: headers(), cache: "no-store", signal: aborter.signal });
+    response = await fetch("api/status/events", { headers: keyHeaders(), cache: "no-store", signal: aborter.signal });
   } catch {
     if (aborter.signal.aborted) return;
     setState("reconnecting");
@@ -337,12 +325,7 @@ async function connect() {
   again();
 }
 
-ui.keyForm.addEventListener("submit", (e) => {
-  e.preventDefault();
-  const key = ui.key.value.trim();
-  if (!key) return;
-  sessionStorage.setItem(KEY, key);
-  ui.key.value = "";
+onKeyForm(ui.keyForm, ui.key, () => {
   clearError();
   setState("connecting");
   connect();
