@@ -226,6 +226,32 @@ def test_final_transcript_of_another_round_restarts_the_answer(serve, tmp_path):
     assert line["speculative"] == "miss"
 
 
+def test_start_chat_drops_the_held_answer(serve, tmp_path):
+    f = build(serve, tmp_path)
+    f.chat.reply(["Held"], forever=" on", delay=0.02)
+    f.chat.reply(["Answer."])
+
+    async def main():
+        d = await Device.open(f.addr, "restart", stream_asr=True)
+        await d.command("StartChat")
+        await voice(d, frame(), frame(b"PAUS"))
+        await requests(f.chat, 1)
+        await d.command("StartChat")  # (the utterance goes on; its held answer does not)
+        assert await asyncio.to_thread(f.chat.disconnected.wait, 20)
+        await voice(d, frame(b"END!"))
+        events = await d.until()
+        await d.close()
+        return events
+
+    with TraceLines() as trace:
+        events = run(main())
+        line = trace.get()
+    assert [name(e) for e in events][:3] == ["EndVad", "ASR", "StartAudio"]
+    assert [t for t, _ in segments(events)] == ["Answer."]
+    assert len(f.chat.requests) == 2 and f.chat.completed == 1
+    assert line["speculative"] == "miss"
+
+
 # --------------------------------------------------------------------------------------------
 # the connection leaves
 # --------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ xiaozhi firmware's MCP server) are offered to a
 Tasks, per connection: the front end's (reading the device: microphone frames are read and run
 through the turn detector while the answer plays, docs/compatibility.md#listening-and-turns), and
 per turn one turn task with the LLM reader and at most ``tts_parallel`` synthesis tasks
-(:mod:`.pipeline`), plus the speculative ASR of the current round. All of them end when the
-connection detaches.
+(:mod:`.pipeline`), plus the speculative ASR of the current round and the speculative reply to
+it (its own pipeline). All of them end when the connection detaches.
 
 Input (docs/protocol.md#turn-flow):
 
@@ -33,6 +33,13 @@ Input (docs/protocol.md#turn-flow):
   :class:`~echokit_fast.turn.detector.TranscribingDetector` (a streaming recognizer) replaces
   the rounds: its interim transcripts are sent as they come (read by a watcher task while no
   audio arrives), its end of the turn ends the utterance, and its transcript is the final one.
+* the speculative reply (docs/architecture.md#speculative-reply; ``Settings.speculative_reply``,
+  ``server_vad`` rounds, a :class:`~echokit_fast.backends.base.Rewindable` conversation): once
+  a pause's transcript is ready while the utterance goes on, a
+  :class:`~echokit_fast.conversation.speculative.Speculation` answers it with its delivery
+  held; the turn that ends on that round adopts it after its final transcript, anything else
+  (speech again, a new pause, new input, the connection leaving) drops it and rewinds the
+  conversation.
 * ``continuous_listening`` (with ``server_vad``): the device streams its microphone before
   anyone speaks. Each detector is made with ``wait_for_speech`` (silence before the first speech
   never ends the utterance), only the last ``PREROLL_S`` of the audio before the first speech is
@@ -367,6 +374,8 @@ class Session:
             return
         if self.responding:
             return
+        if self.utt is not None:
+            self.utt.drop_speculation()  # (it answers from the conversation replaced)
         self._new_conversation()
         self._use_tools(conn.tools)
         self._stop_unprompted()
