@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import wave
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -59,7 +60,9 @@ class MarkerDetectors:
         return MarkerDetector()
 
 
-def build(serve, tmp_path: Path, *, speaker: FakeSpeaker | None = None, spec: bool = True):
+def build(serve, tmp_path: Path, *, speaker: FakeSpeaker | None = None, markers: bool = True):
+    """The server with the marker detector (else the embedded default's settings: the Silero
+    VAD's silence rule, the speculative reply on)."""
     chat = ChatServer()
     chat.addr = serve(chat.app)
     cfg = OpenAIChatLLM.model_validate(
@@ -68,9 +71,10 @@ def build(serve, tmp_path: Path, *, speaker: FakeSpeaker | None = None, spec: bo
     ctx = AppState(default_config())
     f = SimpleNamespace(chat=chat, transcriber=FakeTranscriber(), speaker=speaker or FakeSpeaker())
     ctx.backends = Backends(f.transcriber, f.speaker, ChatBackend(cfg).conversation)
-    ctx.device_settings = Settings(
-        turn_detector=MarkerDetectors(), speculative_reply=spec, session_ttl=0.0
-    )
+    if markers:
+        ctx.device_settings = Settings(
+            turn_detector=MarkerDetectors(), speculative_reply=True, session_ttl=0.0
+        )
     ctx.record_dir = tmp_path / "record"
     ctx.segmenter = SentenceSegmenter
     f.addr = serve(create_app(state=ctx))
@@ -136,6 +140,32 @@ def test_hit_answer_started_at_the_pause_is_released_after_the_turns_events(serv
     assert f.speaker.started == ["Hello there.", "How are you?"]
     assert line["speculative"] == "hit" and line["outcome"] == "ok"
     assert line["ms"]["llm_first"] < line["ms"]["end_vad"] < line["ms"]["first_frame"]
+
+
+def test_hit_with_the_silence_rule_of_the_embedded_default(serve, tmp_path):
+    f = build(serve, tmp_path, markers=False)
+    f.chat.reply(["Hello there."])
+    with wave.open(str(Path(__file__).parent / "data" / "vad_fixture_hello16k.wav")) as w:
+        # from 256 ms before the speech (longer silence would end the turn) to right after it
+        speech = w.readframes(w.getnframes())[2 * 4096 : 2 * 72000]
+    pause = bytes(2 * 6400)  # 400 ms: speech ends (200 ms), a pause, not yet the hangover
+
+    async def main():
+        d = await Device.open(f.addr, "vad", stream_asr=True)
+        await d.command("StartChat")
+        await d.audio(speech + pause, frame=1024)
+        await requests(f.chat, 1)  # answered at the pause
+        await d.audio(bytes(2 * 16000), frame=1024)  # silence past the hangover: the end
+        events = await d.until()
+        await d.close()
+        return events
+
+    with TraceLines() as trace:
+        events = run(main())
+        line = trace.get()
+    assert [name(e) for e in events][:3] == ["EndVad", "ASR", "StartAudio"]
+    assert [t for t, _ in segments(events)] == ["Hello there."]
+    assert len(f.chat.requests) == 1 and line["speculative"] == "hit"
 
 
 def test_switch_on_for_the_embedded_default_off_in_a_config_file():
