@@ -3,8 +3,9 @@ loopback, a websockets client as the EchoKit device, the real ``openai_chat`` co
 against the Chat Completions stand-in, and a turn detector driven by markers in the audio so
 that each test decides where the user pauses, speaks on and ends the turn.
 
-Frames: ``PAUS`` (the user paused: a round starts), ``MORE`` (the user spoke on: speech ended
-again), ``END!`` (the turn is over); any other frame is speech.
+Frames: ``PAUS`` (the user paused: a round starts), ``TALK`` (the user is speaking), ``MORE``
+(the user spoke on: speech ended again), ``END!`` (the turn is over); any other frame is audio
+that changes nothing (the silence before the end of the turn).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ def frame(marker: bytes = b"") -> bytes:
 class MarkerDetector:
     def __init__(self) -> None:
         self.speech_seen = False
+        self.speaking = False
         self.speech_end: float | None = None
 
     async def feed(self, pcm16: bytes) -> list[TurnEvent]:
         self.speech_seen = True
         marker = pcm16[:4]
+        self.speaking = marker == b"TALK"
         if marker in (b"PAUS", b"MORE"):
             self.speech_end = time.monotonic()
         if marker == b"PAUS":
@@ -254,6 +257,30 @@ def test_final_transcript_of_another_round_restarts_the_answer(serve, tmp_path):
     assert f.chat.disconnected.is_set() and f.chat.completed == 1
     assert user_turns(f.chat.requests[1].json) == [{"role": "user", "content": final}]
     assert line["speculative"] == "miss"
+
+
+def test_speech_after_the_pause_drops_the_held_answer_at_once(serve, tmp_path):
+    f = build(serve, tmp_path)
+    f.chat.reply(["Held"], forever=" on", delay=0.02)
+    f.chat.reply(["Answer."])
+
+    async def main():
+        d = await Device.open(f.addr, "talk", stream_asr=True)
+        await d.command("StartChat")
+        await voice(d, frame(), frame(b"PAUS"))
+        await requests(f.chat, 1)
+        await voice(d, frame(b"TALK"))  # speaking again, before the speech has ended
+        assert await asyncio.to_thread(f.chat.disconnected.wait, 20)
+        await voice(d, frame(), frame(b"END!"))
+        events = await d.until()
+        await d.close()
+        return events
+
+    with TraceLines() as trace:
+        events = run(main())
+        line = trace.get()
+    assert [t for t, _ in segments(events)] == ["Answer."]
+    assert len(f.chat.requests) == 2 and line["speculative"] == "miss"
 
 
 def test_start_chat_drops_the_held_answer(serve, tmp_path):

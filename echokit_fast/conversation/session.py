@@ -567,8 +567,10 @@ class Session:
         detector = utt.detector
         assert detector is not None
         events = await detector.feed(data)
-        if utt.spec is not None and detector.speech_end != utt.round_speech_end:
-            utt.drop_speculation()  # the user spoke on after the pause
+        if utt.spec is not None and (
+            detector.speaking or detector.speech_end != utt.round_speech_end
+        ):
+            utt.drop_speculation()  # the user speaks on after the pause
         if conn.continuous_listening and not detector.speech_seen:
             del utt.pcm[:-PREROLL_BYTES]  # nobody spoke yet: keep only the pre-roll
         elif stream and self.responding and self.utt is utt:
@@ -650,7 +652,7 @@ class Session:
             return  # the user spoke on, or the turn ended first
         if self.responding or task.cancelled() or utt.detector is None:
             return
-        if utt.detector.speech_end != utt.round_speech_end:
+        if utt.detector.speaking or utt.detector.speech_end != utt.round_speech_end:
             return
         text, exc = task.result()
         text = cut_text(text, self.manager.settings.max_text_bytes).strip()
