@@ -887,7 +887,8 @@ class Session:
         if items is None:
             await conn.transcript(text, final=True)
         if speculation is not None:
-            if speculation.text == text and speculation.conversation is self.conversation:
+            same = speculation.round_task is asr_task and speculation.text == text
+            if same and speculation.conversation is self.conversation:
                 trace.detail["speculative"] = "hit"
                 trace.detail["segments"] = await speculation.adopt(trace)
                 await conn.response_end()
