@@ -9,8 +9,9 @@ protocols; each has local implementations (embedded engines) and remote ones
   `StreamingTranscriber` also takes the audio while the user speaks (`AsrStream`);
 * `Speaker` — text to speech, streamed as float32 PCM chunks;
 * `ChatModel` / `Conversation` — the LLM with history, prompts and tools (a
-  `ToolConversation` also offers the tools of a `ToolBox`, the device's own; or a service
-  that acts on its own, `Proactive`: the Claude Code bridge);
+  `ToolConversation` also offers the tools of a `ToolBox`, the device's own; a
+  `Rewindable` one can answer speculatively; or a service that acts on its own,
+  `Proactive`: the Claude Code bridge);
 * `LiveConversation` — instead of all three, a live speech-to-speech model (Gemini Live) that
   hears the user's audio as it is spoken and answers with its own speech or with text.
 
@@ -222,6 +223,23 @@ class ToolConversation(Conversation, Protocol):
 
     def use_tools(self, tools: ToolBox | None) -> None:
         """Offer ``tools`` (the device's, None: none) from the next request on."""
+        ...
+
+
+@runtime_checkable
+class Rewindable(Conversation, Protocol):
+    """A conversation whose answer may be started before the user's turn has ended and then
+    dropped (the speculative reply, docs/architecture.md#speculative-reply)."""
+
+    def speculate(self, adopted: asyncio.Event) -> object:
+        """The next :meth:`reply` is speculative: until ``adopted`` is set it does nothing
+        outside the conversation (its tool calls wait). Returns the state :meth:`rewind` goes
+        back to."""
+        ...
+
+    def rewind(self, state: object) -> None:
+        """Back to ``state`` (from :meth:`speculate`): whatever the speculative reply added is
+        gone -- the user message, a partial or whole answer, a provider's chained id."""
         ...
 
 

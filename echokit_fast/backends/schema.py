@@ -165,6 +165,11 @@ class VadConfig(Section):
     turn_detector: Literal["silence", "smart_turn"] = "silence"
     smart_turn_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     smart_turn_max_wait_ms: int = Field(default=3000, ge=0, le=60000)
+    # Answer a round's transcript while the user is silent after a pause, before the turn has
+    # ended, its output held until the turn ends on that transcript (dropped otherwise;
+    # docs/architecture.md#speculative-reply). Off in a config file: a dropped answer still
+    # costs an LLM request. The embedded default (no config file) turns it on.
+    speculative_reply: bool = False
 
     @field_validator("neg_threshold")
     @classmethod

@@ -22,6 +22,11 @@ the answer; what it sent until then is still spoken (the segmenter is flushed), 
 ``segment_end``) and raises :class:`TurnFailed` at once; the rest of the answer is dropped.
 Cancellation stops everything; nothing started here outlives :meth:`ReplyPipeline.run`.
 
+Held (``hold``, the speculative reply of :mod:`.speculative`): the answer is read and its first
+segments synthesised as usual, but delivery starts only once ``hold`` is set; until then what
+waits is bounded as above (``max_parallel`` segments of at most :data:`QUEUE_CHUNKS` chunks, and
+the text read so far, at most ``max_answer_chars``).
+
 Bounds (``[limits]``, the README's table), each a failure like the others: the whole answer
 must be read within ``answer_s`` (tool calls included) and is read up to ``max_answer_chars``
 characters (what fits is spoken, then :data:`ANSWER_TOO_LONG`); one segment's synthesis may keep
@@ -160,6 +165,7 @@ class ReplyPipeline:
         answer_s: float | None = None,
         max_answer_chars: int | None = None,
         segment_s: float | None = None,
+        hold: asyncio.Event | None = None,
     ) -> None:
         self.conversation = conversation
         self.speaker = speaker
@@ -171,6 +177,8 @@ class ReplyPipeline:
         self.answer_s = answer_s
         self.max_answer_chars = max_answer_chars
         self.segment_s = segment_s
+        #: when set, nothing reaches ``out`` until this is set (the LLM and TTS run meanwhile)
+        self.hold = hold
         self.segments = 0
         self._heard = False  # some audio of the answer was delivered
         self._shown = 0  # items shown (Display, Notify, Choose)
@@ -307,6 +315,8 @@ class ReplyPipeline:
     # -- delivery ----------------------------------------------------------------------
 
     async def _deliver(self) -> None:
+        if self.hold is not None:
+            await self.hold.wait()
         while True:
             if not self._jobs:
                 if self._llm_done and not self._pending:

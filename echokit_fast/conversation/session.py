@@ -15,8 +15,8 @@ xiaozhi firmware's MCP server) are offered to a
 Tasks, per connection: the front end's (reading the device: microphone frames are read and run
 through the turn detector while the answer plays, docs/compatibility.md#listening-and-turns), and
 per turn one turn task with the LLM reader and at most ``tts_parallel`` synthesis tasks
-(:mod:`.pipeline`), plus the speculative ASR of the current round. All of them end when the
-connection detaches.
+(:mod:`.pipeline`), plus the speculative ASR of the current round and the speculative reply to
+it (its own pipeline). All of them end when the connection detaches.
 
 Input (docs/protocol.md#turn-flow):
 
@@ -33,6 +33,13 @@ Input (docs/protocol.md#turn-flow):
   :class:`~echokit_fast.turn.detector.TranscribingDetector` (a streaming recognizer) replaces
   the rounds: its interim transcripts are sent as they come (read by a watcher task while no
   audio arrives), its end of the turn ends the utterance, and its transcript is the final one.
+* the speculative reply (docs/architecture.md#speculative-reply; ``Settings.speculative_reply``,
+  ``server_vad`` rounds, a :class:`~echokit_fast.backends.base.Rewindable` conversation): once
+  a pause's transcript is ready while the utterance goes on, a
+  :class:`~echokit_fast.conversation.speculative.Speculation` answers it with its delivery
+  held; the turn that ends on that round adopts it after its final transcript, anything else
+  (speech again, a new pause, new input, the connection leaving) drops it and rewinds the
+  conversation.
 * ``continuous_listening`` (with ``server_vad``): the device streams its microphone before
   anyone speaks. Each detector is made with ``wait_for_speech`` (silence before the first speech
   never ends the utterance), only the last ``PREROLL_S`` of the audio before the first speech is
@@ -102,6 +109,7 @@ from echokit_fast.backends.base import (
     LiveConversation,
     Proactive,
     Reply,
+    Rewindable,
     ToolBox,
     ToolConversation,
     Transcription,
@@ -110,6 +118,7 @@ from echokit_fast.conversation import live as live_turn
 from echokit_fast.conversation.device import SAMPLE_RATE, DeviceConnection, DeviceGone
 from echokit_fast.conversation.pipeline import ReplyPipeline, TurnFailed, aclosing_iter, as_pcm
 from echokit_fast.conversation.segmenter import SegmenterFactory
+from echokit_fast.conversation.speculative import Speculation
 from echokit_fast.conversation.splitter import SegmentGrouper, cut_text
 from echokit_fast.conversation.trace import (
     CONNECTIONS,
@@ -185,6 +194,9 @@ class Settings:
     tts_segment_s: float | None = 60.0
     #: seconds of one whole turn
     turn_s: float | None = 300.0
+    #: answer a round's transcript while the user is silent after a pause, held until the turn
+    #: ends on it (server VAD with a :class:`Rewindable` conversation; docs/architecture.md)
+    speculative_reply: bool = False
 
 
 class SessionsFull(Exception):
@@ -224,12 +236,26 @@ class Utterance:
         self.round_task: asyncio.Task[tuple[str, BaseException | None]] | None = None
         self.round_tr: Transcription | None = None
         self.round_len = 0
+        #: the detector's ``speech_end`` when the round started (later: the user spoke on)
+        self.round_speech_end: float | None = None
+        #: the held answer to the round's transcript, and whether one was dropped before
+        self.spec: Speculation | None = None
+        self.spec_dropped = False
         self.full = False
         #: reads a transcribing detector's events (None for other detectors)
         self.watcher: asyncio.Task[None] | None = None
 
+    def drop_speculation(self) -> None:
+        """Drop the held answer to the round's transcript, if any."""
+        if self.spec is not None:
+            self.spec.cancel()
+            self.spec = None
+            self.spec_dropped = True
+
     def cancel_round(self) -> None:
-        """Cancel the round's transcription if it is still running; forget it."""
+        """Cancel the round's transcription if it is still running; forget it (and the
+        answer speculated on it)."""
+        self.drop_speculation()
         if self.round_task is not None and not self.round_task.done():
             self.round_task.cancel()
             if self.round_tr is not None:
@@ -273,6 +299,8 @@ class Session:
         self.utt: Utterance | None = None
         self.turn: asyncio.Task[str] | None = None
         self._unprompted: asyncio.Task[None] | None = None  # a Proactive conversation's
+        #: the speculative replies not yet finished (held, adopted, or dropped and rewinding)
+        self._specs: set[Speculation] = set()
         self.turns = 0
         self.detached_at: float | None = None
         #: when a connection last attached or detached (wall clock, Unix seconds)
@@ -294,6 +322,7 @@ class Session:
             CONNECTIONS.inc()
         await self.cancel_turn()
         self._drop_utterance()
+        await self._drop_speculations()
         if old is not None:
             log.info("device %s: new connection pre-empts the previous one", self.log_id)
             old.disconnect()
@@ -322,6 +351,7 @@ class Session:
         self._stop_unprompted()
         await self.cancel_turn()
         self._drop_utterance()
+        await self._drop_speculations()
         self._use_tools(None)
         self.detached_at = time.monotonic()
         self.since = time.time()
@@ -344,6 +374,8 @@ class Session:
             return
         if self.responding:
             return
+        if self.utt is not None:
+            self.utt.drop_speculation()  # (it answers from the conversation replaced)
         self._new_conversation()
         self._use_tools(conn.tools)
         self._stop_unprompted()
@@ -432,9 +464,11 @@ class Session:
             await self.cancel_turn()
             if conn is not self.conn:
                 return
-        # (server VAD; a duplicate start while listening is ignored)
+        # (server VAD; a duplicate start while listening is ignored, but not its answer held)
         if conn.server_vad and self.utt is None:
             self.utt = self._new_utterance(conn)
+        elif self.utt is not None:
+            self.utt.drop_speculation()
 
     async def submit(self, conn: DeviceConnection) -> None:
         if conn is not self.conn:
@@ -533,6 +567,10 @@ class Session:
         detector = utt.detector
         assert detector is not None
         events = await detector.feed(data)
+        if utt.spec is not None and (
+            detector.speaking or detector.speech_end != utt.round_speech_end
+        ):
+            utt.drop_speculation()  # the user speaks on after the pause
         if conn.continuous_listening and not detector.speech_seen:
             del utt.pcm[:-PREROLL_BYTES]  # nobody spoke yet: keep only the pre-roll
         elif stream and self.responding and self.utt is utt:
@@ -587,8 +625,61 @@ class Session:
                 interim = self._capped_transcript(text).strip()
         utt.cancel_round()
         self._start_round(utt)
+        if utt.round_task is not None and self._speculates(conn):
+            utt.round_speech_end = utt.detector.speech_end if utt.detector is not None else None
+            utt.round_task.add_done_callback(lambda t: self._speculate(conn, utt, t))
         if interim:
             await conn.transcript(interim, final=False)
+
+    def _speculates(self, conn: DeviceConnection) -> bool:
+        """Whether a round's transcript is answered before the end of the turn (held)."""
+        return (
+            self.manager.settings.speculative_reply
+            and conn.server_vad
+            and isinstance(self.conversation, Rewindable)
+            and not isinstance(self.conversation, LiveConversation)
+        )
+
+    def _speculate(
+        self,
+        conn: DeviceConnection,
+        utt: Utterance,
+        task: asyncio.Task[tuple[str, BaseException | None]],
+    ) -> None:
+        """The round's transcript is known and the turn goes on: answer it, held
+        (docs/architecture.md#speculative-reply)."""
+        if task is not utt.round_task or self.utt is not utt or conn is not self.conn:
+            return  # the user spoke on, or the turn ended first
+        if self.responding or task.cancelled() or utt.detector is None:
+            return
+        if utt.detector.speaking or utt.detector.speech_end != utt.round_speech_end:
+            return
+        text, exc = task.result()
+        text = cut_text(text, self.manager.settings.max_text_bytes).strip()
+        conversation = self.conversation
+        if exc is not None or not text or not isinstance(conversation, Rewindable):
+            return
+        earlier = [spec.task for spec in self._specs]
+        spec = Speculation(
+            text,
+            task,
+            conversation,
+            lambda trace, hold: self._pipeline(conn, trace, hold=hold),
+            device=self.id,
+            earlier=earlier,
+        )
+        utt.spec = spec
+        self._specs.add(spec)
+        spec.task.add_done_callback(lambda _: self._specs.discard(spec))
+
+    async def _drop_speculations(self) -> None:
+        """Drop every speculative reply not adopted, and wait until each has rewound the
+        conversation (before anything else uses it)."""
+        dropped = [spec for spec in self._specs if not spec.adopted.is_set()]
+        for spec in dropped:
+            spec.cancel()
+        if dropped:
+            await asyncio.wait([spec.task for spec in dropped], timeout=CANCEL_TIMEOUT)
 
     def _start_round(self, utt: Utterance) -> None:
         if not utt.pcm:
@@ -617,6 +708,7 @@ class Session:
         if utt.live is not None:
             self._end_live_utterance(conn, utt, end_vad=True, trace=trace)
             return
+        spec: Speculation | None = None
         if isinstance(detector, TranscribingDetector):
             utt.detector = None  # the turn's now: it ends the audio and waits for the transcript
             task = asyncio.create_task(_asr_call(detector.transcript()), name="echokit-device-asr")
@@ -627,8 +719,11 @@ class Session:
                 if utt.speech_seen:
                     self._start_round(utt)
             task, utt.round_task, utt.round_tr = utt.round_task, None, None
+            spec, utt.spec = utt.spec, None  # (answering this round: the turn's to adopt)
+            if self._speculates(conn):
+                trace.detail["speculative"] = "miss" if utt.spec_dropped else "none"
         utt.release()
-        self._start_turn(conn, asr_task=task, end_vad=True, trace=trace)
+        self._start_turn(conn, asr_task=task, end_vad=True, trace=trace, speculation=spec)
         if conn.barge_in and conn.continuous_listening:
             self.utt = self._new_utterance(conn)  # listening through the answer
 
@@ -664,6 +759,7 @@ class Session:
         failure: TurnFailed | None = None,
         live: live_turn.LiveInput | None = None,
         items: AsyncIterator[Reply] | None = None,
+        speculation: Speculation | None = None,
     ) -> None:
         trace = trace or self._trace()
         if live is None and items is None:  # (a live utterance feeds the conversation it has)
@@ -677,6 +773,7 @@ class Session:
             failure=failure,
             live=live,
             items=items,
+            speculation=speculation,
         )
         task = asyncio.create_task(coro, name=f"echokit-device-turn-{self.id}")
         self.turn = task
@@ -700,9 +797,11 @@ class Session:
         failure: TurnFailed | None = None,
         live: live_turn.LiveInput | None = None,
         items: AsyncIterator[Reply] | None = None,
+        speculation: Speculation | None = None,
     ) -> str:
         """The turn; returns its outcome (``trace.outcome``). ``live``: a live layout's
-        utterance; ``items``: a turn of the conversation's own, without user input. The whole
+        utterance; ``items``: a turn of the conversation's own, without user input;
+        ``speculation``: the held answer to the round ``asr_task`` transcribes. The whole
         turn may take ``turn_s`` (then :data:`TURN_TOO_LONG`)."""
         turn_s = self.manager.settings.turn_s
         try:
@@ -710,7 +809,9 @@ class Session:
                 # in this task (not wait_for's own: a DeviceGone raised while it is cancelled
                 # would be an exception never retrieved)
                 async with asyncio.timeout(turn_s):
-                    await self._turn(conn, trace, text, asr_task, end_vad, failure, live, items)
+                    await self._turn(
+                        conn, trace, text, asr_task, end_vad, failure, live, items, speculation
+                    )
             except TimeoutError:
                 raise TurnFailed(TURN_TOO_LONG, "turn", f"the turn took over {turn_s} s") from None
         except TurnFailed as failure:
@@ -734,6 +835,8 @@ class Session:
         finally:
             if asr_task is not None and not asr_task.done():
                 asr_task.cancel()
+            if speculation is not None:
+                speculation.cancel()  # (done already if the turn reached it)
             self.manager.recent.add(trace.finish())
         return trace.outcome
 
@@ -747,9 +850,9 @@ class Session:
         failure: TurnFailed | None,
         live: live_turn.LiveInput | None,
         items: AsyncIterator[Reply] | None,
+        speculation: Speculation | None,
     ) -> None:
         """The turn up to its ``response_end`` (failures raised, for :meth:`_run_turn`)."""
-        backends = self.manager.backends
         settings = self.manager.settings
         if end_vad:
             await conn.end_of_speech()
@@ -783,24 +886,43 @@ class Session:
         assert self.conversation is not None
         if items is None:
             await conn.transcript(text, final=True)
+        if speculation is not None:
+            same = speculation.round_task is asr_task and speculation.text == text
+            if same and speculation.conversation is self.conversation:
+                trace.detail["speculative"] = "hit"
+                trace.detail["segments"] = await speculation.adopt(trace)
+                await conn.response_end()
+                return
+            trace.detail["speculative"] = "miss"
+        await self._drop_speculations()  # (rewound before the conversation answers again)
         if isinstance(self.conversation, LiveConversation):
             trace.detail["segments"] = await self._live_answer(conn, trace, text=text)
         else:
-            pipeline = ReplyPipeline(
-                conversation=self.conversation,
-                speaker=backends.speaker,
-                segmenter_factory=self.manager.segmenter_factory(),
-                out=conn,
-                trace=trace,
-                max_parallel=settings.tts_parallel,
-                answer_s=settings.llm_answer_s,
-                max_answer_chars=settings.max_answer_chars,
-                segment_s=settings.tts_segment_s,
-            )
+            pipeline = self._pipeline(conn, trace)
             if items is None:
                 items = self.conversation.reply(text)
             trace.detail["segments"] = await pipeline.run_items(items)
         await conn.response_end()
+
+    def _pipeline(
+        self, conn: DeviceConnection, trace: TurnTrace, *, hold: asyncio.Event | None = None
+    ) -> ReplyPipeline:
+        """The pipeline of an answer of the session's conversation to ``conn``."""
+        settings = self.manager.settings
+        conversation = self.conversation
+        assert conversation is not None and not isinstance(conversation, LiveConversation)
+        return ReplyPipeline(
+            conversation=conversation,
+            speaker=self.manager.backends.speaker,
+            segmenter_factory=self.manager.segmenter_factory(),
+            out=conn,
+            trace=trace,
+            max_parallel=settings.tts_parallel,
+            answer_s=settings.llm_answer_s,
+            max_answer_chars=settings.max_answer_chars,
+            segment_s=settings.tts_segment_s,
+            hold=hold,
+        )
 
     async def _live_answer(
         self,

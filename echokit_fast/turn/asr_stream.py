@@ -55,6 +55,7 @@ class AsrTurnDetector:
         self._text = ""
         self.interim = ""
         self.speech_seen = False
+        self.speaking = False  # (the recognizer does not say)
         self.speech_end: float | None = None
 
     async def feed(self, pcm16: bytes) -> list[TurnEvent]:

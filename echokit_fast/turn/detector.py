@@ -41,6 +41,12 @@ class TurnDetector(Protocol):
         ...
 
     @property
+    def speaking(self) -> bool:
+        """Whether the user is speaking at the end of the audio fed so far (False where the
+        detector cannot tell): speech after a pause drops the answer speculated on it."""
+        ...
+
+    @property
     def speech_end(self) -> float | None:
         """When the user last stopped speaking (``time.monotonic()`` of the arrival of the
         audio in which speech ended), or None."""

@@ -120,6 +120,10 @@ class SmartTurnDetector:
     def speech_seen(self) -> bool:
         return self._tracker.speech_seen
 
+    @property
+    def speaking(self) -> bool:
+        return self._tracker.hyst.in_speech
+
     async def feed(self, pcm16: bytes) -> list[TurnEvent]:
         arrived = time.monotonic()
         self._pcm += pcm16

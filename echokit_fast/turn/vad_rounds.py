@@ -170,6 +170,10 @@ class VadTurnDetector:
     def speech_seen(self) -> bool:
         return self._tracker.speech_seen
 
+    @property
+    def speaking(self) -> bool:
+        return self._tracker.hyst.in_speech
+
     async def feed(self, pcm16: bytes) -> list[TurnEvent]:
         arrived = time.monotonic()
         probs = await self._vad.probabilities(pcm16)

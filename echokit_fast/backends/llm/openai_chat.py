@@ -22,6 +22,8 @@ History (with the reference's ``history = 0`` bug fixed):
   interrupted) is removed; after appending it, if the history is longer than ``2 x history``,
   one entry is removed from the front (then any ``tool`` messages left at the front without
   their assistant ``tool_calls`` message, which every OpenAI-compatible server rejects);
+* a speculative reply (:meth:`OpenAIChat.speculate`, the device server's answer started
+  before the user's turn has ended) is rewound to the history before it when it is dropped;
 * the assistant text is appended when the reply completes (only if non-empty, like the
   reference); on any error or cancellation everything the turn added after the user message
   (tool calls, tool results) is removed again, so the next turn drops the dangling user message;
@@ -45,6 +47,7 @@ lost it).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -153,6 +156,8 @@ class OpenAIChat:
         self._history: list[Msg] = copy.deepcopy(self._dynamic)
         self._loaded = False
         self._device: ToolBox | None = None
+        #: set by :meth:`speculate` for the next reply: its tool calls wait for it
+        self._adopted: asyncio.Event | None = None
 
     def use_tools(self, tools: ToolBox | None) -> None:
         """Offer the device's ``tools`` too (``backends.base.ToolConversation``)."""
@@ -179,6 +184,17 @@ class OpenAIChat:
         self._sys, self._dynamic = await self.backend.load_prompts()
         self._history = copy.deepcopy(self._dynamic)
         self._loaded = True
+
+    def speculate(self, adopted: asyncio.Event) -> object:
+        """The next reply is speculative (``backends.base.Rewindable``): its tool calls wait
+        for ``adopted``; the state returned is the history and prompts as they are now."""
+        self._adopted = adopted
+        return copy.deepcopy(self._history), self._sys, self._dynamic, self._loaded
+
+    def rewind(self, state: object) -> None:
+        """Back to the history and prompts of :meth:`speculate`'s ``state``."""
+        self._history, self._sys, self._dynamic, self._loaded = state  # type: ignore[misc]
+        self._adopted = None
 
     def _add_user(self, text: str) -> None:
         hist = self._history
@@ -215,7 +231,9 @@ class OpenAIChat:
 
     async def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
         """Stream the answer to ``user_text`` (text deltas, SpeakNow items). Raises
-        BackendError; on error or cancellation only the user message stays in the history."""
+        BackendError; on error or cancellation only the user message stays in the history
+        (nothing at all once a speculative reply is rewound)."""
+        adopted, self._adopted = self._adopted, None
         await self.backend.ensure_tools()
         if not self._loaded:
             await self.load_prompts()
@@ -235,6 +253,8 @@ class OpenAIChat:
                 if not tools:
                     break
                 calls = tools.calls()
+                if adopted is not None:
+                    await adopted.wait()  # a speculative reply: no tool runs before adoption
                 self._history.append(
                     {"role": "assistant", "content": "".join(text), "tool_calls": calls}
                 )

@@ -8,6 +8,7 @@ tool rounds are described on :class:`ResponsesBackend` and :class:`OpenAIRespons
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -109,8 +110,9 @@ class OpenAIResponses:
       request chained to *that* response's id posts the ``function_call_output`` items; its
       stream is read on (at most ``MAX_TOOL_ROUNDS``).
     * A failed, cut or cancelled turn leaves :attr:`previous_id` at the last completed turn,
-      so the chain stays valid. A stream that ends without ``response.completed`` is an error
-      (the answer was cut, and there is no id to chain to).
+      so the chain stays valid; a dropped speculative reply is rewound to the id before it
+      even when it completed (:meth:`speculate`). A stream that ends without
+      ``response.completed`` is an error (the answer was cut, and there is no id to chain to).
     """
 
     def __init__(self, backend: ResponsesBackend) -> None:
@@ -120,6 +122,8 @@ class OpenAIResponses:
         self.instructions = ""
         self._loaded = False
         self._device: ToolBox | None = None
+        #: set by :meth:`speculate` for the next reply: its tool calls wait for it
+        self._adopted: asyncio.Event | None = None
 
     def use_tools(self, tools: ToolBox | None) -> None:
         """Offer the device's ``tools`` too (``backends.base.ToolConversation``)."""
@@ -136,9 +140,22 @@ class OpenAIResponses:
         self.previous_id = None
         self._loaded = True
 
+    def speculate(self, adopted: asyncio.Event) -> object:
+        """The next reply is speculative (``backends.base.Rewindable``): its tool calls wait
+        for ``adopted``; the state returned is the chain (``previous_id``) and instructions."""
+        self._adopted = adopted
+        return self.previous_id, self.instructions, self._loaded
+
+    def rewind(self, state: object) -> None:
+        """Back to the chain of :meth:`speculate`'s ``state``: a dropped reply that completed
+        is not chained to."""
+        self.previous_id, self.instructions, self._loaded = state  # type: ignore[misc]
+        self._adopted = None
+
     async def reply(self, user_text: str) -> AsyncIterator[str | SpeakNow]:
         """Stream the answer to ``user_text`` (text deltas, SpeakNow items). Raises
         BackendError; :attr:`previous_id` changes only when the whole turn completed."""
+        adopted, self._adopted = self._adopted, None
         be = self.backend
         await be.ensure_tools()
         if not self._loaded:
@@ -155,6 +172,8 @@ class OpenAIResponses:
             if not turn.calls:
                 self.previous_id = turn.id
                 return
+            if adopted is not None:
+                await adopted.wait()  # a speculative reply: no tool runs before adoption
             outputs = []
             for call in turn.calls:
                 tool = be.tools.tools.get(call["name"])

@@ -104,6 +104,7 @@ def device_settings(state: AppState, cfg: Config, backends: Backends) -> Setting
         max_answer_chars=cfg.limits.max_answer_chars,
         tts_segment_s=cfg.limits.tts_segment_s,
         turn_s=cfg.limits.turn_s,
+        speculative_reply=bool(getattr(vad, "speculative_reply", False)),
     )
 
 
