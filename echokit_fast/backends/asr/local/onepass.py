@@ -25,19 +25,19 @@ up to ~0.05 on espeak-ng clips; the detected language was the same on every clip
 The cache is per thread: one model is shared by the engines of a process, each with its
 own worker thread.
 
-**Encoder windows sized to the clip** (:meth:`OnePassWhisper.sized_windows`, for the
-engine's transcriptions with ``[asr] encoder_window = "auto"``; off by default): Whisper pads every clip to a 30 s window of 3000 feature frames and
-the encoder's cost grows with the window, yet the encoder also runs on fewer frames (the
-``audio_ctx`` of whisper.cpp). A window that ends just after the speech makes the decoder loop
-("Stop! Stop! Stop! ...": it has not seen the end of the audio); one that keeps at least
-:data:`PADDING` frames (5 s) of faster-whisper's zero padding after the content, and never
-less than :data:`MIN_WINDOW` (10 s), decoded as well as the full window on the project's test
-set (tests/test_asr_window.py, benches/bench_asr.py) at a third of the time for short turns.
-The window is rounded up to :data:`STEP` frames. Content is what precedes the padding:
-faster-whisper pads a window with exact zeros, which a log-mel column of audio never is.
-A decode on a short window that looks unreliable by faster-whisper's own measures (it fell back
-to a higher temperature, its compression ratio or mean log-probability is past the
-thresholds) is done again on the full window.
+**Encoder windows sized to the clip** (:meth:`OnePassWhisper.sized_windows`, for the engine's
+transcriptions with ``[asr] encoder_window = "auto"``; off by default): Whisper pads every clip
+to a 30 s window of 3000 feature frames and the encoder's cost grows with the window, yet the
+encoder also runs on fewer frames (the ``audio_ctx`` of whisper.cpp). A window that ends just
+after the speech makes the decoder loop ("Stop! Stop! Stop! ...": it has not seen the end of
+the audio); one that keeps at least :data:`PADDING` frames (5 s) of faster-whisper's zero
+padding after the content, and never less than :data:`MIN_WINDOW` (10 s), decoded as well as
+the full window on the project's test set (tests/test_asr_window.py, benches/bench_asr.py) at a
+third of the time for short turns. The window is rounded up to :data:`STEP` frames. Content is
+what precedes the padding: faster-whisper pads a window with exact zeros, which a log-mel
+column of audio never is. A decode on a short window that looks unreliable by faster-whisper's
+own measures (it fell back to a higher temperature, its compression ratio or mean
+log-probability is past the thresholds) is done again on the full window.
 
 Why it is not the default: the decoder on a shorter window can also stop early with a
 confident, clean-looking result. A browser's capture of "Tell me about Berlin instead." (1.9 s,
