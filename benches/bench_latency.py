@@ -9,6 +9,11 @@ its last sample above -40 dBFS) to the first reply audio. Where the wait goes is
 device's own log: audible end -> ``EndVad`` (end of turn), ``EndVad`` -> final ``ASR``, ``ASR``
 -> first audio.
 
+Both servers answer speculatively (``[asr.vad] speculative_reply``, on in the embedded
+default): how often the answer started at the pause was the one given (``hit``), was dropped
+(``miss``) or never started (``none``, the turn ended at the pause itself) is read from the
+server's turn records (``GET /console/api/status``).
+
 The same questions run against two servers, alternating per question: the encoder window sized
 to the clip (``[asr] encoder_window = "auto"``, opt-in) and the full 30 s window (``"full"``,
 the default); the word error rate of each on the same turns is reported beside the latency.
@@ -26,6 +31,7 @@ import sys
 import wave
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -91,6 +97,7 @@ encoder_window = "{window}"
 
 [asr.vad]
 turn_detector = "smart_turn"
+speculative_reply = true
 
 [tts]
 platform = "local"
@@ -158,6 +165,10 @@ def test_end_of_speech_to_first_audio(benchmark, servers, questions, tmp_path) -
     benchmark.pedantic(measure, rounds=1, iterations=1)
     said = [text for text, _ in questions]
     info = {window: _summary(t, said) for window, t in turns.items()}
+    for window, (addr, _) in servers.items():
+        records = httpx.get(f"http://{addr}/console/api/status").json()["turns"]
+        outcomes = [r.get("speculative", "none") for r in records]
+        info[window]["speculative"] = {k: outcomes.count(k) for k in ("hit", "miss", "none")}
     benchmark.extra_info.update(info)
     print(f"\nlatency: {json.dumps(info)}")
     for window, summary in info.items():
