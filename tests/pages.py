@@ -7,18 +7,33 @@ the release wheel's check (scripts/wheel_check.sh) runs tests without Playwright
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
-__all__ = ["CHROMIUM", "PHONE", "browser"]
+__all__ = ["ARTIFACTS", "CHROMIUM", "PHONE", "browser", "screenshot"]
 
 CHROMIUM = "/usr/bin/chromium"
 PHONE = {"width": 390, "height": 844}
+#: where the browser tests keep their screenshots ($ECHOKIT_TEST_ARTIFACTS; by default
+#: .artifacts/ in the checkout, which git ignores): kept after the run, for a person or a CI job
+ARTIFACTS = Path(
+    os.environ.get("ECHOKIT_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / ".artifacts")
+)
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """The whole page as ``ARTIFACTS/name.png`` (replaced on each run)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ import httpx
 import pytest
 from device_fakes import Device, FakeSpeaker
 from harness import API_ONLY, free_port, serve_process
-from pages import PHONE
+from pages import PHONE, screenshot
 from standins import ChatServer
 
 from echokit_fast.cli import build_parser, main, serve_settings
@@ -370,7 +370,7 @@ def test_the_page_shows_a_bad_platform_at_its_line_and_the_form_edits_it(
         assert f"line {bad} · tts.platform" in problem.inner_text()
         assert "unknown platform 'opnai'" in problem.inner_text()
         assert page.locator("#gutter div.bad").inner_text() == str(bad)
-        page.screenshot(path=str(tmp_path / "config.png"), full_page=True)
+        screenshot(page, "config")
         problem.click()
         selected = page.evaluate(
             "() => { const t = document.getElementById('text');"

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 from device_fakes import Device
 from harness import API_ONLY, api_state, free_port, serve_process
-from pages import PHONE
+from pages import PHONE, screenshot
 from standins import ChatServer
 from starlette.requests import Request
 
@@ -336,7 +336,7 @@ def test_the_page_shows_a_browser_device_and_its_turn_live(
             width = row.locator(".bar").evaluate("b => b.getBoundingClientRect().width")
             assert width > 0
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        page.screenshot(path=str(tmp_path / "status.png"), full_page=True)
+        screenshot(page, "status")
 
         device.get_by_role("button", name="End conversation").click()  # the device leaves
         card.locator('.badge[data-state="disconnected"]').wait_for(timeout=WAIT_MS)

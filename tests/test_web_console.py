@@ -42,7 +42,7 @@ import pytest
 from asr_helpers import wer
 from cc_standin import IDLE_MSG, ClaudeCC, output
 from harness import LoopbackServer
-from pages import CHROMIUM, PHONE
+from pages import CHROMIUM, PHONE, screenshot
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from standins import ASRServer, ChatServer, TTSServer
 from ws_standins import running_ws_server
@@ -230,7 +230,7 @@ def test_spoken_question_through_the_page(serve, browser, whisper, speaker, tmp_
     assert stats(page, "errors") == []
     log = page.locator("#log").inner_text()
     assert heard in log and answer in log
-    page.screenshot(path=str(tmp_path / "talk.png"), full_page=True)
+    screenshot(page, "talk")
     # it fits a phone's screen: nothing wider than it, the controls on it
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     for button in ("Listening", "End conversation"):
@@ -265,7 +265,7 @@ def test_button_during_the_reply_interrupts_it(serve, browser, whisper, speaker,
         timeout=WAIT_MS,
     )
     assert stats(page, "state") == "listening"
-    page.screenshot(path=str(tmp_path / "interrupted.png"), full_page=True)
+    screenshot(page, "interrupted")
     assert stats(page, "errors") == []
     assert stats(page, "replies") == shown  # nothing of the cancelled answer shown after
     assert stats(page, "playedSamples") == played  # nor played
@@ -331,7 +331,7 @@ def test_push_to_talk_sends_what_is_said_while_held(
     assert stats(page, "replies") == [answer]
     assert stats(page, "playedSamples") > SR
     assert page.get_by_role("button", name="Hold to talk").is_visible()
-    page.screenshot(path=str(tmp_path / "push-to-talk.png"), full_page=True)
+    screenshot(page, "push-to-talk")
 
 
 def test_a_server_that_goes_away_is_said(serve, browser, whisper, speaker) -> None:
