@@ -1121,7 +1121,8 @@ def default_config(
     """The embedded default used when no config file is given.
 
     ``turn_detector``: ``[asr.vad] turn_detector`` of the local ASR (``echokit-fast serve``
-    without a config file asks for ``"smart_turn"``); ``speculative_reply`` is on.
+    without a config file asks for ``"smart_turn"``); ``speculative_reply`` and ``early_asr``
+    are on.
 
     Local ASR + local TTS + ``openai_chat`` at ``llm_url`` / ``OPENAI_BASE_URL`` (default
     ``http://localhost:9091/v1``) with ``/chat/completions`` appended (unless already there),
@@ -1134,7 +1135,9 @@ def default_config(
     "local"`` with that ``model``, the same history and prompt); no URL is read.
     """
     split_host_port(addr)
-    asr = LocalASR(vad=VadConfig(turn_detector=turn_detector, speculative_reply=True))
+    asr = LocalASR(
+        vad=VadConfig(turn_detector=turn_detector, speculative_reply=True, early_asr=True)
+    )
     if llm_model is not None:
         local = LocalLLM.model_validate(
             {"model": llm_model, "history": 5, "sys_prompts": [_DEFAULT_PROMPT]}

@@ -219,8 +219,16 @@ def test_voice_turn_opus_vowel_stream_asr_in_order(serve, tmp_path):
     assert line["segments"] == 3
 
 
+def pause_rounds() -> Any:
+    """The embedded default with the rounds starting at each pause, as the reference's do
+    (``early_asr`` off: no transcription at the first quiet window, see test_smart_turn.py)."""
+    config = default_config()
+    vad = config.asr.vad.model_copy(update={"early_asr": False})
+    return config.model_copy(update={"asr": config.asr.model_copy(update={"vad": vad})})
+
+
 def test_interim_asr_when_the_user_pauses(serve, tmp_path):
-    app, f = build(tmp_path)
+    app, f = build(tmp_path, config=pause_rounds())
     addr = serve(app)
     first = _fixture()[2 * PREROLL : 2 * 72000]  # the speech, cut right after it ends
 
@@ -247,7 +255,7 @@ def test_interim_asr_when_the_user_pauses(serve, tmp_path):
 
 def test_speculative_asr_is_cancelled_when_speech_continues(serve, tmp_path):
     gate = Gate()  # transcripts never finish in time
-    app, f = build(tmp_path, transcriber=FakeTranscriber(gate=gate))
+    app, f = build(tmp_path, transcriber=FakeTranscriber(gate=gate), config=pause_rounds())
     addr = serve(app)
     first = _fixture()[2 * PREROLL : 2 * 72000]
 

@@ -78,9 +78,15 @@ def test_round_tracker_pause_then_end():
     t = RoundTracker(VadParams())
     results = [t.window(0.9) for _ in range(13)]  # 416 ms of speech
     assert set(results) == {TurnEvent.NONE}
-    results = [t.window(0.0) for _ in range(6)]
-    # the release window ends the round: 416 ms > 400 ms of speech -> a pause
+    quiet = []
+    results = []
+    for _ in range(6):
+        results.append(t.window(0.0))
+        quiet.append(t.quiet)
+    # the release window ends the round: 416 ms > 400 ms of speech -> a pause; the first quiet
+    # window said speech may be ending (the early ASR's start)
     assert results == [TurnEvent.NONE] * 5 + [TurnEvent.PAUSE] and t.released
+    assert quiet == [True] + [False] * 5
     results = [t.window(0.0) for _ in range(16)]
     assert results == [TurnEvent.NONE] * 15 + [TurnEvent.END]  # 512 ms > 500 ms of silence
     assert t.speech_seen
@@ -92,7 +98,10 @@ def test_round_tracker_short_speech_and_silence():
     t.reset()
     assert not t.speech_seen
     [t.window(0.9) for _ in range(3)]  # 96 ms, +5 windows until the release: 256 ms < 400
-    results = [t.window(0.0) for _ in range(21)]
+    results = []
+    for _ in range(21):
+        results.append(t.window(0.0))
+        assert not t.quiet  # too little speech for a round: never "may be ending"
     # after the release window, 16 more of silence (512 ms > 500 ms) end the turn
     assert results == [TurnEvent.NONE] * 20 + [TurnEvent.END]
     assert t.speech_seen
@@ -248,3 +257,23 @@ def test_turn_trace_line(caplog):
     ms = {"speech_end": 0.0, "end_vad": 100.0, "first_frame": 500.0, "last_frame": 900.0}
     assert line["ms"] == ms
     assert line["device"] == "dev" and line["turn"] == 3 and line["segments"] == 2
+
+
+def test_round_tracker_quiet_again_after_a_dip_and_at_once_without_hysteresis():
+    t = RoundTracker(VadParams())
+    [t.window(0.9) for _ in range(13)]
+    t.window(0.0)
+    assert t.quiet  # a dip inside the sentence...
+    t.window(0.9)  # ...and speech again: the next quiet stretch is "may be ending" again
+    t.window(0.1)
+    assert t.quiet
+    t.window(0.1)
+    assert not t.quiet  # the same quiet stretch
+    t.window(0.4)  # between the thresholds: not speech, but maybe a soft sound...
+    assert not t.quiet
+    t.window(0.1)
+    assert t.quiet  # ...so the next quiet window starts again from there
+    # a release after one window (max_silence_duration_ms = 32): quiet and pause together
+    t = RoundTracker(VadParams(max_silence_duration_ms=32))
+    [t.window(0.9) for _ in range(13)]
+    assert t.window(0.0) is TurnEvent.PAUSE and t.quiet and t.released

@@ -170,6 +170,11 @@ class VadConfig(Section):
     # docs/architecture.md#speculative-reply). Off in a config file: a dropped answer still
     # costs an LLM request. The embedded default (no config file) turns it on.
     speculative_reply: bool = False
+    # Start transcribing at the first quiet VAD window after speech instead of at the pause
+    # (max_silence_duration_ms later): the transcript is ready sooner when the turn then ends,
+    # at the cost of a transcription for each short dip inside a sentence. Off in a config
+    # file (more ASR requests than the reference); on in the embedded default.
+    early_asr: bool = False
 
     @field_validator("neg_threshold")
     @classmethod

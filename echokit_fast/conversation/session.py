@@ -197,6 +197,8 @@ class Settings:
     #: answer a round's transcript while the user is silent after a pause, held until the turn
     #: ends on it (server VAD with a :class:`Rewindable` conversation; docs/architecture.md)
     speculative_reply: bool = False
+    #: start a round's transcription at the first quiet window after speech, not at the pause
+    early_asr: bool = False
 
 
 class SessionsFull(Exception):
@@ -236,6 +238,10 @@ class Utterance:
         self.round_task: asyncio.Task[tuple[str, BaseException | None]] | None = None
         self.round_tr: Transcription | None = None
         self.round_len = 0
+        #: the round began at the first quiet window of the current stretch (early ASR): the
+        #: pause that ends the stretch keeps it; and the interim transcript held for that pause
+        self.round_quiet = False
+        self.pending_interim = ""
         #: the detector's ``speech_end`` when the round started (later: the user spoke on)
         self.round_speech_end: float | None = None
         #: the held answer to the round's transcript, and whether one was dropped before
@@ -593,7 +599,9 @@ class Session:
         session moved on)."""
         if self.utt is not utt or conn is not self.conn:
             return False
-        if event is TurnEvent.PAUSE:
+        if event is TurnEvent.QUIET:
+            self._round_quiet(utt)
+        elif event is TurnEvent.PAUSE:
             await self._round_pause(conn, utt)
         elif event is TurnEvent.INTERIM and isinstance(utt.detector, TranscribingDetector):
             await conn.transcript(utt.detector.interim, final=False)
@@ -612,19 +620,41 @@ class Session:
         except DeviceGone:
             pass
 
-    async def _round_pause(self, conn: DeviceConnection, utt: Utterance) -> None:
-        """The user paused after enough speech: interim ASR if the round's transcript is done,
-        then a new round transcribing everything heard so far (not in the live layouts)."""
-        if utt.live is not None:
-            return
+    def _finished_round_text(self, utt: Utterance) -> str:
+        """The transcript of the round, if it is done and has one ("" otherwise)."""
         task = utt.round_task
-        interim = ""
         if task is not None and task.done() and not task.cancelled():
             text, exc = task.result()
             if exc is None:
-                interim = self._capped_transcript(text).strip()
+                return self._capped_transcript(text).strip()
+        return ""
+
+    def _round_quiet(self, utt: Utterance) -> None:
+        """Speech may be ending (the first quiet window after enough speech): with
+        ``early_asr`` the round's transcription of everything heard so far starts now, not
+        at the pause ~200 ms of quiet later -- with the device's 512 ms frames often a whole
+        frame later. The pause that ends this quiet stretch keeps it: only quiet came since."""
+        if utt.live is not None or not self.manager.settings.early_asr:
+            return
+        if not utt.round_quiet:  # the previous round's text is the pause's interim ASR
+            utt.pending_interim = self._finished_round_text(utt) or utt.pending_interim
         utt.cancel_round()
         self._start_round(utt)
+        utt.round_quiet = True
+
+    async def _round_pause(self, conn: DeviceConnection, utt: Utterance) -> None:
+        """The user paused after enough speech: interim ASR if the round's transcript is done,
+        then a new round transcribing everything heard so far (not in the live layouts) --
+        unless the round began at this stretch's first quiet window (:meth:`_round_quiet`)."""
+        if utt.live is not None:
+            return
+        if utt.round_quiet and utt.round_task is not None:
+            interim, utt.pending_interim = utt.pending_interim, ""
+        else:
+            interim = self._finished_round_text(utt)
+            utt.cancel_round()
+            self._start_round(utt)
+        utt.round_quiet = False
         if utt.round_task is not None and self._speculates(conn):
             utt.round_speech_end = utt.detector.speech_end if utt.detector is not None else None
             utt.round_task.add_done_callback(lambda t: self._speculate(conn, utt, t))

@@ -30,6 +30,9 @@ class TurnEvent(enum.Enum):
     END = 2
     #: a recognizer's interim transcript changed (:attr:`TranscribingDetector.interim`)
     INTERIM = 3
+    #: speech may be ending: the first quiet window after enough speech, before the pause
+    #: (an early transcription may start; a PAUSE follows if the quiet lasts)
+    QUIET = 4
 
 
 class TurnDetector(Protocol):
@@ -53,8 +56,9 @@ class TurnDetector(Protocol):
         ...
 
     async def feed(self, pcm16: bytes) -> list[TurnEvent]:
-        """Take the next piece of audio; return the :attr:`TurnEvent.PAUSE` and
-        :attr:`TurnEvent.END` events it caused, in order (empty if none). May run the work
+        """Take the next piece of audio; return the :attr:`TurnEvent.QUIET`,
+        :attr:`TurnEvent.PAUSE` and :attr:`TurnEvent.END` events it caused, in order (empty if
+        none). May run the work
         in a worker thread; a detector is fed by one caller at a time."""
         ...
 

@@ -135,6 +135,8 @@ class SmartTurnDetector:
             result = tracker.window(p)
             if tracker.released and TurnEvent.END not in events:
                 self.speech_end = arrived
+            if tracker.quiet and TurnEvent.END not in events:
+                events.append(TurnEvent.QUIET)
             if result is TurnEvent.PAUSE and TurnEvent.END not in events:
                 events.append(result)
                 if await self._complete():

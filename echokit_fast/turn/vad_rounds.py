@@ -12,11 +12,14 @@ run in one model call). The round logic itself is pure, no I/O:
   silent window and ``max_silence_duration_ms * 16 // 512`` of them end speech; anything in between
   changes nothing.
 * :class:`RoundTracker` -- the rounds of docs/protocol.md#stream-mode: per window
-  ``speech_ms``/``silence_ms``; a non-speech window after at least ``min_speech_duration_ms`` of
-  speech ends the round ("speech ended": a pause, the speculative ASR restarts on the grown buffer),
-  more than ``hangover_ms`` of silence ends the turn -- once the user has spoken, with
-  ``wait_for_speech`` (a device that streams its microphone before anyone speaks, the xiaozhi
-  firmware's auto mode): the silence before the first speech window then never ends it.
+  ``speech_ms``/``silence_ms``; the first quiet window (``p < neg_threshold``) after at least
+  ``min_speech_duration_ms`` of speech is ``quiet`` (speech may be ending: the early ASR starts
+  there, before the hysteresis has released); a non-speech window after at least
+  ``min_speech_duration_ms`` of speech ends the round ("speech ended": a pause, the speculative
+  ASR restarts on the grown buffer), more than ``hangover_ms`` of silence ends the turn -- once
+  the user has spoken, with ``wait_for_speech`` (a device that streams its microphone before
+  anyone speaks, the xiaozhi firmware's auto mode): the silence before the first speech window
+  then never ends it.
 
 Difference from the reference: after a round ends inside a frame, the rest of that frame is
 still run through the VAD and counted in the next round (the reference skips it), so the end
@@ -74,26 +77,27 @@ class VadParams:
 class Hysteresis:
     """Per-window ``in_speech`` from speech probabilities (docs/protocol.md#turn-detection)."""
 
-    __slots__ = ("_neg", "_release", "_silent", "_thr", "in_speech")
+    __slots__ = ("_release", "_thr", "in_speech", "neg", "silent")
 
     def __init__(self, params: VadParams) -> None:
         self._thr = params.threshold
-        self._neg = params.neg_threshold
+        self.neg = params.neg_threshold
         self._release = params.release_windows
         self.in_speech = False
-        self._silent = 0
+        #: quiet windows counted towards the release since the last speech window
+        self.silent = 0
 
     def reset(self) -> None:
         self.in_speech = False
-        self._silent = 0
+        self.silent = 0
 
     def step(self, p: float) -> bool:
         if p > self._thr:
             self.in_speech = True
-            self._silent = 0
-        elif p < self._neg:
-            self._silent += 1
-            if self._silent >= self._release:
+            self.silent = 0
+        elif p < self.neg:
+            self.silent += 1
+            if self.silent >= self._release:
                 self.in_speech = False
         return self.in_speech
 
@@ -103,15 +107,20 @@ class RoundTracker:
 
     ``window(p)`` returns what the window did; ``speech_seen`` says whether any window of
     this utterance was speech; ``released`` is True exactly on the window where speech ended
-    (hysteresis release), for the trace. ``wait_for_speech``: silence before the first speech
-    window does not end the turn.
+    (hysteresis release), for the trace; ``quiet`` on a quiet window (``p < neg_threshold``)
+    that follows one that was not, while in speech (or releasing) after at least
+    ``min_speech_duration_ms`` of speech: from there to the pause every window is quiet, so a
+    transcription started there hears everything the pause would. ``wait_for_speech``: silence
+    before the first speech window does not end the turn.
     """
 
     __slots__ = (
         "_hang",
         "_min",
         "_wait",
+        "_was_quiet",
         "hyst",
+        "quiet",
         "released",
         "silence_ms",
         "speech_ms",
@@ -127,16 +136,22 @@ class RoundTracker:
         self.silence_ms = 0
         self.speech_seen = False
         self.released = False
+        self.quiet = False
+        self._was_quiet = False
 
     def reset(self) -> None:
         self.hyst.reset()
         self.speech_ms = self.silence_ms = 0
-        self.speech_seen = self.released = False
+        self.speech_seen = self.released = self.quiet = self._was_quiet = False
 
     def window(self, p: float, ms: int = WINDOW_MS) -> TurnEvent:
         was = self.hyst.in_speech
         in_speech = self.hyst.step(p)
         self.released = was and not in_speech
+        is_quiet = p < self.hyst.neg
+        first = is_quiet and not self._was_quiet and (in_speech or self.released)
+        self._was_quiet = is_quiet
+        self.quiet = first and self.speech_ms >= self._min
         if in_speech:
             self.speech_seen = True
             self.speech_ms += ms
@@ -184,6 +199,8 @@ class VadTurnDetector:
             # (after an END the turn is over: later windows count for speech_seen only)
             if tracker.released and TurnEvent.END not in events:
                 self.speech_end = arrived
+            if tracker.quiet and TurnEvent.END not in events:
+                events.append(TurnEvent.QUIET)
             if result is not TurnEvent.NONE:
                 events.append(result)
         return events

@@ -105,6 +105,7 @@ def device_settings(state: AppState, cfg: Config, backends: Backends) -> Setting
         tts_segment_s=cfg.limits.tts_segment_s,
         turn_s=cfg.limits.turn_s,
         speculative_reply=bool(getattr(vad, "speculative_reply", False)),
+        early_asr=bool(getattr(vad, "early_asr", False)),
     )
 
 
