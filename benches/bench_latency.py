@@ -9,8 +9,8 @@ its last sample above -40 dBFS) to the first reply audio. Where the wait goes is
 device's own log: audible end -> ``EndVad`` (end of turn), ``EndVad`` -> final ``ASR``, ``ASR``
 -> first audio.
 
-Both servers answer speculatively (``[asr.vad] speculative_reply``, on in the embedded
-default): how often the answer started at the pause was the one given (``hit``), was dropped
+Both servers run as the embedded default does: early ASR (``[asr.vad] early_asr``) and
+speculative answers (``speculative_reply``): how often the answer started at the pause was the one given (``hit``), was dropped
 (``miss``) or never started (``none``, the turn ended at the pause itself) is read from the
 server's turn records (``GET /console/api/status``).
 
@@ -98,6 +98,7 @@ encoder_window = "{window}"
 [asr.vad]
 turn_detector = "smart_turn"
 speculative_reply = true
+early_asr = true
 
 [tts]
 platform = "local"
