@@ -10,9 +10,9 @@ device's own log: audible end -> ``EndVad`` (end of turn), ``EndVad`` -> final `
 -> first audio.
 
 Both servers run as the embedded default does: early ASR (``[asr.vad] early_asr``) and
-speculative answers (``speculative_reply``): how often the answer started at the pause was the one given (``hit``), was dropped
-(``miss``) or never started (``none``, the turn ended at the pause itself) is read from the
-server's turn records (``GET /console/api/status``).
+speculative answers (``speculative_reply``): how often the answer started at the pause was the
+one given (``hit``), was dropped (``miss``) or never started (``none``, the turn ended at the
+pause itself) is read from the server's turn records (``GET /console/api/status``).
 
 The same questions run against two servers, alternating per question: the encoder window sized
 to the clip (``[asr] encoder_window = "auto"``, opt-in) and the full 30 s window (``"full"``,

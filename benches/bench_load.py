@@ -31,12 +31,11 @@ import pytest
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
-from harness import free_port, running_server, serve_process  # noqa: E402
-from standins import ASRServer, ChatServer, TTSServer  # noqa: E402
+from harness import free_port, serve_process  # noqa: E402
+from instant import instant_backends, limits  # noqa: E402
 from vdev import vdev, xiaozhi_vdev  # noqa: E402
 
 TURNS = 2  # per device and round
-ANSWER = "Sure. Here is a short answer for you, spoken in two parts."
 #: device boots are spread over this long (about one turn), as real users do not talk in
 #: lockstep; every device then holds its turns back to back
 SPREAD_S = 5.0
@@ -44,38 +43,11 @@ SPREAD_S = 5.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, load_devices):
-    chat, stt, speech = ChatServer(), ASRServer("hello there"), TTSServer()
-    chat.default.deltas = [ANSWER]
-    with (
-        running_server(chat.app) as chat_addr,
-        running_server(stt.app) as asr_addr,
-        running_server(speech.app) as tts_addr,
-    ):
+    with instant_backends() as backends:
         addr = f"127.0.0.1:{free_port()}"
         cfg = tmp_path_factory.mktemp("load-cfg") / "config.toml"
-        cfg.write_text(
-            f"""
-addr = "{addr}"
-
-[asr]
-platform = "openai"
-url = "http://{asr_addr}/v1/audio/transcriptions"
-
-[tts]
-platform = "stream_gsv"
-url = "http://{tts_addr}/v1/audio/stream_speech"
-speaker = "load"
-
-[llm]
-platform = "openai_chat"
-url = "http://{chat_addr}/v1/chat/completions"
-history = 5
-
-[limits]  # every device connects from 127.0.0.1, two sockets each while one takes over
-max_connections = {max(1000, 4 * load_devices)}
-max_connections_per_ip = {max(1000, 4 * load_devices)}
-"""
-        )
+        # two sockets a device while one takes over
+        cfg.write_text(f'addr = "{addr}"\n{backends.sections}{limits(max(1000, 4 * load_devices))}')
         with serve_process(str(cfg)) as proc:
             yield addr, proc
 

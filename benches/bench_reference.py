@@ -47,12 +47,11 @@ import pytest
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
-from harness import ServeProcess, free_port, running_server, serve_process  # noqa: E402
-from standins import ASRServer, ChatServer, TTSServer  # noqa: E402
+from harness import ServeProcess, free_port, serve_process  # noqa: E402
+from instant import instant_backends, limits  # noqa: E402
 from vdev import vdev  # noqa: E402
 
 TURNS = 2  # per device and run
-ANSWER = "Sure. Here is a short answer for you, spoken in two parts."
 SPREAD_S = 5.0  # device boots spread over this long, as in bench_load
 #: how long the reference may take to listen on its port
 START_LIMIT_S = 30.0
@@ -98,28 +97,8 @@ def reference(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="module")
 def standins() -> Iterator[str]:
     """The three instant stand-ins; the config text both servers share (without ``addr``)."""
-    chat, stt, speech = ChatServer(), ASRServer("hello there"), TTSServer()
-    chat.default.deltas = [ANSWER]
-    with (
-        running_server(chat.app) as chat_addr,
-        running_server(stt.app) as asr_addr,
-        running_server(speech.app) as tts_addr,
-    ):
-        yield f"""
-[asr]
-platform = "openai"
-url = "http://{asr_addr}/v1/audio/transcriptions"
-
-[tts]
-platform = "stream_gsv"
-url = "http://{tts_addr}/v1/audio/stream_speech"
-speaker = "load"
-
-[llm]
-platform = "openai_chat"
-url = "http://{chat_addr}/v1/chat/completions"
-history = 5
-"""
+    with instant_backends() as backends:
+        yield backends.sections
 
 
 def _listening(addr: str, proc: subprocess.Popen) -> None:
@@ -207,10 +186,8 @@ def test_side_by_side_with_the_reference(
             return
         # ours also lifts the per-address connection cap (every device is 127.0.0.1);
         # the reference has none
-        cap = max(1000, 4 * n)
-        limits = f"\n[limits]\nmax_connections = {cap}\nmax_connections_per_ip = {cap}\n"
         out.mkdir(parents=True)
-        (out / "config.toml").write_text(config + limits)
+        (out / "config.toml").write_text(config + limits(max(1000, 4 * n)))
         with serve_process(str(out / "config.toml")) as server:
             _load(server, addr, question, out / "devices", n, runs)
 

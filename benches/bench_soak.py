@@ -58,9 +58,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
-from bench_load import ANSWER, SPREAD_S  # noqa: E402
-from harness import ServeProcess, free_port, running_server, serve_process  # noqa: E402
-from standins import ASRServer, ChatServer, TTSServer  # noqa: E402
+from bench_load import SPREAD_S  # noqa: E402
+from harness import ServeProcess, free_port, serve_process  # noqa: E402
+from instant import instant_backends, limits  # noqa: E402
 from vdev import Run, vdev  # noqa: E402
 
 from echokit_fast.devices.echokit import protocol  # noqa: E402
@@ -128,45 +128,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(soak: Soak, tmp_path_factory) -> Server:
-    chat, stt, speech = ChatServer(), ASRServer("hello there"), TTSServer()
-    chat.default.deltas = [ANSWER]
     tmp = tmp_path_factory.mktemp("soak")
-    with (
-        running_server(chat.app) as chat_addr,
-        running_server(stt.app) as asr_addr,
-        running_server(speech.app) as tts_addr,
-    ):
+    with instant_backends("soak") as backends:
         addr = f"127.0.0.1:{free_port()}"
         cfg = tmp / "config.toml"
+        # devices and fuzzers all connect from 127.0.0.1 (the caps are tested on their own)
         cfg.write_text(
-            f"""
-addr = "{addr}"
-
-[record]
-dir = "{tmp / "record"}"
-
-[asr]
-platform = "openai"
-url = "http://{asr_addr}/v1/audio/transcriptions"
-
-[tts]
-platform = "stream_gsv"
-url = "http://{tts_addr}/v1/audio/stream_speech"
-speaker = "soak"
-
-[llm]
-platform = "openai_chat"
-url = "http://{chat_addr}/v1/chat/completions"
-history = 5
-
-[limits]  # devices and fuzzers all connect from 127.0.0.1 (the caps are tested on their own)
-max_connections = {max(1000, 8 * soak.devices)}
-max_connections_per_ip = {max(1000, 8 * soak.devices)}
-"""
+            f'addr = "{addr}"\n\n[record]\ndir = "{tmp / "record"}"\n'
+            f"{backends.sections}{limits(max(1000, 8 * soak.devices))}"
         )
         log = tmp / "server.log"
         with open(log, "wb") as sink, serve_process(str(cfg), log=sink) as proc:
-            yield Server(addr, proc, log, (chat, stt, speech))
+            yield Server(addr, proc, log, (backends.chat, backends.asr, backends.tts))
 
 
 # --------------------------------------------------------------------------------------------
