@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,46 @@ def test_interleaved_overhead(benchmark, engine, clip, loop) -> None:
     assert ratio > 0
 
 
+def _alternate(
+    benchmark,
+    clips: dict[str, np.ndarray],
+    first: tuple[str, Callable[[np.ndarray], str]],
+    second: tuple[str, Callable[[np.ndarray], str]],
+    check: Callable[[str, str, str], None],
+) -> None:
+    """Time two transcriptions of each clip, alternated within each round (load from other
+    processes hits both alike): 5 rounds after a warm-up (1 untimed in the suite);
+    ``check(clip, text1, text2)`` each time. Prints and records the ratio of medians."""
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in clips}
+
+    def round_() -> None:
+        for name, pcm in clips.items():
+            t0 = time.perf_counter()
+            a = first[1](pcm)
+            t1 = time.perf_counter()
+            b = second[1](pcm)
+            t2 = time.perf_counter()
+            times[name][0].append(t1 - t0)
+            times[name][1].append(t2 - t1)
+            check(name, a, b)
+
+    if not benchmark.disabled:
+        round_()  # warm-up
+        for one, two in times.values():
+            one.clear()
+            two.clear()
+    benchmark.pedantic(round_, rounds=1 if benchmark.disabled else 5, iterations=1)
+    print()
+    for name, (one, two) in times.items():
+        a, b = statistics.median(one), statistics.median(two)
+        benchmark.extra_info[f"ratio_{first[0]}_{second[0]}_{name}"] = a / b
+        print(
+            f"ASR {name} {len(clips[name]) / 16000:.1f} s: {first[0]} {a:.3f} s, "
+            f"{second[0]} {b:.3f} s, ratio {a / b:.3f} ({len(one)} pairs)"
+        )
+        assert a > 0 and b > 0
+
+
 def test_one_pass_vs_two_pass(benchmark, engine, clip, tmp_path) -> None:
     """Language detection + decoding from one encode vs faster-whisper's two, alternated."""
     benchmark.group = "asr-one-pass"
@@ -154,34 +195,17 @@ def test_one_pass_vs_two_pass(benchmark, engine, clip, tmp_path) -> None:
         pcm, rate = wav_mono(espeak_wav(text, tmp_path / f"{voice}.wav", voice=voice))
         clips[voice] = audio.resample(pcm, rate, 16000)
     plain = plain_faster_whisper(engine.model)
-    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in clips}
 
-    def round_() -> None:
-        for name, pcm in clips.items():
-            t0 = time.perf_counter()
-            one = _peer(engine.model, pcm)
-            t1 = time.perf_counter()
-            two = _peer(plain, pcm)
-            t2 = time.perf_counter()
-            times[name][0].append(t1 - t0)
-            times[name][1].append(t2 - t1)
-            assert one == two, name  # same window, same language: the same words
+    def check(name: str, one: str, two: str) -> None:
+        assert one == two, name  # same window, same language: the same words
 
-    if not benchmark.disabled:
-        round_()  # warm-up
-        for one, two in times.values():
-            one.clear()
-            two.clear()
-    benchmark.pedantic(round_, rounds=1 if benchmark.disabled else 5, iterations=1)
-    print()
-    for name, (one, two) in times.items():
-        a, b = statistics.median(one), statistics.median(two)
-        benchmark.extra_info[f"ratio_one_two_{name}"] = a / b
-        print(
-            f"ASR {name} {len(clips[name]) / 16000:.1f} s: one-pass {a:.3f} s, "
-            f"two-pass {b:.3f} s, ratio {a / b:.3f} ({len(one)} pairs)"
-        )
-        assert a > 0 and b > 0
+    _alternate(
+        benchmark,
+        clips,
+        ("one-pass", lambda pcm: _peer(engine.model, pcm)),
+        ("two-pass", lambda pcm: _peer(plain, pcm)),
+        check,
+    )
 
 
 def test_sized_vs_full_window(benchmark, engine, clip, loop, tmp_path) -> None:
@@ -195,39 +219,22 @@ def test_sized_vs_full_window(benchmark, engine, clip, loop, tmp_path) -> None:
     ):
         pcm, rate = wav_mono(espeak_wav(text, tmp_path / f"{name}.wav"))
         clips[name] = audio.resample(pcm, rate, 16000)
-    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in clips}
 
-    def round_() -> None:
-        for name, pcm in clips.items():
-            t0 = time.perf_counter()
-            a = loop.run_until_complete(sized.transcribe(pcm))
-            t1 = time.perf_counter()
-            b = loop.run_until_complete(engine.transcribe(pcm))
-            t2 = time.perf_counter()
-            times[name][0].append(t1 - t0)
-            times[name][1].append(t2 - t1)
-            assert a and b, name
-            if name == "fox":
-                _sane(a)
+    def check(name: str, a: str, b: str) -> None:
+        assert a and b, name
+        if name == "fox":
+            _sane(a)
 
     try:
-        if not benchmark.disabled:
-            round_()  # warm-up
-            for one, two in times.values():
-                one.clear()
-                two.clear()
-        benchmark.pedantic(round_, rounds=1 if benchmark.disabled else 5, iterations=1)
+        _alternate(
+            benchmark,
+            clips,
+            ("sized", lambda pcm: loop.run_until_complete(sized.transcribe(pcm))),
+            ("full", lambda pcm: loop.run_until_complete(engine.transcribe(pcm))),
+            check,
+        )
     finally:
         sized.close()
-    print()
-    for name, (one, two) in times.items():
-        a, b = statistics.median(one), statistics.median(two)
-        benchmark.extra_info[f"ratio_sized_full_{name}"] = a / b
-        print(
-            f"ASR {name} {len(clips[name]) / 16000:.1f} s: sized {a:.3f} s, full {b:.3f} s, "
-            f"ratio {a / b:.3f} ({len(one)} pairs)"
-        )
-        assert a > 0 and b > 0
 
 
 def test_without_speculation(benchmark, engine, clip, loop) -> None:
