@@ -477,7 +477,8 @@ def test_a_question_goes_with_its_turn(claude_app, browser) -> None:
     # another message instead of an answer: a new turn, the question's buttons gone
     page.get_by_label("Type a message").fill("Never mind.")
     page.get_by_role("button", name="Send").click()
-    assert page.locator(".choices").count() == 0
+    # (the next turn's own question may be there already: the server can be that quick)
+    assert page.get_by_role("group", name="Delete the logs.").count() == 0
     page.wait_for_function(
         "() => window.echokitStats.choices !== null && "
         "document.querySelector('.choices').getAttribute('aria-label') === 'Never mind.'",
