@@ -54,6 +54,8 @@ fi
 # installs it from there instead of building it again.
 UV_FIND_LINKS=$(bash scripts/llama_wheel.sh .venv/bin/python)
 export UV_FIND_LINKS
+# Every dependency at the version the suite last passed with (scripts/constraints.txt).
+export UV_CONSTRAINT="$PWD/scripts/constraints.txt"
 
 # Builds the Rust core in release mode and installs the package (editable)
 # with its dependencies and the requested extras.

@@ -27,6 +27,7 @@ python3 -m venv "$WORK/venv"
 # llm: the in-process LLM, llama-cpp-python from the machine's cached build
 # (scripts/llama_wheel.sh); gguf writes the test's tiny model.
 UV_FIND_LINKS=$(bash scripts/llama_wheel.sh "$BUILD_VENV/bin/python") \
+    UV_CONSTRAINT="$ROOT/scripts/constraints.txt" \
     "$BUILD_VENV/bin/uv" pip install --quiet --python "$WORK/venv/bin/python" \
     "$wheel[embedded,llm]" pytest pytest-benchmark "gguf==0.19.0"
 CLEAN_PATH="$WORK/venv/bin:/usr/local/bin:/usr/bin:/bin"
