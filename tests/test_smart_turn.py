@@ -113,6 +113,16 @@ def test_config_chooses_the_detector() -> None:
         VadConfig(smart_turn_threshold=1.5)
 
 
+async def _one_turn(addr: str, device: str, pcm: bytes) -> list:
+    """One stream-mode turn of ``pcm`` from a device; every event it received."""
+    d = await Device.open(addr, device, opus=True, stream_asr=True)
+    await d.command("StartChat")
+    await d.audio(pcm)
+    events = await d.until()
+    await d.close()
+    return events
+
+
 @pytest.mark.parametrize("detector", ["silence", "smart_turn"])
 def test_device_question_with_a_pause(detector: str, serve, tmp_path: Path) -> None:
     """Through the real server: with Smart Turn the 800 ms pause does not split the question
@@ -124,15 +134,7 @@ def test_device_question_with_a_pause(detector: str, serve, tmp_path: Path) -> N
     app, f = build(tmp_path, config=default_config(turn_detector=detector))
     addr = serve(app)
 
-    async def main() -> list:
-        d = await Device.open(addr, "smartturn", opus=True, stream_asr=True)
-        await d.command("StartChat")
-        await d.audio(pcm)
-        events = await d.until()
-        await d.close()
-        return events
-
-    events = run(main())
+    events = run(_one_turn(addr, "smartturn", pcm))
     names = [name(e) for e in events]
     assert names.count("EndVad") == 1 and names[-1] == "EndResponse"
     heard = len(f.transcriber.calls[-1])  # the final transcript's audio
@@ -179,15 +181,7 @@ def test_device_early_asr_starts_at_the_first_quiet_window(early, serve, tmp_pat
     app, f = build(tmp_path, config=default_config() if early else pause_rounds())
     addr = serve(app)
 
-    async def main() -> list:
-        d = await Device.open(addr, "early", opus=True, stream_asr=True)
-        await d.command("StartChat")
-        await d.audio(pcm)
-        events = await d.until()
-        await d.close()
-        return events
-
-    names = [name(e) for e in run(main())]
+    names = [name(e) for e in run(_one_turn(addr, "early", pcm))]
     assert names.count("EndVad") == 1 and names[-1] == "EndResponse"
     started_in = frames[TurnEvent.QUIET] if early else frames[TurnEvent.PAUSE]
     assert len(f.transcriber.calls[-1]) == (started_in + 1) * FRAME // 2
