@@ -14,8 +14,8 @@ options (greedy, language detected, no timestamps, no VAD filter):
   the same weights (encodes twice), alternated on the fox clip and espeak-ng German and
   French; prints the ratio of medians one-pass/two-pass per clip (``-s``). The peer of the
   two groups above is the engine's model, so their ratio is the engine's overhead alone.
-* group ``asr-window``: the engine with the encoder window sized to the clip (opt-in,
-  ``encoder_window = "auto"``) vs the full 30 s window (the default), alternated on clips of
+* group ``asr-window``: the engine with the encoder window sized to the clip (the default,
+  ``encoder_window = "auto"``) vs the full 30 s window (``"full"``), alternated on clips of
   1 to 6 s (espeak-ng, language detected); prints the ratio of medians sized/full per clip
   (``-s``). Its quality gate is tests/test_asr_window.py.
 * group ``asr-end-of-turn``: what the device server sees from the end of speech to the final

@@ -71,10 +71,10 @@ class LocalASR(Section):
     cpu_threads: int = Field(default=0, ge=0)
     beam_size: int = Field(default=1, ge=1)
     prompt: str = ""
-    #: "full": the encoder always runs on the 30 s window, as faster-whisper; "auto"
-    #: (experimental): on a window sized to the clip, the full one as the fallback (onepass.py:
-    #: faster on short turns, but it can cut a transcript short)
-    encoder_window: Literal["auto", "full"] = "full"
+    #: "auto": the encoder runs on a window sized to the clip, the full 30 s one as the fallback
+    #: when the decode or the language detection looks unsure (onepass.py); "full": always the
+    #: 30 s window, as faster-whisper
+    encoder_window: Literal["auto", "full"] = "auto"
     vad: VadConfig = Field(default_factory=VadConfig)
 
     @field_validator("language")

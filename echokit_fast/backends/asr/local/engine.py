@@ -544,7 +544,7 @@ class LocalWhisper:
         beam_size: int = 1,
         prompt: str = "",
         max_pending: int = DEFAULT_MAX_PENDING,
-        encoder_window: str = "full",
+        encoder_window: str = "auto",
     ) -> None:
         if max_pending < 0:
             raise ValueError(f"max_pending must be >= 0, got {max_pending}")

@@ -26,25 +26,34 @@ The cache is per thread: one model is shared by the engines of a process, each w
 own worker thread.
 
 **Encoder windows sized to the clip** (:meth:`OnePassWhisper.sized_windows`, for the engine's
-transcriptions with ``[asr] encoder_window = "auto"``; off by default): Whisper pads every clip
-to a 30 s window of 3000 feature frames and the encoder's cost grows with the window, yet the
-encoder also runs on fewer frames (the ``audio_ctx`` of whisper.cpp). A window that ends just
-after the speech makes the decoder loop ("Stop! Stop! Stop! ...": it has not seen the end of
-the audio); one that keeps at least :data:`PADDING` frames (5 s) of faster-whisper's zero
-padding after the content, and never less than :data:`MIN_WINDOW` (10 s), decoded as well as
-the full window on the project's test set (tests/test_asr_window.py, benches/bench_asr.py) at a
-third of the time for short turns. The window is rounded up to :data:`STEP` frames. Content is
-what precedes the padding: faster-whisper pads a window with exact zeros, which a log-mel
-column of audio never is. A decode on a short window that looks unreliable by faster-whisper's
-own measures (it fell back to a higher temperature, its compression ratio or mean
-log-probability is past the thresholds) is done again on the full window.
+transcriptions with ``[asr] encoder_window = "auto"``, the default): Whisper pads every clip to a
+30 s window of 3000 feature frames and the encoder's cost grows with the window, yet the encoder
+also runs on fewer frames (the ``audio_ctx`` of whisper.cpp). A window that ends just after the
+speech makes the decoder loop ("Stop! Stop! Stop! ...": it has not seen the end of the audio);
+one that keeps at least :data:`PADDING` frames (5 s) of faster-whisper's zero padding after the
+content, and never less than :data:`MIN_WINDOW` (10 s), decoded as well as the full window on
+the project's test set (tests/test_asr_window.py, benches/bench_asr.py) at a third of the time
+for short turns. The window is rounded up to :data:`STEP` frames. Content is what precedes the
+padding: faster-whisper pads a window with exact zeros, which a log-mel column of audio never is.
 
-Why it is not the default: the decoder on a shorter window can also stop early with a
-confident, clean-looking result. A browser's capture of "Tell me about Berlin instead." (1.9 s,
-quiet, through the page's echo cancellation and gain control) came out as "Tell" on every
-window from 1000 to 2000 frames and whole only on 800, 1500 and 3000, with a mean log-probability
-(-0.53) and compression ratio that pass faster-whisper's checks: no measure of the decode alone
-flags it, and the synthetic test set does not show it.
+A short window is less sure than the full one in two ways, and each falls back to the full
+window (the cost of the old default, never a worse result):
+
+* **The decode.** Besides loops, which faster-whisper's own measures flag (a fallback to a
+  higher temperature, the compression ratio, the mean log-probability), the decoder can stop
+  early with a clean-looking result: a browser's capture of "Tell me about Berlin instead."
+  (1.9 s, quiet, through the page's echo cancellation and gain control) came out as "Tell"
+  with a log-probability of -0.47. Nothing in the decode alone flags that; its length against
+  the speech does: every whole decode of the test set had at least 4 text tokens per voiced
+  second (:func:`voiced_seconds`), the cut one 0.7. A decode with fewer than
+  :data:`MIN_TOKEN_RATE` (3) is done again on the full window. A decode that loses only its
+  last words ("How far away is the moon", 4 tokens a second) still passes: one clip of 62 in
+  the test set.
+* **The language.** Detected on a short window, the language is right less often: "Set a timer
+  for ten minutes." came out Finnish (0.27), "No, thank you." Japanese (0.42), both English on
+  the full window. Below :data:`LANGUAGE_CONFIDENCE` (0.6) the language is detected, and the
+  clip then decoded, on the full window; 8 clips of 62 took that path (5 of them detected
+  right, less surely). Pin the language (``language``/``languages``) where it is known.
 """
 
 from __future__ import annotations
@@ -60,7 +69,16 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 
-__all__ = ["MIN_WINDOW", "PADDING", "STEP", "OnePassWhisper", "window_frames"]
+__all__ = [
+    "LANGUAGE_CONFIDENCE",
+    "MIN_TOKEN_RATE",
+    "MIN_WINDOW",
+    "PADDING",
+    "STEP",
+    "OnePassWhisper",
+    "voiced_seconds",
+    "window_frames",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +88,12 @@ MIN_WINDOW = 1000
 PADDING = 500
 #: sized windows are a multiple of this many frames
 STEP = 100
+#: a sized window's decode with fewer text tokens per voiced second is done again on the full one
+MIN_TOKEN_RATE = 3.0
+#: a language detected on a sized window with a lower probability is detected on the full one
+LANGUAGE_CONFIDENCE = 0.6
+#: a feature column within this many dB of the window's loudest counts as voiced
+VOICED_DB = 30.0
 
 
 def window_frames(features: np.ndarray, full: int) -> int:
@@ -80,6 +104,32 @@ def window_frames(features: np.ndarray, full: int) -> int:
     content = int(columns[-1]) + 1 if len(columns) else 0
     wanted = max(MIN_WINDOW, -(-(content + PADDING) // STEP) * STEP)
     return min(full, wanted)
+
+
+def voiced_seconds(features: np.ndarray, seconds_per_frame: float = 0.01) -> float:
+    """How long the speech in a window of log-mel features lasts: the columns whose power
+    (summed over the mel bins) is within :data:`VOICED_DB` of the loudest column's.
+
+    faster-whisper's features are ``(max(log10 mel, peak - 8) + 4) / 4``, so ``4 f - 4`` is
+    the log10 of each bin's power again; the zero padding after the content is never voiced.
+    """
+    if features.size == 0:
+        return 0.0
+    power = np.power(10.0, features.astype(np.float64) * 4.0 - 4.0).sum(axis=0)
+    level = 10.0 * np.log10(power)
+    padded = ~np.any(features != 0, axis=0)
+    level[padded] = -np.inf
+    loudest = level.max()
+    if not np.isfinite(loudest):
+        return 0.0
+    return float(np.count_nonzero(level >= loudest - VOICED_DB)) * seconds_per_frame
+
+
+def _text_tokens(result: Any, tokenizer: Any) -> int:
+    """The text tokens of a CTranslate2 generation result (not the special or timestamp
+    tokens, which all come after end-of-text in Whisper's vocabulary)."""
+    tokens = result.sequences_ids[0] if result.sequences_ids else []
+    return sum(1 for t in tokens if t < tokenizer.eot)
 
 
 class OnePassWhisper(WhisperModel):
@@ -129,10 +179,14 @@ class OnePassWhisper(WhisperModel):
         if short is None or short[0] is not encoder_output:
             return decoded
         self._last.short = None
-        _, avg_logprob, temperature, compression_ratio = decoded
+        result, avg_logprob, temperature, compression_ratio = decoded
         first = options.temperatures[0] if options.temperatures else 0.0
+        voiced = voiced_seconds(short[1], self.feature_extractor.time_per_frame)
+        tokens = _text_tokens(result, tokenizer)
         unreliable = (
-            temperature > first
+            # cut short: the decoder stopped before the speech did
+            tokens < MIN_TOKEN_RATE * voiced
+            or temperature > first
             or (
                 options.compression_ratio_threshold is not None
                 and compression_ratio > options.compression_ratio_threshold
@@ -142,9 +196,11 @@ class OnePassWhisper(WhisperModel):
         if not unreliable:
             return decoded
         log.debug(
-            "sized window of %d frames unreliable (temperature %.1f, compression %.2f, "
-            "log-prob %.2f): decoding the full window",
+            "sized window of %d frames unreliable (%d text tokens for %.2f s of speech, "
+            "temperature %.1f, compression %.2f, log-prob %.2f): decoding the full window",
             encoder_output.shape[1] * 2,
+            tokens,
+            voiced,
             temperature,
             compression_ratio,
             avg_logprob,
@@ -178,8 +234,23 @@ class OnePassWhisper(WhisperModel):
         frames = min(self.feature_extractor.nb_max_frames, features.shape[-1] - 1)
         window = pad_or_trim(features[..., :frames])
         output = self._encode(window)
+        probs = self._languages(output)
+        short = getattr(self._last, "short", None)
+        if short is not None and short[0] is output and probs[0][1] < LANGUAGE_CONFIDENCE:
+            # a short window's detection is less sure than the full one's: when it is not
+            # confident, detect (and then decode) on the full window
+            log.debug(
+                "language %s (%.2f) on a sized window: detecting on the full window",
+                probs[0][0],
+                probs[0][1],
+            )
+            self._last.short = None
+            output = super().encode(window)
+            probs = self._languages(output)
         self._last.encode = (window, output)
+        return probs[0][0], probs[0][1], probs
+
+    def _languages(self, output: ctranslate2.StorageView) -> list[tuple[str, float]]:
         # With one detection segment faster-whisper takes the top language whatever the
         # threshold; the tokens are "<|en|>".
-        probs = [(token[2:-2], p) for token, p in self.model.detect_language(output)[0]]
-        return probs[0][0], probs[0][1], probs
+        return [(token[2:-2], p) for token, p in self.model.detect_language(output)[0]]
