@@ -9,16 +9,21 @@ its last sample above -40 dBFS) to the first reply audio. Where the wait goes is
 device's own log: audible end -> ``EndVad`` (end of turn), ``EndVad`` -> final ``ASR``, ``ASR``
 -> first audio.
 
-Both servers run as the embedded default does: early ASR (``[asr.vad] early_asr``) and
-speculative answers (``speculative_reply``): how often the answer started at the pause was the
-one given (``hit``), was dropped (``miss``) or never started (``none``, the turn ended at the
-pause itself) is read from the server's turn records (``GET /console/api/status``).
+Both servers run as the embedded default does, early ASR (``[asr.vad] early_asr``) and
+speculative answers (``speculative_reply``), unless told otherwise (below): how often the
+answer started at the pause was the one given (``hit``), was dropped (``miss``) or never
+started (``none``, the turn ended at the pause itself) is read from the server's turn records
+(``GET /console/api/status``).
 
 The same questions run against two servers, alternating per question: the encoder window sized
-to the clip (``[asr] encoder_window = "auto"``, opt-in) and the full 30 s window (``"full"``,
-the default); the word error rate of each on the same turns is reported beside the latency.
+to the clip (``[asr] encoder_window = "auto"``, the default) and the full 30 s window
+(``"full"``); the word error rate of each on the same turns is reported beside the latency.
 
     .venv/bin/python -m pytest benches/bench_latency.py -s --benchmark-enable --latency-all
+
+With ``--latency-llm-delay S`` the LLM stand-in waits S seconds before its first token, as a
+real LLM does, and the two servers are speculative replies on and off (both sized windows): what
+an answer started at the pause saves, and how often it was the one given.
 
 The suite runs the first two questions once (``scripts/test.sh``); ``--latency-all`` runs all
 20 (10 sentences, espeak-ng ``en-us`` and hibari).
@@ -76,17 +81,24 @@ def questions(request, speaker, tmp_path_factory) -> list[tuple[str, Path]]:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """Two servers, encoder window auto and full, over one LLM stand-in."""
+def servers(request, tmp_path_factory):
+    """Two servers over one LLM stand-in: encoder window auto and full (instant LLM), or,
+    with ``--latency-llm-delay``, speculative replies on and off (a slow first token)."""
+    delay = request.config.getoption("--latency-llm-delay")
+    if delay > 0:
+        kinds = {"speculative": ("auto", True), "not speculative": ("auto", False)}
+    else:
+        kinds = {"auto": ("auto", True), "full": ("full", True)}
     chat = ChatServer()
     chat.default.deltas = [ANSWER]
+    chat.default.first_delay = delay
     with running_server(chat.app) as chat_addr:
         procs = {}
         stack = []
         try:
-            for window in ("auto", "full"):
+            for name, (window, speculative) in kinds.items():
                 addr = f"127.0.0.1:{free_port()}"
-                cfg = tmp_path_factory.mktemp(f"latency-{window}") / "config.toml"
+                cfg = tmp_path_factory.mktemp("latency") / "config.toml"
                 cfg.write_text(
                     f"""
 addr = "{addr}"
@@ -97,7 +109,7 @@ encoder_window = "{window}"
 
 [asr.vad]
 turn_detector = "smart_turn"
-speculative_reply = true
+speculative_reply = {str(speculative).lower()}
 early_asr = true
 
 [tts]
@@ -110,7 +122,7 @@ history = 5
 """
                 )
                 ctx = serve_process(str(cfg))
-                procs[window] = (addr, ctx.__enter__())
+                procs[name] = (addr, ctx.__enter__())
                 stack.append(ctx)
             yield procs
         finally:
@@ -156,21 +168,21 @@ def _summary(turns: list[dict], said: list[str]) -> dict:
 
 def test_end_of_speech_to_first_audio(benchmark, servers, questions, tmp_path) -> None:
     benchmark.group = "latency: audible end of speech -> first audio, embedded stack"
-    turns: dict[str, list[dict]] = {window: [] for window in servers}
+    turns: dict[str, list[dict]] = {name: [] for name in servers}
 
     def measure() -> None:
         for i, (_, wav) in enumerate(questions):
-            for window, (addr, _) in servers.items():
-                turns[window].append(_turn(addr, wav, tmp_path / f"{window}-{i}"))
+            for n, (name, (addr, _)) in enumerate(servers.items()):
+                turns[name].append(_turn(addr, wav, tmp_path / f"{n}-{i}"))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     said = [text for text, _ in questions]
-    info = {window: _summary(t, said) for window, t in turns.items()}
-    for window, (addr, _) in servers.items():
+    info = {name: _summary(t, said) for name, t in turns.items()}
+    for name, (addr, _) in servers.items():
         records = httpx.get(f"http://{addr}/console/api/status").json()["turns"]
         outcomes = [r.get("speculative", "none") for r in records]
-        info[window]["speculative"] = {k: outcomes.count(k) for k in ("hit", "miss", "none")}
+        info[name]["speculative"] = {k: outcomes.count(k) for k in ("hit", "miss", "none")}
     benchmark.extra_info.update(info)
     print(f"\nlatency: {json.dumps(info)}")
-    for window, summary in info.items():
-        assert summary["turns"] == len(questions), (window, summary)
+    for name, summary in info.items():
+        assert summary["turns"] == len(questions), (name, summary)

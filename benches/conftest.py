@@ -42,6 +42,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="benches/bench_latency.py: every question (20), not only the first two",
     )
     parser.addoption(
+        "--latency-llm-delay",
+        type=float,
+        default=0.0,
+        help="benches/bench_latency.py: the LLM stand-in's time to its first token, in seconds;"
+        " above 0 the two servers are speculative replies on and off (default 0: instant,"
+        " sized vs full encoder window)",
+    )
+    parser.addoption(
         "--llm-runs",
         type=int,
         default=2,
