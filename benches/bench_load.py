@@ -21,6 +21,7 @@ The suite runs each once with N = 20 (errors must be 0; it asserts no sign of a 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 from functools import partial
 from pathlib import Path
@@ -64,11 +65,19 @@ def _round(run, question: Path, out: Path, devices: int, *args: str) -> list[dic
     return [t for d in result.summary["devices"] for t in d["turns"]]
 
 
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _measure(benchmark, proc, n: int, rounds) -> tuple[dict, list[dict]]:
     """Runs the two rounds once under the benchmark; the figures (printed, kept in the
     benchmark's extra info) and every turn's record."""
     rss = [proc.rss_bytes()]
     cpu0 = proc.cpu_seconds()
+    # the stand-ins run in this process; the devices are children that have ended by the
+    # time a round returns
+    own0, devices0 = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     turns: list[dict] = []
 
     def load() -> None:
@@ -78,6 +87,7 @@ def _measure(benchmark, proc, n: int, rounds) -> tuple[dict, list[dict]]:
 
     benchmark.pedantic(load, rounds=1, iterations=1)
     cpu = proc.cpu_seconds() - cpu0
+    own, devices = _cpu(resource.RUSAGE_SELF) - own0, _cpu(resource.RUSAGE_CHILDREN) - devices0
     latency = np.array([t["first_audio_latency"] for t in turns]) * 1e3
     assert len(latency) == 2 * n * TURNS and np.all(latency > 0)
     growth = (rss[2] - rss[1]) / (n * TURNS)
@@ -93,6 +103,9 @@ def _measure(benchmark, proc, n: int, rounds) -> tuple[dict, list[dict]]:
         # the server's CPU over both rounds (the devices and stand-ins are other processes)
         "server_cpu_s": round(cpu, 1),
         "server_cpu_ms_per_turn": round(cpu * 1e3 / len(latency), 1),
+        # what shares the cores with it: the stand-ins (and this harness), the devices
+        "standins_cpu_s": round(own, 1),
+        "devices_cpu_s": round(devices, 1),
     }
     benchmark.extra_info.update(info)
     # A leak of even a small buffer per turn shows up here; allocator noise stays far below.
