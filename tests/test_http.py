@@ -6,6 +6,7 @@ import asyncio
 
 import httpx
 import pytest
+from harness import running_server
 
 from echokit_fast.backends import http
 from echokit_fast.backends.asr.openai import NOTICES as ASR
@@ -60,7 +61,35 @@ def test_retry_policy_and_client_limits():
     client = http.client(httpx.Timeout(60.0, connect=10.0))
     try:
         assert client.timeout == httpx.Timeout(60.0, connect=10.0)
-        pool = client._transport._pool  # the limits reach the connection pool
-        assert (pool._max_connections, pool._max_keepalive_connections) == (1000, 100)
+        # the limits reach the connection pools, shared among them (rounded up)
+        pools = [t._pool for t in client._transport.pools]
+        assert len(pools) == http.POOLS == 8
+        assert {(p._max_connections, p._max_keepalive_connections) for p in pools} == {(125, 13)}
     finally:
         asyncio.run(client.aclose())
+    with pytest.raises(ValueError, match="pools"):
+        http.ShardedTransport(0)
+
+
+def test_requests_take_the_pools_in_turn():
+    """Each request goes to the next pool (what keeps each pool's walk over its connections
+    short): 2 rounds of sequential requests open one connection in each pool, reused."""
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def go(base: str) -> list[int]:
+        client = http.client(10.0)
+        try:
+            for _ in range(2 * http.POOLS):
+                async with client.stream("GET", base) as resp:
+                    assert (resp.status_code, await resp.aread()) == (200, b"ok")
+            return [len(t._pool.connections) for t in client._transport.pools]
+        finally:
+            await client.aclose()
+
+    with running_server(app) as addr:
+        assert asyncio.run(go(f"http://{addr}/")) == [1] * http.POOLS

@@ -1,7 +1,8 @@
 """The HTTP plumbing every remote backend shares: the client, the notices, the retry policy.
 
 * :func:`client` -- an ``httpx.AsyncClient`` with :data:`LIMITS` (sized for hundreds of
-  devices) and the given timeouts. Create it inside the running event loop; ``aclose()`` it.
+  devices, over :data:`POOLS` connection pools: :class:`ShardedTransport`) and the given
+  timeouts. Create it inside the running event loop; ``aclose()`` it.
 * :class:`Notices` -- what a failed request tells the user, in the words of one backend
   ("The speech recognizer ..."), for an HTTP status or a transport exception; :meth:`Notices.
   error` wraps a notice into the :class:`~echokit_fast.backends.base.BackendError` the
@@ -33,10 +34,12 @@ __all__ = [
     "ASR",
     "LIMITS",
     "LLM",
+    "POOLS",
     "RETRY_STATUS",
     "TTS",
     "USER_AGENT",
     "Notices",
+    "ShardedTransport",
     "TooManyRequests",
     "backoff",
     "client",
@@ -46,11 +49,13 @@ __all__ = [
     "retryable",
 ]
 
-#: Connection pool of each backend client. httpx's default (100 connections, 20 kept alive) is
-#: a browser-like client's: with a few hundred devices a TTS stream is held open while its device
-#: plays the audio back, the pool runs dry, and every other device's ASR request queues for a
-#: slot (seen as seconds of latency in benches/bench_load.py). The openai SDK's own limits.
+#: Connections of each backend client, in all. httpx's default (100 connections, 20 kept alive)
+#: is a browser-like client's: with a few hundred devices a TTS stream is held open while its
+#: device plays the audio back, the pool runs dry, and every other device's ASR request queues for
+#: a slot (seen as seconds of latency in benches/bench_load.py). The openai SDK's own limits.
 LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+#: how many connection pools a client spreads its requests over (:class:`ShardedTransport`)
+POOLS = 8
 
 #: The User-Agent echokit_server sends (some providers' gateways expect a known client).
 USER_AGENT = "curl/7.81.0"
@@ -59,11 +64,49 @@ USER_AGENT = "curl/7.81.0"
 RETRY_STATUS = frozenset({408, 429})
 
 
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """httpx's transport over ``pools`` connection pools, each request on the next pool in turn.
+
+    Written by hand because httpcore's pool (1.0) does not scale to hundreds of connections:
+    every request and every release walks all the connections it holds, asking each idle one
+    whether its socket is readable (a ``select`` call) and counting the idle ones again inside
+    that walk. With a TTS stream held open per playing device that is milliseconds of the event
+    loop per request at 500 devices, quadratic in the pool's size; spread over :data:`POOLS`
+    pools each walk is that many times shorter. ``limits`` are the client's in all, divided
+    among the pools."""
+
+    def __init__(self, pools: int = POOLS, limits: httpx.Limits = LIMITS) -> None:
+        if pools < 1:
+            raise ValueError(f"pools must be >= 1, got {pools}")
+
+        def share(n: int | None) -> int | None:
+            return None if n is None else max(1, -(-n // pools))
+
+        each = httpx.Limits(
+            max_connections=share(limits.max_connections),
+            max_keepalive_connections=share(limits.max_keepalive_connections),
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        self.pools = [httpx.AsyncHTTPTransport(limits=each) for _ in range(pools)]
+        self._turn = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = self.pools[self._turn]
+        self._turn = (self._turn + 1) % len(self.pools)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        for pool in self.pools:
+            await pool.aclose()
+
+
 def client(
     timeout: float | httpx.Timeout | None, *, follow_redirects: bool = False
 ) -> httpx.AsyncClient:
-    """A backend's HTTP client with :data:`LIMITS` and ``timeout``."""
-    return httpx.AsyncClient(timeout=timeout, limits=LIMITS, follow_redirects=follow_redirects)
+    """A backend's HTTP client with :data:`LIMITS` over :data:`POOLS` pools and ``timeout``."""
+    return httpx.AsyncClient(
+        timeout=timeout, transport=ShardedTransport(), follow_redirects=follow_redirects
+    )
 
 
 def retryable(status: int) -> bool:
