@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -112,25 +113,43 @@ async def voice(d: Device, *frames: bytes) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+async def pause_then_end(f, device: str, first: Gate | None = None) -> list:
+    """A hit: the user pauses (the answer starts), then the turn ends on the same transcript.
+    With ``first``, the first clause's synthesis is reached before the turn ends."""
+    d = await Device.open(f.addr, device, stream_asr=True)
+    await d.command("StartChat")
+    await voice(d, frame(), frame(b"PAUS"))
+    await requests(f.chat, len(f.chat.requests) + 1)  # asked before the turn ended ...
+    if first is not None:
+        await first.until_reached()  # ... and the first clause is being synthesised
+        first.open()
+    await voice(d, frame(), frame(b"END!"))
+    events = await d.until()
+    await d.close()
+    return events
+
+
+async def pause_then_speak_on(f, device: str) -> list:
+    """A miss: the user pauses (the answer starts), speaks on and submits: the final
+    transcript is another round's."""
+    d = await Device.open(f.addr, device, stream_asr=True)
+    await d.command("StartChat")
+    await voice(d, frame(), frame(b"PAUS"))
+    await requests(f.chat, len(f.chat.requests) + 1)
+    await voice(d, frame())  # more speech, no pause: Submit transcribes the whole buffer
+    await d.command("Submit")
+    events = await d.until()
+    await d.close()
+    return events
+
+
 def test_hit_answer_started_at_the_pause_is_released_after_the_turns_events(serve, tmp_path):
     first = Gate()  # the first clause's synthesis: reached before the turn ends
     f = build(serve, tmp_path, speaker=FakeSpeaker(gates={"Hello there.": first}))
     f.chat.reply(["Hello there. ", "How are you?"])
 
-    async def main():
-        d = await Device.open(f.addr, "hit", stream_asr=True)
-        await d.command("StartChat")
-        await voice(d, frame(), frame(b"PAUS"))
-        await requests(f.chat, 1)  # the LLM was asked before the turn ended ...
-        await first.until_reached()  # ... and the first clause is being synthesised
-        first.open()
-        await voice(d, frame(), frame(b"END!"))
-        events = await d.until()
-        await d.close()
-        return events
-
     with TraceLines() as trace:
-        events = run(main())
+        events = run(pause_then_end(f, "hit", first))
         line = trace.get()
     names = [name(e) for e in events]
     # nothing of the held answer came before the turn's own events
@@ -235,19 +254,8 @@ def test_final_transcript_of_another_round_restarts_the_answer(serve, tmp_path):
     f.chat.reply(["Held"], forever=" on", delay=0.02)
     f.chat.reply(["Answer."])
 
-    async def main():
-        d = await Device.open(f.addr, "other", stream_asr=True)
-        await d.command("StartChat")
-        await voice(d, frame(), frame(b"PAUS"))
-        await requests(f.chat, 1)
-        await voice(d, frame())  # more speech, no pause: Submit transcribes the whole buffer
-        await d.command("Submit")
-        events = await d.until()
-        await d.close()
-        return events
-
     with TraceLines() as trace:
-        events = run(main())
+        events = run(pause_then_speak_on(f, "other"))
         line = trace.get()
     names = [name(e) for e in events]
     assert names[:3] == ["EndVad", "ASR", "StartAudio"]
@@ -437,3 +445,29 @@ def test_responses_chain_is_rewound_after_a_dropped_reply(serve, complete):
     assert after == chained
     assert srv.requests[-1].json["previous_response_id"] == chained
     assert srv.requests[-1].json["input"] == "next"
+
+
+def test_the_status_page_says_which_answer_was_used_and_which_dropped(serve, tmp_path, browser):
+    """Each turn's card on the status page tells whether the answer started at the pause was
+    used (a hit) or dropped (a miss); a turn without one says neither."""
+    f = build(serve, tmp_path)
+    f.chat.reply(["Used."])
+    f.chat.reply(["Held"], forever=" on", delay=0.02)
+    f.chat.reply(["Answer."])
+    # (Playwright's sync API holds this thread's event loop: the device talks from another)
+    with ThreadPoolExecutor(1) as other:
+        other.submit(lambda: run(pause_then_end(f, "hit"))).result()
+        other.submit(lambda: run(pause_then_speak_on(f, "miss"))).result()
+    page = browser.new_page()
+    try:
+        page.goto(f"http://{f.addr}/console/status")
+        page.wait_for_function("() => window.echokitStatus.turns.length === 2", timeout=20_000)
+
+        def card(device: str) -> str:
+            return page.locator("#turns li.turn", has_text=device).inner_text()
+
+        assert "answer started at the pause, used" in card("hit")
+        assert "dropped" not in card("hit")
+        assert "answer started at the pause, dropped" in card("miss")
+    finally:
+        page.close()

@@ -18,6 +18,11 @@ const STAGE_LABELS = {
   first_frame: "first frame",
   last_frame: "last frame",
 };
+// a turn's speculative reply (none: not started, or speculation off)
+const SPECULATIVE_LABELS = {
+  hit: "answer started at the pause, used",
+  miss: "answer started at the pause, dropped",
+};
 const STATE_LABELS = {
   connecting: "Connecting…",
   live: "Live",
@@ -202,6 +207,7 @@ function turnItem(t) {
   const extra = [];
   if (t.segments !== undefined) extra.push(t.segments === 1 ? "1 segment" : `${t.segments} segments`);
   extra.push(t.ms.speech_end !== undefined ? "from the end of speech" : "from the typed message");
+  if (t.speculative in SPECULATIVE_LABELS) extra.push(SPECULATIVE_LABELS[t.speculative]);
   li.append(table, el("p", "card-line", extra.join(", ")));
   return li;
 }
