@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import pytest
@@ -71,9 +72,10 @@ def test_retry_policy_and_client_limits():
         http.ShardedTransport(0)
 
 
-def test_requests_take_the_pools_in_turn():
-    """Each request goes to the next pool (what keeps each pool's walk over its connections
-    short): 2 rounds of sequential requests open one connection in each pool, reused."""
+def test_a_light_load_stays_on_one_pool_and_a_heavy_one_is_spread():
+    """Requests one at a time take the first pool and reuse its connection; requests held at
+    once take one pool each (what keeps each pool's walk over its connections short); each
+    closed response counts its request out."""
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
@@ -81,15 +83,28 @@ def test_requests_take_the_pools_in_turn():
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    async def go(base: str) -> list[int]:
+    async def go(base: str) -> tuple[list[int], list[int], list[int], list[int]]:
         client = http.client(10.0)
+        transport = client._transport
+
+        def connections() -> list[int]:
+            return [len(t._pool.connections) for t in transport.pools]
+
         try:
-            for _ in range(2 * http.POOLS):
+            for _ in range(3):
                 async with client.stream("GET", base) as resp:
                     assert (resp.status_code, await resp.aread()) == (200, b"ok")
-            return [len(t._pool.connections) for t in client._transport.pools]
+            one_at_a_time = connections()
+            async with contextlib.AsyncExitStack() as held:
+                for _ in range(http.POOLS):
+                    await held.enter_async_context(client.stream("GET", base))
+                at_once, busy = connections(), list(transport.busy)
+            return one_at_a_time, at_once, busy, list(transport.busy)
         finally:
             await client.aclose()
 
     with running_server(app) as addr:
-        assert asyncio.run(go(f"http://{addr}/")) == [1] * http.POOLS
+        one_at_a_time, at_once, busy, after = asyncio.run(go(f"http://{addr}/"))
+    assert one_at_a_time == [1] + [0] * (http.POOLS - 1)
+    assert at_once == [1] * http.POOLS and busy == [1] * http.POOLS
+    assert after == [0] * http.POOLS

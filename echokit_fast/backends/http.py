@@ -65,14 +65,16 @@ RETRY_STATUS = frozenset({408, 429})
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
-    """httpx's transport over ``pools`` connection pools, each request on the next pool in turn.
+    """httpx's transport over ``pools`` connection pools, each request on the least busy one.
 
     Written by hand because httpcore's pool (1.0) does not scale to hundreds of connections:
     every request and every release walks all the connections it holds, asking each idle one
     whether its socket is readable (a ``select`` call) and counting the idle ones again inside
     that walk. With a TTS stream held open per playing device that is milliseconds of the event
     loop per request at 500 devices, quadratic in the pool's size; spread over :data:`POOLS`
-    pools each walk is that many times shorter. ``limits`` are the client's in all, divided
+    pools each walk is that many times shorter. The least busy pool (requests in flight, the
+    first on a tie) takes each request: a light load stays on the first pool and reuses its
+    connections, a heavy one is spread evenly. ``limits`` are the client's in all, divided
     among the pools."""
 
     def __init__(self, pools: int = POOLS, limits: httpx.Limits = LIMITS) -> None:
@@ -88,16 +90,43 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=limits.keepalive_expiry,
         )
         self.pools = [httpx.AsyncHTTPTransport(limits=each) for _ in range(pools)]
-        self._turn = 0
+        #: requests in flight on each pool: sent, and their response not yet closed
+        self.busy = [0] * pools
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        pool = self.pools[self._turn]
-        self._turn = (self._turn + 1) % len(self.pools)
-        return await pool.handle_async_request(request)
+        i = min(range(len(self.pools)), key=self.busy.__getitem__)
+        self.busy[i] += 1
+        try:
+            response = await self.pools[i].handle_async_request(request)
+        except BaseException:
+            self.busy[i] -= 1
+            raise
+        response.stream = _Released(response.stream, self.busy, i)
+        return response
 
     async def aclose(self) -> None:
         for pool in self.pools:
             await pool.aclose()
+
+
+class _Released(httpx.AsyncByteStream):
+    """A response's stream that counts its request out of ``busy[i]`` when it is closed."""
+
+    def __init__(self, stream: Any, busy: list[int], i: int) -> None:
+        self._stream, self._busy, self._i = stream, busy, i
+        self._open = True
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._open:
+                self._open = False
+                self._busy[self._i] -= 1
 
 
 def client(
