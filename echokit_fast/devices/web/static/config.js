@@ -4,6 +4,7 @@
 // saves. The API key the user gives when the API answers 401 (or 403: this machine only) is
 // kept for this tab (console-key.js), as the status page does (the same entry).
 
+import { el, errorLine } from "./console-ui.js";
 import { keyHeaders, keyRefusal, onKeyForm } from "./console-key.js";
 
 const SECRET = /(^|_)(api_key|token|key|secret|password)$/;
@@ -44,29 +45,13 @@ let writable = false;
 let reform = null;
 let badLines = new Set();
 
-const el = (tag, className, text) => {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
-
 function setState(state) {
   stats.state = state;
   ui.state.dataset.state = state === "ready" ? "live" : state;
   ui.state.textContent = STATE_LABELS[state];
 }
 
-function showError(message) {
-  stats.errors.push(message);
-  ui.error.textContent = message;
-  ui.error.hidden = false;
-}
-
-function clearError() {
-  ui.error.hidden = true;
-  ui.error.textContent = "";
-}
+const { show: showError, clear: clearError } = errorLine(ui.error, stats.errors);
 
 // -- the API -----------------------------------------------------------------------------------
 

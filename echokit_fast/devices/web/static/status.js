@@ -4,6 +4,7 @@
 // when the API answers 401 or 403 is kept in sessionStorage (this tab only). Nothing is
 // polled: the stream ends only when the server goes away (then the page connects again).
 
+import { el, errorLine } from "./console-ui.js";
 import { keyHeaders, keyRefusal, onKeyForm } from "./console-key.js";
 
 const RETRIES = [1000, 2000, 4000, 8000]; // delays (ms) before connecting again
@@ -58,23 +59,7 @@ function setState(state) {
   ui.live.textContent = STATE_LABELS[state];
 }
 
-function showError(message) {
-  stats.errors.push(message);
-  ui.error.textContent = message;
-  ui.error.hidden = false;
-}
-
-function clearError() {
-  ui.error.hidden = true;
-  ui.error.textContent = "";
-}
-
-const el = (tag, className, text) => {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-};
+const { show: showError, clear: clearError } = errorLine(ui.error, stats.errors);
 
 const clock = (unix) => new Date(unix * 1000).toLocaleTimeString();
 const ms = (value) => (value >= 1000 ? `${(value / 1000).toFixed(2)} s` : `${Math.round(value)} ms`);

@@ -30,6 +30,7 @@
 //
 // Record, the third mode, streams the microphone to the server's record mode (record.js).
 
+import { errorLine } from "./console-ui.js";
 import { decodeEvent } from "./msgpack.js";
 import { capture, micError, openMicrophone, rms } from "./mic.js";
 import { Recording, RecordingList } from "./record.js";
@@ -144,16 +145,7 @@ function socketUrl(id, reconnect, pushToTalk, opus) {
   return url.toString();
 }
 
-function showError(message) {
-  stats.errors.push(message);
-  ui.error.textContent = message;
-  ui.error.hidden = false;
-}
-
-function clearError() {
-  ui.error.hidden = true;
-  ui.error.textContent = "";
-}
+const { show: showError, clear: clearError } = errorLine(ui.error, stats.errors);
 
 function addEntry(kind, who, text) {
   const li = document.createElement("li");
