@@ -234,3 +234,37 @@ def test_each_transport_failure_is_the_httpx_exception_its_notice_reads():
     assert ASR.exception(failures["no free connection"]) == (
         "The speech recognizer did not answer in time."
     )
+
+
+def test_the_openai_sdks_client_is_the_same_transport_in_httpx2():
+    """The LLM's client (httpx2, the SDK's httpx) rides the same aiohttp transport: a request
+    is answered, and a refused connection is httpx2's ConnectError (the SDK's "connection
+    error", the notice's "not reachable")."""
+    import httpx2
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"sse"})
+
+    async def go(base: str) -> tuple[type, bytes, BaseException]:
+        client = http.sdk_client(httpx2.Timeout(5.0))
+        try:
+            transport = type(client._transport)
+            body = (await client.get(base)).content
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                refused = f"http://127.0.0.1:{s.getsockname()[1]}/"
+            try:
+                await client.get(refused)
+            except httpx2.HTTPError as exc:
+                return transport, body, exc
+            raise AssertionError("no failure")
+        finally:
+            await client.aclose()
+
+    with running_server(app) as addr:
+        transport, body, refused = asyncio.run(go(f"http://{addr}/"))
+    assert issubclass(transport, http.AiohttpTransport) and transport.hx is httpx2
+    assert body == b"sse" and type(refused) is httpx2.ConnectError

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ __all__ = [
     "read_body",
     "retry_after",
     "retryable",
+    "sdk_client",
 ]
 
 #: Connections of each backend client, in all. httpx's default (100 connections, 20 kept alive)
@@ -83,7 +85,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     The session is made on the first request (inside the running loop) with
     ``limits.max_connections`` in all and idle ones closed after ``keepalive_expiry``.
-    Request bodies are read whole first (every backend sends a bounded body: a WAV, JSON)."""
+    Request bodies are read whole first (every backend sends a bounded body: a WAV, JSON).
+    ``hx`` is the httpx package whose requests, responses and exceptions it speaks:
+    :func:`sdk_client` gives the openai SDK the same transport in ``httpx2``, its httpx."""
+
+    hx: Any = httpx
+    stream_class: Any = None  # set below: _AiohttpStream
 
     def __init__(self, limits: httpx.Limits = LIMITS) -> None:
         self.limits = limits
@@ -108,7 +115,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             (k, v) for k, v in request.headers.multi_items() if k.lower() != "transfer-encoding"
         ]
         timeout = request.extensions.get("timeout", {})
-        with _mapped(request):
+        with _mapped(self.hx, request):
             resp = await self._client().request(
                 request.method,
                 str(request.url),
@@ -126,10 +133,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
         if resp.reason:
             extensions["reason_phrase"] = resp.reason.encode("latin-1", "replace")
-        return httpx.Response(
+        return self.hx.Response(
             resp.status,
             headers=resp.raw_headers,
-            stream=_AiohttpStream(resp, request),
+            stream=self.stream_class(resp, request, self.hx),
             request=request,
             extensions=extensions,
         )
@@ -143,11 +150,11 @@ class _AiohttpStream(httpx.AsyncByteStream):
     """An aiohttp response's body as httpx reads it; closing it gives the connection back
     (or drops it, when the body was not read to its end)."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._resp, self._request = resp, request
+    def __init__(self, resp: aiohttp.ClientResponse, request: Any, hx: Any) -> None:
+        self._resp, self._request, self._hx = resp, request, hx
 
     async def __aiter__(self) -> Any:
-        with _mapped(self._request):
+        with _mapped(self._hx, self._request):
             async for chunk in self._resp.content.iter_any():
                 yield chunk
 
@@ -155,29 +162,33 @@ class _AiohttpStream(httpx.AsyncByteStream):
         self._resp.release()
 
 
+AiohttpTransport.stream_class = _AiohttpStream
+
+
 @contextmanager
-def _mapped(request: httpx.Request) -> Iterator[None]:
-    """aiohttp's exceptions as the httpx ones httpcore raises for the same failure: a
-    timeout connecting or reading, a refused or unresolvable host, a server that hangs up or
-    breaks the HTTP framing (``RemoteProtocolError``, "cut off" for a stream), a reset."""
+def _mapped(hx: Any, request: Any) -> Iterator[None]:
+    """aiohttp's exceptions as the ``hx`` (httpx or httpx2) ones httpcore raises for the same
+    failure: a timeout connecting or reading, a refused or unresolvable host, a server that
+    hangs up or breaks the HTTP framing (``RemoteProtocolError``, "cut off" for a stream), a
+    reset."""
     try:
         yield
     except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
+        raise hx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
     except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-        raise httpx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
+        raise hx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(str(exc), request=request) from exc
+        raise hx.ConnectError(str(exc), request=request) from exc
     except (
         aiohttp.ServerDisconnectedError,
         aiohttp.ClientPayloadError,
         aiohttp.ClientResponseError,
     ) as exc:
-        raise httpx.RemoteProtocolError(str(exc) or repr(exc), request=request) from exc
+        raise hx.RemoteProtocolError(str(exc) or repr(exc), request=request) from exc
     except aiohttp.InvalidURL as exc:
-        raise httpx.UnsupportedProtocol(str(exc), request=request) from exc
+        raise hx.UnsupportedProtocol(str(exc), request=request) from exc
     except aiohttp.ClientError as exc:  # ClientOSError: a reset, a broken pipe
-        raise httpx.ReadError(str(exc) or repr(exc), request=request) from exc
+        raise hx.ReadError(str(exc) or repr(exc), request=request) from exc
 
 
 def client(
@@ -187,6 +198,32 @@ def client(
     and ``timeout``."""
     return httpx.AsyncClient(
         timeout=timeout, transport=AiohttpTransport(), follow_redirects=follow_redirects
+    )
+
+
+@functools.cache
+def _httpx2_transport() -> type[AiohttpTransport]:
+    """:class:`AiohttpTransport` speaking ``httpx2`` (imported here: only the openai SDK's
+    client needs it, and the SDK is imported on first use too)."""
+    import httpx2
+
+    class Stream(_AiohttpStream, httpx2.AsyncByteStream):
+        pass
+
+    class Transport(AiohttpTransport, httpx2.AsyncBaseTransport):
+        hx = httpx2
+        stream_class = Stream
+
+    return Transport
+
+
+def sdk_client(timeout: Any) -> Any:
+    """The openai SDK's HTTP client (an ``httpx2.AsyncClient``) over aiohttp, as
+    :func:`client`; redirects followed, as the SDK's own client does."""
+    import httpx2
+
+    return httpx2.AsyncClient(
+        timeout=timeout, transport=_httpx2_transport()(), follow_redirects=True
     )
 
 

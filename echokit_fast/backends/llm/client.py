@@ -140,6 +140,7 @@ class OpenAIBackend(LLMBackend):
             base_url=cfg.url,
             max_retries=0,
             timeout=httpx.Timeout(None, connect=connect_timeout),
+            http_client=http.sdk_client(httpx.Timeout(None, connect=connect_timeout)),
             default_headers={"User-Agent": http.USER_AGENT},
             organization=None,
             project=None,
