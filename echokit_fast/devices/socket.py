@@ -1,6 +1,7 @@
 """What every device front end does with its WebSocket: open the device's session (or refuse
 it), read the device's frames, send a frame within the device-send deadline (``[limits]
-device_send_timeout_s``; a device that stops reading is dropped) and close the socket."""
+device_send_timeout_s``; a device that stops reading is dropped), close the socket, and end a
+connection however its life ended (:func:`end`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from echokit_fast.conversation.device import DeviceGone
 from echokit_fast.conversation.session import Session, SessionManager, SessionsFull
 from echokit_fast.server.websocket import abort
 
-__all__ = ["SESSIONS_FULL_REASON", "close", "open_session", "read_frames", "send"]
+__all__ = ["SESSIONS_FULL_REASON", "close", "end", "open_session", "read_frames", "send"]
 
 log = logging.getLogger("echokit_fast.device")
 
@@ -75,6 +76,37 @@ async def close(ws: Any, code: int, reason: str | None = None, *, timeout: float
         abort(ws.scope)
     except Exception:  # already closed or gone
         pass
+
+
+async def end(
+    conn: Any,
+    ws: Any,
+    session: Session | None,
+    tasks: list[asyncio.Task[Any] | None],
+    *,
+    timeout: float,
+    detached: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """The end of a device connection, however it ended (in a ``finally``): its ``tasks``
+    (those started; None for one that was not) cancelled and awaited, the connection detached
+    from ``session`` (None: it never got one), ``detached()`` run (what the protocol still
+    owes the device), the socket closed if still open, and ``conn._ended`` set whatever
+    failed on the way (what a connection taking over the device waits for)."""
+    try:
+        started = [t for t in tasks if t is not None]
+        for task in started:
+            task.cancel()
+        if started:
+            await asyncio.wait(started)
+        if session is not None:
+            await session.detach(conn)
+        if detached is not None:
+            await detached()
+        if conn.alive:
+            conn.alive = False
+            await close(ws, 1000, timeout=timeout)
+    finally:
+        conn._ended.set()
 
 
 async def read_frames(

@@ -246,19 +246,13 @@ async def serve(
     except Exception:  # e.g. the conversation factory failed: this connection only
         log.exception("device %s: connection failed", log_id)
     finally:
-        try:
-            if reader is not None:
-                reader.cancel()
-                await asyncio.wait([reader])
-            await session.detach(conn)
+
+        async def detached() -> None:  # a device taken over hears its answer end first
             if conn.preempted and conn.alive:
                 with contextlib.suppress(DeviceGone, asyncio.TimeoutError):
                     await asyncio.wait_for(conn.response_end(), PREEMPT_SEND_TIMEOUT)
-            if conn.alive:
-                conn.alive = False
-                await socket.close(ws, 1000, timeout=send_timeout)
-        finally:
-            conn._ended.set()
+
+        await socket.end(conn, ws, session, [reader], timeout=send_timeout, detached=detached)
 
 
 async def _read(session: Session, conn: Connection) -> None:

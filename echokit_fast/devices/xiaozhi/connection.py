@@ -318,19 +318,7 @@ async def serve(
     except Exception:  # e.g. the conversation factory failed: this connection only
         log.exception("device %s: connection failed", log_id)
     finally:
-        try:
-            tasks = [t for t in (reader, listing) if t is not None]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
-            if session is not None:
-                await session.detach(conn)
-            if conn.alive:
-                conn.alive = False
-                await socket.close(ws, 1000, timeout=send_timeout)
-        finally:
-            conn._ended.set()
+        await socket.end(conn, ws, session, [reader, listing], timeout=send_timeout)
 
 
 async def _device_hello(ws: Any) -> dict[str, Any] | None:
