@@ -82,7 +82,7 @@ import difflib
 import logging
 import os
 import re
-import sys
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,11 +105,6 @@ from echokit_fast.backends.llm.local import LocalLLM
 from echokit_fast.backends.llm.openai_chat import ChatPrompts, OpenAIChatLLM
 from echokit_fast.backends.schema import HttpUrl, Section, VadConfig, WsUrl
 from echokit_fast.backends.tts.local import LocalTTS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 __all__ = [
     "ClaudeConfig",

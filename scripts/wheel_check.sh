@@ -19,7 +19,7 @@ echo "-- build"
 PATH="$BUILD_VENV/bin:$PATH" OPUS_NO_PKG=1 "$BUILD_VENV/bin/maturin" build --quiet --release \
     --zig --compatibility manylinux2014 -o "$OUT" >"$WORK/build.log" 2>&1 ||
     { cat "$WORK/build.log" >&2; exit 1; }
-wheel=$(ls "$OUT"/echokit_fast-*-cp310-abi3-manylinux*_x86_64.whl)
+wheel=$(ls "$OUT"/echokit_fast-*-cp311-abi3-manylinux*_x86_64.whl)
 echo "   $(basename "$wheel")"
 
 echo "-- install into a fresh virtualenv (no cargo on PATH)"

@@ -6,15 +6,11 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import httpx
 from harness import free_port, spawned_serve
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 import echokit_fast
 from echokit_fast.server.lifecycle import READY_MESSAGE

@@ -7,17 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from harness import free_port, spawned_serve
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from echokit_fast.backends.asr.local import LocalASR
 from echokit_fast.backends.tts.local import LocalTTS

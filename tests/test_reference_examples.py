@@ -18,7 +18,7 @@ import asyncio
 import copy
 import json
 import re
-import sys
+import tomllib
 import wave
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -35,11 +35,6 @@ from echokit_fast.audio import OpusDecoder, pcm16_to_float, resample
 from echokit_fast.config import Config, ConfigError, parse_config
 from echokit_fast.server.app import create_app
 from echokit_fast.server.state import AppState
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DATA = Path(__file__).resolve().parent / "data"
 CONFIGS = DATA / "configs"

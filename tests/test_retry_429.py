@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import httpx
@@ -94,7 +94,7 @@ def test_backoff_is_jittered_capped_and_honours_retry_after() -> None:
         assert len(set(waits)) > 100  # jittered: clients refused together spread out
     assert 2.0 <= http.backoff(1, 2.0) <= 2.2
     assert http.backoff(1, http.MAX_RETRY_WAIT_S + 1) is None
-    soon = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert 25 < http.retry_after(httpx.Headers({"Retry-After": soon})) <= 30
     assert http.retry_after(httpx.Headers({"Retry-After": "2"})) == 2.0
     assert http.retry_after(httpx.Headers({})) is None

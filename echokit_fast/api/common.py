@@ -174,7 +174,7 @@ class PacedResponse(StreamingResponse):
         async def timed(message: Message) -> None:
             try:
                 await asyncio.wait_for(send(message), self.send_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise _SlowClient from None
 
         try:

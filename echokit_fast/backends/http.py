@@ -20,13 +20,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -175,7 +174,7 @@ def _mapped(hx: Any, request: Any) -> Iterator[None]:
         yield
     except aiohttp.ConnectionTimeoutError as exc:
         raise hx.ConnectTimeout(str(exc) or "connect timeout", request=request) from exc
-    except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise hx.ReadTimeout(str(exc) or "read timeout", request=request) from exc
     except aiohttp.ClientConnectorError as exc:
         raise hx.ConnectError(str(exc), request=request) from exc
@@ -254,8 +253,8 @@ def retry_after(headers: httpx.Headers) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def backoff(

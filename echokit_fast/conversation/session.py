@@ -997,7 +997,7 @@ class Session:
                 await asyncio.wait_for(self._speak(conn, notice), NOTICE_TTS_TIMEOUT)
             except DeviceGone:
                 raise
-            except (Exception, asyncio.TimeoutError) as exc:
+            except (TimeoutError, Exception) as exc:
                 log.warning("device %s: could not speak the notice: %r", self.log_id, exc)
         await conn.segment_end()
 
@@ -1192,6 +1192,6 @@ class SessionManager:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return predicate(self)
         return True

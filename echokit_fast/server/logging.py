@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["FORMATS", "LEVELS", "TEXT_FORMAT", "JsonFormatter", "configure", "level_number"]
@@ -57,7 +57,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record (see the module docstring)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        when = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        when = datetime.fromtimestamp(record.created, tz=UTC)
         fields = getattr(record, "fields", None)
         structured = isinstance(fields, Mapping)
         message = getattr(record, "event", None) if structured else None

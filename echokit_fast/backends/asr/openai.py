@@ -165,7 +165,7 @@ class RemoteTranscriber:
             busy, server_wait = False, None
             try:
                 text = await asyncio.wait_for(self._attempt(wav), self.attempt_timeout)
-            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+            except (TimeoutError, httpx.TimeoutException) as exc:
                 problems.append(f"attempt {attempt}: timeout ({type(exc).__name__})")
                 notice = NOTICES.timeout
             except httpx.HTTPError as exc:

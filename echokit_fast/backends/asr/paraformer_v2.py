@@ -177,7 +177,7 @@ class ParaformerStream:
     async def _run(self) -> None:
         try:
             conn = await asyncio.wait_for(self._start(), self.cfg.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._fail(
                 NOTICES.error(
                     f"{self._what}: task not started within {self.cfg.timeout_s} s",

@@ -204,7 +204,7 @@ class ClaudeBridge:
         async with self._changed:
             try:
                 await asyncio.wait_for(self._changed.wait_for(done), self.timeout)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 detail = f"no message from EchoKit-CC in {self.timeout} s"
                 raise NOTICES.error(detail, SLOW) from exc
         if self._errors != errors:

@@ -134,7 +134,7 @@ class GeminiLive:
             status = exc.response.status_code
             body = (exc.response.body or b"")[:300].decode("utf-8", "replace")
             raise NOTICES.error(f"{what}: HTTP {status} {body}", NOTICES.status(status)) from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise NOTICES.error(
                 f"{what}: not set up within {cfg.connect_timeout_s} s", NOTICES.timeout
             ) from exc
@@ -253,7 +253,7 @@ class GeminiConversation:
         while True:
             try:
                 tag, event = await asyncio.wait_for(sock.events.get(), limit)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._forget()  # its answers can no longer be told apart: the next turn reconnects
                 raise NOTICES.error(
                     f"Gemini Live: no answer message within {limit} s", NOTICES.timeout

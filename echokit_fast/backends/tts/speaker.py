@@ -152,7 +152,7 @@ class HTTPSpeaker:
             except http.TooManyRequests as exc:
                 await self._wait_busy(exc, busy)
                 busy += 1
-            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+            except (TimeoutError, httpx.TimeoutException) as exc:
                 if attempt >= attempts:
                     raise NOTICES.error(
                         f"{self.where}: {attempts} attempt(s) of {timeout} s timed out",

@@ -273,7 +273,7 @@ async def _record(
             left = deadline - loop.time()
             try:
                 msg = await asyncio.wait_for(ws.receive(), min(idle_timeout, max(left, 0.0)))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 ending = "max_record_s" if left <= idle_timeout else "idle"
                 break
             if msg["type"] == "websocket.disconnect":

@@ -265,7 +265,7 @@ async def serve(
     send_timeout = limits.device_send_timeout_s
     try:
         hello = await asyncio.wait_for(_device_hello(ws), HELLO_TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("device %s: no hello within %g s: closed", log_id, HELLO_TIMEOUT)
         await socket.close(ws, 1008, "expected a hello", timeout=send_timeout)
         return

@@ -145,7 +145,7 @@ class DeviceTools:
         try:
             await self._send(payload)
             return await asyncio.wait_for(future, self._timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise MCPFailed(f"{method}: no answer within {self._timeout:g} s") from None
         finally:
             self._pending.pop(rid, None)

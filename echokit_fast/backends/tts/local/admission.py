@@ -119,7 +119,7 @@ class Admission:
         log.debug("%s: a device request waits for a stream (%d waiting)", self.backend, queued)
         try:
             await asyncio.wait_for(waiter.future, self.queue_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with self._lock:
                 if not waiter.granted:
                     self._waiters.remove(waiter)
