@@ -96,11 +96,17 @@ LANGUAGE_CONFIDENCE = 0.6
 VOICED_DB = 30.0
 
 
+def content_columns(features: np.ndarray) -> np.ndarray:
+    """Which columns of a window of features hold the clip: not faster-whisper's zero
+    padding (a column all zeros; real audio's log-mel features are never exactly 0)."""
+    return np.any(features != 0, axis=0)
+
+
 def window_frames(features: np.ndarray, full: int) -> int:
-    """The encoder window for a padded window of features (80 x ``full``): the content (the
-    columns before faster-whisper's zero padding) plus :data:`PADDING`, at least
+    """The encoder window for a padded window of features (80 x ``full``): the content
+    (:func:`content_columns`, up to the last) plus :data:`PADDING`, at least
     :data:`MIN_WINDOW`, rounded up to :data:`STEP`, at most ``full``."""
-    columns = np.flatnonzero(np.any(features != 0, axis=0))
+    columns = np.flatnonzero(content_columns(features))
     content = int(columns[-1]) + 1 if len(columns) else 0
     wanted = max(MIN_WINDOW, -(-(content + PADDING) // STEP) * STEP)
     return min(full, wanted)
@@ -117,8 +123,7 @@ def voiced_seconds(features: np.ndarray, seconds_per_frame: float = 0.01) -> flo
         return 0.0
     power = np.power(10.0, features.astype(np.float64) * 4.0 - 4.0).sum(axis=0)
     level = 10.0 * np.log10(power)
-    padded = ~np.any(features != 0, axis=0)
-    level[padded] = -np.inf
+    level[~content_columns(features)] = -np.inf
     loudest = level.max()
     if not np.isfinite(loudest):
         return 0.0
