@@ -74,9 +74,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     Why not httpx's own transport: httpcore's pool (1.0) walks every connection it holds on
     each request and release (a ``select`` per idle one), quadratic with a TTS stream held
     open per playing device, and its request path runs over anyio's checkpoints; aiohttp's
-    connector keeps idle connections per host in a queue and parses responses in C. Measured
-    with a TTS-like stream plus an ASR upload per pair, 300 at once over loopback: 4.0 ms of
-    the client's CPU per pair on httpcore (sharded over 8 pools), 1.4 ms here.
+    connector keeps idle connections per host in a queue and parses responses in C
+    (benches/bench_http.py: 0.22x the client CPU of httpx's own transport per ASR upload +
+    TTS stream, 0.46x per openai SDK completion, 300 at once).
     Why not ``httpx_aiohttp`` (the adapter the openai SDK vendors): it maps
     ``aiohttp.ClientConnectionError`` (connection refused, a server that hangs up) to
     ``httpx.ConnectTimeout``, and the notices say "did not answer in time" for both; here
