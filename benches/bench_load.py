@@ -13,6 +13,9 @@ between and after them (growth per turn = after - between, divided by the second
 
     .venv/bin/python -m pytest benches/bench_load.py -s --benchmark-enable --load-devices 200
 
+``--load-workers N`` serves with ``serve --workers N`` (the CPU and RSS figures then sum the
+supervisor and its workers).
+
 ``xiaozhi-vdev --devices N`` plays N xiaozhi boards against the same server the same way.
 
 The suite runs each once with N = 20 (errors must be 0; it asserts no sign of a leak).
@@ -43,13 +46,14 @@ SPREAD_S = 5.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, load_devices):
+def server(tmp_path_factory, load_devices, request):
     with instant_backends() as backends:
         addr = f"127.0.0.1:{free_port()}"
         cfg = tmp_path_factory.mktemp("load-cfg") / "config.toml"
         # two sockets a device while one takes over
         cfg.write_text(f'addr = "{addr}"\n{backends.sections}{limits(max(1000, 4 * load_devices))}')
-        with serve_process(str(cfg)) as proc:
+        workers = request.config.getoption("--load-workers")
+        with serve_process(str(cfg), "--workers", str(workers)) as proc:
             yield addr, proc
 
 

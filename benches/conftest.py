@@ -32,6 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="virtual devices in benches/bench_load.py (default 20, or $ECHOKIT_LOAD_DEVICES)",
     )
     parser.addoption(
+        "--load-workers",
+        type=int,
+        default=1,
+        help="benches/bench_load.py: serve --workers N (default 1)",
+    )
+    parser.addoption(
         "--turn-all",
         action="store_true",
         help="benches/bench_turn.py: every utterance (24 + 24), not only the first pair",

@@ -8,10 +8,13 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from echokit_fast import __version__
 from echokit_fast.server import logging as server_logging
+
+if TYPE_CHECKING:
+    from echokit_fast.config import Config
 
 T = TypeVar("T")
 
@@ -100,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, how long running turns may finish (default 10)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="serve with N processes, each device's requests on one of them (default: "
+        "$ECHOKIT_WORKERS, else 1): more devices per machine, N times the memory; not with "
+        "TLS or --config-write (docs/deploy.md)",
+    )
+    # a worker of --workers, as the supervisor starts it: INDEX:COUNT:FD
+    serve.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     serve.add_argument(
         "--log-level",
         choices=server_logging.LEVELS,
@@ -317,6 +331,16 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return number
+
+
 def _switch(value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
@@ -328,8 +352,8 @@ def _switch(value: str) -> bool:
 def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse.Namespace:
     """`args` with the serve settings a flag left unset taken from the environment
     (``ECHOKIT_LISTEN``, ``ECHOKIT_LOG_LEVEL``, ``ECHOKIT_LOG_FORMAT``, ``ECHOKIT_CONFIG``,
-    then ``CONFIG_PATH``, ``ECHOKIT_TLS_CERT``, ``ECHOKIT_TLS_KEY`` and
-    ``ECHOKIT_CONFIG_WRITE``): a flag beats its variable; ``api_key`` is ``ECHOKIT_API_KEY``
+    then ``CONFIG_PATH``, ``ECHOKIT_TLS_CERT``, ``ECHOKIT_TLS_KEY``, ``ECHOKIT_CONFIG_WRITE``
+    and ``ECHOKIT_WORKERS``): a flag beats its variable; ``api_key`` is ``ECHOKIT_API_KEY``
     (``--api-key``, repeatable, beats it; either replaces the config's ``[server]`` keys).
     SettingError for a bad value."""
     out = argparse.Namespace(**vars(args))
@@ -341,6 +365,9 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse
         out.log_format = _from_env("ECHOKIT_LOG_FORMAT", _choice(server_logging.FORMATS), env)
     if out.config_write is None:
         out.config_write = _from_env("ECHOKIT_CONFIG_WRITE", _switch, env)
+    if out.workers is None:
+        out.workers = _from_env("ECHOKIT_WORKERS", _positive, env)
+    out.workers = out.workers or 1
     out.config_write = bool(out.config_write)
     out.log_level = out.log_level or "info"
     out.log_format = out.log_format or "text"
@@ -362,7 +389,7 @@ def serve_settings(args: argparse.Namespace, env: Mapping[str, str]) -> argparse
 def cmd_serve(args: argparse.Namespace) -> int:
     from echokit_fast.backends.registry import unsupported
     from echokit_fast.config import ConfigError, default_config, load_config, summary
-    from echokit_fast.server import lifecycle
+    from echokit_fast.server import lifecycle, workers
     from echokit_fast.server.app import create_app
     from echokit_fast.server.security import exposure_warning
     from echokit_fast.server.state import AppState
@@ -413,11 +440,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keys = [k.strip() for k in args.api_key]
         server = config.server.model_copy(update={"api_key": None, "api_keys": keys})
         config = config.model_copy(update={"server": server})
-    log.info("config: %s\n%s", source, summary(config))
     host, port = config.listen
-    warning = exposure_warning(config.server, host)
-    if warning:
-        log.warning("%s", warning)
+    if not args.worker:  # the supervisor said it
+        log.info("config: %s\n%s", source, summary(config))
+        warning = exposure_warning(config.server, host)
+        if warning:
+            log.warning("%s", warning)
 
     problems = unsupported(config)
     if problems:
@@ -433,7 +461,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
     if args.config_write and not path:
         log.warning("--config-write is ignored: there is no config file to write (--config)")
+    if args.workers > 1 and not args.worker:
+        return _supervise(args, config, host, port, tls=tls is not None)
     state = AppState(config, config_path=Path(path) if path else None)
+    if args.worker:
+        state.worker = workers.WorkerSpec.parse(args.worker)
+        state.peers_ready = False
     state.config_write = args.config_write and bool(path)
     if args.drain_timeout is not None:
         state.drain_timeout = args.drain_timeout
@@ -447,9 +480,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return status
 
 
+def _supervise(args: argparse.Namespace, config: Config, host: str, port: int, *, tls: bool) -> int:
+    """``serve --workers N``: the supervisor (:mod:`echokit_fast.server.workers`)."""
+    from echokit_fast.server import workers
+    from echokit_fast.server.lifecycle import READY_MESSAGE
+    from echokit_fast.server.state import DEFAULT_DRAIN_TIMEOUT
+
+    for given, why in (
+        (
+            tls,
+            "TLS (the supervisor reads each request to choose its worker: terminate TLS in "
+            "a proxy in front, or serve with one worker)",
+        ),
+        (args.config_write, "--config-write (the editor applies a config to one process)"),
+    ):
+        if given:
+            print(
+                f"echokit-fast serve: --workers {args.workers} cannot go with {why}",
+                file=sys.stderr,
+            )
+            return 2
+    drain = args.drain_timeout if args.drain_timeout is not None else DEFAULT_DRAIN_TIMEOUT
+    supervisor = workers.Supervisor(
+        args.argv,
+        host,
+        port,
+        args.workers,
+        config.limits,
+        stop_timeout=drain + 30,
+        ready_message=READY_MESSAGE,
+    )
+    return supervisor.run()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a worker is started with
     if args.command == "serve":
         return cmd_serve(args)
     if args.command == "check-config":

@@ -159,22 +159,32 @@ class ServeProcess:
     #: what the server printed up to its readiness line
     output: bytes
 
-    def _status(self, key: str) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
+    def pids(self) -> list[int]:
+        """The server's processes: its own, and its workers' with ``--workers`` (Linux /proc)."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return [self.proc.pid, *(int(p) for p in f.read().split())]
+
+    def _status(self, key: str, pid: int | None = None) -> int:
+        pid = self.proc.pid if pid is None else pid
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(f"{key}:"):
                     return int(line.split()[1])
-        raise RuntimeError(f"no {key} for pid {self.proc.pid}")
+        raise RuntimeError(f"no {key} for pid {pid}")
 
     def rss_bytes(self) -> int:
-        """The server's resident set size now (Linux /proc)."""
-        return self._status("VmRSS") * 1024
+        """The server's resident set size now, its workers' included (Linux /proc)."""
+        return sum(self._status("VmRSS", pid) for pid in self.pids()) * 1024
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server has used so far (Linux /proc)."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server (and its workers) have used so far (Linux
+        /proc)."""
+        total = 0
+        for pid in self.pids():
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def threads(self) -> int:
         """The server's thread count now."""

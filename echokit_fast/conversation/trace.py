@@ -78,8 +78,18 @@ TURNS = Counter(
     "Device turns by outcome (ok, empty, error, cancelled, disconnected)",
     ["outcome"],
 )
-SESSIONS = Gauge("echokit_device_sessions", "Device sessions held (attached or keeping history)")
-CONNECTIONS = Gauge("echokit_device_connections", "Device WebSocket connections attached")
+# livesum: with ``serve --workers`` (prometheus_client's multiprocess mode) /metrics sums the
+# running workers' values; one process: the value itself
+SESSIONS = Gauge(
+    "echokit_device_sessions",
+    "Device sessions held (attached or keeping history)",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS = Gauge(
+    "echokit_device_connections",
+    "Device WebSocket connections attached",
+    multiprocess_mode="livesum",
+)
 
 
 #: the turn records :class:`RecentTurns` keeps

@@ -46,8 +46,10 @@ async def health(_request: Request) -> JSONResponse:
 
 
 async def ready(request: Request) -> JSONResponse:
-    """200 once the configured engines are loaded, 503 before (a readiness probe)."""
-    if request.app.state.echokit.ready:
+    """200 once the configured engines are loaded (every worker's, with ``serve --workers``),
+    503 before (a readiness probe)."""
+    state = request.app.state.echokit
+    if state.ready and state.peers_ready:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "loading"}, status_code=503)
 

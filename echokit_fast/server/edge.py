@@ -183,6 +183,9 @@ class EdgeHTTP(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         #: when a body that stopped coming has stalled too long
         self._stall: asyncio.TimerHandle | None = None
+        #: bytes read before this protocol had the connection (a worker's: the supervisor
+        #: read the request head to choose it), fed in as the first data received
+        self.prefix = b""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -191,10 +194,13 @@ class EdgeHTTP(H11Protocol):
             self._deadline = self.loop.call_later(
                 self.edge.limits.header_timeout_s, self._head_timeout
             )
-            return
-        self.refused = reason
-        self.edge.report(logging.WARNING, "refusing connections with 503: %s", reason)
-        self._deadline = self.loop.call_later(REFUSAL_LINGER_S, transport.close)
+        else:
+            self.refused = reason
+            self.edge.report(logging.WARNING, "refusing connections with 503: %s", reason)
+            self._deadline = self.loop.call_later(REFUSAL_LINGER_S, transport.close)
+        if self.prefix:
+            data, self.prefix = self.prefix, b""
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timers()

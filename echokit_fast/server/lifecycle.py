@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +41,7 @@ from echokit_fast.backends.llm.openai_responses import OpenAIResponsesLLM
 from echokit_fast.backends.tts.local import LocalTTS
 from echokit_fast.config import Config
 from echokit_fast.devices.echokit import routes as device
-from echokit_fast.server import edge
+from echokit_fast.server import edge, workers
 from echokit_fast.server.state import AppState
 
 __all__ = [
@@ -93,7 +95,10 @@ async def load_engines(state: AppState) -> None:
         state.fail(exc)
         return
     state.mark_ready()
-    log.info(READY_MESSAGE)
+    if state.worker is None:
+        log.info(READY_MESSAGE)
+    else:  # the supervisor says it once every worker is
+        log.info("worker %d: every configured engine is loaded", state.worker.index)
 
 
 def llm_models_url(config: Config) -> str | None:
@@ -157,21 +162,78 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 class Server(uvicorn.Server):
     """uvicorn's server with the drain on the first SIGTERM/SIGINT, stopping by itself when
-    the engines cannot be loaded."""
+    the engines cannot be loaded. A worker of ``serve --workers`` (``state.worker`` set)
+    listens on nothing: its connections come from the supervisor over its channel
+    (:mod:`echokit_fast.server.workers`)."""
 
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
         super().__init__(config)
         self.state = state
         self.server_state = self.edge = edge.EdgeState(state.config.limits)
+        if state.worker is not None:  # the cap is shared out among the workers
+            share = math.ceil(self.edge.max_connections / state.worker.count)
+            self.edge.max_connections = share
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._channel: workers.Channel | None = None
+        self._adopting: set[asyncio.Task[Any]] = set()
 
     async def startup(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         edge.fit_open_files(self.edge)
         edge.report_accept_errors(self._loop, self.edge)
-        await super().startup(sockets=sockets)
+        spec = self.state.worker
+        await super().startup(sockets=[] if spec is not None else sockets)
+        if spec is not None and self.started:
+            self._channel = workers.Channel(socket.socket(fileno=spec.fd))
+            self._loop.add_reader(self._channel.sock, self._on_channel)
+            self._adopting.add(asyncio.create_task(self._report_ready()))
+
+    async def _report_ready(self) -> None:
+        await self.state.wait_ready()
+        if self.state.load_error is None and self._channel is not None:
+            await self._channel.send(workers.READY)
+
+    def _on_channel(self) -> None:
+        """The supervisor's messages: connections to serve, whether every worker is ready;
+        its end closed (it is gone): drain."""
+        assert self._channel is not None and self._loop is not None
+        while True:
+            try:
+                got = self._channel.receive()
+            except EOFError:
+                self._loop.remove_reader(self._channel.sock)
+                if not self._draining:
+                    log.warning("the supervisor is gone: draining")
+                    self.handle_exit(signal.SIGTERM, None)
+                return
+            if got is None:
+                return
+            message, conn = got
+            if conn is not None and message[:1] == workers.CONNECTION:
+                self._adopt(conn, message[1:])
+            elif conn is not None:
+                conn.close()
+            elif message in (workers.ALL_READY, workers.NOT_ALL_READY):
+                self.state.peers_ready = message == workers.ALL_READY
+
+    def _adopt(self, conn: socket.socket, head: bytes) -> None:
+        """Serve `conn` as if this server had accepted it, `head` its first bytes."""
+        assert self._loop is not None
+        protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        protocol.prefix = head
+        conn.setblocking(False)
+        task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: protocol, conn))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Task[Any]) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a handed connection could not be served", exc_info=task.exception())
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining:  # a second signal: uvicorn's way (SIGINT exits at once)
@@ -192,6 +254,8 @@ class Server(uvicorn.Server):
             self.state.start_drain()
             for server in self.servers:
                 server.close()  # stop accepting; the connections stay
+            if self._channel is not None and self._loop is not None:
+                self._loop.remove_reader(self._channel.sock)  # a worker: none handed on
             if self.state.sessions is not None:
                 await self.state.sessions.drain(self.state.drain_timeout)
         finally:
@@ -243,7 +307,7 @@ def uvicorn_config(
     limits = state.config.limits
     cert, key = tls if tls is not None else (None, None)
     return uvicorn.Config(
-        app,
+        app if state.worker is None else workers.close_connections(app),
         host=host,
         port=port,
         log_config=None,  # echokit_fast.server.logging configured every logger

@@ -30,6 +30,7 @@ from echokit_fast.config import Config, default_config
 from echokit_fast.conversation.segmenter import SegmenterFactory
 from echokit_fast.conversation.session import SessionManager, Settings
 from echokit_fast.conversation.trace import RecentTurns
+from echokit_fast.server.workers import WorkerSpec
 
 if TYPE_CHECKING:
     from echokit_fast.api.vad import RealtimeVad
@@ -63,6 +64,10 @@ class AppState:
     config_path: Path | None = None
     #: the console's config editor may save that file and apply it (``serve --config-write``)
     config_write: bool = False
+    #: which worker of ``serve --workers`` this is (None: the only process)
+    worker: WorkerSpec | None = None
+    #: every other worker is ready too (``GET /ready`` waits for it; a single process: True)
+    peers_ready: bool = True
 
     # engines (None: not built yet)
     vad: SileroVad | None = None

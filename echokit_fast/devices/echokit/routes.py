@@ -38,8 +38,10 @@ that connects while the engines load is accepted and waits for them.
 from __future__ import annotations
 
 import logging
+import os
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -107,6 +109,17 @@ def device_settings(state: AppState, cfg: Config, backends: Backends) -> Setting
         speculative_reply=bool(getattr(vad, "speculative_reply", False)),
         early_asr=bool(getattr(vad, "early_asr", False)),
     )
+
+
+def metrics_registry() -> CollectorRegistry:
+    """What ``/metrics`` reports: this process's metrics, or, in a worker of
+    ``serve --workers`` (``PROMETHEUS_MULTIPROC_DIR`` set by the supervisor), every worker's
+    summed."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return registry
 
 
 def _ready_settings(state: AppState) -> Settings:
@@ -238,7 +251,7 @@ def routes(state: AppState) -> list[BaseRoute]:
         )
 
     async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return [
         WebSocketRoute("/ws/{id}", ws_main),

@@ -73,6 +73,10 @@ def _health(state: AppState, feeds: int) -> dict[str, Any]:
         "error": None if error is None else str(error) or type(error).__name__,
         "layout": state.config.layout,
         "status_feeds": feeds,
+        # ``serve --workers``: which process answers (its devices and turns only)
+        "worker": None
+        if state.worker is None
+        else {"index": state.worker.index, "count": state.worker.count},
     }
 
 

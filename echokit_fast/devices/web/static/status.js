@@ -80,6 +80,10 @@ function renderHealth(status) {
     ["Version", server.version],
     ["Layout", server.layout],
   ];
+  if (server.worker) {
+    const w = server.worker;
+    rows.push(["Worker", `${w.index + 1} of ${w.count}: this page shows that process's devices and turns`]);
+  }
   for (const [kind, backend] of Object.entries(status.backends)) {
     let text = backend.model ? `${backend.platform} (${backend.model})` : backend.platform;
     if (backend.reachable === true) text += ", reachable at start-up";
